@@ -1,0 +1,296 @@
+//! Turning a checkout and a function into a build context (a tar archive) and an image tag.
+//!
+//! The context holds the checkout without `.git`, without the user's `.dockerignore`, and
+//! without any symlink that points outside the checkout; the rendered runtime template sits
+//! under [`crate::runtime::BUILD_DIR`].
+
+use std::collections::BTreeSet;
+use std::path::{Component, Path, PathBuf};
+
+use crate::names::{FunctionName, ProjectName};
+use crate::runtime::BUILD_DIR;
+
+/// Largest build context accepted.
+pub const MAX_CONTEXT_BYTES: u64 = 256 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    #[error("the repository is larger than the {} MiB build limit; remove large files or add them to releases", MAX_CONTEXT_BYTES / 1024 / 1024)]
+    TooLarge,
+    #[error("cannot read {0}")]
+    Io(PathBuf, #[source] std::io::Error),
+}
+
+/// Facts about a checkout that the templates need.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceFacts {
+    pub root_files: Vec<String>,
+    pub has_package_json: bool,
+    pub has_package_lock: bool,
+    pub go_mod: Option<String>,
+}
+
+impl SourceFacts {
+    pub fn read(checkout: &Path) -> Result<Self, ContextError> {
+        let mut root_files = Vec::new();
+        let entries = std::fs::read_dir(checkout).map_err(|e| ContextError::Io(checkout.to_path_buf(), e))?;
+        for e in entries {
+            let e = e.map_err(|e| ContextError::Io(checkout.to_path_buf(), e))?;
+            root_files.push(e.file_name().to_string_lossy().into_owned());
+        }
+        root_files.sort();
+        let has = |f: &str| root_files.iter().any(|n| n == f);
+        let go_mod = if has("go.mod") {
+            Some(read_small(&checkout.join("go.mod"))?)
+        } else {
+            None
+        };
+        Ok(SourceFacts {
+            has_package_json: has("package.json"),
+            has_package_lock: has("package-lock.json") || has("npm-shrinkwrap.json"),
+            go_mod,
+            root_files,
+        })
+    }
+
+    /// The module path declared in go.mod.
+    pub fn go_module(&self) -> Option<String> {
+        self.go_mod.as_deref().and_then(go_module_path)
+    }
+}
+
+fn read_small(path: &Path) -> Result<String, ContextError> {
+    let meta = std::fs::symlink_metadata(path).map_err(|e| ContextError::Io(path.to_path_buf(), e))?;
+    if !meta.is_file() || meta.len() > 1024 * 1024 {
+        return Ok(String::new());
+    }
+    std::fs::read_to_string(path).map_err(|e| ContextError::Io(path.to_path_buf(), e))
+}
+
+/// Reads `module <path>` from go.mod text.
+pub fn go_module_path(go_mod: &str) -> Option<String> {
+    go_mod.lines().find_map(|l| {
+        let l = l.split("//").next().unwrap_or("").trim();
+        let rest = l.strip_prefix("module")?;
+        if !rest.starts_with(char::is_whitespace) {
+            return None;
+        }
+        let m = rest.trim().trim_matches('"').to_string();
+        (!m.is_empty()).then_some(m)
+    })
+}
+
+/// Checks a Go checkout for the things a compile error would report badly: the package at
+/// the root must not be `main`, and each named function must be declared there.
+pub fn check_go_exports(checkout: &Path, functions: &[&FunctionName]) -> Result<(), String> {
+    let mut package = None;
+    let mut declared = BTreeSet::new();
+    let entries = std::fs::read_dir(checkout).map_err(|e| format!("cannot read the checkout: {e}"))?;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".go") || name.ends_with("_test.go") {
+            continue;
+        }
+        let Ok(text) = read_small(&e.path()) else { continue };
+        for line in text.lines() {
+            let t = line.trim_start();
+            if package.is_none() {
+                if let Some(p) = t.strip_prefix("package ") {
+                    package = Some(p.split_whitespace().next().unwrap_or("").to_string());
+                }
+            }
+            // Top-level funcs only: `func Name(`, not methods `func (r T) Name(`.
+            if let Some(rest) = line.strip_prefix("func ") {
+                let ident: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                if !ident.is_empty() && rest[ident.len()..].trim_start().starts_with(['(', '[']) {
+                    declared.insert(ident);
+                }
+            }
+        }
+    }
+    match package.as_deref() {
+        None => return Err("no .go files at the repository root; put the functions' package there".into()),
+        Some("main") => {
+            return Err("the package at the repository root is `main`, which cannot be imported; \
+                 rename it (for example `package functions`): the platform generates its own main"
+                .into())
+        }
+        _ => {}
+    }
+    let missing: Vec<&str> =
+        functions.iter().map(|f| f.as_str()).filter(|f| !declared.contains(*f)).collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        let list = |v: &[&str]| v.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ");
+        Err(format!(
+            "the code does not export {} named in {}; the root package declares: {}",
+            list(&missing),
+            crate::manifest::MANIFEST_FILE,
+            if declared.is_empty() { "no functions".to_string() } else { declared.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ") }
+        ))
+    }
+}
+
+/// The image reference for a function at a commit.
+pub fn image_tag(project: &ProjectName, function: &FunctionName, commit: &str) -> String {
+    let short = &commit[..commit.len().min(12)];
+    format!("eserveless/{}-{}:{}", project, function.docker_part(), short)
+}
+
+fn is_inside(root: &Path, link_dir: &Path, target: &Path) -> bool {
+    // Resolve lexically: the target must stay within the checkout.
+    let joined = if target.is_absolute() { return false } else { link_dir.join(target) };
+    let mut depth: Vec<Component<'_>> = Vec::new();
+    let rel = match joined.strip_prefix(root) {
+        Ok(r) => r,
+        Err(_) => return false,
+    };
+    for c in rel.components() {
+        match c {
+            Component::Normal(_) => depth.push(c),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if depth.pop().is_none() {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Builds the context archive. Returns the tar bytes and warnings about skipped entries.
+pub fn build_context(checkout: &Path, rendered: &[(PathBuf, String)]) -> Result<(Vec<u8>, Vec<String>), ContextError> {
+    let mut warnings = Vec::new();
+    let mut total: u64 = 0;
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.follow_symlinks(false);
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e| ContextError::Io(p, e)
+    };
+    let walker = walkdir::WalkDir::new(checkout).follow_links(false).sort_by_file_name().into_iter().filter_entry(|e| {
+        let rel = e.path().strip_prefix(checkout).unwrap_or(e.path());
+        let first = rel.components().next().and_then(|c| c.as_os_str().to_str()).unwrap_or("");
+        e.file_name() != ".git" && first != BUILD_DIR && rel != Path::new(".dockerignore")
+    });
+    for entry in walker {
+        let entry = entry.map_err(|e| ContextError::Io(checkout.to_path_buf(), e.into()))?;
+        let rel = entry.path().strip_prefix(checkout).expect("walkdir yields paths under its root");
+        if rel.as_os_str().is_empty() {
+            continue;
+        }
+        let ft = entry.file_type();
+        if ft.is_symlink() {
+            let target = std::fs::read_link(entry.path()).map_err(io(entry.path()))?;
+            let dir = entry.path().parent().unwrap_or(checkout);
+            if is_inside(checkout, dir, &target) {
+                let mut header = tar::Header::new_gnu();
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_size(0);
+                header.set_mode(0o777);
+                tar.append_link(&mut header, rel, &target).map_err(io(entry.path()))?;
+            } else {
+                warnings.push(format!(
+                    "skipped symlink `{}` -> `{}`: it points outside the repository",
+                    rel.display(),
+                    target.display()
+                ));
+            }
+        } else if ft.is_dir() {
+            tar.append_dir(rel, entry.path()).map_err(io(entry.path()))?;
+        } else if ft.is_file() {
+            let meta = entry.metadata().map_err(|e| ContextError::Io(entry.path().to_path_buf(), e.into()))?;
+            total += meta.len();
+            if total > MAX_CONTEXT_BYTES {
+                return Err(ContextError::TooLarge);
+            }
+            let mut f = std::fs::File::open(entry.path()).map_err(io(entry.path()))?;
+            tar.append_file(rel, &mut f).map_err(io(entry.path()))?;
+        }
+        // Sockets, fifos and devices never reach a build.
+    }
+    for (path, text) in rendered {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(text.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        let dest = Path::new(BUILD_DIR).join(path);
+        tar.append_data(&mut header, dest, text.as_bytes()).map_err(io(path))?;
+    }
+    let bytes = tar.into_inner().map_err(io(checkout))?;
+    Ok((bytes, warnings))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names_in(tar_bytes: &[u8]) -> Vec<String> {
+        let mut a = tar::Archive::new(tar_bytes);
+        a.entries().expect("entries").map(|e| e.expect("entry").path().expect("path").display().to_string()).collect()
+    }
+
+    #[test]
+    fn context_excludes_git_escaping_symlinks_and_dockerignore() {
+        let dir = tempfile::tempdir().expect("dir");
+        let root = dir.path();
+        std::fs::create_dir_all(root.join(".git/objects")).expect("git");
+        std::fs::write(root.join(".git/config"), "secret").expect("w");
+        std::fs::write(root.join("functions.js"), "x").expect("w");
+        std::fs::write(root.join(".dockerignore"), "*").expect("w");
+        std::fs::create_dir(root.join("lib")).expect("lib");
+        std::fs::write(root.join("lib/a.js"), "a").expect("w");
+        std::os::unix::fs::symlink("/etc/passwd", root.join("passwd")).expect("ln");
+        std::os::unix::fs::symlink("../../outside", root.join("lib/up")).expect("ln");
+        std::os::unix::fs::symlink("a.js", root.join("lib/alias.js")).expect("ln");
+        let rendered = vec![(PathBuf::from("Dockerfile"), "FROM x\n".to_string())];
+        let (bytes, warnings) = build_context(root, &rendered).expect("context");
+        let names = names_in(&bytes);
+        assert!(names.contains(&"functions.js".to_string()), "{names:?}");
+        assert!(names.contains(&"lib/alias.js".to_string()), "{names:?}");
+        assert!(names.contains(&".eserveless-build/Dockerfile".to_string()), "{names:?}");
+        assert!(!names.iter().any(|n| n.starts_with(".git")), "{names:?}");
+        assert!(!names.contains(&".dockerignore".to_string()), "{names:?}");
+        assert!(!names.contains(&"passwd".to_string()), "{names:?}");
+        assert!(!names.contains(&"lib/up".to_string()), "{names:?}");
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+    }
+
+    #[test]
+    fn go_module_paths() {
+        assert_eq!(go_module_path("module github.com/x/y\n\ngo 1.14\n").as_deref(), Some("github.com/x/y"));
+        assert_eq!(go_module_path("// c\nmodule \"a/b\" // c\n").as_deref(), Some("a/b"));
+        assert_eq!(go_module_path("go 1.14\n"), None);
+        assert_eq!(go_module_path("modulex a\n"), None);
+    }
+
+    #[test]
+    fn go_export_check() {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(
+            dir.path().join("f.go"),
+            "package functions\n\nfunc API(w http.ResponseWriter, r *http.Request) {}\nfunc (s S) Method() {}\nfunc helper() {}\n",
+        )
+        .expect("w");
+        let api = FunctionName::parse("API").expect("n");
+        let missing = FunctionName::parse("Missing").expect("n");
+        let method = FunctionName::parse("Method").expect("n");
+        assert!(check_go_exports(dir.path(), &[&api]).is_ok());
+        assert_eq!(
+            check_go_exports(dir.path(), &[&api, &missing, &method]).expect_err("missing"),
+            "the code does not export `Missing`, `Method` named in .eserveless.yaml; the root package declares: `API`, `helper`"
+        );
+        std::fs::write(dir.path().join("f.go"), "package main\nfunc API() {}\n").expect("w");
+        assert!(check_go_exports(dir.path(), &[&api]).expect_err("main").contains("`main`"));
+    }
+
+    #[test]
+    fn image_tags() {
+        let p = ProjectName::parse("acme-app").expect("p");
+        let f = FunctionName::parse("My_API").expect("f");
+        assert_eq!(image_tag(&p, &f, "0123456789abcdef0123"), "eserveless/acme-app-my-api:0123456789ab");
+    }
+}

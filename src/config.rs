@@ -1,0 +1,168 @@
+//! Server configuration: flags win over environment variables, which win over an optional
+//! TOML config file, which wins over built-in defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::manifest::Scaling;
+
+/// Connected hosts' defaults; `scripts/offline-images` builds equivalents from Debian packages.
+pub const DEFAULT_NODE_IMAGE: &str = "node:20-bookworm-slim";
+pub const DEFAULT_GO_IMAGE: &str = "golang:1.22-bookworm";
+pub const DEFAULT_RUN_IMAGE: &str = "debian:bookworm-slim";
+
+/// `eserveless serve` flags; each may also come from the environment or the config file.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8000]
+    #[arg(long, env = "ESERVELESS_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Where the SQLite database and working files live [default: ./.eserveless]
+    #[arg(long, env = "ESERVELESS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Accept file:// URLs and absolute paths as repositories
+    #[arg(long, env = "ESERVELESS_ALLOW_LOCAL_REPOS", num_args = 0..=1, default_missing_value = "true")]
+    pub allow_local_repos: Option<bool>,
+    /// A directory of runtime templates (DIR/<runtime>/<http|cron>/) overriding or adding to the embedded ones
+    #[arg(long, env = "ESERVELESS_TEMPLATES")]
+    pub templates: Option<PathBuf>,
+    /// Base image for Node functions
+    #[arg(long, env = "ESERVELESS_NODE_IMAGE")]
+    pub node_image: Option<String>,
+    /// Builder image with the Go toolchain
+    #[arg(long, env = "ESERVELESS_GO_IMAGE")]
+    pub go_image: Option<String>,
+    /// Minimal run stage for compiled functions
+    #[arg(long, env = "ESERVELESS_RUN_IMAGE")]
+    pub run_image: Option<String>,
+    /// Default idle time before an http instance is removed, e.g. 5m
+    #[arg(long, env = "ESERVELESS_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Default idle time before an http instance is paused, e.g. 30s
+    #[arg(long, env = "ESERVELESS_PAUSE_AFTER", value_parser = humantime::parse_duration)]
+    pub pause_after: Option<Duration>,
+    /// Docker network the function containers join
+    #[arg(long, env = "ESERVELESS_NETWORK")]
+    pub network: Option<String>,
+    /// Longest one image build may take, e.g. 10m
+    #[arg(long, env = "ESERVELESS_BUILD_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub build_timeout: Option<Duration>,
+    /// Longest a git clone or lookup may take, e.g. 2m
+    #[arg(long, env = "ESERVELESS_CLONE_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub clone_timeout: Option<Duration>,
+    /// A TOML file with any of the settings above (keys as in the flags, with `_`)
+    #[arg(long, env = "ESERVELESS_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    allow_local_repos: Option<bool>,
+    templates: Option<PathBuf>,
+    node_image: Option<String>,
+    go_image: Option<String>,
+    run_image: Option<String>,
+    #[serde(default, with = "opt_duration")]
+    idle_timeout: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    pause_after: Option<Duration>,
+    network: Option<String>,
+    #[serde(default, with = "opt_duration")]
+    build_timeout: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    clone_timeout: Option<Duration>,
+}
+
+mod opt_duration {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s: Option<String> = Option::deserialize(d)?;
+        s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom)).transpose()
+    }
+}
+
+/// The resolved server settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub allow_local_repos: bool,
+    pub templates: Option<PathBuf>,
+    pub node_image: String,
+    pub go_image: String,
+    pub run_image: String,
+    pub scaling: Scaling,
+    pub network: String,
+    pub build_timeout: Duration,
+    pub clone_timeout: Duration,
+}
+
+impl ServerConfig {
+    pub fn resolve(args: &ServeArgs) -> anyhow::Result<Self> {
+        let file: FileConfig = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+                toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid config file {}: {e}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let mut scaling = Scaling::default();
+        if let Some(d) = args.idle_timeout.or(file.idle_timeout) {
+            scaling.idle_timeout = d;
+        }
+        if let Some(d) = args.pause_after.or(file.pause_after) {
+            scaling.pause_after = d;
+        }
+        if scaling.pause_after > scaling.idle_timeout {
+            scaling.pause_after = scaling.idle_timeout;
+        }
+        Ok(ServerConfig {
+            listen: args.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8000))),
+            data_dir: args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from(".eserveless")),
+            allow_local_repos: args.allow_local_repos.or(file.allow_local_repos).unwrap_or(false),
+            templates: args.templates.clone().or(file.templates),
+            node_image: args.node_image.clone().or(file.node_image).unwrap_or_else(|| DEFAULT_NODE_IMAGE.into()),
+            go_image: args.go_image.clone().or(file.go_image).unwrap_or_else(|| DEFAULT_GO_IMAGE.into()),
+            run_image: args.run_image.clone().or(file.run_image).unwrap_or_else(|| DEFAULT_RUN_IMAGE.into()),
+            scaling,
+            network: args.network.clone().or(file.network).unwrap_or_else(|| "eserveless".into()),
+            build_timeout: args.build_timeout.or(file.build_timeout).unwrap_or(Duration::from_secs(600)),
+            clone_timeout: args.clone_timeout.or(file.clone_timeout).unwrap_or(Duration::from_secs(120)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_file_and_defaults_fill_the_rest() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nnode_image = \"from-file\"\nidle_timeout = \"2m\"\n").expect("w");
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            node_image: Some("from-flag".into()),
+            ..Default::default()
+        };
+        let c = ServerConfig::resolve(&args).expect("resolve");
+        assert_eq!(c.node_image, "from-flag");
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.scaling.idle_timeout, Duration::from_secs(120));
+        assert_eq!(c.go_image, DEFAULT_GO_IMAGE);
+        assert!(!c.allow_local_repos);
+
+        std::fs::write(&path, "lisen = \"x\"\n").expect("w");
+        let e = ServerConfig::resolve(&args).expect_err("unknown key");
+        assert!(e.to_string().contains("lisen"), "{e}");
+    }
+}

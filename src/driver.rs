@@ -1,0 +1,426 @@
+//! The container engine seam: a [`Driver`] trait over build, create, start, pause, resume,
+//! remove, logs and events, and its Docker Engine implementation through bollard.
+//!
+//! This is the only code that talks to Docker.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig, ResourcesUlimits,
+};
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, EventsOptionsBuilder, InspectContainerOptions,
+    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder,
+    WaitContainerOptions,
+};
+use bollard::Docker;
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+
+/// Label keys on every Docker object the platform creates.
+pub mod labels {
+    pub const MANAGED: &str = "eserveless.managed";
+    pub const PROJECT: &str = "eserveless.project";
+    pub const FUNCTION: &str = "eserveless.function";
+    pub const REVISION: &str = "eserveless.revision";
+    pub const COMMIT: &str = "eserveless.commit";
+    pub const ROLE: &str = "eserveless.role";
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("cannot reach the Docker engine ({0}); is dockerd running? `scripts/run` starts one")]
+    Unreachable(String),
+    #[error("image `{0}` is not present in the Docker engine; build it with `eval \"$(scripts/offline-images)\"` or pull it")]
+    MissingImage(String),
+    #[error("no such container `{0}`")]
+    NoSuchContainer(String),
+    #[error("image build failed: {message}")]
+    BuildFailed { message: String, log: String },
+    #[error("image build exceeded its time limit of {0:?}")]
+    BuildTimeout(Duration, String),
+    #[error("docker: {0}")]
+    Engine(String),
+}
+
+impl From<bollard::errors::Error> for DriverError {
+    fn from(e: bollard::errors::Error) -> Self {
+        use bollard::errors::Error as E;
+        match &e {
+            E::DockerResponseServerError { status_code: 404, message } => {
+                if message.contains("No such container") {
+                    DriverError::NoSuchContainer(message.clone())
+                } else {
+                    DriverError::Engine(message.clone())
+                }
+            }
+            E::DockerResponseServerError { message, .. } => DriverError::Engine(message.clone()),
+            E::IOError { .. } | E::HyperResponseError { .. } | E::RequestTimeoutError => {
+                DriverError::Unreachable(e.to_string())
+            }
+            _ => DriverError::Engine(e.to_string()),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, DriverError>;
+
+/// Resource and isolation limits for a function container.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub memory_bytes: i64,
+    pub nano_cpus: i64,
+    pub pids: i64,
+    pub nofile: i64,
+    pub tmpfs_size: String,
+    pub user: String,
+    pub oci_runtime: Option<String>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: 256 * 1024 * 1024,
+            nano_cpus: 1_000_000_000,
+            pids: 256,
+            nofile: 4096,
+            tmpfs_size: "64m".into(),
+            user: "65534:65534".into(),
+            oci_runtime: None,
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub image: String,
+    pub env: Vec<String>,
+    pub labels: HashMap<String, String>,
+    pub limits: Limits,
+}
+
+/// A running container and how to reach it.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub id: String,
+    pub ip: String,
+}
+
+/// A container the platform created, as listed by the engine.
+#[derive(Debug, Clone)]
+pub struct ManagedContainer {
+    pub id: String,
+    pub labels: HashMap<String, String>,
+    pub running: bool,
+    pub paused: bool,
+    pub ip: Option<String>,
+}
+
+/// A container lifecycle event.
+#[derive(Debug, Clone)]
+pub struct ContainerEvent {
+    pub id: String,
+    /// `die`, `oom`, `destroy`, ...
+    pub action: String,
+}
+
+/// How an image is built.
+pub struct BuildRequest {
+    pub context_tar: Vec<u8>,
+    pub dockerfile: String,
+    pub tag: String,
+    pub labels: HashMap<String, String>,
+    pub timeout: Duration,
+}
+
+#[async_trait]
+pub trait Driver: Send + Sync + 'static {
+    async fn ping(&self) -> Result<()>;
+    async fn image_exists(&self, image: &str) -> Result<bool>;
+    /// Builds an image; returns its whole log.
+    async fn build_image(&self, req: BuildRequest) -> Result<String>;
+    async fn remove_image(&self, image: &str) -> Result<()>;
+    /// Creates and starts a container on the functions network; returns its address.
+    async fn run(&self, spec: ContainerSpec) -> Result<Started>;
+    async fn pause(&self, id: &str) -> Result<()>;
+    async fn unpause(&self, id: &str) -> Result<()>;
+    /// Removes a container, killing it if it runs. A missing container is not an error.
+    async fn remove(&self, id: &str) -> Result<()>;
+    /// Waits for the container to exit; returns its exit code.
+    async fn wait(&self, id: &str) -> Result<i64>;
+    /// The container's output so far (stdout and stderr interleaved), at most `max_bytes` of the tail.
+    async fn logs(&self, id: &str, max_bytes: usize) -> Result<String>;
+    async fn list_managed(&self) -> Result<Vec<ManagedContainer>>;
+    /// Lifecycle events of managed containers.
+    fn events(&self) -> BoxStream<'static, Result<ContainerEvent>>;
+}
+
+/// The Docker Engine driver.
+pub struct DockerDriver {
+    docker: Docker,
+    network: String,
+}
+
+impl DockerDriver {
+    /// Connects to the local engine (DOCKER_HOST or the default socket), negotiating the API
+    /// version, and makes sure the functions network exists.
+    pub async fn connect(network: &str) -> Result<Self> {
+        let docker = Docker::connect_with_defaults().map_err(|e| DriverError::Unreachable(e.to_string()))?;
+        let docker = docker
+            .with_timeout(Duration::from_secs(120))
+            .negotiate_version()
+            .await
+            .map_err(|e| DriverError::Unreachable(e.to_string()))?;
+        let driver = DockerDriver { docker, network: network.to_string() };
+        driver.ensure_network().await?;
+        Ok(driver)
+    }
+
+    async fn ensure_network(&self) -> Result<()> {
+        match self.docker.inspect_network(&self.network, None::<bollard::query_parameters::InspectNetworkOptions>).await {
+            Ok(_) => return Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let req = NetworkCreateRequest {
+            name: self.network.clone(),
+            driver: Some("bridge".into()),
+            // Functions must not reach one another: no inter-container traffic on this bridge.
+            options: Some(HashMap::from([(
+                "com.docker.network.bridge.enable_icc".to_string(),
+                "false".to_string(),
+            )])),
+            labels: Some(HashMap::from([(labels::MANAGED.to_string(), "true".to_string())])),
+            ..Default::default()
+        };
+        match self.docker.create_network(req).await {
+            Ok(_) => Ok(()),
+            // Another server created it at the same time.
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn container_ip(&self, id: &str) -> Result<Option<String>> {
+        let info = self.docker.inspect_container(id, None::<InspectContainerOptions>).await?;
+        Ok(info
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|mut n| n.remove(&self.network))
+            .and_then(|e| e.ip_address)
+            .filter(|ip| !ip.is_empty()))
+    }
+}
+
+#[async_trait]
+impl Driver for DockerDriver {
+    async fn ping(&self) -> Result<()> {
+        self.docker.ping().await.map(|_| ()).map_err(|e| DriverError::Unreachable(e.to_string()))
+    }
+
+    async fn image_exists(&self, image: &str) -> Result<bool> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn build_image(&self, req: BuildRequest) -> Result<String> {
+        let options = BuildImageOptionsBuilder::default()
+            .dockerfile(&req.dockerfile)
+            .t(&req.tag)
+            .labels(&req.labels)
+            .rm(true)
+            .forcerm(true)
+            .build();
+        let mut stream =
+            self.docker.build_image(options, None, Some(bollard::body_full(bytes::Bytes::from(req.context_tar))));
+        let mut log = String::new();
+        let run = async {
+            while let Some(item) = stream.next().await {
+                let info = item?;
+                if let Some(text) = info.stream.as_deref().or(info.status.as_deref()) {
+                    log.push_str(text);
+                    if !text.ends_with('\n') {
+                        log.push('\n');
+                    }
+                }
+                if let Some(detail) = info.error_detail {
+                    let message = detail.message.unwrap_or_else(|| "unknown build error".into());
+                    log.push_str(&message);
+                    log.push('\n');
+                    return Err(DriverError::BuildFailed { message, log: std::mem::take(&mut log) });
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(req.timeout, run).await {
+            Ok(Ok(())) => Ok(log),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(DriverError::BuildTimeout(req.timeout, log)),
+        }
+    }
+
+    async fn remove_image(&self, image: &str) -> Result<()> {
+        let opts = RemoveImageOptionsBuilder::default().force(true).build();
+        match self.docker.remove_image(image, Some(opts), None).await {
+            Ok(_) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn run(&self, spec: ContainerSpec) -> Result<Started> {
+        let l = &spec.limits;
+        let host_config = HostConfig {
+            network_mode: Some(self.network.clone()),
+            memory: Some(l.memory_bytes),
+            memory_swap: Some(l.memory_bytes),
+            nano_cpus: Some(l.nano_cpus),
+            pids_limit: Some(l.pids),
+            ulimits: Some(vec![ResourcesUlimits { name: Some("nofile".into()), soft: Some(l.nofile), hard: Some(l.nofile) }]),
+            cap_drop: Some(vec!["ALL".into()]),
+            security_opt: Some(vec!["no-new-privileges:true".into()]),
+            readonly_rootfs: Some(true),
+            tmpfs: Some(HashMap::from([("/tmp".to_string(), format!("rw,noexec,nosuid,size={}", l.tmpfs_size))])),
+            runtime: l.oci_runtime.clone(),
+            init: Some(false),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            env: Some(spec.env.clone()),
+            labels: Some(spec.labels.clone()),
+            user: Some(l.user.clone()),
+            host_config: Some(host_config),
+            networking_config: Some(NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(self.network.clone(), EndpointSettings::default())])),
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::default().name(&spec.name).build();
+        let created = match self.docker.create_container(Some(options), body).await {
+            Ok(c) => c,
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, message })
+                if message.contains("image") || message.contains("No such image") =>
+            {
+                return Err(DriverError::MissingImage(spec.image));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Err(e) = self.docker.start_container(&created.id, None).await {
+            let _ = self.remove(&created.id).await;
+            return Err(e.into());
+        }
+        let ip = match self.container_ip(&created.id).await {
+            Ok(Some(ip)) => ip,
+            Ok(None) => {
+                let _ = self.remove(&created.id).await;
+                return Err(DriverError::Engine(format!("container {} got no address on network {}", created.id, self.network)));
+            }
+            Err(e) => {
+                let _ = self.remove(&created.id).await;
+                return Err(e);
+            }
+        };
+        Ok(Started { id: created.id, ip })
+    }
+
+    async fn pause(&self, id: &str) -> Result<()> {
+        Ok(self.docker.pause_container(id).await?)
+    }
+
+    async fn unpause(&self, id: &str) -> Result<()> {
+        Ok(self.docker.unpause_container(id).await?)
+    }
+
+    async fn remove(&self, id: &str) -> Result<()> {
+        let opts = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+        match self.docker.remove_container(id, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+            // Removal already in progress.
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn wait(&self, id: &str) -> Result<i64> {
+        let mut stream = self.docker.wait_container(id, None::<WaitContainerOptions>);
+        match stream.next().await {
+            Some(Ok(r)) => Ok(r.status_code),
+            // bollard reports a non-zero exit as an error carrying the code.
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(e)) => Err(e.into()),
+            None => Err(DriverError::Engine(format!("wait on {id} ended without a status"))),
+        }
+    }
+
+    async fn logs(&self, id: &str, max_bytes: usize) -> Result<String> {
+        let opts = LogsOptionsBuilder::default().stdout(true).stderr(true).tail("2000").build();
+        let mut stream = self.docker.logs(id, Some(opts));
+        let mut out = Vec::new();
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(chunk) => out.extend_from_slice(&chunk.into_bytes()),
+                Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+                    return Err(DriverError::NoSuchContainer(id.to_string()))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if out.len() > max_bytes {
+            out.drain(..out.len() - max_bytes);
+        }
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    async fn list_managed(&self) -> Result<Vec<ManagedContainer>> {
+        let filters = HashMap::from([("label".to_string(), vec![format!("{}=true", labels::MANAGED)])]);
+        let opts = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+        let list = self.docker.list_containers(Some(opts)).await?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                let state = c.state.map(|s| s.to_string()).unwrap_or_default();
+                let ip = c
+                    .network_settings
+                    .and_then(|n| n.networks)
+                    .and_then(|mut n| n.remove(&self.network))
+                    .and_then(|e| e.ip_address)
+                    .filter(|ip| !ip.is_empty());
+                Some(ManagedContainer {
+                    id: c.id?,
+                    labels: c.labels.unwrap_or_default(),
+                    running: state == "running" || state == "paused",
+                    paused: state == "paused",
+                    ip,
+                })
+            })
+            .collect())
+    }
+
+    fn events(&self) -> BoxStream<'static, Result<ContainerEvent>> {
+        let filters = HashMap::from([
+            ("type".to_string(), vec!["container".to_string()]),
+            ("label".to_string(), vec![format!("{}=true", labels::MANAGED)]),
+            ("event".to_string(), vec!["die".to_string(), "oom".to_string(), "destroy".to_string()]),
+        ]);
+        let opts = EventsOptionsBuilder::default().filters(&filters).build();
+        // The events stream is long-lived: use a client without a request timeout.
+        let docker = self.docker.clone().with_timeout(Duration::from_secs(u64::MAX / 4));
+        docker
+            .events(Some(opts))
+            .map(|e| {
+                let e = e?;
+                let actor = e.actor.unwrap_or_default();
+                Ok(ContainerEvent { id: actor.id.unwrap_or_default(), action: e.action.unwrap_or_default() })
+            })
+            .boxed()
+    }
+}

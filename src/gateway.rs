@@ -1,0 +1,293 @@
+//! The invoke gateway: the in-memory route table, and streaming reverse-proxying of
+//! `/invoke/{project}/{function}/{*path}` to a pooled instance, with forwarded headers,
+//! timeouts and error mapping.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
+use axum::response::IntoResponse;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::error::ApiError;
+use crate::pool::{AcquireError, FunctionPool, Lease};
+
+/// Where a function's requests go.
+#[derive(Clone)]
+pub enum Route {
+    Http(Arc<FunctionPool>),
+    /// Cron-only: never reachable over HTTP.
+    Cron,
+}
+
+/// project → function → route. Swapped per project when a deployment goes live.
+#[derive(Default)]
+pub struct RouteTable {
+    projects: RwLock<HashMap<String, Arc<HashMap<String, Route>>>>,
+}
+
+impl RouteTable {
+    pub fn get(&self, project: &str, function: &str) -> Option<Route> {
+        let map = self.projects.read().unwrap_or_else(|p| p.into_inner());
+        map.get(project).and_then(|fns| fns.get(function).cloned())
+    }
+
+    pub fn project(&self, project: &str) -> Option<Arc<HashMap<String, Route>>> {
+        self.projects.read().unwrap_or_else(|p| p.into_inner()).get(project).cloned()
+    }
+
+    /// Replaces a project's routes atomically; returns the old ones.
+    pub fn set_project(&self, project: &str, routes: HashMap<String, Route>) -> Option<Arc<HashMap<String, Route>>> {
+        self.projects.write().unwrap_or_else(|p| p.into_inner()).insert(project.to_string(), Arc::new(routes))
+    }
+
+    pub fn remove_project(&self, project: &str) -> Option<Arc<HashMap<String, Route>>> {
+        self.projects.write().unwrap_or_else(|p| p.into_inner()).remove(project)
+    }
+}
+
+/// The proxy: a pooled keep-alive HTTP/1.1 client to instances.
+#[derive(Clone)]
+pub struct Gateway {
+    client: Client<HttpConnector, Body>,
+    routes: Arc<RouteTable>,
+}
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Splits `/invoke/{project}/{function}[/rest]` into its parts; rest keeps its encoding.
+pub fn split_invoke_path(path: &str) -> Option<(&str, &str, &str)> {
+    let rest = path.strip_prefix("/invoke/")?;
+    let (project, after) = rest.split_once('/')?;
+    let (function, tail) = match after.find('/') {
+        Some(i) => (&after[..i], &after[i..]),
+        None => (after, ""),
+    };
+    if project.is_empty() || function.is_empty() {
+        return None;
+    }
+    Some((project, function, if tail.is_empty() { "/" } else { tail }))
+}
+
+/// A response body that holds the instance until the body has been sent.
+struct LeasedBody {
+    inner: Incoming,
+    lease: Option<Lease>,
+}
+
+impl http_body::Body for LeasedBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(None) => {
+                self.lease = None;
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(l) = self.lease.take() {
+                    l.mark_broken();
+                }
+            }
+            _ => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Gateway {
+    pub fn new(routes: Arc<RouteTable>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Gateway { client, routes }
+    }
+
+    /// Proxies one invocation.
+    pub async fn invoke(&self, req: Request<Body>, client_addr: Option<SocketAddr>) -> Response<Body> {
+        match self.try_invoke(req, client_addr).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        }
+    }
+
+    async fn try_invoke(&self, req: Request<Body>, client_addr: Option<SocketAddr>) -> Result<Response<Body>, ApiError> {
+        let path = req.uri().path().to_string();
+        let (project, function, rest) = split_invoke_path(&path)
+            .ok_or_else(|| ApiError::not_found("not_found", "use /invoke/<project>/<function>[/path]"))?;
+        let pool = match self.routes.get(project, function) {
+            Some(Route::Http(pool)) => pool,
+            Some(Route::Cron) => {
+                return Err(ApiError::not_found(
+                    "not_http",
+                    format!("function `{function}` of project `{project}` is a cron function and cannot be invoked over HTTP"),
+                ))
+            }
+            None => {
+                return Err(ApiError::not_found(
+                    "function_not_found",
+                    format!("no live function `{function}` in project `{project}`; `eserveless show {project}` lists its functions"),
+                ))
+            }
+        };
+        let timeout = pool.revision().timeout;
+        let started = tokio::time::Instant::now();
+        let deadline = started + timeout;
+        let lease = pool.acquire(deadline).await.map_err(|e| match e {
+            AcquireError::QueueFull(_) => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", e.to_string()).with_retry_after(1)
+            }
+            AcquireError::Deadline(_) => ApiError::unavailable("no_capacity", e.to_string()).with_retry_after(1),
+            AcquireError::StartFailed { .. } => ApiError::new(StatusCode::BAD_GATEWAY, "start_failed", e.to_string()),
+        })?;
+
+        let prefix = format!("/invoke/{project}/{function}");
+        let (mut parts, body) = req.into_parts();
+        let pq = match parts.uri.query() {
+            Some(q) => format!("{rest}?{q}"),
+            None => rest.to_string(),
+        };
+        parts.uri = Uri::builder()
+            .scheme("http")
+            .authority(lease.addr.to_string())
+            .path_and_query(pq)
+            .build()
+            .map_err(|e| ApiError::bad_request("bad_path", format!("cannot forward this path: {e}")))?;
+        parts.version = axum::http::Version::HTTP_11;
+        let original_host = parts.headers.get(header::HOST).cloned();
+        strip_hop_by_hop(&mut parts.headers);
+        let h = &mut parts.headers;
+        if let Some(addr) = client_addr {
+            let ip = addr.ip().to_string();
+            let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                Some(prev) => format!("{prev}, {ip}"),
+                None => ip,
+            };
+            if let Ok(v) = HeaderValue::from_str(&xff) {
+                h.insert("x-forwarded-for", v);
+            }
+        }
+        h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        if let Some(host) = original_host {
+            h.insert("x-forwarded-host", host);
+        }
+        if let Ok(v) = HeaderValue::from_str(&prefix) {
+            h.insert("x-forwarded-prefix", v);
+        }
+        let up = Request::from_parts(parts, body);
+
+        let result = tokio::time::timeout_at(deadline, self.client.request(up)).await;
+        let resp = match result {
+            Err(_) => {
+                return Err(ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "function_timeout",
+                    format!("function `{function}` did not answer within its timeout of {}", humantime::format_duration(timeout)),
+                ))
+            }
+            Ok(Err(e)) => {
+                lease.mark_broken();
+                tracing::warn!(project, function, error = %e, "instance failed mid-request");
+                return Err(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "function_failed",
+                    format!("function `{function}` closed the connection without a complete answer (it may have crashed); the next request gets a fresh instance"),
+                ));
+            }
+            Ok(Ok(r)) => r,
+        };
+        let (mut parts, incoming) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let timing = format!("{};dur={}", lease.kind.as_str(), lease.took.as_millis());
+        if let Ok(v) = HeaderValue::from_str(&timing) {
+            parts.headers.append("server-timing", v);
+        }
+        let body = Body::new(LeasedBody { inner: incoming, lease: Some(lease) });
+        Ok(Response::from_parts(parts, body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invoke_paths() {
+        assert_eq!(split_invoke_path("/invoke/p/f"), Some(("p", "f", "/")));
+        assert_eq!(split_invoke_path("/invoke/p/f/"), Some(("p", "f", "/")));
+        assert_eq!(split_invoke_path("/invoke/p/f/a/b%20c"), Some(("p", "f", "/a/b%20c")));
+        assert_eq!(split_invoke_path("/invoke/p"), None);
+        assert_eq!(split_invoke_path("/invoke//f"), None);
+        assert_eq!(split_invoke_path("/other/p/f"), None);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("x-kept", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h.get("x-kept").and_then(|v| v.to_str().ok()), Some("yes"));
+    }
+
+    #[test]
+    fn route_table_swaps_per_project() {
+        let t = RouteTable::default();
+        assert!(t.get("p", "f").is_none());
+        t.set_project("p", HashMap::from([("f".to_string(), Route::Cron)]));
+        assert!(matches!(t.get("p", "f"), Some(Route::Cron)));
+        assert!(t.get("p", "g").is_none());
+        assert!(t.remove_project("p").is_some());
+        assert!(t.get("p", "f").is_none());
+    }
+}

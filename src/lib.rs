@@ -1,0 +1,18 @@
+//! eserveless: self-hosted serverless functions on a Docker engine, in one binary.
+
+pub mod api;
+pub mod build;
+pub mod cli;
+pub mod config;
+pub mod driver;
+pub mod error;
+pub mod gateway;
+pub mod manifest;
+pub mod names;
+pub mod platform;
+pub mod pool;
+pub mod runtime;
+pub mod scheduler;
+pub mod server;
+pub mod source;
+pub mod store;

@@ -1,0 +1,736 @@
+//! The `.eserveless.yaml` schema: parsing, validation, runtime detection and warnings.
+//!
+//! This module is pure: it sees the manifest text and the names of the files at the
+//! checkout's root, and returns either a validated [`Manifest`] or a [`ManifestError`]
+//! whose message names every problem and says how to fix it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+
+use crate::names::FunctionName;
+
+/// The manifest's file name at the repository root.
+pub const MANIFEST_FILE: &str = ".eserveless.yaml";
+
+/// Default per-request / per-run timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest timeout a manifest may ask for.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// Default in-flight requests per instance.
+pub const DEFAULT_CONCURRENCY: u32 = 16;
+/// Default cap on instances per function.
+pub const DEFAULT_MAX_INSTANCES: u32 = 4;
+/// Hard cap on instances per function.
+pub const LIMIT_MAX_INSTANCES: u32 = 64;
+/// Default idle time before an instance is paused.
+pub const DEFAULT_PAUSE_AFTER: Duration = Duration::from_secs(30);
+/// Default idle time before an instance is removed (scale to zero).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+
+/// What kind of function this is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FunctionKind {
+    /// Served over HTTP through the gateway.
+    Http,
+    /// Run once per firing of `schedule`.
+    Cron { schedule: String },
+}
+
+impl FunctionKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FunctionKind::Http => "http",
+            FunctionKind::Cron { .. } => "cron",
+        }
+    }
+    pub fn schedule(&self) -> Option<&str> {
+        match self {
+            FunctionKind::Http => None,
+            FunctionKind::Cron { schedule } => Some(schedule),
+        }
+    }
+}
+
+/// Scaling settings of an http function.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Scaling {
+    pub concurrency: u32,
+    pub min_instances: u32,
+    pub max_instances: u32,
+    #[serde(with = "humantime_serde_secs")]
+    pub pause_after: Duration,
+    #[serde(with = "humantime_serde_secs")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for Scaling {
+    fn default() -> Self {
+        Scaling {
+            concurrency: DEFAULT_CONCURRENCY,
+            min_instances: 0,
+            max_instances: DEFAULT_MAX_INSTANCES,
+            pause_after: DEFAULT_PAUSE_AFTER,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        }
+    }
+}
+
+/// Durations stored as fractional seconds in JSON.
+mod humantime_serde_secs {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
+    }
+}
+
+/// One validated function.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionSpec {
+    pub name: FunctionName,
+    pub kind: FunctionKind,
+    /// `ESERVELESS_*` environment variables derived from `meta`, sorted by name.
+    pub env: BTreeMap<String, String>,
+    pub timeout: Duration,
+    pub scaling: Scaling,
+}
+
+/// A validated manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    pub runtime: String,
+    pub functions: Vec<FunctionSpec>,
+    pub warnings: Vec<String>,
+}
+
+/// Every problem found in a manifest, one per line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestError {
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid {MANIFEST_FILE}: ")?;
+        if self.problems.len() == 1 {
+            write!(f, "{}", self.problems[0])
+        } else {
+            for p in &self.problems {
+                write!(f, "\n  - {p}")?;
+            }
+            Ok(())
+        }
+    }
+}
+
+impl std::error::Error for ManifestError {}
+
+/// What the parser needs to know about its surroundings.
+pub struct ParseContext<'a> {
+    /// Runtimes that have templates (embedded plus operator-supplied).
+    pub known_runtimes: &'a [String],
+    /// Names of the files and directories at the checkout's root.
+    pub root_files: &'a [String],
+    /// Scaling used where the manifest says nothing (the operator's defaults).
+    pub defaults: &'a Scaling,
+}
+
+#[derive(Deserialize)]
+struct RawManifest {
+    #[allow(dead_code)]
+    repo: Option<Value>,
+    runtime: Option<String>,
+    functions: Option<Vec<RawFunction>>,
+}
+
+#[derive(Deserialize)]
+struct RawFunction {
+    name: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    schedule: Option<String>,
+    meta: Option<BTreeMap<String, Value>>,
+    timeout: Option<String>,
+    concurrency: Option<u32>,
+    min_instances: Option<u32>,
+    max_instances: Option<u32>,
+    pause_after: Option<String>,
+    idle_timeout: Option<String>,
+}
+
+const TOP_KEYS: &[&str] = &["repo", "runtime", "functions"];
+const FUNCTION_KEYS: &[&str] = &[
+    "name",
+    "type",
+    "schedule",
+    "meta",
+    "timeout",
+    "concurrency",
+    "min_instances",
+    "max_instances",
+    "pause_after",
+    "idle_timeout",
+];
+
+/// Suggests the closest of `candidates` to `word`, if any is close enough.
+pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (strsim::jaro_winkler(&word.to_ascii_lowercase(), c), c))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
+fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+    match suggest(word, candidates) {
+        Some(s) => format!("; did you mean `{s}`?"),
+        None => String::new(),
+    }
+}
+
+/// Parses a cron schedule: 5 standard fields, or 6 with seconds first.
+pub fn parse_schedule(expr: &str) -> Result<croner::Cron, String> {
+    let fields = expr.split_whitespace().count();
+    if !(fields == 5 || fields == 6) && !expr.trim_start().starts_with('@') {
+        return Err(format!(
+            "has {fields} fields; use 5 fields (minute hour day-of-month month day-of-week) \
+             or 6 with seconds first, e.g. \"*/10 * * * * *\""
+        ));
+    }
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Optional)
+        .year(croner::parser::Year::Disallowed)
+        .build()
+        .parse(expr)
+        .map_err(|e| {
+            format!(
+                "{e} (fields: [second 0-59] minute 0-59, hour 0-23, day-of-month 1-31, month 1-12, day-of-week 0-7)"
+            )
+        })
+}
+
+/// Turns a `meta` key into its environment variable name.
+pub fn meta_env_name(key: &str) -> String {
+    let mut name = String::from("ESERVELESS_");
+    name.extend(key.chars().map(|c| {
+        let c = c.to_ascii_uppercase();
+        if c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_' {
+            c
+        } else {
+            '_'
+        }
+    }));
+    name
+}
+
+/// Detects the runtime from the files at the checkout's root.
+pub fn detect_runtime(root_files: &[String]) -> Option<(&'static str, &'static str)> {
+    let has = |f: &str| root_files.iter().any(|n| n == f);
+    if has("package.json") {
+        Some(("node", "package.json"))
+    } else if has("functions.js") {
+        Some(("node", "functions.js"))
+    } else if has("go.mod") {
+        Some(("golang", "go.mod"))
+    } else {
+        None
+    }
+}
+
+fn parse_duration(field: &str, who: &str, text: &str, problems: &mut Vec<String>) -> Option<Duration> {
+    match humantime::parse_duration(text.trim()) {
+        Ok(d) if d.is_zero() => {
+            problems.push(format!("{who}: `{field}` must be greater than zero, got `{text}`"));
+            None
+        }
+        Ok(d) => Some(d),
+        Err(e) => {
+            problems.push(format!(
+                "{who}: `{field}` value `{text}` is not a duration ({e}); write it like `10s`, `500ms` or `5m`"
+            ));
+            None
+        }
+    }
+}
+
+fn scalar_to_string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Null => Some(String::new()),
+        _ => None,
+    }
+}
+
+fn yaml_error_message(e: &serde_yaml_ng::Error) -> String {
+    let text = e.to_string();
+    match e.location() {
+        Some(loc) if !text.contains("line ") => {
+            format!("{text} at line {} column {}", loc.line(), loc.column())
+        }
+        _ => text,
+    }
+}
+
+fn unknown_key_warnings(doc: &Value, warnings: &mut Vec<String>) {
+    let Value::Mapping(top) = doc else { return };
+    for key in top.keys() {
+        let Some(k) = key.as_str() else { continue };
+        if !TOP_KEYS.contains(&k) {
+            warnings.push(format!(
+                "unknown key `{k}`{}",
+                did_you_mean(k, TOP_KEYS.iter().copied())
+            ));
+        }
+    }
+    if let Some(Value::Sequence(fns)) = top.get("functions") {
+        for (i, f) in fns.iter().enumerate() {
+            let Value::Mapping(m) = f else { continue };
+            let who = m
+                .get("name")
+                .and_then(|n| n.as_str())
+                .map(|n| format!("function `{n}`"))
+                .unwrap_or_else(|| format!("function #{}", i + 1));
+            for key in m.keys() {
+                let Some(k) = key.as_str() else { continue };
+                if !FUNCTION_KEYS.contains(&k) {
+                    warnings.push(format!(
+                        "{who}: unknown key `{k}`{}",
+                        did_you_mean(k, FUNCTION_KEYS.iter().copied())
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Parses and validates a manifest.
+pub fn parse(text: &str, ctx: &ParseContext<'_>) -> Result<Manifest, ManifestError> {
+    let fail = |p: String| ManifestError { problems: vec![p] };
+    let doc: Value = serde_yaml_ng::from_str(text).map_err(|e| fail(format!("malformed YAML: {}", yaml_error_message(&e))))?;
+    if doc.is_null() {
+        return Err(fail("the file is empty; it needs a `functions` list".into()));
+    }
+    if !doc.is_mapping() {
+        return Err(fail("the top level must be a mapping with a `functions` list".into()));
+    }
+    let raw: RawManifest = serde_yaml_ng::from_str(text).map_err(|e| fail(yaml_error_message(&e)))?;
+
+    let mut warnings = Vec::new();
+    let mut problems = Vec::new();
+    unknown_key_warnings(&doc, &mut warnings);
+
+    let runtime = match raw.runtime.as_deref().map(str::trim) {
+        Some(r) if ctx.known_runtimes.iter().any(|k| k == r) => Some(r.to_string()),
+        Some(r) => {
+            let mut known: Vec<&str> = ctx.known_runtimes.iter().map(String::as_str).collect();
+            known.sort_unstable();
+            let hint = match r {
+                "go" => "; did you mean `golang`?".to_string(),
+                "nodejs" | "javascript" | "js" => "; did you mean `node`?".to_string(),
+                _ => did_you_mean(r, known.iter().copied()),
+            };
+            problems.push(format!("unknown runtime `{r}`{hint} (known runtimes: {})", known.join(", ")));
+            None
+        }
+        None => match detect_runtime(ctx.root_files) {
+            Some((rt, file)) => {
+                warnings.push(format!("no `runtime` key; detected `{rt}` from `{file}`; add `runtime: {rt}` to silence this"));
+                Some(rt.to_string())
+            }
+            None => {
+                problems.push(
+                    "no `runtime` key, and none could be detected (no package.json, functions.js or go.mod at the root); \
+                     add `runtime: node` or `runtime: golang`"
+                        .into(),
+                );
+                None
+            }
+        },
+    };
+
+    let raw_functions = match raw.functions {
+        None => {
+            problems.push("no `functions` list; add at least one function, e.g. `functions: [{name: API, type: http}]`".into());
+            Vec::new()
+        }
+        Some(f) if f.is_empty() => {
+            problems.push("`functions` is empty; add at least one function".into());
+            Vec::new()
+        }
+        Some(f) => f,
+    };
+
+    let mut functions = Vec::new();
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    for (i, rf) in raw_functions.into_iter().enumerate() {
+        let position = format!("function #{}", i + 1);
+        let Some(name_text) = rf.name.as_deref() else {
+            problems.push(format!("{position} has no `name`; add the exported function's name, e.g. `name: API`"));
+            continue;
+        };
+        let who = format!("function `{name_text}`");
+        let name = match FunctionName::parse(name_text) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                problems.push(format!("{position}: {e}"));
+                None
+            }
+        };
+        if let Some(n) = &name {
+            if runtime.as_deref() == Some("golang") && !n.as_str().starts_with(|c: char| c.is_ascii_uppercase()) {
+                let mut fixed = n.as_str().to_string();
+                fixed[..1].make_ascii_uppercase();
+                problems.push(format!(
+                    "{who}: Go only exports names that start with an upper-case letter; rename it to `{fixed}` in the code and the manifest"
+                ));
+            }
+            let folded = n.as_str().to_ascii_lowercase();
+            if let Some(prev) = seen.insert(folded, n.as_str().to_string()) {
+                problems.push(format!(
+                    "duplicate function name `{name_text}` (already used by `{prev}`; names must be unique, ignoring case)"
+                ));
+            }
+        }
+
+        let kind = match rf.kind.as_deref().map(str::trim) {
+            Some("http") => {
+                if rf.schedule.is_some() {
+                    warnings.push(format!("{who}: `schedule` is ignored for http functions"));
+                }
+                Some(FunctionKind::Http)
+            }
+            Some("cron") => match rf.schedule.as_deref() {
+                None => {
+                    problems.push(format!("{who}: cron functions need a `schedule`, e.g. `schedule: \"*/5 * * * *\"`"));
+                    None
+                }
+                Some(s) => match parse_schedule(s) {
+                    Ok(_) => Some(FunctionKind::Cron { schedule: s.trim().to_string() }),
+                    Err(e) => {
+                        problems.push(format!("{who}: invalid schedule `{s}`: {e}"));
+                        None
+                    }
+                },
+            },
+            Some(other) => {
+                problems.push(format!(
+                    "{who}: unknown type `{other}`{}; expected `http` or `cron`",
+                    did_you_mean(other, ["http", "cron"])
+                ));
+                None
+            }
+            None => {
+                problems.push(format!("{who} has no `type`; add `type: http` or `type: cron`"));
+                None
+            }
+        };
+
+        let mut env = BTreeMap::new();
+        let mut env_sources: BTreeMap<String, String> = BTreeMap::new();
+        for (key, value) in rf.meta.unwrap_or_default() {
+            if key.trim().is_empty() {
+                problems.push(format!("{who}: `meta` has an empty key"));
+                continue;
+            }
+            let var = meta_env_name(&key);
+            let Some(value) = scalar_to_string(&value) else {
+                problems.push(format!(
+                    "{who}: `meta.{key}` must be a string, number or boolean, not a list or mapping"
+                ));
+                continue;
+            };
+            if value.contains('\0') {
+                problems.push(format!("{who}: `meta.{key}` contains a NUL character"));
+                continue;
+            }
+            if let Some(prev) = env_sources.insert(var.clone(), key.clone()) {
+                problems.push(format!(
+                    "{who}: `meta` keys `{prev}` and `{key}` both become `{var}`; rename one of them"
+                ));
+            }
+            env.insert(var, value);
+        }
+
+        let timeout = match rf.timeout.as_deref() {
+            None => DEFAULT_TIMEOUT,
+            Some(t) => match parse_duration("timeout", &who, t, &mut problems) {
+                Some(d) if d > MAX_TIMEOUT => {
+                    problems.push(format!("{who}: `timeout` `{t}` is longer than the maximum of 15m"));
+                    DEFAULT_TIMEOUT
+                }
+                Some(d) => d,
+                None => DEFAULT_TIMEOUT,
+            },
+        };
+
+        let mut scaling = ctx.defaults.clone();
+        if let Some(c) = rf.concurrency {
+            if c == 0 || c > 1000 {
+                problems.push(format!("{who}: `concurrency` must be between 1 and 1000, got {c}"));
+            } else {
+                scaling.concurrency = c;
+            }
+        }
+        if let Some(m) = rf.max_instances {
+            if m == 0 || m > LIMIT_MAX_INSTANCES {
+                problems.push(format!("{who}: `max_instances` must be between 1 and {LIMIT_MAX_INSTANCES}, got {m}"));
+            } else {
+                scaling.max_instances = m;
+            }
+        }
+        if let Some(m) = rf.min_instances {
+            if m > scaling.max_instances {
+                problems.push(format!(
+                    "{who}: `min_instances` ({m}) is larger than `max_instances` ({}); lower it or raise `max_instances`",
+                    scaling.max_instances
+                ));
+            } else {
+                scaling.min_instances = m;
+            }
+        }
+        if let Some(p) = rf.pause_after.as_deref() {
+            if let Some(d) = parse_duration("pause_after", &who, p, &mut problems) {
+                scaling.pause_after = d;
+            }
+        }
+        if let Some(p) = rf.idle_timeout.as_deref() {
+            if let Some(d) = parse_duration("idle_timeout", &who, p, &mut problems) {
+                scaling.idle_timeout = d;
+            }
+        }
+        if scaling.pause_after > scaling.idle_timeout {
+            // Pausing later than removal is pointless; pause never happens.
+            scaling.pause_after = scaling.idle_timeout;
+        }
+        if let (Some(FunctionKind::Cron { .. }), true) = (
+            &kind,
+            rf.concurrency.is_some() || rf.min_instances.is_some() || rf.max_instances.is_some(),
+        ) {
+            warnings.push(format!("{who}: scaling settings are ignored for cron functions"));
+        }
+
+        if let (Some(name), Some(kind)) = (name, kind) {
+            functions.push(FunctionSpec { name, kind, env, timeout, scaling });
+        }
+    }
+
+    if !problems.is_empty() {
+        return Err(ManifestError { problems });
+    }
+    Ok(Manifest {
+        runtime: runtime.expect("a missing runtime is reported as a problem above"),
+        functions,
+        warnings,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx_files(files: &[&str]) -> (Vec<String>, Vec<String>) {
+        (
+            vec!["node".to_string(), "golang".to_string()],
+            files.iter().map(|s| s.to_string()).collect(),
+        )
+    }
+
+    fn parse_with(text: &str, files: &[&str]) -> Result<Manifest, ManifestError> {
+        let (rt, files) = ctx_files(files);
+        parse(text, &ParseContext { known_runtimes: &rt, root_files: &files, defaults: &Scaling::default() })
+    }
+
+    fn err(text: &str) -> String {
+        parse_with(text, &["package.json"]).expect_err("manifest should be rejected").to_string()
+    }
+
+    #[test]
+    fn parses_the_original_format() {
+        let m = parse_with(
+            r#"
+repo: https://github.com/someone/some-project
+runtime: node
+functions:
+  - name: API
+    type: http
+  - name: Ticker
+    type: cron
+    schedule: "*/1 * * * *"
+    meta:
+      path: "/usr/bin"
+      name: prod
+      some-key.x: 3
+"#,
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(m.runtime, "node");
+        assert_eq!(m.functions.len(), 2);
+        assert_eq!(m.functions[0].kind, FunctionKind::Http);
+        assert_eq!(m.functions[1].kind.schedule(), Some("*/1 * * * *"));
+        let env = &m.functions[1].env;
+        assert_eq!(env.get("ESERVELESS_PATH").map(String::as_str), Some("/usr/bin"));
+        assert_eq!(env.get("ESERVELESS_NAME").map(String::as_str), Some("prod"));
+        assert_eq!(env.get("ESERVELESS_SOME_KEY_X").map(String::as_str), Some("3"));
+        assert_eq!(m.functions[0].timeout, DEFAULT_TIMEOUT);
+        assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+    }
+
+    #[test]
+    fn detects_runtime_with_a_warning() {
+        let m = parse_with("functions: [{name: API, type: http}]", &["go.mod", "main.go"]).expect("valid");
+        assert_eq!(m.runtime, "golang");
+        assert_eq!(m.warnings, vec!["no `runtime` key; detected `golang` from `go.mod`; add `runtime: golang` to silence this"]);
+        let m = parse_with("functions: [{name: API, type: http}]", &["functions.js"]).expect("valid");
+        assert_eq!(m.runtime, "node");
+        assert_eq!(detect_runtime(&["package.json".into(), "go.mod".into()]), Some(("node", "package.json")));
+        assert_eq!(detect_runtime(&["README.md".into()]), None);
+    }
+
+    #[test]
+    fn unknown_keys_are_warnings_with_suggestions() {
+        let m = parse_with(
+            "rutime: node\nfunctions:\n  - name: API\n    type: http\n    shedule: x\n    colour: red\n",
+            &["package.json"],
+        )
+        .expect("unknown keys never fail");
+        assert_eq!(
+            m.warnings,
+            vec![
+                "unknown key `rutime`; did you mean `runtime`?",
+                "function `API`: unknown key `shedule`; did you mean `schedule`?",
+                "function `API`: unknown key `colour`",
+                "no `runtime` key; detected `node` from `package.json`; add `runtime: node` to silence this",
+            ]
+        );
+    }
+
+    #[test]
+    fn durations_and_scaling() {
+        let m = parse_with(
+            "functions:\n  - {name: API, type: http, timeout: 10s, concurrency: 4, max_instances: 2, min_instances: 1, pause_after: 2s, idle_timeout: 1m}\n",
+            &["package.json"],
+        )
+        .expect("valid");
+        let f = &m.functions[0];
+        assert_eq!(f.timeout, Duration::from_secs(10));
+        assert_eq!(
+            f.scaling,
+            Scaling {
+                concurrency: 4,
+                min_instances: 1,
+                max_instances: 2,
+                pause_after: Duration::from_secs(2),
+                idle_timeout: Duration::from_secs(60)
+            }
+        );
+    }
+
+    #[test]
+    fn schedules() {
+        assert!(parse_schedule("*/1 * * * *").is_ok());
+        assert!(parse_schedule("*/2 * * * * *").is_ok());
+        assert!(parse_schedule("0 0 1 1 *").is_ok());
+        assert!(parse_schedule("@hourly").is_ok());
+        assert!(parse_schedule("* * *").is_err());
+        assert!(parse_schedule("61 * * * *").is_err());
+        assert!(parse_schedule("* * * * * * *").is_err());
+    }
+
+    #[test]
+    fn meta_names() {
+        assert_eq!(meta_env_name("path"), "ESERVELESS_PATH");
+        assert_eq!(meta_env_name("some-key.v2"), "ESERVELESS_SOME_KEY_V2");
+        assert_eq!(meta_env_name("ünï"), "ESERVELESS__N_");
+    }
+
+    // Golden error messages: each bad manifest paired with the exact text users see.
+    #[test]
+    fn golden_errors() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "functions:\n  - name: API\n    type: [http\n",
+                "invalid .eserveless.yaml: malformed YAML: did not find expected ',' or ']' at line 4 column 1, while parsing a flow sequence at line 3 column 11",
+            ),
+            ("", "invalid .eserveless.yaml: the file is empty; it needs a `functions` list"),
+            ("- a\n- b\n", "invalid .eserveless.yaml: the top level must be a mapping with a `functions` list"),
+            (
+                "runtime: node\n",
+                "invalid .eserveless.yaml: no `functions` list; add at least one function, e.g. `functions: [{name: API, type: http}]`",
+            ),
+            ("runtime: node\nfunctions: []\n", "invalid .eserveless.yaml: `functions` is empty; add at least one function"),
+            (
+                "functions:\n  - {name: API, type: http}\n  - {name: api, type: http}\n",
+                "invalid .eserveless.yaml: duplicate function name `api` (already used by `API`; names must be unique, ignoring case)",
+            ),
+            (
+                "functions:\n  - {name: ../etc, type: http}\n",
+                "invalid .eserveless.yaml: function #1: invalid function name `../etc`: use letters, digits and `_`, starting with a letter or `_` (an exported identifier such as `API`), at most 63 characters",
+            ),
+            (
+                "functions:\n  - {name: API, type: htp}\n",
+                "invalid .eserveless.yaml: function `API`: unknown type `htp`; did you mean `http`?; expected `http` or `cron`",
+            ),
+            (
+                "runtime: pyhton\nfunctions:\n  - {name: API, type: http}\n",
+                "invalid .eserveless.yaml: unknown runtime `pyhton` (known runtimes: golang, node)",
+            ),
+            (
+                "runtime: nod\nfunctions:\n  - {name: API, type: http}\n",
+                "invalid .eserveless.yaml: unknown runtime `nod`; did you mean `node`? (known runtimes: golang, node)",
+            ),
+            (
+                "functions:\n  - {name: Tick, type: cron}\n",
+                "invalid .eserveless.yaml: function `Tick`: cron functions need a `schedule`, e.g. `schedule: \"*/5 * * * *\"`",
+            ),
+            (
+                "functions:\n  - {name: Tick, type: cron, schedule: \"* * *\"}\n",
+                "invalid .eserveless.yaml: function `Tick`: invalid schedule `* * *`: has 3 fields; use 5 fields (minute hour day-of-month month day-of-week) or 6 with seconds first, e.g. \"*/10 * * * * *\"",
+            ),
+            (
+                "functions:\n  - {name: API, type: http, timeout: soon}\n",
+                "invalid .eserveless.yaml: function `API`: `timeout` value `soon` is not a duration (expected number at 0); write it like `10s`, `500ms` or `5m`",
+            ),
+            (
+                "functions:\n  - {name: API, type: http, min_instances: 9}\n",
+                "invalid .eserveless.yaml: function `API`: `min_instances` (9) is larger than `max_instances` (4); lower it or raise `max_instances`",
+            ),
+            (
+                "runtime: golang\nfunctions:\n  - {name: api, type: http}\n",
+                "invalid .eserveless.yaml: function `api`: Go only exports names that start with an upper-case letter; rename it to `Api` in the code and the manifest",
+            ),
+            (
+                "functions:\n  - {type: http}\n  - {name: X, type: cron, schedule: \"99 * * * *\"}\n",
+                "invalid .eserveless.yaml: \n  - function #1 has no `name`; add the exported function's name, e.g. `name: API`\n  - function `X`: invalid schedule `99 * * * *`: Component error: Number out of bounds. (fields: [second 0-59] minute 0-59, hour 0-23, day-of-month 1-31, month 1-12, day-of-week 0-7)",
+            ),
+        ];
+        let mut failures = Vec::new();
+        for (input, expected) in cases {
+            let got = err(input);
+            if &got != expected {
+                failures.push(format!("input:\n{input}\nexpected: {expected}\n     got: {got}\n"));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn golden_error_without_detectable_runtime() {
+        let e = parse_with("functions: [{name: API, type: http}]", &["README.md"]).expect_err("no runtime");
+        assert_eq!(
+            e.to_string(),
+            "invalid .eserveless.yaml: no `runtime` key, and none could be detected (no package.json, functions.js or go.mod at the root); add `runtime: node` or `runtime: golang`"
+        );
+    }
+}

@@ -1,0 +1,775 @@
+//! Instance pools: per (project, function, revision) containers, readiness probing,
+//! concurrency, pause/resume, idle removal, draining of retired revisions, adoption after a
+//! restart, and eviction of dead containers.
+//!
+//! Every instance state change goes through [`InstanceState::can_become`]. Locks here are
+//! plain mutexes held only for bookkeeping, never across I/O.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
+
+use crate::driver::{labels, ContainerSpec, Driver, Limits};
+use crate::manifest::Scaling;
+use crate::store::Store;
+
+/// The port every http function listens on inside its container.
+pub const FUNCTION_PORT: u16 = 8080;
+/// Most output saved from one removed container.
+const SAVED_LOG_BYTES: usize = 64 * 1024;
+
+/// One deployed revision of an http function.
+#[derive(Debug, Clone)]
+pub struct Revision {
+    pub project: String,
+    pub function: String,
+    pub deployment_id: i64,
+    pub image: String,
+    /// `KEY=VALUE` environment for the container.
+    pub env: Vec<String>,
+    pub timeout: Duration,
+    pub scaling: Scaling,
+}
+
+/// How a request's instance was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcquireKind {
+    Warm,
+    Resume,
+    Cold,
+}
+
+impl AcquireKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AcquireKind::Warm => "warm",
+            AcquireKind::Resume => "resume",
+            AcquireKind::Cold => "cold",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum AcquireError {
+    #[error("function `{0}` is at capacity and its queue is full; retry shortly")]
+    QueueFull(String),
+    #[error("no instance of `{0}` became available before the request's deadline")]
+    Deadline(String),
+    #[error("function `{function}` failed to start: {detail}")]
+    StartFailed { function: String, detail: String },
+}
+
+/// An instance's lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceState {
+    /// Serving; counts in-flight requests.
+    Ready,
+    /// Being frozen.
+    Pausing,
+    /// Frozen by the cgroup freezer.
+    Paused,
+    /// Being thawed for a request.
+    Resuming,
+    /// Takes no new requests; removed when its last request ends.
+    Draining,
+    /// Gone.
+    Removed,
+}
+
+impl InstanceState {
+    /// The legal transitions, all in one place.
+    pub fn can_become(self, to: InstanceState) -> bool {
+        use InstanceState::*;
+        matches!(
+            (self, to),
+            (Ready, Pausing)
+                | (Pausing, Paused)
+                | (Pausing, Ready)
+                | (Paused, Resuming)
+                | (Resuming, Ready)
+                | (Ready | Pausing | Paused | Resuming, Draining)
+                | (Ready | Pausing | Paused | Resuming | Draining, Removed)
+        )
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Ready => "ready",
+            InstanceState::Pausing => "pausing",
+            InstanceState::Paused => "paused",
+            InstanceState::Resuming => "resuming",
+            InstanceState::Draining => "draining",
+            InstanceState::Removed => "removed",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Instance {
+    id: String,
+    addr: SocketAddr,
+    state: InstanceState,
+    in_flight: u32,
+    last_used: Instant,
+}
+
+impl Instance {
+    fn set(&mut self, to: InstanceState) {
+        debug_assert!(self.state.can_become(to), "illegal transition {:?} -> {:?}", self.state, to);
+        if self.state.can_become(to) {
+            self.state = to;
+        } else {
+            tracing::error!(container = %self.id, from = self.state.as_str(), to = to.as_str(), "illegal instance transition refused");
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct PoolInner {
+    instances: Vec<Instance>,
+    starting: u32,
+    waiting: u32,
+}
+
+/// Counts of instances by state, for status and metrics.
+#[derive(Debug, Clone, Default, serde::Serialize, PartialEq, Eq)]
+pub struct PoolCounts {
+    pub starting: u32,
+    pub ready: u32,
+    pub paused: u32,
+    pub draining: u32,
+    pub in_flight: u32,
+    pub waiting: u32,
+}
+
+/// Settings shared by all pools.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub limits: Limits,
+    /// Longest a container may take from start to accepting connections.
+    pub start_timeout: Duration,
+    /// Requests allowed to wait for capacity, per function.
+    pub queue_depth: u32,
+    /// How often the reaper looks at idle instances.
+    pub reap_interval: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            limits: Limits::default(),
+            start_timeout: Duration::from_secs(30),
+            queue_depth: 100,
+            reap_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+struct Shared {
+    driver: Arc<dyn Driver>,
+    store: Arc<Store>,
+    config: PoolConfig,
+    pools: Mutex<Vec<Weak<FunctionPool>>>,
+    /// Containers being probed, with a flag the event watcher sets if they die.
+    probing: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    seq: AtomicU64,
+}
+
+/// Owns every pool; hands out new pools and runs the background reaper and event watcher.
+#[derive(Clone)]
+pub struct PoolManager {
+    shared: Arc<Shared>,
+}
+
+/// The instances of one revision of one function.
+pub struct FunctionPool {
+    revision: Arc<Revision>,
+    inner: Mutex<PoolInner>,
+    changed: Notify,
+    retired: AtomicBool,
+    shared: Arc<Shared>,
+}
+
+/// A request's hold on an instance; released on drop.
+pub struct Lease {
+    pool: Arc<FunctionPool>,
+    id: String,
+    pub addr: SocketAddr,
+    pub kind: AcquireKind,
+    pub took: Duration,
+}
+
+impl Lease {
+    /// The instance failed under this request: take it out of rotation.
+    pub fn mark_broken(&self) {
+        self.pool.evict(&self.id, "upstream connection failed");
+    }
+    pub fn container_id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.pool.release(&self.id);
+    }
+}
+
+fn lock(m: &Mutex<PoolInner>) -> MutexGuard<'_, PoolInner> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl PoolManager {
+    pub fn new(driver: Arc<dyn Driver>, store: Arc<Store>, config: PoolConfig) -> Self {
+        PoolManager {
+            shared: Arc::new(Shared {
+                driver,
+                store,
+                config,
+                pools: Mutex::new(Vec::new()),
+                probing: Mutex::new(HashMap::new()),
+                seq: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    pub fn driver(&self) -> &Arc<dyn Driver> {
+        &self.shared.driver
+    }
+
+    /// A new, empty pool for a revision.
+    pub fn pool(&self, revision: Revision) -> Arc<FunctionPool> {
+        let pool = Arc::new(FunctionPool {
+            revision: Arc::new(revision),
+            inner: Mutex::new(PoolInner::default()),
+            changed: Notify::new(),
+            retired: AtomicBool::new(false),
+            shared: self.shared.clone(),
+        });
+        let mut pools = self.shared.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools.retain(|w| w.strong_count() > 0);
+        pools.push(Arc::downgrade(&pool));
+        pool
+    }
+
+    fn live_pools(&self) -> Vec<Arc<FunctionPool>> {
+        let pools = self.shared.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// Adopts running containers whose revision has a pool; removes every other managed one.
+    pub async fn adopt(&self) -> Result<(usize, usize), crate::driver::DriverError> {
+        let containers = self.shared.driver.list_managed().await?;
+        let pools = self.live_pools();
+        let (mut adopted, mut removed) = (0, 0);
+        for c in containers {
+            let get = |k: &str| c.labels.get(k).map(String::as_str).unwrap_or("");
+            let pool = pools.iter().find(|p| {
+                let r = &p.revision;
+                !p.retired.load(Ordering::Acquire)
+                    && get(labels::ROLE) == "http"
+                    && get(labels::PROJECT) == r.project
+                    && get(labels::FUNCTION) == r.function
+                    && get(labels::REVISION) == r.deployment_id.to_string()
+            });
+            match (pool, c.running, c.ip.as_deref().and_then(|ip| ip.parse().ok())) {
+                (Some(pool), true, Some(ip)) => {
+                    let mut g = lock(&pool.inner);
+                    if g.instances.len() < pool.revision.scaling.max_instances as usize {
+                        g.instances.push(Instance {
+                            id: c.id.clone(),
+                            addr: SocketAddr::new(ip, FUNCTION_PORT),
+                            state: if c.paused { InstanceState::Paused } else { InstanceState::Ready },
+                            in_flight: 0,
+                            last_used: Instant::now(),
+                        });
+                        adopted += 1;
+                        tracing::info!(container = %c.id, project = %pool.revision.project, function = %pool.revision.function, "instance adopted");
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+            let project = c.labels.get(labels::PROJECT).cloned().unwrap_or_default();
+            let function = c.labels.get(labels::FUNCTION).cloned().unwrap_or_default();
+            remove_container(&self.shared, &project, &function, &c.id).await;
+            removed += 1;
+        }
+        Ok((adopted, removed))
+    }
+
+    /// Runs the reaper and the event watcher until the process ends.
+    pub fn spawn_background(&self) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(me.shared.config.reap_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                for pool in me.live_pools() {
+                    pool.reap().await;
+                }
+            }
+        });
+        let me = self.clone();
+        tokio::spawn(async move {
+            use futures_util::StreamExt;
+            loop {
+                let mut events = me.shared.driver.events();
+                while let Some(ev) = events.next().await {
+                    match ev {
+                        Ok(ev) if ev.action == "die" || ev.action == "oom" || ev.action == "destroy" => {
+                            me.on_container_gone(&ev.id, &ev.action);
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "docker event stream failed; reconnecting");
+                            break;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+
+    /// A container died or was removed: take it out of its pool at once.
+    pub fn on_container_gone(&self, id: &str, why: &str) {
+        if let Some(flag) = self.shared.probing.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
+            flag.store(true, Ordering::Release);
+        }
+        for pool in self.live_pools() {
+            pool.evict(id, why);
+        }
+    }
+
+    /// Instance counts over all pools, by project and function.
+    pub fn counts(&self) -> Vec<(Arc<Revision>, PoolCounts)> {
+        self.live_pools().iter().map(|p| (p.revision.clone(), p.counts())).collect()
+    }
+}
+
+async fn remove_container(shared: &Arc<Shared>, project: &str, function: &str, id: &str) {
+    match shared.driver.logs(id, SAVED_LOG_BYTES).await {
+        Ok(out) if !out.is_empty() && !project.is_empty() => {
+            let store = shared.store.clone();
+            let (p, f, c) = (project.to_string(), function.to_string(), id.to_string());
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Err(e) = store.save_function_log(&p, &f, &c, &out) {
+                    tracing::warn!(error = %e, "could not save container output");
+                }
+            })
+            .await;
+        }
+        _ => {}
+    }
+    if let Err(e) = shared.driver.remove(id).await {
+        tracing::warn!(container = %id, error = %e, "could not remove container");
+    }
+}
+
+async fn probe_ready(addr: SocketAddr, dead: &AtomicBool, until: Instant) -> Result<(), &'static str> {
+    loop {
+        if dead.load(Ordering::Acquire) {
+            return Err("the container exited before it accepted connections");
+        }
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(addr)).await {
+            return Ok(());
+        }
+        if Instant::now() >= until {
+            return Err("the container did not accept connections in time");
+        }
+        // A short pause between probes; readiness is observed, not assumed.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+impl FunctionPool {
+    pub fn revision(&self) -> &Arc<Revision> {
+        &self.revision
+    }
+
+    pub fn counts(&self) -> PoolCounts {
+        let g = lock(&self.inner);
+        let mut c = PoolCounts { starting: g.starting, waiting: g.waiting, ..Default::default() };
+        for i in &g.instances {
+            c.in_flight += i.in_flight;
+            match i.state {
+                InstanceState::Ready | InstanceState::Resuming | InstanceState::Pausing => c.ready += 1,
+                InstanceState::Paused => c.paused += 1,
+                InstanceState::Draining => c.draining += 1,
+                InstanceState::Removed => {}
+            }
+        }
+        c
+    }
+
+    /// True when the pool has any instance (or one starting).
+    pub fn has_instances(&self) -> bool {
+        let g = lock(&self.inner);
+        g.starting > 0 || g.instances.iter().any(|i| i.state != InstanceState::Draining)
+    }
+
+    /// Gets an instance for one request, waiting no later than `deadline`.
+    pub async fn acquire(self: &Arc<Self>, deadline: Instant) -> Result<Lease, AcquireError> {
+        let began = Instant::now();
+        let scaling = &self.revision.scaling;
+        let mut queued = false;
+        let _waiting = WaitingGuard { pool: self, queued: &mut queued };
+        loop {
+            enum Next {
+                Resume(String, SocketAddr),
+                Start,
+                Wait,
+            }
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let next = {
+                let mut g = lock(&self.inner);
+                let ready = g
+                    .instances
+                    .iter_mut()
+                    .filter(|i| i.state == InstanceState::Ready && i.in_flight < scaling.concurrency)
+                    // Pack requests onto the busiest instance with room, so others can idle out.
+                    .max_by_key(|i| i.in_flight);
+                if let Some(i) = ready {
+                    i.in_flight += 1;
+                    i.last_used = Instant::now();
+                    return Ok(self.lease(i.id.clone(), i.addr, AcquireKind::Warm, began));
+                }
+                if let Some(i) = g.instances.iter_mut().find(|i| i.state == InstanceState::Paused) {
+                    i.set(InstanceState::Resuming);
+                    i.in_flight += 1;
+                    i.last_used = Instant::now();
+                    Next::Resume(i.id.clone(), i.addr)
+                } else if (g.instances.iter().filter(|i| i.state != InstanceState::Draining).count() as u32 + g.starting)
+                    < scaling.max_instances
+                {
+                    g.starting += 1;
+                    Next::Start
+                } else {
+                    if !*_waiting.queued {
+                        if g.waiting >= self.shared.config.queue_depth {
+                            return Err(AcquireError::QueueFull(self.revision.function.clone()));
+                        }
+                        g.waiting += 1;
+                        *_waiting.queued = true;
+                    }
+                    Next::Wait
+                }
+            };
+            match next {
+                Next::Resume(id, addr) => match self.shared.driver.unpause(&id).await {
+                    Ok(()) => {
+                        self.with_instance(&id, |i| i.set(InstanceState::Ready));
+                        return Ok(self.lease(id, addr, AcquireKind::Resume, began));
+                    }
+                    Err(e) => {
+                        tracing::warn!(container = %id, error = %e, "resume failed; replacing the instance");
+                        self.release(&id);
+                        self.evict(&id, "resume failed");
+                    }
+                },
+                Next::Start => {
+                    let (tx, rx) = oneshot::channel();
+                    let me = self.clone();
+                    // The start runs on its own: if this request gives up, the instance still joins the pool.
+                    tokio::spawn(async move {
+                        let r = me.start_instance(true).await;
+                        let _ = tx.send(r);
+                    });
+                    match tokio::time::timeout_at(deadline, rx).await {
+                        Ok(Ok(Ok((id, addr)))) => return Ok(self.lease(id, addr, AcquireKind::Cold, began)),
+                        Ok(Ok(Err(detail))) => {
+                            return Err(AcquireError::StartFailed { function: self.revision.function.clone(), detail })
+                        }
+                        Ok(Err(_)) => {
+                            return Err(AcquireError::StartFailed {
+                                function: self.revision.function.clone(),
+                                detail: "the start task ended unexpectedly".into(),
+                            })
+                        }
+                        Err(_) => return Err(AcquireError::Deadline(self.revision.function.clone())),
+                    }
+                }
+                Next::Wait => {
+                    if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                        return Err(AcquireError::Deadline(self.revision.function.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn lease(self: &Arc<Self>, id: String, addr: SocketAddr, kind: AcquireKind, began: Instant) -> Lease {
+        Lease { pool: self.clone(), id, addr, kind, took: began.elapsed() }
+    }
+
+    /// Starts one container and waits for readiness. `claimed` counts the caller's request
+    /// as in flight on it. The caller has already counted it in `starting`.
+    async fn start_instance(self: &Arc<Self>, claimed: bool) -> Result<(String, SocketAddr), String> {
+        let r = &self.revision;
+        let seq = self.shared.seq.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let fn_part = crate::names::FunctionName::parse(&r.function).map(|f| f.docker_part()).unwrap_or_else(|_| "fn".into());
+        let name = format!("esl-{}-{}-{}-{:x}{:x}", r.project, fn_part, r.deployment_id, nanos, seq);
+        let mut env = r.env.clone();
+        env.push(format!("PORT={FUNCTION_PORT}"));
+        let spec = ContainerSpec {
+            name,
+            image: r.image.clone(),
+            env,
+            labels: HashMap::from([
+                (labels::MANAGED.to_string(), "true".to_string()),
+                (labels::PROJECT.to_string(), r.project.clone()),
+                (labels::FUNCTION.to_string(), r.function.clone()),
+                (labels::REVISION.to_string(), r.deployment_id.to_string()),
+                (labels::ROLE.to_string(), "http".to_string()),
+            ]),
+            limits: self.shared.config.limits.clone(),
+        };
+        let result = async {
+            let started = self.shared.driver.run(spec).await.map_err(|e| e.to_string())?;
+            let ip: std::net::IpAddr =
+                started.ip.parse().map_err(|_| format!("container address `{}` is not an IP", started.ip))?;
+            let addr = SocketAddr::new(ip, FUNCTION_PORT);
+            let dead = Arc::new(AtomicBool::new(false));
+            self.shared.probing.lock().unwrap_or_else(|p| p.into_inner()).insert(started.id.clone(), dead.clone());
+            let probed = probe_ready(addr, &dead, Instant::now() + self.shared.config.start_timeout).await;
+            self.shared.probing.lock().unwrap_or_else(|p| p.into_inner()).remove(&started.id);
+            if let Err(why) = probed {
+                let logs = self.shared.driver.logs(&started.id, 4096).await.unwrap_or_default();
+                remove_container(&self.shared, &r.project, &r.function, &started.id).await;
+                let tail: String = logs.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+                return Err(if tail.is_empty() { why.to_string() } else { format!("{why}; its output ends with:\n{tail}") });
+            }
+            Ok((started.id, addr))
+        }
+        .await;
+        let mut g = lock(&self.inner);
+        g.starting = g.starting.saturating_sub(1);
+        if let Ok((id, addr)) = &result {
+            tracing::info!(container = %id, project = %r.project, function = %r.function, "instance started");
+            g.instances.push(Instance {
+                id: id.clone(),
+                addr: *addr,
+                state: InstanceState::Ready,
+                in_flight: u32::from(claimed),
+                last_used: Instant::now(),
+            });
+        }
+        drop(g);
+        self.changed.notify_waiters();
+        result
+    }
+
+    /// Starts an instance ahead of traffic (used before a revision goes live).
+    pub async fn prewarm(self: &Arc<Self>) -> Result<(), String> {
+        {
+            let mut g = lock(&self.inner);
+            g.starting += 1;
+        }
+        self.start_instance(false).await.map(|_| ())
+    }
+
+    fn with_instance(&self, id: &str, f: impl FnOnce(&mut Instance)) {
+        let mut g = lock(&self.inner);
+        if let Some(i) = g.instances.iter_mut().find(|i| i.id == id) {
+            f(i);
+        }
+    }
+
+    fn release(self: &Arc<Self>, id: &str) {
+        let remove = {
+            let mut g = lock(&self.inner);
+            let Some(pos) = g.instances.iter().position(|i| i.id == id) else {
+                drop(g);
+                self.changed.notify_waiters();
+                return;
+            };
+            let i = &mut g.instances[pos];
+            i.in_flight = i.in_flight.saturating_sub(1);
+            i.last_used = Instant::now();
+            if i.state == InstanceState::Draining && i.in_flight == 0 {
+                i.set(InstanceState::Removed);
+                g.instances.remove(pos);
+                true
+            } else {
+                false
+            }
+        };
+        self.changed.notify_waiters();
+        if remove {
+            self.spawn_remove(id.to_string());
+        }
+    }
+
+    fn spawn_remove(&self, id: String) {
+        let shared = self.shared.clone();
+        let (p, f) = (self.revision.project.clone(), self.revision.function.clone());
+        tokio::spawn(async move { remove_container(&shared, &p, &f, &id).await });
+    }
+
+    /// Takes an instance out of rotation; it is removed once idle.
+    fn evict(&self, id: &str, why: &str) {
+        let remove = {
+            let mut g = lock(&self.inner);
+            let Some(pos) = g.instances.iter().position(|i| i.id == id) else { return };
+            let i = &mut g.instances[pos];
+            tracing::info!(container = %id, function = %self.revision.function, reason = why, "instance taken out of the pool");
+            if i.in_flight == 0 {
+                i.set(InstanceState::Removed);
+                g.instances.remove(pos);
+                true
+            } else {
+                if i.state != InstanceState::Draining {
+                    i.set(InstanceState::Draining);
+                }
+                false
+            }
+        };
+        self.changed.notify_waiters();
+        if remove {
+            self.spawn_remove(id.to_string());
+        }
+    }
+
+    /// This revision no longer takes traffic: drain and remove its instances.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        let ids: Vec<String> = lock(&self.inner).instances.iter().map(|i| i.id.clone()).collect();
+        for id in ids {
+            self.evict(&id, "revision retired");
+        }
+    }
+
+    /// Removes every instance now, in-flight or not (project deletion).
+    pub async fn shutdown(&self) {
+        self.retired.store(true, Ordering::Release);
+        let ids: Vec<String> = {
+            let mut g = lock(&self.inner);
+            g.instances.drain(..).map(|i| i.id).collect()
+        };
+        self.changed.notify_waiters();
+        for id in ids {
+            remove_container(&self.shared, &self.revision.project, &self.revision.function, &id).await;
+        }
+    }
+
+    /// Pauses and removes idle instances, and keeps `min_instances` warm.
+    async fn reap(self: &Arc<Self>) {
+        let s = &self.revision.scaling;
+        let retired = self.retired.load(Ordering::Acquire);
+        let now = Instant::now();
+        let (to_pause, to_remove, to_start) = {
+            let mut g = lock(&self.inner);
+            let mut to_pause = Vec::new();
+            let mut to_remove = Vec::new();
+            if retired {
+                let idle: Vec<usize> = (0..g.instances.len()).filter(|&k| g.instances[k].in_flight == 0 && g.instances[k].state != InstanceState::Pausing && g.instances[k].state != InstanceState::Resuming).collect();
+                for k in idle.into_iter().rev() {
+                    to_remove.push(g.instances.remove(k).id);
+                }
+                (to_pause, to_remove, 0)
+            } else {
+                // The most recently used `min_instances` stay warm.
+                let mut order: Vec<usize> = (0..g.instances.len()).collect();
+                order.sort_by_key(|&k| std::cmp::Reverse(g.instances[k].last_used));
+                let mut kept = 0u32;
+                let mut remove_idx = Vec::new();
+                for k in order {
+                    let i = &mut g.instances[k];
+                    let idle = now.saturating_duration_since(i.last_used);
+                    let live = matches!(i.state, InstanceState::Ready | InstanceState::Paused);
+                    if !live {
+                        continue;
+                    }
+                    if kept < s.min_instances {
+                        kept += 1;
+                        continue;
+                    }
+                    if i.in_flight > 0 {
+                        continue;
+                    }
+                    if idle >= s.idle_timeout {
+                        i.set(InstanceState::Removed);
+                        remove_idx.push(k);
+                    } else if i.state == InstanceState::Ready && idle >= s.pause_after {
+                        i.set(InstanceState::Pausing);
+                        to_pause.push(i.id.clone());
+                    }
+                }
+                remove_idx.sort_unstable();
+                for k in remove_idx.into_iter().rev() {
+                    to_remove.push(g.instances.remove(k).id);
+                }
+                let live = g.instances.iter().filter(|i| i.state != InstanceState::Draining).count() as u32 + g.starting;
+                let to_start = s.min_instances.saturating_sub(live);
+                g.starting += to_start;
+                (to_pause, to_remove, to_start)
+            }
+        };
+        for id in to_remove {
+            tracing::info!(container = %id, function = %self.revision.function, "idle instance removed");
+            remove_container(&self.shared, &self.revision.project, &self.revision.function, &id).await;
+        }
+        for id in to_pause {
+            let ok = self.shared.driver.pause(&id).await;
+            let mut g = lock(&self.inner);
+            if let Some(i) = g.instances.iter_mut().find(|i| i.id == id) {
+                match ok {
+                    Ok(()) if i.state == InstanceState::Pausing => i.set(InstanceState::Paused),
+                    _ => {
+                        if i.state == InstanceState::Pausing {
+                            i.set(InstanceState::Ready);
+                        }
+                    }
+                }
+            }
+        }
+        for _ in 0..to_start {
+            let me = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = me.start_instance(false).await {
+                    tracing::warn!(function = %me.revision.function, error = %e, "could not keep a warm instance");
+                }
+            });
+        }
+    }
+}
+
+struct WaitingGuard<'a> {
+    pool: &'a FunctionPool,
+    queued: &'a mut bool,
+}
+
+impl Drop for WaitingGuard<'_> {
+    fn drop(&mut self) {
+        if *self.queued {
+            let mut g = lock(&self.pool.inner);
+            g.waiting = g.waiting.saturating_sub(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transitions() {
+        use InstanceState::*;
+        assert!(Ready.can_become(Pausing));
+        assert!(Paused.can_become(Resuming));
+        assert!(Resuming.can_become(Ready));
+        assert!(!Paused.can_become(Ready), "a paused instance must be resumed first");
+        assert!(!Removed.can_become(Ready));
+        assert!(!Draining.can_become(Ready));
+        assert!(Draining.can_become(Removed));
+    }
+}

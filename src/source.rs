@@ -1,0 +1,395 @@
+//! Sources: repository URL policy, resolving a ref to a commit, and checking out that commit
+//! into a fresh directory, with hooks disabled, submodules off and time and size limits.
+//!
+//! git runs as a binary with an argv list; no shell is ever involved.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::Command;
+
+use crate::names::GitRef;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SourceError {
+    #[error("{0}")]
+    BadUrl(String),
+    #[error("repository `{url}` could not be read: {detail}; check that it exists and is reachable")]
+    Unreachable { url: String, detail: String },
+    #[error("ref `{reference}` was not found in `{url}`; give an existing branch, tag or commit")]
+    NoSuchRef { url: String, reference: String },
+    #[error("git took longer than {0:?} for `{1}`; the repository may be too large or unreachable")]
+    Timeout(Duration, String),
+    #[error("the checkout is larger than {0} MiB; remove large files from the repository")]
+    TooLarge(u64),
+    #[error("git failed: {0}")]
+    Git(String),
+}
+
+/// A repository URL that passed the policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoUrl {
+    url: String,
+    local: bool,
+}
+
+impl RepoUrl {
+    pub fn as_str(&self) -> &str {
+        &self.url
+    }
+    pub fn is_local(&self) -> bool {
+        self.local
+    }
+}
+
+/// Limits for git operations.
+#[derive(Debug, Clone)]
+pub struct SourcePolicy {
+    pub allow_local: bool,
+    pub clone_timeout: Duration,
+    pub max_checkout_mib: u64,
+}
+
+impl Default for SourcePolicy {
+    fn default() -> Self {
+        SourcePolicy { allow_local: false, clone_timeout: Duration::from_secs(120), max_checkout_mib: 512 }
+    }
+}
+
+fn bad(url: &str, why: &str) -> SourceError {
+    SourceError::BadUrl(format!("invalid repository `{}`: {why}", url.escape_debug()))
+}
+
+/// Normalizes and checks a repository reference against the policy.
+pub fn parse_repository(input: &str, policy: &SourcePolicy) -> Result<RepoUrl, SourceError> {
+    let s = input.trim();
+    if s.is_empty() {
+        return Err(bad(input, "it is empty; give a git URL such as `https://github.com/owner/repo` or `owner/repo`"));
+    }
+    if s.starts_with('-') {
+        return Err(bad(input, "it must not start with `-`"));
+    }
+    if s.len() > 2048 {
+        return Err(bad(input, "it is longer than 2048 characters"));
+    }
+    if s.chars().any(|c| c.is_control() || c.is_whitespace() || "`$;|&<>\\'\"".contains(c)) {
+        return Err(bad(input, "it contains whitespace, a control character or one of `$;|&<>\\'\"`"));
+    }
+    let local_hint = "local repositories are accepted only when the server runs with `--allow-local-repos`";
+    if let Some((scheme, rest)) = s.split_once("://") {
+        let scheme = scheme.to_ascii_lowercase();
+        match scheme.as_str() {
+            "https" | "http" | "ssh" | "git+ssh" => {
+                let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+                if host.is_empty() || rest.len() <= host.len() + 1 {
+                    return Err(bad(input, "it needs a host and a path, e.g. `https://github.com/owner/repo`"));
+                }
+                Ok(RepoUrl { url: s.to_string(), local: false })
+            }
+            "file" => {
+                if !policy.allow_local {
+                    return Err(bad(input, local_hint));
+                }
+                if !rest.starts_with('/') {
+                    return Err(bad(input, "a file URL needs an absolute path, e.g. `file:///srv/git/app`"));
+                }
+                Ok(RepoUrl { url: s.to_string(), local: true })
+            }
+            other => Err(bad(
+                input,
+                &format!("scheme `{other}` is not allowed; use https, http, ssh or `git@host:owner/repo`"),
+            )),
+        }
+    } else if s.starts_with('/') {
+        if !policy.allow_local {
+            return Err(bad(input, local_hint));
+        }
+        Ok(RepoUrl { url: format!("file://{s}"), local: true })
+    } else if let Some((user_host, path)) = s.split_once(':') {
+        // scp-like ssh: git@github.com:owner/repo.git
+        if user_host.is_empty() || path.is_empty() || user_host.contains('/') {
+            return Err(bad(input, "use `git@host:owner/repo`, an https URL, or `owner/repo`"));
+        }
+        Ok(RepoUrl { url: s.to_string(), local: false })
+    } else {
+        let parts: Vec<&str> = s.split('/').collect();
+        let ok_part = |p: &str| {
+            !p.is_empty() && p != "." && p != ".." && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        };
+        if parts.len() == 2 && parts.iter().all(|p| ok_part(p)) {
+            Ok(RepoUrl { url: format!("https://github.com/{s}"), local: false })
+        } else {
+            Err(bad(input, "give a git URL (`https://…`, `ssh://…`, `git@host:owner/repo`) or `owner/repo` for GitHub"))
+        }
+    }
+}
+
+fn git(policy: &SourcePolicy, home: &Path) -> Command {
+    let mut cmd = Command::new("git");
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()))
+        .env("HOME", home)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile=/dev/null")
+        .env("GIT_ALLOW_PROTOCOL", if policy.allow_local { "https:http:ssh:git+ssh:file" } else { "https:http:ssh:git+ssh" })
+        .args([
+            "-c",
+            "core.hooksPath=/dev/null",
+            "-c",
+            "protocol.ext.allow=never",
+            "-c",
+            "submodule.recurse=false",
+            "-c",
+            "core.fsmonitor=false",
+            "-c",
+            "advice.detachedHead=false",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+async fn run_git(mut cmd: Command, what: &str, timeout: Duration) -> Result<String, SourceError> {
+    let out = match tokio::time::timeout(timeout, cmd.output()).await {
+        Err(_) => return Err(SourceError::Timeout(timeout, what.to_string())),
+        Ok(Err(e)) => return Err(SourceError::Git(format!("cannot run git: {e}; is git installed?"))),
+        Ok(Ok(o)) => o,
+    };
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let detail = err
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .last()
+            .unwrap_or("unknown error")
+            .trim_start_matches("fatal: ")
+            .to_string();
+        Err(SourceError::Git(detail))
+    }
+}
+
+/// Resolves `reference` (or the default branch) to a commit sha without cloning.
+pub async fn resolve_commit(url: &RepoUrl, reference: Option<&GitRef>, policy: &SourcePolicy) -> Result<String, SourceError> {
+    if let Some(r) = reference {
+        if r.is_full_sha() {
+            // ls-remote lists refs, not commits: a full sha is taken as given and checked at fetch.
+            return Ok(r.as_str().to_ascii_lowercase());
+        }
+    }
+    let home = tempfile::tempdir().map_err(|e| SourceError::Git(e.to_string()))?;
+    let mut cmd = git(policy, home.path());
+    cmd.args(["ls-remote", "--", url.as_str()]);
+    let wanted = reference.map(|r| r.as_str().to_string());
+    match &wanted {
+        None => {
+            cmd.arg("HEAD");
+        }
+        Some(r) => {
+            cmd.args([r.clone(), format!("refs/heads/{r}"), format!("refs/tags/{r}"), format!("refs/tags/{r}^{{}}")]);
+        }
+    }
+    let out = run_git(cmd, url.as_str(), policy.clone_timeout).await.map_err(|e| match e {
+        SourceError::Git(detail) => SourceError::Unreachable { url: url.as_str().to_string(), detail },
+        other => other,
+    })?;
+    let mut refs: Vec<(&str, &str)> = out
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(sha, name)| (sha.trim(), name.trim()))
+        .collect();
+    // Prefer the peeled tag (the commit) over the tag object.
+    refs.sort_by_key(|(_, name)| if name.ends_with("^{}") { 0 } else if name.starts_with("refs/heads/") { 1 } else { 2 });
+    match refs.first() {
+        Some((sha, _)) if sha.len() >= 40 => Ok(sha.to_string()),
+        _ => match &wanted {
+            Some(r) => {
+                // Maybe an abbreviated commit: fetched and checked later.
+                if r.len() >= 7 && r.chars().all(|c| c.is_ascii_hexdigit()) {
+                    Ok(r.to_ascii_lowercase())
+                } else {
+                    Err(SourceError::NoSuchRef { url: url.as_str().to_string(), reference: r.clone() })
+                }
+            }
+            None => Err(SourceError::Unreachable {
+                url: url.as_str().to_string(),
+                detail: "it has no commits (no HEAD)".into(),
+            }),
+        },
+    }
+}
+
+fn dir_size(path: &Path) -> u64 {
+    walkdir::WalkDir::new(path)
+        .follow_links(false)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Checks `commit` of `url` out into `dest/src`; returns the checkout directory and the full sha.
+pub async fn checkout(
+    url: &RepoUrl,
+    commit: &str,
+    reference: Option<&GitRef>,
+    dest: &Path,
+    policy: &SourcePolicy,
+) -> Result<(PathBuf, String), SourceError> {
+    let home = dest.join("home");
+    let src = dest.join("src");
+    std::fs::create_dir_all(&home).map_err(|e| SourceError::Git(e.to_string()))?;
+    let step = |args: Vec<String>| {
+        let mut cmd = git(policy, &home);
+        cmd.arg("-C").arg(&src).args(args);
+        cmd
+    };
+    let mut init = git(policy, &home);
+    init.args(["init", "--quiet", "--"]).arg(&src);
+    run_git(init, "init", policy.clone_timeout).await?;
+
+    let deadline = tokio::time::Instant::now() + policy.clone_timeout;
+    let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+    let fetch = |what: String, depth: bool| {
+        let mut args = vec!["fetch".to_string(), "--quiet".into(), "--no-tags".into(), "--no-recurse-submodules".into()];
+        if depth {
+            args.push("--depth=1".into());
+        }
+        args.extend(["--".into(), url.as_str().to_string(), what]);
+        step(args)
+    };
+    // Fetch the commit directly, then by its ref name, then everything.
+    let mut fetched = run_git(fetch(commit.to_string(), true), url.as_str(), left()).await;
+    if fetched.is_err() {
+        if let Some(r) = reference {
+            fetched = run_git(fetch(r.as_str().to_string(), true), url.as_str(), left()).await;
+        }
+    }
+    if fetched.is_err() {
+        fetched = run_git(fetch("+refs/heads/*:refs/remotes/origin/*".into(), false), url.as_str(), left()).await;
+    }
+    if let Err(e) = fetched {
+        return Err(match e {
+            SourceError::Git(detail) => SourceError::Unreachable { url: url.as_str().to_string(), detail },
+            other => other,
+        });
+    }
+    let target = if commit.len() == 40 { commit.to_string() } else { "FETCH_HEAD".to_string() };
+    let has_commit = run_git(step(vec!["cat-file".into(), "-e".into(), format!("{commit}^{{commit}}")]), "cat-file", left()).await;
+    let target = if has_commit.is_ok() { commit.to_string() } else { target };
+    run_git(step(vec!["checkout".into(), "--quiet".into(), "--detach".into(), target.clone(), "--".into()]), "checkout", left())
+        .await
+        .map_err(|_| SourceError::NoSuchRef {
+            url: url.as_str().to_string(),
+            reference: reference.map(|r| r.to_string()).unwrap_or_else(|| commit.to_string()),
+        })?;
+    let sha = run_git(step(vec!["rev-parse".into(), "HEAD".into()]), "rev-parse", left()).await?.trim().to_string();
+    if commit.len() >= 7 && !sha.starts_with(&commit.to_ascii_lowercase()) && reference.is_some_and(|r| r.as_str() == commit) {
+        return Err(SourceError::NoSuchRef { url: url.as_str().to_string(), reference: commit.to_string() });
+    }
+    let size = dir_size(&src);
+    if size > policy.max_checkout_mib * 1024 * 1024 {
+        return Err(SourceError::TooLarge(policy.max_checkout_mib));
+    }
+    // The build context never sees .git.
+    let _ = std::fs::remove_dir_all(src.join(".git"));
+    Ok((src, sha))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strict() -> SourcePolicy {
+        SourcePolicy::default()
+    }
+    fn local() -> SourcePolicy {
+        SourcePolicy { allow_local: true, ..SourcePolicy::default() }
+    }
+
+    #[test]
+    fn repository_forms() {
+        let p = strict();
+        assert_eq!(parse_repository("owner/repo", &p).expect("short").as_str(), "https://github.com/owner/repo");
+        assert!(parse_repository("https://github.com/a/b", &p).is_ok());
+        assert!(parse_repository("ssh://git@host/a/b.git", &p).is_ok());
+        assert!(parse_repository("git@github.com:a/b.git", &p).is_ok());
+        let refused = ["", "-uhttps://x/y", "https://x/y;id", "https://x/$(id)", "a\nb", "ftp://x/y", "ext::sh -c id", "file:///tmp/x", "/tmp/x", "a/b/c", "../x"];
+        for r in refused {
+            assert!(parse_repository(r, &p).is_err(), "{r:?} should be refused");
+        }
+        let e = parse_repository("/srv/repo", &p).expect_err("local refused");
+        assert_eq!(
+            e.to_string(),
+            "invalid repository `/srv/repo`: local repositories are accepted only when the server runs with `--allow-local-repos`"
+        );
+        assert_eq!(parse_repository("/srv/repo", &local()).expect("local").as_str(), "file:///srv/repo");
+        assert!(parse_repository("file:///srv/repo", &local()).expect("file").is_local());
+    }
+
+    async fn make_repo() -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().expect("dir");
+        let run = |args: &[&str]| {
+            let st = std::process::Command::new("git")
+                .args(["-c", "user.email=t@t", "-c", "user.name=t", "-c", "init.defaultBranch=main"])
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .expect("git runs");
+            assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+            String::from_utf8_lossy(&st.stdout).trim().to_string()
+        };
+        run(&["init", "-q"]);
+        std::fs::write(dir.path().join("a.txt"), "one").expect("w");
+        std::fs::create_dir_all(dir.path().join(".git/hooks")).expect("hooks");
+        std::fs::write(dir.path().join(".git/hooks/post-checkout"), "#!/bin/sh\ntouch /tmp/eserveless-hook-ran\n").expect("hook");
+        run(&["add", "."]);
+        run(&["commit", "-qm", "one"]);
+        run(&["tag", "v1"]);
+        std::fs::write(dir.path().join("a.txt"), "two").expect("w");
+        run(&["commit", "-qam", "two"]);
+        let head = run(&["rev-parse", "HEAD"]);
+        (dir, head)
+    }
+
+    #[tokio::test]
+    async fn resolves_and_checks_out_local_repos() {
+        let (repo, head) = make_repo().await;
+        let p = local();
+        let url = parse_repository(repo.path().to_str().expect("utf8"), &p).expect("url");
+        assert_eq!(resolve_commit(&url, None, &p).await.expect("head"), head);
+        let v1 = GitRef::parse("v1").expect("ref");
+        let v1_sha = resolve_commit(&url, Some(&v1), &p).await.expect("tag");
+        assert_ne!(v1_sha, head);
+        let missing = GitRef::parse("nope").expect("ref");
+        assert!(matches!(resolve_commit(&url, Some(&missing), &p).await, Err(SourceError::NoSuchRef { .. })));
+
+        let dest = tempfile::tempdir().expect("dest");
+        let (src, sha) = checkout(&url, &v1_sha, Some(&v1), dest.path(), &p).await.expect("checkout");
+        assert_eq!(sha, v1_sha);
+        assert_eq!(std::fs::read_to_string(src.join("a.txt")).expect("read"), "one");
+        assert!(!src.join(".git").exists());
+
+        let dest2 = tempfile::tempdir().expect("dest");
+        let (src2, sha2) = checkout(&url, &head, None, dest2.path(), &p).await.expect("checkout head");
+        assert_eq!(sha2, head);
+        assert_eq!(std::fs::read_to_string(src2.join("a.txt")).expect("read"), "two");
+    }
+
+    #[tokio::test]
+    async fn unreachable_repository_is_named() {
+        let p = local();
+        let url = parse_repository("/nonexistent/repo", &p).expect("url");
+        let e = resolve_commit(&url, None, &p).await.expect_err("missing");
+        let text = e.to_string();
+        assert!(text.starts_with("repository `file:///nonexistent/repo` could not be read:"), "{text}");
+    }
+}
