@@ -243,7 +243,16 @@ impl Driver for DockerDriver {
         let mut log = String::new();
         let run = async {
             while let Some(item) = stream.next().await {
-                let info = item?;
+                let info = match item {
+                    Ok(info) => info,
+                    // The engine reports a failing build step as a stream error.
+                    Err(bollard::errors::Error::DockerStreamError { error }) => {
+                        log.push_str(&error);
+                        log.push('\n');
+                        return Err(DriverError::BuildFailed { message: error, log: std::mem::take(&mut log) });
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 if let Some(text) = info.stream.as_deref().or(info.status.as_deref()) {
                     log.push_str(text);
                     if !text.ends_with('\n') {

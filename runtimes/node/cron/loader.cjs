@@ -43,7 +43,12 @@ async function loadModule() {
       }
     }
     const e = new LoadError(`eserveless: functions.js failed to load: ${oneLine(err)}${location(err)}`);
-    e.detail = err && err.stack ? err.stack : String(err);
+    // node's details (file:line, the offending line, a caret), without the
+    // stack frames of node itself and of this wrapper.
+    e.detail = (err && err.stack ? err.stack : String(err))
+      .split('\n')
+      .filter((line) => !/^\s+at (node:|.*\(node:|.*\.eserveless-build)/.test(line))
+      .join('\n');
     throw e;
   }
 }
