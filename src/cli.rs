@@ -263,14 +263,6 @@ async fn deploy(c: &Client, repository: String, git_ref: Option<String>, name: O
     let final_v = loop {
         let (_, d) = c.call(reqwest::Method::GET, &format!("/api/projects/{project}/deployments/{id}"), None).await?;
         let status = s(&d["status"]);
-        if status != last_status {
-            let line = format!("deployment {id}: {status}");
-            match &spinner {
-                Some(pb) => pb.println(line),
-                None => println!("{line}"),
-            }
-            last_status = status.clone();
-        }
         for f in d["functions"].as_array().into_iter().flatten() {
             let (n, st) = (s(&f["name"]), s(&f["build_state"]));
             if seen.get(&n) != Some(&st) {
@@ -281,6 +273,14 @@ async fn deploy(c: &Client, repository: String, git_ref: Option<String>, name: O
                 }
                 seen.insert(n, st);
             }
+        }
+        if status != last_status {
+            let line = format!("deployment {id}: {status}");
+            match &spinner {
+                Some(pb) => pb.println(line),
+                None => println!("{line}"),
+            }
+            last_status = status.clone();
         }
         if let Some(pb) = &spinner {
             pb.set_message(format!("{status} ({}s)", started.elapsed().as_secs()));

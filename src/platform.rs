@@ -124,12 +124,17 @@ impl Platform {
         .map_err(|e| ApiError::unprocessable("invalid_name", e.to_string()))?;
         let commit = source::resolve_commit(&url, git_ref.as_ref(), &self.source_policy).await.map_err(source_error)?;
 
-        let lock = self.project_lock(name.as_str());
-        let _held_briefly = lock.lock().await;
+        // Not under the project lock: that is held by a running build, and answering must not wait for it.
         if let Some(p) = self.store.project(name.as_str())? {
             if let Some(live) = p.live_deployment_id.map(|id| self.store.deployment(id)).transpose()?.flatten() {
                 if live.commit == commit && live.repository == url.as_str() {
                     return Ok(Submitted { project: name.to_string(), deployment_id: live.id, commit, status: "unchanged" });
+                }
+            }
+            if let Some(latest) = self.store.latest_deployment(name.as_str())? {
+                if !latest.status.is_final() && latest.commit == commit && latest.repository == url.as_str() {
+                    // The same commit is already on its way: follow that deployment.
+                    return Ok(Submitted { project: name.to_string(), deployment_id: latest.id, commit, status: "queued" });
                 }
             }
         }
@@ -418,14 +423,14 @@ impl Platform {
         let lock = self.project_lock(project);
         let _held = lock.lock().await;
         self.scheduler.remove_project(project);
+        let mut containers = 0;
         if let Some(old) = self.routes.remove_project(project) {
             for route in old.values() {
                 if let Route::Http(pool) = route {
-                    pool.shutdown().await;
+                    containers += pool.shutdown().await;
                 }
             }
         }
-        let mut containers = 0;
         match self.driver.list_managed().await {
             Ok(list) => {
                 for c in list.into_iter().filter(|c| c.labels.get(labels::PROJECT).map(String::as_str) == Some(project)) {

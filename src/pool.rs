@@ -649,16 +649,18 @@ impl FunctionPool {
     }
 
     /// Removes every instance now, in-flight or not (project deletion).
-    pub async fn shutdown(&self) {
+    pub async fn shutdown(&self) -> usize {
         self.retired.store(true, Ordering::Release);
         let ids: Vec<String> = {
             let mut g = lock(&self.inner);
             g.instances.drain(..).map(|i| i.id).collect()
         };
         self.changed.notify_waiters();
+        let n = ids.len();
         for id in ids {
             remove_container(&self.shared, &self.revision.project, &self.revision.function, &id).await;
         }
+        n
     }
 
     /// Pauses and removes idle instances, and keeps `min_instances` warm.

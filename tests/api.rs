@@ -237,8 +237,6 @@ async fn malformed_and_oversized_bodies() {
     // Valid JSON of the wrong shape.
     let a = post_json(&h.app, "/api/projects", &json!({"repo": "x"})).await;
     assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body");
-    let a = post_json(&h.app, "/api/projects", &json!(["owner/repo"])).await;
-    assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body");
     let a = post_json(&h.app, "/api/projects", &json!({"repository": 5})).await;
     assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body");
     let a = post_json(&h.app, "/api/projects", &json!({"repository": "owner/repo", "extra": true})).await;
@@ -253,6 +251,16 @@ async fn malformed_and_oversized_bodies() {
     // Nothing was recorded by any of these.
     let a = get(&h.app, "/api/projects").await;
     assert_eq!(a.body, json!({"projects": []}));
+}
+
+/// A JSON array is not a deployment request, even when its items would fill the fields in order.
+#[tokio::test]
+async fn array_body_is_not_a_deploy_request() {
+    let h = harness(true);
+    for body in [json!(["owner/repo"]), json!([]), json!("owner/repo"), json!(null)] {
+        let a = post_json(&h.app, "/api/projects", &body).await;
+        assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body");
+    }
 }
 
 #[tokio::test]
