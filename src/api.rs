@@ -24,15 +24,18 @@ pub const MAX_API_BODY: usize = 64 * 1024;
 pub struct AppState {
     pub platform: Arc<Platform>,
     pub gateway: Gateway,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The whole router: API, gateway and fallbacks.
 pub fn app(platform: Arc<Platform>) -> Router {
-    let gateway = Gateway::new(platform.routes.clone());
-    let state = AppState { platform, gateway };
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let gateway = Gateway::new(platform.routes.clone(), metrics.clone());
+    let state = AppState { platform, gateway, metrics };
     Router::new()
         .route("/", get(root))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
         .route("/api/projects", get(list_projects).post(create_project))
         .route("/api/projects/{name}", get(show_project).delete(delete_project))
         .route("/api/projects/{name}/deployments/{id}", get(show_deployment))
@@ -63,6 +66,11 @@ async fn healthz(State(s): State<AppState>) -> Response {
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "degraded", "docker": e.to_string() })))
             .into_response(),
     }
+}
+
+async fn metrics_text(State(s): State<AppState>) -> Response {
+    let text = s.metrics.render(&s.platform.pools);
+    ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
 }
 
 async fn invoke(State(s): State<AppState>, ConnectInfo(addr): ConnectInfo<SocketAddr>, req: Request) -> Response {

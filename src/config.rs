@@ -53,6 +53,12 @@ pub struct ServeArgs {
     /// Longest a git clone or lookup may take, e.g. 2m
     #[arg(long, env = "ESERVELESS_CLONE_TIMEOUT", value_parser = humantime::parse_duration)]
     pub clone_timeout: Option<Duration>,
+    /// Requests allowed to wait per function when every instance is busy (more get 429)
+    #[arg(long, env = "ESERVELESS_QUEUE_DEPTH")]
+    pub queue_depth: Option<u32>,
+    /// Longest a request waits for a busy function's capacity before 503, e.g. 10s
+    #[arg(long, env = "ESERVELESS_QUEUE_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub queue_timeout: Option<Duration>,
     /// A TOML file with any of the settings above (keys as in the flags, with `_`)
     #[arg(long, env = "ESERVELESS_CONFIG")]
     pub config: Option<PathBuf>,
@@ -77,6 +83,9 @@ struct FileConfig {
     build_timeout: Option<Duration>,
     #[serde(default, with = "opt_duration")]
     clone_timeout: Option<Duration>,
+    queue_depth: Option<u32>,
+    #[serde(default, with = "opt_duration")]
+    queue_timeout: Option<Duration>,
 }
 
 mod opt_duration {
@@ -102,6 +111,8 @@ pub struct ServerConfig {
     pub network: String,
     pub build_timeout: Duration,
     pub clone_timeout: Duration,
+    pub queue_depth: u32,
+    pub queue_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -136,6 +147,8 @@ impl ServerConfig {
             network: args.network.clone().or(file.network).unwrap_or_else(|| "eserveless".into()),
             build_timeout: args.build_timeout.or(file.build_timeout).unwrap_or(Duration::from_secs(600)),
             clone_timeout: args.clone_timeout.or(file.clone_timeout).unwrap_or(Duration::from_secs(120)),
+            queue_depth: args.queue_depth.or(file.queue_depth).unwrap_or(100),
+            queue_timeout: args.queue_timeout.or(file.queue_timeout).unwrap_or(Duration::from_secs(30)),
         })
     }
 }

@@ -8,6 +8,7 @@ pub mod driver;
 pub mod error;
 pub mod gateway;
 pub mod manifest;
+pub mod metrics;
 pub mod names;
 pub mod platform;
 pub mod pool;

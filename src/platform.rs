@@ -63,7 +63,11 @@ fn source_error(e: SourceError) -> ApiError {
 
 impl Platform {
     pub fn new(store: Arc<Store>, driver: Arc<dyn Driver>, templates: Templates, config: ServerConfig) -> Arc<Self> {
-        let pool_config = PoolConfig::default();
+        let pool_config = PoolConfig {
+            queue_depth: config.queue_depth,
+            queue_timeout: config.queue_timeout,
+            ..PoolConfig::default()
+        };
         let limits = pool_config.limits.clone();
         let pools = PoolManager::new(driver.clone(), store.clone(), pool_config);
         let source_policy = SourcePolicy {

@@ -154,6 +154,8 @@ pub struct PoolConfig {
     pub start_timeout: Duration,
     /// Requests allowed to wait for capacity, per function.
     pub queue_depth: u32,
+    /// Longest a request waits in the queue (bounded by its own deadline too).
+    pub queue_timeout: Duration,
     /// How often the reaper looks at idle instances.
     pub reap_interval: Duration,
 }
@@ -164,6 +166,7 @@ impl Default for PoolConfig {
             limits: Limits::default(),
             start_timeout: Duration::from_secs(30),
             queue_depth: 100,
+            queue_timeout: Duration::from_secs(30),
             reap_interval: Duration::from_millis(500),
         }
     }
@@ -417,6 +420,7 @@ impl FunctionPool {
     /// Gets an instance for one request, waiting no later than `deadline`.
     pub async fn acquire(self: &Arc<Self>, deadline: Instant) -> Result<Lease, AcquireError> {
         let began = Instant::now();
+        let queue_deadline = deadline.min(began + self.shared.config.queue_timeout);
         let scaling = &self.revision.scaling;
         let mut queued = false;
         let _waiting = WaitingGuard { pool: self, queued: &mut queued };
@@ -498,7 +502,7 @@ impl FunctionPool {
                     }
                 }
                 Next::Wait => {
-                    if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                    if tokio::time::timeout_at(queue_deadline, notified).await.is_err() {
                         return Err(AcquireError::Deadline(self.revision.function.clone()));
                     }
                 }

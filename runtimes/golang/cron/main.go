@@ -21,6 +21,16 @@ const functionName = "{{ function }}"
 var errorType = reflect.TypeOf((*error)(nil)).Elem()
 
 func main() {
+	// The image build runs the binary once with this flag, so that an
+	// unsupported signature fails the build instead of every run.
+	if len(os.Args) == 2 && os.Args[1] == "--eserveless-check" {
+		if _, err := arguments(fn.{{ function }}, map[string]string{}); err != nil {
+			fmt.Fprintf(os.Stderr, "eserveless: function %q cannot run as a cron function: %v\n", functionName, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+
 	envs := map[string]string{}
 	for _, kv := range os.Environ() {
 		if i := strings.IndexByte(kv, '='); i > 0 && strings.HasPrefix(kv, "ESERVELESS_") {
@@ -33,49 +43,52 @@ func main() {
 	}
 }
 
-// call runs f with envs. f may take no argument, or one argument to which a
-// map[string]string can be given (interface{}, map[string]string, or a named
-// map type), or a map[string]interface{}. A returned non-nil error, or a
-// panic, is a failure.
-func call(f interface{}, envs map[string]string) (err error) {
-	v := reflect.ValueOf(f)
-	t := v.Type()
-	if t.Kind() != reflect.Func {
-		return fmt.Errorf("%s is a %s, not a function", functionName, t)
-	}
-	var args []reflect.Value
-	switch {
-	case t.IsVariadic():
-		return fmt.Errorf("unsupported signature %s: want func(envs map[string]string) or func(envs interface{})", t)
-	case t.NumIn() == 0:
-	case t.NumIn() == 1:
-		in := t.In(0)
-		ev := reflect.ValueOf(envs)
-		switch {
-		case ev.Type().AssignableTo(in):
-			args = append(args, ev)
-		case ev.Type().ConvertibleTo(in):
-			args = append(args, ev.Convert(in))
-		case in.Kind() == reflect.Map && in.Key().Kind() == reflect.String &&
-			reflect.TypeOf("").AssignableTo(in.Elem()):
-			m := reflect.MakeMapWithSize(in, len(envs))
-			for k, val := range envs {
-				m.SetMapIndex(reflect.ValueOf(k).Convert(in.Key()), reflect.ValueOf(val))
-			}
-			args = append(args, m)
-		default:
-			return fmt.Errorf("unsupported signature %s: want func(envs map[string]string) or func(envs interface{})", t)
-		}
-	default:
-		return fmt.Errorf("unsupported signature %s: want func(envs map[string]string) or func(envs interface{})", t)
-	}
+const wantSignature = "want func(envs map[string]string) or func(envs interface{})"
 
+// arguments returns the arguments to call f with. f may take no argument, or
+// one argument to which a map[string]string can be given (interface{},
+// map[string]string, a named map type), or a map[string]interface{}.
+func arguments(f interface{}, envs map[string]string) ([]reflect.Value, error) {
+	t := reflect.TypeOf(f)
+	if t == nil || t.Kind() != reflect.Func {
+		return nil, fmt.Errorf("it is a %v, not a function", t)
+	}
+	if t.IsVariadic() || t.NumIn() > 1 {
+		return nil, fmt.Errorf("unsupported signature %s: %s", t, wantSignature)
+	}
+	if t.NumIn() == 0 {
+		return nil, nil
+	}
+	in := t.In(0)
+	ev := reflect.ValueOf(envs)
+	switch {
+	case ev.Type().AssignableTo(in):
+		return []reflect.Value{ev}, nil
+	case ev.Type().ConvertibleTo(in):
+		return []reflect.Value{ev.Convert(in)}, nil
+	case in.Kind() == reflect.Map && in.Key().Kind() == reflect.String &&
+		reflect.TypeOf("").AssignableTo(in.Elem()):
+		m := reflect.MakeMapWithSize(in, len(envs))
+		for k, val := range envs {
+			m.SetMapIndex(reflect.ValueOf(k).Convert(in.Key()), reflect.ValueOf(val))
+		}
+		return []reflect.Value{m}, nil
+	}
+	return nil, fmt.Errorf("unsupported signature %s: %s", t, wantSignature)
+}
+
+// call runs f with envs. A returned non-nil error, or a panic, is a failure.
+func call(f interface{}, envs map[string]string) (err error) {
+	args, err := arguments(f, envs)
+	if err != nil {
+		return err
+	}
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("panic: %v\n%s", r, debug.Stack())
 		}
 	}()
-	for _, out := range v.Call(args) {
+	for _, out := range reflect.ValueOf(f).Call(args) {
 		if !out.Type().Implements(errorType) {
 			continue
 		}

@@ -1,0 +1,97 @@
+//! Prometheus metrics: invocations, latency, how instances were obtained, acquisition time,
+//! rejections, and (at scrape time) instances by state and queue depth.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::pool::PoolManager;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FnLabels {
+    pub project: String,
+    pub function: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub project: String,
+    pub function: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub project: String,
+    pub function: String,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub project: String,
+    pub function: String,
+    pub state: String,
+}
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0].into_iter()
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub invocations: Family<StatusLabels, Counter>,
+    pub latency: Family<FnLabels, Histogram, fn() -> Histogram>,
+    pub acquisitions: Family<KindLabels, Counter>,
+    pub acquire_time: Family<KindLabels, Histogram, fn() -> Histogram>,
+    pub rejected: Family<StatusLabels, Counter>,
+    instances: Family<StateLabels, Gauge>,
+    queue_depth: Family<FnLabels, Gauge>,
+}
+
+fn new_histogram() -> Histogram {
+    Histogram::new(latency_buckets())
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("eserveless");
+        let invocations = Family::<StatusLabels, Counter>::default();
+        let latency = Family::<FnLabels, Histogram, fn() -> Histogram>::new_with_constructor(new_histogram as fn() -> Histogram);
+        let acquisitions = Family::<KindLabels, Counter>::default();
+        let acquire_time = Family::<KindLabels, Histogram, fn() -> Histogram>::new_with_constructor(new_histogram as fn() -> Histogram);
+        let rejected = Family::<StatusLabels, Counter>::default();
+        let instances = Family::<StateLabels, Gauge>::default();
+        let queue_depth = Family::<FnLabels, Gauge>::default();
+        registry.register("invocations", "Invocations through the gateway, by answer status", invocations.clone());
+        registry.register("invocation_duration_seconds", "Time to the response head through the gateway", latency.clone());
+        registry.register("instance_acquisitions", "How each request's instance was obtained: warm, resume or cold", acquisitions.clone());
+        registry.register("instance_acquire_seconds", "Time to obtain an instance", acquire_time.clone());
+        registry.register("rejected_requests", "Requests refused for capacity (429 queue full, 503 deadline)", rejected.clone());
+        registry.register("instances", "Instances by state", instances.clone());
+        registry.register("queue_depth", "Requests waiting for an instance", queue_depth.clone());
+        Metrics { registry, invocations, latency, acquisitions, acquire_time, rejected, instances, queue_depth }
+    }
+}
+
+impl Metrics {
+    /// The text exposition, with pool gauges read now.
+    pub fn render(&self, pools: &PoolManager) -> String {
+        self.instances.clear();
+        self.queue_depth.clear();
+        for (rev, c) in pools.counts() {
+            let fl = FnLabels { project: rev.project.clone(), function: rev.function.clone() };
+            for (state, n) in [("starting", c.starting), ("ready", c.ready), ("paused", c.paused), ("draining", c.draining)] {
+                let l = StateLabels { project: rev.project.clone(), function: rev.function.clone(), state: state.into() };
+                self.instances.get_or_create(&l).inc_by(i64::from(n));
+            }
+            self.queue_depth.get_or_create(&fl).inc_by(i64::from(c.waiting));
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
