@@ -181,32 +181,45 @@ impl Gateway {
         let path = req.uri().path().to_string();
         let (project, function, rest) = split_invoke_path(&path)
             .ok_or_else(|| ApiError::not_found("not_found", "use /invoke/<project>/<function>[/path]"))?;
-        let pool = match self.routes.get(project, function) {
-            Some(Route::Http(pool)) => pool,
-            Some(Route::Cron) => {
-                return Err(ApiError::not_found(
-                    "not_http",
-                    format!("function `{function}` of project `{project}` is a cron function and cannot be invoked over HTTP"),
-                ))
-            }
-            None => {
-                return Err(ApiError::not_found(
-                    "function_not_found",
-                    format!("no live function `{function}` in project `{project}`; `eserveless show {project}` lists its functions"),
-                ))
-            }
+        let route_for = |routes: &RouteTable| match routes.get(project, function) {
+            Some(Route::Http(pool)) => Ok(pool),
+            Some(Route::Cron) => Err(ApiError::not_found(
+                "not_http",
+                format!("function `{function}` of project `{project}` is a cron function and cannot be invoked over HTTP"),
+            )),
+            None => Err(ApiError::not_found(
+                "function_not_found",
+                format!("no live function `{function}` in project `{project}`; `eserveless show {project}` lists its functions"),
+            )),
         };
+        let mut pool = route_for(&self.routes)?;
         *known = Some(FnLabels { project: project.to_string(), function: function.to_string() });
         let timeout = pool.revision().timeout;
         let started = tokio::time::Instant::now();
         let deadline = started + timeout;
-        let lease = pool.acquire(deadline).await.map_err(|e| match e {
-            AcquireError::QueueFull(_) => {
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", e.to_string()).with_retry_after(1)
+        let mut attempts = 0;
+        let lease = loop {
+            match pool.acquire(deadline).await {
+                Ok(lease) => break lease,
+                // A redeploy switched the route between lookup and acquire: follow it.
+                Err(AcquireError::Retired) if attempts < 3 => {
+                    attempts += 1;
+                    pool = route_for(&self.routes)?;
+                }
+                Err(e) => {
+                    return Err(match e {
+                        AcquireError::QueueFull(_) => {
+                            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", e.to_string()).with_retry_after(1)
+                        }
+                        AcquireError::Deadline(_) => ApiError::unavailable("no_capacity", e.to_string()).with_retry_after(1),
+                        AcquireError::StartFailed { .. } => {
+                            ApiError::new(StatusCode::BAD_GATEWAY, "start_failed", e.to_string())
+                        }
+                        AcquireError::Retired => ApiError::unavailable("redeploying", "the function is being redeployed; retry"),
+                    })
+                }
             }
-            AcquireError::Deadline(_) => ApiError::unavailable("no_capacity", e.to_string()).with_retry_after(1),
-            AcquireError::StartFailed { .. } => ApiError::new(StatusCode::BAD_GATEWAY, "start_failed", e.to_string()),
-        })?;
+        };
         let kl = KindLabels { project: project.to_string(), function: function.to_string(), kind: lease.kind.as_str().into() };
         self.metrics.acquire_time.get_or_create(&kl).observe(lease.took.as_secs_f64());
         self.metrics.acquisitions.get_or_create(&kl).inc();

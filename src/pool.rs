@@ -62,6 +62,9 @@ pub enum AcquireError {
     Deadline(String),
     #[error("function `{function}` failed to start: {detail}")]
     StartFailed { function: String, detail: String },
+    /// The revision was replaced while the request looked it up; look the route up again.
+    #[error("revision retired")]
+    Retired,
 }
 
 /// An instance's lifecycle state.
@@ -435,6 +438,9 @@ impl FunctionPool {
             notified.as_mut().enable();
             let next = {
                 let mut g = lock(&self.inner);
+                if self.retired.load(Ordering::Acquire) {
+                    return Err(AcquireError::Retired);
+                }
                 let ready = g
                     .instances
                     .iter_mut()
@@ -569,6 +575,12 @@ impl FunctionPool {
         }
         drop(g);
         self.changed.notify_waiters();
+        // Started for a revision that was replaced meanwhile: it serves its one request, then goes.
+        if let Ok((id, _)) = &result {
+            if self.retired.load(Ordering::Acquire) {
+                self.evict(id, "revision retired during start");
+            }
+        }
         result
     }
 
@@ -726,17 +738,21 @@ impl FunctionPool {
         }
         for id in to_pause {
             let ok = self.shared.driver.pause(&id).await;
-            let mut g = lock(&self.inner);
-            if let Some(i) = g.instances.iter_mut().find(|i| i.id == id) {
-                match ok {
-                    Ok(()) if i.state == InstanceState::Pausing => i.set(InstanceState::Paused),
-                    _ => {
-                        if i.state == InstanceState::Pausing {
-                            i.set(InstanceState::Ready);
+            {
+                let mut g = lock(&self.inner);
+                if let Some(i) = g.instances.iter_mut().find(|i| i.id == id) {
+                    match ok {
+                        Ok(()) if i.state == InstanceState::Pausing => i.set(InstanceState::Paused),
+                        _ => {
+                            if i.state == InstanceState::Pausing {
+                                i.set(InstanceState::Ready);
+                            }
                         }
                     }
                 }
             }
+            // A request that found only this (pausing) instance is waiting for it.
+            self.changed.notify_waiters();
         }
         for _ in 0..to_start {
             let me = self.clone();
