@@ -27,6 +27,17 @@ pub mod labels {
     pub const REVISION: &str = "eserveless.revision";
     pub const COMMIT: &str = "eserveless.commit";
     pub const ROLE: &str = "eserveless.role";
+
+    /// The labels of a function container; `role` is `http` or `cron`.
+    pub fn for_container(project: &str, function: &str, revision: i64, role: &str) -> std::collections::HashMap<String, String> {
+        std::collections::HashMap::from([
+            (MANAGED.to_string(), "true".to_string()),
+            (PROJECT.to_string(), project.to_string()),
+            (FUNCTION.to_string(), function.to_string()),
+            (REVISION.to_string(), revision.to_string()),
+            (ROLE.to_string(), role.to_string()),
+        ])
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

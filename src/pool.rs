@@ -534,13 +534,7 @@ impl FunctionPool {
             name,
             image: r.image.clone(),
             env,
-            labels: HashMap::from([
-                (labels::MANAGED.to_string(), "true".to_string()),
-                (labels::PROJECT.to_string(), r.project.clone()),
-                (labels::FUNCTION.to_string(), r.function.clone()),
-                (labels::REVISION.to_string(), r.deployment_id.to_string()),
-                (labels::ROLE.to_string(), "http".to_string()),
-            ]),
+            labels: labels::for_container(&r.project, &r.function, r.deployment_id, "http"),
             limits: self.shared.config.limits.clone(),
         };
         let result = async {

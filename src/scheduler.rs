@@ -148,13 +148,7 @@ impl Scheduler {
             name: format!("esl-{}-{}-run{}", job.project, fn_part, run_id),
             image: job.image.clone(),
             env: job.env.clone(),
-            labels: HashMap::from([
-                (labels::MANAGED.to_string(), "true".to_string()),
-                (labels::PROJECT.to_string(), job.project.clone()),
-                (labels::FUNCTION.to_string(), job.function.clone()),
-                (labels::REVISION.to_string(), job.deployment_id.to_string()),
-                (labels::ROLE.to_string(), "cron".to_string()),
-            ]),
+            labels: labels::for_container(&job.project, &job.function, job.deployment_id, "cron"),
             limits: inner.limits.clone(),
         };
         let (status, exit_code, mut output) = match inner.driver.run(spec).await {
