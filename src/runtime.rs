@@ -9,6 +9,9 @@ use serde::Serialize;
 
 static EMBEDDED: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/runtimes");
 
+/// A runtime's directory of files common to all its kinds.
+pub const SHARED: &str = "shared";
+
 /// The directory, inside the build context, that holds the rendered template files.
 pub const BUILD_DIR: &str = ".eserveless-build";
 
@@ -112,18 +115,26 @@ impl Templates {
 
     /// Runtimes that have both an `http` and a `cron` template, or at least one of them.
     pub fn runtimes(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.sets.keys().map(|(r, _)| r.clone()).collect();
+        let mut v: Vec<String> = self.sets.keys().filter(|(_, k)| k != SHARED).map(|(r, _)| r.clone()).collect();
         v.dedup();
         v
     }
 
-    /// Renders the (runtime, kind) set into `(relative path, contents)` pairs.
+    /// Renders the (runtime, kind) set into `(relative path, contents)` pairs. Files of the
+    /// runtime's `shared/` directory are included unless the kind has its own of that name.
     pub fn render(&self, runtime: &str, kind: &str, vars: &TemplateVars) -> Result<Vec<(PathBuf, String)>, TemplateError> {
-        let set = self.sets.get(&(runtime.to_string(), kind.to_string())).ok_or_else(|| TemplateError::Missing {
+        let missing = || TemplateError::Missing {
             runtime: runtime.to_string(),
             kind: kind.to_string(),
             known: self.runtimes().join(", "),
-        })?;
+        };
+        if kind == SHARED {
+            return Err(missing());
+        }
+        let own = self.sets.get(&(runtime.to_string(), kind.to_string())).ok_or_else(missing)?;
+        let mut set = self.sets.get(&(runtime.to_string(), SHARED.to_string())).cloned().unwrap_or_default();
+        set.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let set = &set;
         let mut env = minijinja::Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         let mut out = Vec::new();
@@ -203,6 +214,18 @@ mod tests {
         let df = files.iter().find(|(p, _)| p == Path::new("Dockerfile")).map(|(_, s)| s).expect("Dockerfile");
         assert!(df.contains("FROM node-img"), "{df}");
         assert!(df.contains("package"), "dependency install present: {df}");
+    }
+
+    #[test]
+    fn shared_files_render_per_kind() {
+        let t = Templates::embedded();
+        let http = t.render("node", "http", &vars("API", "http")).expect("renders");
+        let cron = t.render("node", "cron", &vars("Tick", "cron")).expect("renders");
+        let df = |files: &[(PathBuf, String)]| files.iter().find(|(p, _)| p == Path::new("Dockerfile")).map(|(_, s)| s.clone()).expect("Dockerfile");
+        assert!(df(&http).contains("server.cjs") && !df(&http).contains("cron.cjs"), "{}", df(&http));
+        assert!(df(&cron).contains("cron.cjs") && !df(&cron).contains("server.cjs"), "{}", df(&cron));
+        assert!(http.iter().any(|(p, _)| p == Path::new("loader.cjs")), "shared loader included");
+        assert!(t.render("node", "shared", &vars("API", "http")).is_err(), "shared is not a kind");
     }
 
     #[test]
