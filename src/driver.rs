@@ -27,6 +27,8 @@ pub mod labels {
     pub const REVISION: &str = "eserveless.revision";
     pub const COMMIT: &str = "eserveless.commit";
     pub const ROLE: &str = "eserveless.role";
+    /// The server (data directory) that owns the object; servers sharing an engine never touch each other's.
+    pub const OWNER: &str = "eserveless.owner";
 
     /// The labels of a function container; `role` is `http` or `cron`.
     pub fn for_container(project: &str, function: &str, revision: i64, role: &str) -> std::collections::HashMap<String, String> {
@@ -174,19 +176,20 @@ pub trait Driver: Send + Sync + 'static {
 pub struct DockerDriver {
     docker: Docker,
     network: String,
+    owner: String,
 }
 
 impl DockerDriver {
     /// Connects to the local engine (DOCKER_HOST or the default socket), negotiating the API
     /// version, and makes sure the functions network exists.
-    pub async fn connect(network: &str) -> Result<Self> {
+    pub async fn connect(network: &str, owner: &str) -> Result<Self> {
         let docker = Docker::connect_with_defaults().map_err(|e| DriverError::Unreachable(e.to_string()))?;
         let docker = docker
             .with_timeout(Duration::from_secs(120))
             .negotiate_version()
             .await
             .map_err(|e| DriverError::Unreachable(e.to_string()))?;
-        let driver = DockerDriver { docker, network: network.to_string() };
+        let driver = DockerDriver { docker, network: network.to_string(), owner: owner.to_string() };
         driver.ensure_network().await?;
         Ok(driver)
     }
@@ -315,7 +318,11 @@ impl Driver for DockerDriver {
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             env: Some(spec.env.clone()),
-            labels: Some(spec.labels.clone()),
+            labels: Some({
+                let mut l = spec.labels.clone();
+                l.insert(labels::OWNER.to_string(), self.owner.clone());
+                l
+            }),
             user: Some(l.user.clone()),
             host_config: Some(host_config),
             networking_config: Some(NetworkingConfig {
@@ -401,7 +408,10 @@ impl Driver for DockerDriver {
     }
 
     async fn list_managed(&self) -> Result<Vec<ManagedContainer>> {
-        let filters = HashMap::from([("label".to_string(), vec![format!("{}=true", labels::MANAGED)])]);
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{}=true", labels::MANAGED), format!("{}={}", labels::OWNER, self.owner)],
+        )]);
         let opts = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
         let list = self.docker.list_containers(Some(opts)).await?;
         Ok(list
@@ -428,7 +438,7 @@ impl Driver for DockerDriver {
     fn events(&self) -> BoxStream<'static, Result<ContainerEvent>> {
         let filters = HashMap::from([
             ("type".to_string(), vec!["container".to_string()]),
-            ("label".to_string(), vec![format!("{}=true", labels::MANAGED)]),
+            ("label".to_string(), vec![format!("{}=true", labels::MANAGED), format!("{}={}", labels::OWNER, self.owner)]),
             ("event".to_string(), vec!["die".to_string(), "oom".to_string(), "destroy".to_string()]),
         ]);
         let opts = EventsOptionsBuilder::default().filters(&filters).build();

@@ -538,7 +538,9 @@ impl FunctionPool {
             limits: self.shared.config.limits.clone(),
         };
         let result = async {
+            let t0 = Instant::now();
             let started = self.shared.driver.run(spec).await.map_err(|e| e.to_string())?;
+            let engine_ms = t0.elapsed().as_millis();
             let ip: std::net::IpAddr =
                 started.ip.parse().map_err(|_| format!("container address `{}` is not an IP", started.ip))?;
             let addr = SocketAddr::new(ip, FUNCTION_PORT);
@@ -546,6 +548,7 @@ impl FunctionPool {
             self.shared.probing.lock().unwrap_or_else(|p| p.into_inner()).insert(started.id.clone(), dead.clone());
             let probed = probe_ready(addr, &dead, Instant::now() + self.shared.config.start_timeout).await;
             self.shared.probing.lock().unwrap_or_else(|p| p.into_inner()).remove(&started.id);
+            tracing::debug!(container = %started.id, engine_ms, ready_ms = t0.elapsed().as_millis(), "cold start timings");
             if let Err(why) = probed {
                 let logs = self.shared.driver.logs(&started.id, 4096).await.unwrap_or_default();
                 remove_container(&self.shared, &r.project, &r.function, &started.id).await;

@@ -20,7 +20,8 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         Some(dir) => Templates::with_overrides(dir)?,
         None => Templates::embedded(),
     };
-    let driver: Arc<dyn Driver> = Arc::new(DockerDriver::connect(&config.network).await?);
+    let owner = server_id(&config.data_dir)?;
+    let driver: Arc<dyn Driver> = Arc::new(DockerDriver::connect(&config.network, &owner).await?);
     for image in [&config.node_image, &config.go_image, &config.run_image] {
         if !driver.image_exists(image).await? {
             tracing::warn!(image = %image, "base image missing; builds that need it will fail. Build offline images with `eval \"$(scripts/offline-images)\"`");
@@ -44,4 +45,23 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         })
         .await?;
     Ok(())
+}
+
+/// This data directory's identity on the engine, made once and kept in `server-id`.
+fn server_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    use std::io::Read;
+    let path = data_dir.join("server-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim().to_string();
+        if !id.is_empty() && id.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Ok(id);
+        }
+    }
+    let mut bytes = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("cannot read /dev/urandom")?;
+    let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&path, &id).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(id)
 }
