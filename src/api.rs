@@ -84,6 +84,9 @@ pub async fn json_body<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, 
     })?;
     let value: Value = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::unprocessable("invalid_body", "the body must be a JSON object"));
+    }
     serde_json::from_value(value).map_err(|e| ApiError::unprocessable("invalid_body", format!("the body does not match: {e}")))
 }
 

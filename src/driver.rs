@@ -19,6 +19,28 @@ use bollard::Docker;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 
+/// Removes terminal escape sequences (the classic builder colours step output).
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                // Parameters and intermediates, then one final byte in @..~.
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Label keys on every Docker object the platform creates.
 pub mod labels {
     pub const MANAGED: &str = "eserveless.managed";
@@ -156,7 +178,8 @@ pub trait Driver: Send + Sync + 'static {
     async fn image_exists(&self, image: &str) -> Result<bool>;
     /// Builds an image; returns its whole log.
     async fn build_image(&self, req: BuildRequest) -> Result<String>;
-    async fn remove_image(&self, image: &str) -> Result<()>;
+    /// Removes an image; `false` when there was none.
+    async fn remove_image(&self, image: &str) -> Result<bool>;
     /// Creates and starts a container on the functions network; returns its address.
     async fn run(&self, spec: ContainerSpec) -> Result<Started>;
     async fn pause(&self, id: &str) -> Result<()>;
@@ -261,6 +284,7 @@ impl Driver for DockerDriver {
                     Ok(info) => info,
                     // The engine reports a failing build step as a stream error.
                     Err(bollard::errors::Error::DockerStreamError { error }) => {
+                        let error = strip_ansi(&error);
                         log.push_str(&error);
                         log.push('\n');
                         return Err(DriverError::BuildFailed { message: error, log: std::mem::take(&mut log) });
@@ -268,6 +292,8 @@ impl Driver for DockerDriver {
                     Err(e) => return Err(e.into()),
                 };
                 if let Some(text) = info.stream.as_deref().or(info.status.as_deref()) {
+                    let text = strip_ansi(text);
+                    let text = text.as_str();
                     log.push_str(text);
                     if !text.ends_with('\n') {
                         log.push('\n');
@@ -289,11 +315,11 @@ impl Driver for DockerDriver {
         }
     }
 
-    async fn remove_image(&self, image: &str) -> Result<()> {
+    async fn remove_image(&self, image: &str) -> Result<bool> {
         let opts = RemoveImageOptionsBuilder::default().force(true).build();
         match self.docker.remove_image(image, Some(opts), None).await {
-            Ok(_) => Ok(()),
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+            Ok(_) => Ok(true),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(false),
             Err(e) => Err(e.into()),
         }
     }
@@ -452,5 +478,15 @@ impl Driver for DockerDriver {
                 Ok(ContainerEvent { id: actor.id.unwrap_or_default(), action: e.action.unwrap_or_default() })
             })
             .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ansi_sequences_are_removed() {
+        assert_eq!(super::strip_ansi("\u{1b}[91meserveless: bad\u{1b}[0m\n"), "eserveless: bad\n");
+        assert_eq!(super::strip_ansi("plain"), "plain");
+        assert_eq!(super::strip_ansi("a\u{1b}[1;31mb"), "ab");
     }
 }

@@ -212,6 +212,14 @@ impl Gateway {
                             ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", e.to_string()).with_retry_after(1)
                         }
                         AcquireError::Deadline(_) => ApiError::unavailable("no_capacity", e.to_string()).with_retry_after(1),
+                        AcquireError::StartDeadline(_) => ApiError::new(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            "function_timeout",
+                            format!(
+                                "function `{function}` did not answer within its timeout of {} (its instance was still starting)",
+                                humantime::format_duration(timeout)
+                            ),
+                        ),
                         AcquireError::StartFailed { .. } => {
                             ApiError::new(StatusCode::BAD_GATEWAY, "start_failed", e.to_string())
                         }

@@ -449,7 +449,8 @@ impl Platform {
         let mut removed_images = 0;
         for image in &images {
             match self.driver.remove_image(image).await {
-                Ok(()) => removed_images += 1,
+                Ok(true) => removed_images += 1,
+                Ok(false) => {}
                 Err(e) => tracing::warn!(image, error = %e, "could not remove an image"),
             }
         }

@@ -60,6 +60,8 @@ pub enum AcquireError {
     QueueFull(String),
     #[error("no instance of `{0}` became available before the request's deadline")]
     Deadline(String),
+    #[error("function `{0}` did not become ready within the request's timeout")]
+    StartDeadline(String),
     #[error("function `{function}` failed to start: {detail}")]
     StartFailed { function: String, detail: String },
     /// The revision was replaced while the request looked it up; look the route up again.
@@ -504,7 +506,7 @@ impl FunctionPool {
                                 detail: "the start task ended unexpectedly".into(),
                             })
                         }
-                        Err(_) => return Err(AcquireError::Deadline(self.revision.function.clone())),
+                        Err(_) => return Err(AcquireError::StartDeadline(self.revision.function.clone())),
                     }
                 }
                 Next::Wait => {

@@ -55,9 +55,9 @@ impl Driver for FakeDriver {
         self.rec.lock().expect("lock").builds.push((req.tag.clone(), req.labels.clone()));
         Ok("log".to_string())
     }
-    async fn remove_image(&self, image: &str) -> driver::Result<()> {
+    async fn remove_image(&self, image: &str) -> driver::Result<bool> {
         self.rec.lock().expect("lock").removed_images.push(image.to_string());
-        Ok(())
+        Ok(true)
     }
     async fn run(&self, spec: ContainerSpec) -> driver::Result<Started> {
         let mut rec = self.rec.lock().expect("lock");
