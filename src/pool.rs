@@ -435,9 +435,9 @@ impl FunctionPool {
                 Start,
                 Wait,
             }
+            // Created before the state is read: `notify_waiters` reaches it from here on, so a
+            // release between the check and the wait is not missed (no registration lock needed).
             let notified = self.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
             let next = {
                 let mut g = lock(&self.inner);
                 if self.retired.load(Ordering::Acquire) {
