@@ -34,6 +34,14 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     platform.restore().await.context("cannot restore the live deployments")?;
     let app = crate::api::app(platform);
     tracing::info!(addr = %listener.local_addr()?, "eserveless listening");
+
+    use axum::serve::ListenerExt;
+    // Small responses must not wait on Nagle's algorithm and the client's delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");

@@ -1,0 +1,675 @@
+//! Instance lifecycle tests ("Instances that scale"): the real `eserveless` binary against the
+//! real Docker engine, with `tests/fixtures/lifecycle-app` (one node handler answering
+//! `{"version", "host", "pid"}` after `?sleep=<ms>`; `host` is the serving container's id
+//! prefix).
+//!
+//! One test per behaviour; each starts its own server (own data directory, port and server
+//! args) and makes one deployment (two for the redeploy test), and removes its project at the
+//! end. Assertions are on real values: container ids, Docker state, `Server-Timing` kinds,
+//! status codes and error codes. Timings are only ever bounded generously: the machine is small
+//! and shared.
+//!
+//! Without a reachable Docker engine the tests print "skipping: ..." and pass, except when
+//! `CI=true`, where they fail. The harness lives in `tests/common/mod.rs`.
+
+#[macro_use]
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bollard::query_parameters::{KillContainerOptions, ListContainersOptionsBuilder};
+use bollard::Docker;
+use common::*;
+
+// ---------------------------------------------------------------------------------------------
+// Test context: one server, one deployment of lifecycle-app
+
+struct Ctx {
+    // Dropped in this order: the server is killed before the cleanup removes what is left.
+    server: Server,
+    _cleanup: Cleanup,
+    t0: Instant,
+    http: reqwest::Client,
+    docker: Docker,
+    project: String,
+    repo: tempfile::TempDir,
+    data: PathBuf,
+    images: Vec<(&'static str, String)>,
+    args: Vec<String>,
+    /// The live deployment's id.
+    deployment: i64,
+    _data_root: tempfile::TempDir,
+}
+
+impl Ctx {
+    /// Starts a server with `args` and deploys lifecycle-app as a fresh project; waits until live.
+    async fn deploy(prefix: &str, args: &[&str]) -> Ctx {
+        let t0 = Instant::now();
+        let images = image_env().await;
+        let data_root = tempfile::tempdir().expect("data");
+        let data = data_root.path().join("data");
+        let project = unique(prefix);
+        let cleanup = Cleanup { projects: vec![project.clone()] };
+        let server = Server::start_with_args(&data, &images, args).await;
+        let http = client();
+        let repo = fixture_repo("lifecycle-app");
+        let d = deploy_and_wait(&http, &server.url, repo.path(), &project).await;
+        assert_eq!(d["status"], "ready", "lifecycle-app did not deploy: {d:#}");
+        let deployment = d["id"].as_i64().unwrap_or_else(|| panic!("deployment id in {d:#}"));
+        let ctx = Ctx {
+            server,
+            _cleanup: cleanup,
+            t0,
+            http,
+            docker: docker(),
+            project,
+            repo,
+            data,
+            images,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            deployment,
+            _data_root: data_root,
+        };
+        ctx.log(&format!("{} live (deployment {deployment})", ctx.project));
+        ctx
+    }
+
+    fn log(&self, msg: &str) {
+        eprintln!("[{:>5.1}s] {msg}", self.t0.elapsed().as_secs_f64());
+    }
+
+    fn url(&self, function: &str, query: &str) -> String {
+        format!("{}/invoke/{}/{function}{query}", self.server.url, self.project)
+    }
+
+    async fn invoke(&self, function: &str, query: &str) -> Answer {
+        let url = self.url(function, query);
+        answer(self.http.get(&url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"))).await
+    }
+
+    /// Invokes and expects 200 with the fixture's JSON; returns the answer.
+    async fn invoke_ok(&self, function: &str, query: &str) -> Answer {
+        let a = self.invoke(function, query).await;
+        assert_eq!(a.status, 200, "{function}{query}: {}", a.raw);
+        assert!(!host(&a).is_empty(), "{function}{query}: no `host` in {}", a.raw);
+        a
+    }
+
+    /// Kills the server (SIGKILL) and starts a new one on the same data directory.
+    async fn restart(&mut self) {
+        self.server.kill();
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.server = Server::start_with_args(&self.data, &self.images, &args).await;
+        self.log("server restarted on the same data directory");
+    }
+
+    /// Removes the project through the API and waits until none of its containers is left.
+    async fn remove(&self) {
+        let a = answer(
+            self.http
+                .delete(format!("{}/api/projects/{}", self.server.url, self.project))
+                .send()
+                .await
+                .expect("DELETE the project"),
+        )
+        .await;
+        assert_eq!(a.status, 200, "removing {}: {}", self.project, a.raw);
+        let began = Instant::now();
+        loop {
+            let left = containers_of(&self.docker, &self.project).await;
+            if left.is_empty() {
+                break;
+            }
+            assert!(began.elapsed() < Duration::from_secs(30), "containers of {} left after removal: {left:?}", self.project);
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        self.log(&format!("{} removed", self.project));
+    }
+}
+
+/// The kind in `Server-Timing: <kind>;dur=N` (`cold`, `resume` or `warm`).
+fn kind(a: &Answer) -> String {
+    header(a, "server-timing").split(';').next().unwrap_or("").trim().to_string()
+}
+
+/// The container that served the request (its 12-character id prefix).
+fn host(a: &Answer) -> String {
+    a.body["host"].as_str().unwrap_or("").to_string()
+}
+
+/// `(running, paused)` from `docker inspect`, or `None` when the container does not exist.
+async fn docker_state(d: &Docker, id: &str) -> Option<(bool, bool)> {
+    match d.inspect_container(id, None).await {
+        Ok(c) => {
+            let s = c.state.unwrap_or_default();
+            Some((s.running.unwrap_or(false), s.paused.unwrap_or(false)))
+        }
+        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => None,
+        Err(e) => panic!("inspect container {id}: {e}"),
+    }
+}
+
+/// The full id of the function's container whose id starts with `host`.
+async fn container_of_host(d: &Docker, project: &str, function: &str, host: &str) -> String {
+    let all = function_containers(d, project, function).await;
+    all.iter()
+        .find(|(id, _)| !host.is_empty() && id.starts_with(host))
+        .map(|(id, _)| id.clone())
+        .unwrap_or_else(|| panic!("no container of {project}/{function} has an id starting with `{host}`; containers: {all:?}"))
+}
+
+/// Containers (any state) of one revision of a function: `(id, state)`.
+async fn revision_containers(d: &Docker, project: &str, function: &str, revision: i64) -> Vec<(String, String)> {
+    let filters = HashMap::from([(
+        "label".to_string(),
+        vec![
+            format!("eserveless.project={project}"),
+            format!("eserveless.function={function}"),
+            format!("eserveless.revision={revision}"),
+        ],
+    )]);
+    let opts = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+    d.list_containers(Some(opts))
+        .await
+        .expect("list containers")
+        .into_iter()
+        .map(|c| (c.id.unwrap_or_default(), c.state.map(|s| s.to_string()).unwrap_or_default()))
+        .collect()
+}
+
+/// Polls the container until `docker inspect` says `want` (`(running, paused)`); at most `within`.
+async fn wait_docker_state(d: &Docker, id: &str, want: (bool, bool), within: Duration, what: &str) {
+    let began = Instant::now();
+    loop {
+        let state = docker_state(d, id).await;
+        if state == Some(want) {
+            return;
+        }
+        assert!(began.elapsed() < within, "{what}: container {id} is {state:?} (running, paused) after {within:?}, expected {want:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn run_serial<F: std::future::Future<Output = ()>>(name: &str, test: F) {
+    let _serial = SERIAL.lock().await;
+    let began = Instant::now();
+    eprintln!("==== {name}");
+    test.await;
+    eprintln!("==== {name} passed in {:.1}s", began.elapsed().as_secs_f64());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The checks (each one behaviour)
+
+/// Two sequential requests: the second reuses the first one's instance.
+async fn check_instances_are_reused(ctx: &Ctx) {
+    let a = ctx.invoke_ok("Reuse", "").await;
+    assert_eq!(kind(&a), "cold", "first request to Reuse: Server-Timing {:?}", header(&a, "server-timing"));
+    assert_eq!(a.body["version"], "v1", "{}", a.raw);
+    let first = host(&a);
+    let b = ctx.invoke_ok("Reuse", "").await;
+    assert_eq!(kind(&b), "warm", "second request to Reuse: Server-Timing {:?}", header(&b, "server-timing"));
+    assert_eq!(host(&b), first, "the second request was served by another instance: {} then {}", a.raw, b.raw);
+    let running: Vec<_> = function_containers(&ctx.docker, &ctx.project, "Reuse")
+        .await
+        .into_iter()
+        .filter(|(_, state)| state == "running")
+        .collect();
+    assert_eq!(running.len(), 1, "exactly one running container of Reuse expected: {running:?}");
+    assert!(running[0].0.starts_with(&first), "the running container {running:?} is not the one that answered ({first})");
+}
+
+/// An idle instance is paused (cgroup freezer); the next request resumes it.
+async fn check_pause_then_resume(ctx: &Ctx) {
+    let a = ctx.invoke_ok("Pauser", "").await;
+    assert_eq!(kind(&a), "cold", "first request to Pauser: {:?}", header(&a, "server-timing"));
+    let h = host(&a);
+    let id = container_of_host(&ctx.docker, &ctx.project, "Pauser", &h).await;
+    wait_docker_state(&ctx.docker, &id, (true, true), Duration::from_secs(30), "Pauser (pause_after 1s) idle").await;
+    ctx.log("Pauser's instance is paused");
+
+    // The resuming request sleeps in the function, so the instance is busy (and cannot be
+    // paused again) while Docker's view of it is checked.
+    let url = ctx.url("Pauser", "?sleep=3000");
+    let http = ctx.http.clone();
+    let request = tokio::spawn(async move { answer(http.get(&url).send().await.expect("GET Pauser")).await });
+    let began = Instant::now();
+    let mut seen = None;
+    while !request.is_finished() && began.elapsed() < Duration::from_secs(30) {
+        seen = docker_state(&ctx.docker, &id).await;
+        if seen == Some((true, false)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, Some((true, false)), "while the resuming request ran, container {id} was not running-and-unpaused (running, paused)");
+    let b = request.await.expect("the resuming request");
+    assert_eq!(b.status, 200, "request to a paused Pauser: {}", b.raw);
+    assert_eq!(host(&b), h, "the paused instance was replaced instead of resumed: {}", b.raw);
+    assert_eq!(kind(&b), "resume", "request to a paused Pauser: Server-Timing {:?}", header(&b, "server-timing"));
+    // Idle again: paused again.
+    wait_docker_state(&ctx.docker, &id, (true, true), Duration::from_secs(30), "Pauser idle after the resume").await;
+}
+
+/// An instance idle longer than `idle_timeout` is removed; the next request starts a new one.
+async fn check_removed_after_idle_timeout(ctx: &Ctx) {
+    let a = ctx.invoke_ok("Idler", "").await;
+    assert_eq!(kind(&a), "cold", "first request to Idler: {:?}", header(&a, "server-timing"));
+    let h = host(&a);
+    let began = Instant::now();
+    loop {
+        let left = function_containers(&ctx.docker, &ctx.project, "Idler").await;
+        if left.is_empty() {
+            break;
+        }
+        assert!(began.elapsed() < Duration::from_secs(30), "Idler (idle_timeout 3s) still has containers after 30s: {left:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    ctx.log(&format!("Idler's instance removed after {:.1}s idle", began.elapsed().as_secs_f64()));
+    let b = ctx.invoke_ok("Idler", "").await;
+    assert_eq!(kind(&b), "cold", "request after the idle removal: {:?}", header(&b, "server-timing"));
+    assert_ne!(host(&b), h, "the removed instance answered again: {}", b.raw);
+}
+
+/// `min_instances: 1` starts an instance without traffic and keeps it warm past `idle_timeout`.
+async fn check_min_instances_kept_warm(ctx: &Ctx) {
+    let began = Instant::now();
+    let id = loop {
+        let running: Vec<_> =
+            function_containers(&ctx.docker, &ctx.project, "Warm").await.into_iter().filter(|(_, s)| s == "running").collect();
+        if let Some((id, _)) = running.first() {
+            break id.clone();
+        }
+        assert!(began.elapsed() < Duration::from_secs(30), "no running container of Warm (min_instances 1) within 30s of the deployment");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    ctx.log("Warm has an instance without any request");
+    // Past pause_after (1s) and idle_timeout (2s): still the same container, running, not paused.
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_secs(6) {
+        let all = function_containers(&ctx.docker, &ctx.project, "Warm").await;
+        assert!(
+            all.iter().any(|(c, s)| c == &id && s == "running"),
+            "Warm's kept instance {id} is no longer running after {:.1}s: {all:?}",
+            watch.elapsed().as_secs_f64()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(docker_state(&ctx.docker, &id).await, Some((true, false)), "Warm's kept instance {id} (running, paused)");
+    let a = ctx.invoke_ok("Warm", "").await;
+    assert_eq!(kind(&a), "warm", "request to Warm: Server-Timing {:?}", header(&a, "server-timing"));
+    assert!(id.starts_with(&host(&a)), "Warm was served by {} instead of the kept instance {id}", host(&a));
+}
+
+/// Simultaneous requests scale out to `max_instances` (3) and no further.
+async fn check_burst_scales_to_max_and_no_further(ctx: &Ctx) {
+    let mut requests = Vec::new();
+    for _ in 0..7 {
+        let url = ctx.url("Burst", "?sleep=1500");
+        let http = ctx.http.clone();
+        requests.push(tokio::spawn(async move { answer(http.get(&url).send().await.expect("GET Burst")).await }));
+    }
+    let mut most = 0;
+    let mut seen = BTreeSet::new();
+    while requests.iter().any(|r| !r.is_finished()) {
+        let all = function_containers(&ctx.docker, &ctx.project, "Burst").await;
+        most = most.max(all.len());
+        seen.extend(all.iter().map(|(id, _)| id.clone()));
+        assert!(all.len() <= 3, "Burst (max_instances 3) has {} containers during the burst: {all:?}", all.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut hosts = BTreeMap::new();
+    for r in requests {
+        let a = r.await.expect("a burst request");
+        assert_eq!(a.status, 200, "a burst request: {}", a.raw);
+        *hosts.entry(host(&a)).or_insert(0) += 1;
+    }
+    ctx.log(&format!("burst served by {hosts:?}; at most {most} containers at once, {} seen", seen.len()));
+    assert!(hosts.len() <= 3, "7 requests served by more than max_instances (3) instances: {hosts:?}");
+    assert!(hosts.len() >= 2, "7 simultaneous requests with concurrency 1 did not scale out: {hosts:?}");
+    let all = function_containers(&ctx.docker, &ctx.project, "Burst").await;
+    assert!(all.len() <= 3, "Burst has {} containers after the burst: {all:?}", all.len());
+}
+
+/// With every instance busy: one request waits (503 `no_capacity` at the queue timeout), the
+/// next one finds the queue full (429 `queue_full`, with Retry-After).
+async fn check_queue_full_gets_429_and_deadline_gets_503(ctx: &Ctx) {
+    let a = ctx.invoke_ok("Queue", "").await;
+    ctx.log(&format!("Queue warmed ({})", kind(&a)));
+    let mut requests = Vec::new();
+    for n in 0..3 {
+        if n > 0 {
+            // Staggered, so the expected order is: runs, waits in the queue (503), refused (429).
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let url = ctx.url("Queue", "?sleep=3000");
+        let http = ctx.http.clone();
+        requests.push(tokio::spawn(async move {
+            let began = Instant::now();
+            let a = answer(http.get(&url).send().await.expect("GET Queue")).await;
+            (a, began.elapsed())
+        }));
+    }
+    let mut answers = Vec::new();
+    for r in requests {
+        answers.push(r.await.expect("a Queue request"));
+    }
+    let summary: Vec<String> =
+        answers.iter().map(|(a, took)| format!("{} after {:.2}s: {}", a.status, took.as_secs_f64(), a.raw)).collect();
+    ctx.log(&format!("Queue answers, in sending order:\n  {}", summary.join("\n  ")));
+    let ok: Vec<_> = answers.iter().filter(|(a, _)| a.status == 200).collect();
+    assert_eq!(ok.len(), 1, "exactly one request should be served (concurrency 1, max_instances 1): {summary:#?}");
+    let full: Vec<_> = answers.iter().filter(|(a, _)| a.status == 429).collect();
+    let deadline: Vec<_> = answers.iter().filter(|(a, _)| a.status == 503).collect();
+    assert_eq!(ok.len() + full.len() + deadline.len(), 3, "only 200, 429 and 503 are expected: {summary:#?}");
+    assert!(!full.is_empty(), "no request got 429 with queue depth 1: {summary:#?}");
+    assert!(!deadline.is_empty(), "no request got 503 after the 1s queue timeout: {summary:#?}");
+    for (a, _) in &full {
+        assert_error(a, 429, "queue_full");
+        assert!(!header(a, "retry-after").is_empty(), "429 without Retry-After: {:?}", a.headers);
+    }
+    for (a, took) in &deadline {
+        assert_error(a, 503, "no_capacity");
+        assert!(*took >= Duration::from_millis(900), "503 after {took:?}: before the 1s queue timeout");
+        assert!(*took < Duration::from_secs(15), "503 after {took:?}: far past the 1s queue timeout");
+    }
+}
+
+/// A container killed behind the platform's back is evicted and replaced.
+async fn check_killed_container_is_replaced(ctx: &Ctx) {
+    // Round 1: kill, then request at once. The request may race the engine's `die` event and
+    // reach the dead container: one 502 is allowed, the retry must be served by a new instance.
+    let a = ctx.invoke_ok("Reuse", "").await;
+    let h1 = host(&a);
+    let id1 = container_of_host(&ctx.docker, &ctx.project, "Reuse", &h1).await;
+    ctx.docker.kill_container(&id1, None::<KillContainerOptions>).await.unwrap_or_else(|e| panic!("kill {id1}: {e}"));
+    ctx.log(&format!("killed Reuse's container {h1}; requesting at once"));
+    let mut answers = Vec::new();
+    let b = loop {
+        let b = ctx.invoke("Reuse", "").await;
+        answers.push(format!("{} {} ({})", b.status, b.raw, header(&b, "server-timing")));
+        if b.status == 502 && answers.len() < 2 {
+            continue;
+        }
+        break b;
+    };
+    ctx.log(&format!("answers after the kill: {answers:?}"));
+    assert_eq!(b.status, 200, "requests right after the kill (at most one 502 allowed): {answers:#?}");
+    assert_ne!(host(&b), h1, "the killed container answered: {answers:#?}");
+    wait_gone(&ctx.docker, &id1, "the killed container").await;
+
+    // Round 2: kill, and no request until the engine no longer has the container: only the
+    // Docker event stream can have evicted it. Then the first request is served, by a new instance.
+    let h2 = host(&b);
+    let id2 = container_of_host(&ctx.docker, &ctx.project, "Reuse", &h2).await;
+    ctx.docker.kill_container(&id2, None::<KillContainerOptions>).await.unwrap_or_else(|e| panic!("kill {id2}: {e}"));
+    ctx.log(&format!("killed Reuse's container {h2}; waiting for the platform to remove it, without requests"));
+    wait_gone(&ctx.docker, &id2, "a killed idle container (evicted through the Docker event stream)").await;
+    let c = ctx.invoke("Reuse", "").await;
+    assert_eq!(c.status, 200, "the first request after the platform removed the killed container: {}", c.raw);
+    assert_ne!(host(&c), h2, "the killed container answered: {}", c.raw);
+    assert_eq!(kind(&c), "cold", "the replacement of a killed instance: Server-Timing {:?}", header(&c, "server-timing"));
+}
+
+/// Polls until the container no longer exists on the engine (at most 30 s).
+async fn wait_gone(d: &Docker, id: &str, what: &str) {
+    let began = Instant::now();
+    while let Some(state) = docker_state(d, id).await {
+        assert!(began.elapsed() < Duration::from_secs(30), "{what} {id} is still on the engine after 30s: {state:?} (running, paused)");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// After a server crash, the next server adopts the running instance instead of replacing it.
+async fn check_instances_adopted_after_restart(ctx: &mut Ctx) {
+    let a = ctx.invoke_ok("Reuse", "").await;
+    assert_eq!(kind(&a), "cold", "first request to Reuse: {:?}", header(&a, "server-timing"));
+    let h = host(&a);
+    ctx.restart().await;
+    let b = ctx.invoke_ok("Reuse", "").await;
+    assert_eq!(kind(&b), "warm", "first request after the restart: Server-Timing {:?}", header(&b, "server-timing"));
+    assert_eq!(host(&b), h, "the instance was replaced, not adopted: {} before, {} after", a.raw, b.raw);
+    let all = function_containers(&ctx.docker, &ctx.project, "Reuse").await;
+    assert_eq!(all.len(), 1, "one container of Reuse expected after the restart: {all:?}");
+}
+
+/// One request of the load: when it was sent, and its status, version and host (or the error).
+struct Sample {
+    sent: Instant,
+    result: Result<(u16, String, String), String>,
+}
+
+/// A new commit goes live while requests keep flowing: none of them fails.
+async fn check_redeploy_under_load_has_zero_failures(ctx: &Ctx) {
+    let a = ctx.invoke_ok("Reuse", "").await;
+    assert_eq!(a.body["version"], "v1", "{}", a.raw);
+    let v1 = ctx.deployment;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let url = ctx.url("Reuse", "");
+        let stop = stop.clone();
+        workers.push(tokio::spawn(async move {
+            let http = client();
+            let mut samples = Vec::new();
+            while !stop.load(Ordering::Acquire) {
+                let sent = Instant::now();
+                let result = match http.get(&url).send().await {
+                    Ok(r) => {
+                        let a = answer(r).await;
+                        let v = |k: &str| a.body[k].as_str().unwrap_or("").to_string();
+                        if a.status == 200 {
+                            Ok((a.status, v("version"), v("host")))
+                        } else {
+                            Err(format!("{} {}", a.status, a.raw))
+                        }
+                    }
+                    Err(e) => Err(format!("transport error: {e}")),
+                };
+                samples.push(Sample { sent, result });
+            }
+            samples
+        }));
+    }
+
+    let js = ctx.repo.path().join("functions.js");
+    let text = std::fs::read_to_string(&js).expect("read functions.js");
+    assert!(text.contains("const VERSION = \"v1\";"), "the fixture changed: {text}");
+    std::fs::write(&js, text.replace("const VERSION = \"v1\";", "const VERSION = \"v2\";")).expect("write functions.js");
+    let v2_commit = commit_all(ctx.repo.path(), "v2");
+    let d = deploy_and_wait(&ctx.http, &ctx.server.url, ctx.repo.path(), &ctx.project).await;
+    let live_at = Instant::now();
+    let keep_going = tokio::time::sleep(Duration::from_secs(2));
+    keep_going.await;
+    stop.store(true, Ordering::Release);
+    let mut samples = Vec::new();
+    for w in workers {
+        samples.extend(w.await.expect("a load worker"));
+    }
+    assert_eq!(d["status"], "ready", "v2 did not deploy: {d:#}");
+    assert_eq!(d["commit"], v2_commit.as_str());
+    let v2 = d["id"].as_i64().expect("v2 deployment id");
+
+    let failures: Vec<&String> = samples.iter().filter_map(|s| s.result.as_ref().err()).collect();
+    let mut by_version: BTreeMap<String, usize> = BTreeMap::new();
+    for s in &samples {
+        if let Ok((_, v, _)) = &s.result {
+            *by_version.entry(v.clone()).or_default() += 1;
+        }
+    }
+    ctx.log(&format!("{} requests under load; by version {by_version:?}; {} failed", samples.len(), failures.len()));
+    assert!(failures.is_empty(), "{} of {} requests failed during the redeploy: {:#?}", failures.len(), samples.len(), &failures[..failures.len().min(10)]);
+    assert!(samples.len() > 50, "only {} requests were made under load", samples.len());
+    let after: Vec<&Sample> = samples.iter().filter(|s| s.sent >= live_at).collect();
+    assert!(!after.is_empty(), "no request was sent after v2 went live");
+    let stale: Vec<String> = after
+        .iter()
+        .filter_map(|s| s.result.as_ref().ok())
+        .filter(|(_, v, _)| v != "v2")
+        .map(|(_, v, h)| format!("{v} from {h}"))
+        .collect();
+    assert!(stale.is_empty(), "requests sent after v2 was live got: {stale:?}");
+
+    let began = Instant::now();
+    loop {
+        let left = revision_containers(&ctx.docker, &ctx.project, "Reuse", v1).await;
+        if left.is_empty() {
+            break;
+        }
+        assert!(began.elapsed() < Duration::from_secs(30), "v1's containers of Reuse are still there 30s after the switch: {left:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let v2_running = revision_containers(&ctx.docker, &ctx.project, "Reuse", v2).await;
+    assert!(!v2_running.is_empty(), "no container of v2's Reuse after the switch");
+}
+
+/// `/metrics` exposes invocations, acquisitions by kind, acquisition time, instances by state,
+/// queue depth and latency.
+async fn check_metrics_exposed(ctx: &Ctx) {
+    // Queue is untouched by the other checks of its test: cold, then warm.
+    let a = ctx.invoke_ok("Queue", "").await;
+    let b = ctx.invoke_ok("Queue", "").await;
+    assert_eq!((kind(&a).as_str(), kind(&b).as_str()), ("cold", "warm"), "Server-Timing kinds of two requests to Queue");
+    let m = api_get(&ctx.http, &format!("{}/metrics", ctx.server.url)).await;
+    assert_eq!(m.status, 200, "{}", m.raw);
+    let text = &m.raw;
+    let p = format!("project=\"{}\"", ctx.project);
+    let f = "function=\"Queue\"";
+    let line = |name: &str, needles: &[&str]| -> Option<String> {
+        text.lines()
+            .find(|l| l.starts_with(name) && l.contains(&p) && needles.iter().all(|n| l.contains(n)))
+            .map(str::to_string)
+    };
+    let value = |l: &str| -> f64 { l.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(f64::NAN) };
+    let mut missing = Vec::new();
+    let mut check = |what: &str, name: &str, needles: &[&str], min: f64| match line(name, needles) {
+        Some(l) if value(&l) >= min => {}
+        Some(l) => missing.push(format!("{what}: `{l}` is below {min}")),
+        None => missing.push(format!("{what}: no `{name}` line with {p} and {needles:?}")),
+    };
+    check("invocations", "eserveless_invocations_total{", &[f, "status=\"200\""], 2.0);
+    check("cold acquisitions", "eserveless_instance_acquisitions_total{", &[f, "kind=\"cold\""], 1.0);
+    check("warm acquisitions", "eserveless_instance_acquisitions_total{", &[f, "kind=\"warm\""], 1.0);
+    check("acquire time histogram", "eserveless_instance_acquire_seconds_bucket{", &[f, "le=\"+Inf\""], 1.0);
+    check("ready instances", "eserveless_instances{", &[f, "state=\"ready\""], 1.0);
+    check("queue depth", "eserveless_queue_depth{", &[f], 0.0);
+    check("latency histogram", "eserveless_invocation_duration_seconds_bucket{", &[f, "le=\"+Inf\""], 2.0);
+    assert!(missing.is_empty(), "/metrics lacks:\n  {}\n---- /metrics ----\n{text}", missing.join("\n  "));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_are_reused() {
+    require_docker!();
+    run_serial("instances_are_reused", async {
+        let ctx = Ctx::deploy("lc-reuse", &[]).await;
+        check_instances_are_reused(&ctx).await;
+        ctx.remove().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_then_resume() {
+    require_docker!();
+    run_serial("pause_then_resume", async {
+        let ctx = Ctx::deploy("lc-pause", &[]).await;
+        check_pause_then_resume(&ctx).await;
+        ctx.remove().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_after_idle_timeout() {
+    require_docker!();
+    run_serial("removed_after_idle_timeout", async {
+        let ctx = Ctx::deploy("lc-idle", &[]).await;
+        check_removed_after_idle_timeout(&ctx).await;
+        ctx.remove().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_instances_kept_warm() {
+    require_docker!();
+    run_serial("min_instances_kept_warm", async {
+        let ctx = Ctx::deploy("lc-warm", &[]).await;
+        check_min_instances_kept_warm(&ctx).await;
+        ctx.remove().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burst_scales_to_max_and_no_further() {
+    require_docker!();
+    run_serial("burst_scales_to_max_and_no_further", async {
+        let ctx = Ctx::deploy("lc-burst", &["--queue-depth", "10"]).await;
+        check_burst_scales_to_max_and_no_further(&ctx).await;
+        ctx.remove().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_full_gets_429_and_deadline_gets_503() {
+    require_docker!();
+    run_serial("queue_full_gets_429_and_deadline_gets_503", async {
+        let ctx = Ctx::deploy("lc-queue", &["--queue-depth", "1", "--queue-timeout", "1s"]).await;
+        check_queue_full_gets_429_and_deadline_gets_503(&ctx).await;
+        ctx.remove().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_container_is_replaced() {
+    require_docker!();
+    run_serial("killed_container_is_replaced", async {
+        let ctx = Ctx::deploy("lc-kill", &[]).await;
+        check_killed_container_is_replaced(&ctx).await;
+        ctx.remove().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_adopted_after_restart() {
+    require_docker!();
+    run_serial("instances_adopted_after_restart", async {
+        let mut ctx = Ctx::deploy("lc-adopt", &[]).await;
+        check_instances_adopted_after_restart(&mut ctx).await;
+        ctx.remove().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redeploy_under_load_has_zero_failures() {
+    require_docker!();
+    run_serial("redeploy_under_load_has_zero_failures", async {
+        let ctx = Ctx::deploy("lc-redeploy", &[]).await;
+        check_redeploy_under_load_has_zero_failures(&ctx).await;
+        ctx.remove().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_exposed() {
+    require_docker!();
+    run_serial("metrics_exposed", async {
+        let ctx = Ctx::deploy("lc-metrics", &[]).await;
+        check_metrics_exposed(&ctx).await;
+        ctx.remove().await;
+    })
+    .await;
+}
