@@ -29,9 +29,8 @@ pub struct AppState {
 
 /// The whole router: API, gateway and fallbacks.
 pub fn app(platform: Arc<Platform>) -> Router {
-    let metrics = Arc::new(crate::metrics::Metrics::default());
-    let gateway = Gateway::new(platform.routes.clone(), metrics.clone());
-    let state = AppState { platform, gateway, metrics };
+    let gateway = Gateway::new(platform.routes.clone());
+    let state = AppState { metrics: platform.metrics.clone(), platform, gateway };
     Router::new()
         .route("/", get(root))
         .route("/healthz", get(healthz))

@@ -18,7 +18,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::error::ApiError;
-use crate::metrics::{FnLabels, KindLabels, Metrics, StatusLabels};
 use crate::pool::{AcquireError, FunctionPool, Lease};
 
 /// Where a function's requests go.
@@ -60,7 +59,6 @@ impl RouteTable {
 pub struct Gateway {
     client: Client<HttpConnector, Body>,
     routes: Arc<RouteTable>,
-    metrics: Arc<Metrics>,
 }
 
 const HOP_BY_HOP: [&str; 8] = [
@@ -140,7 +138,7 @@ impl http_body::Body for LeasedBody {
 }
 
 impl Gateway {
-    pub fn new(routes: Arc<RouteTable>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(routes: Arc<RouteTable>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
@@ -148,26 +146,20 @@ impl Gateway {
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(256)
             .build(connector);
-        Gateway { client, routes, metrics }
+        Gateway { client, routes }
     }
 
     /// Proxies one invocation.
     pub async fn invoke(&self, req: Request<Body>, client_addr: Option<SocketAddr>) -> Response<Body> {
         let began = std::time::Instant::now();
-        let mut known: Option<FnLabels> = None;
+        let mut known: Option<Arc<FunctionPool>> = None;
         let resp = match self.try_invoke(req, client_addr, &mut known).await {
             Ok(r) => r,
             Err(e) => e.into_response(),
         };
         // Only routed functions are counted, so random paths cannot grow the label sets.
-        if let Some(fl) = known {
-            let status = resp.status().as_u16();
-            self.metrics.latency.get_or_create(&fl).observe(began.elapsed().as_secs_f64());
-            let sl = StatusLabels { project: fl.project, function: fl.function, status };
-            if status == 429 || status == 503 {
-                self.metrics.rejected.get_or_create(&sl).inc();
-            }
-            self.metrics.invocations.get_or_create(&sl).inc();
+        if let Some(pool) = known {
+            pool.metrics().answered(resp.status().as_u16(), began.elapsed());
         }
         resp
     }
@@ -176,7 +168,7 @@ impl Gateway {
         &self,
         req: Request<Body>,
         client_addr: Option<SocketAddr>,
-        known: &mut Option<FnLabels>,
+        known: &mut Option<Arc<FunctionPool>>,
     ) -> Result<Response<Body>, ApiError> {
         let path = req.uri().path().to_string();
         let (project, function, rest) = split_invoke_path(&path)
@@ -193,7 +185,7 @@ impl Gateway {
             )),
         };
         let mut pool = route_for(&self.routes)?;
-        *known = Some(FnLabels { project: project.to_string(), function: function.to_string() });
+        *known = Some(pool.clone());
         let timeout = pool.revision().timeout;
         let started = tokio::time::Instant::now();
         let deadline = started + timeout;
@@ -228,9 +220,7 @@ impl Gateway {
                 }
             }
         };
-        let kl = KindLabels { project: project.to_string(), function: function.to_string(), kind: lease.kind.as_str().into() };
-        self.metrics.acquire_time.get_or_create(&kl).observe(lease.took.as_secs_f64());
-        self.metrics.acquisitions.get_or_create(&kl).inc();
+        pool.metrics().acquired(lease.kind, lease.took);
 
         let prefix = format!("/invoke/{project}/{function}");
         let (mut parts, body) = req.into_parts();

@@ -8,7 +8,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::pool::PoolManager;
+use crate::pool::{AcquireKind, PoolManager};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FnLabels {
@@ -77,7 +77,58 @@ impl Default for Metrics {
     }
 }
 
+/// One function's metric handles, looked up once when its pool is made, so the request
+/// path neither hashes label sets nor allocates.
+#[derive(Clone)]
+pub struct FunctionMetrics {
+    labels: FnLabels,
+    latency: Histogram,
+    ok: Counter,
+    /// warm, resume, cold
+    acquired: [(Counter, Histogram); 3],
+    invocations: Family<StatusLabels, Counter>,
+    rejected: Family<StatusLabels, Counter>,
+}
+
+impl FunctionMetrics {
+    pub fn acquired(&self, kind: AcquireKind, took: std::time::Duration) {
+        let (count, time) = &self.acquired[kind as usize];
+        count.inc();
+        time.observe(took.as_secs_f64());
+    }
+
+    pub fn answered(&self, status: u16, took: std::time::Duration) {
+        self.latency.observe(took.as_secs_f64());
+        if status == 200 {
+            self.ok.inc();
+            return;
+        }
+        let l = StatusLabels { project: self.labels.project.clone(), function: self.labels.function.clone(), status };
+        if status == 429 || status == 503 {
+            self.rejected.get_or_create(&l).inc();
+        }
+        self.invocations.get_or_create(&l).inc();
+    }
+}
+
 impl Metrics {
+    pub fn for_function(&self, project: &str, function: &str) -> FunctionMetrics {
+        let labels = FnLabels { project: project.to_string(), function: function.to_string() };
+        let kind = |k: AcquireKind| {
+            let l = KindLabels { project: project.to_string(), function: function.to_string(), kind: k.as_str().into() };
+            (self.acquisitions.get_or_create(&l).clone(), self.acquire_time.get_or_create(&l).clone())
+        };
+        let ok = StatusLabels { project: project.to_string(), function: function.to_string(), status: 200 };
+        FunctionMetrics {
+            latency: self.latency.get_or_create(&labels).clone(),
+            ok: self.invocations.get_or_create(&ok).clone(),
+            acquired: [kind(AcquireKind::Warm), kind(AcquireKind::Resume), kind(AcquireKind::Cold)],
+            invocations: self.invocations.clone(),
+            rejected: self.rejected.clone(),
+            labels,
+        }
+    }
+
     /// The text exposition, with pool gauges read now.
     pub fn render(&self, pools: &PoolManager) -> String {
         self.instances.clear();

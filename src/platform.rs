@@ -41,6 +41,7 @@ pub struct Submitted {
 }
 
 pub struct Platform {
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub store: Arc<Store>,
     pub driver: Arc<dyn Driver>,
     pub pools: PoolManager,
@@ -69,13 +70,15 @@ impl Platform {
             ..PoolConfig::default()
         };
         let limits = pool_config.limits.clone();
-        let pools = PoolManager::new(driver.clone(), store.clone(), pool_config);
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let pools = PoolManager::new(driver.clone(), store.clone(), pool_config, metrics.clone());
         let source_policy = SourcePolicy {
             allow_local: config.allow_local_repos,
             clone_timeout: config.clone_timeout,
             ..SourcePolicy::default()
         };
         Arc::new(Platform {
+            metrics,
             scheduler: Scheduler::new(driver.clone(), store.clone(), limits),
             routes: Arc::new(RouteTable::default()),
             store,

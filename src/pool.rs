@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::driver::{labels, ContainerSpec, Driver, Limits};
 use crate::manifest::Scaling;
+use crate::metrics::{FunctionMetrics, Metrics};
 use crate::store::Store;
 
 /// The port every http function listens on inside its container.
@@ -39,9 +40,9 @@ pub struct Revision {
 /// How a request's instance was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AcquireKind {
-    Warm,
-    Resume,
-    Cold,
+    Warm = 0,
+    Resume = 1,
+    Cold = 2,
 }
 
 impl AcquireKind {
@@ -178,6 +179,7 @@ impl Default for PoolConfig {
 }
 
 struct Shared {
+    metrics: Arc<Metrics>,
     driver: Arc<dyn Driver>,
     store: Arc<Store>,
     config: PoolConfig,
@@ -196,6 +198,7 @@ pub struct PoolManager {
 /// The instances of one revision of one function.
 pub struct FunctionPool {
     revision: Arc<Revision>,
+    metrics: FunctionMetrics,
     inner: Mutex<PoolInner>,
     changed: Notify,
     retired: AtomicBool,
@@ -232,9 +235,10 @@ fn lock(m: &Mutex<PoolInner>) -> MutexGuard<'_, PoolInner> {
 }
 
 impl PoolManager {
-    pub fn new(driver: Arc<dyn Driver>, store: Arc<Store>, config: PoolConfig) -> Self {
+    pub fn new(driver: Arc<dyn Driver>, store: Arc<Store>, config: PoolConfig, metrics: Arc<Metrics>) -> Self {
         PoolManager {
             shared: Arc::new(Shared {
+                metrics,
                 driver,
                 store,
                 config,
@@ -252,6 +256,7 @@ impl PoolManager {
     /// A new, empty pool for a revision.
     pub fn pool(&self, revision: Revision) -> Arc<FunctionPool> {
         let pool = Arc::new(FunctionPool {
+            metrics: self.shared.metrics.for_function(&revision.project, &revision.function),
             revision: Arc::new(revision),
             inner: Mutex::new(PoolInner::default()),
             changed: Notify::new(),
@@ -399,6 +404,10 @@ async fn probe_ready(addr: SocketAddr, dead: &AtomicBool, until: Instant) -> Res
 impl FunctionPool {
     pub fn revision(&self) -> &Arc<Revision> {
         &self.revision
+    }
+
+    pub fn metrics(&self) -> &FunctionMetrics {
+        &self.metrics
     }
 
     pub fn counts(&self) -> PoolCounts {
