@@ -450,8 +450,11 @@ async fn check_redeploy_under_load_has_zero_failures(ctx: &Ctx) {
     let v1 = ctx.deployment;
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
-    for _ in 0..4 {
-        let url = ctx.url("Reuse", "");
+    for n in 0..4 {
+        // Two workers send quick requests (volume); two send requests that take 300 ms in the
+        // function, so requests are in flight on the old instance when the route switches
+        // (it must drain, not be removed under them).
+        let url = ctx.url("Reuse", if n < 2 { "" } else { "?sleep=300" });
         let stop = stop.clone();
         workers.push(tokio::spawn(async move {
             let http = client();
@@ -554,7 +557,8 @@ async fn check_metrics_exposed(ctx: &Ctx) {
     check("invocations", "eserveless_invocations_total{", &[f, "status=\"200\""], 2.0);
     check("cold acquisitions", "eserveless_instance_acquisitions_total{", &[f, "kind=\"cold\""], 1.0);
     check("warm acquisitions", "eserveless_instance_acquisitions_total{", &[f, "kind=\"warm\""], 1.0);
-    check("acquire time histogram", "eserveless_instance_acquire_seconds_bucket{", &[f, "le=\"+Inf\""], 1.0);
+    check("cold acquire time histogram", "eserveless_instance_acquire_seconds_bucket{", &[f, "kind=\"cold\"", "le=\"+Inf\""], 1.0);
+    check("warm acquire time histogram", "eserveless_instance_acquire_seconds_bucket{", &[f, "kind=\"warm\"", "le=\"+Inf\""], 1.0);
     check("ready instances", "eserveless_instances{", &[f, "state=\"ready\""], 1.0);
     check("queue depth", "eserveless_queue_depth{", &[f], 0.0);
     check("latency histogram", "eserveless_invocation_duration_seconds_bucket{", &[f, "le=\"+Inf\""], 2.0);
