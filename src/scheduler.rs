@@ -190,3 +190,97 @@ impl Scheduler {
         status.to_string()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::driver::{BuildRequest, ContainerEvent, ManagedContainer, Result as DResult, Started};
+    use futures_util::stream::BoxStream;
+
+    /// A driver whose containers "run" for `run_for`, then exit 0.
+    struct SlowRuns {
+        run_for: Duration,
+    }
+
+    #[async_trait::async_trait]
+    impl Driver for SlowRuns {
+        async fn ping(&self) -> DResult<()> {
+            Ok(())
+        }
+        async fn image_exists(&self, _: &str) -> DResult<bool> {
+            Ok(true)
+        }
+        async fn build_image(&self, _: BuildRequest) -> DResult<String> {
+            Ok(String::new())
+        }
+        async fn remove_image(&self, _: &str) -> DResult<bool> {
+            Ok(true)
+        }
+        async fn run(&self, spec: ContainerSpec) -> DResult<Started> {
+            Ok(Started { id: spec.name, ip: "127.0.0.1".into() })
+        }
+        async fn pause(&self, _: &str) -> DResult<()> {
+            Ok(())
+        }
+        async fn unpause(&self, _: &str) -> DResult<()> {
+            Ok(())
+        }
+        async fn remove(&self, _: &str) -> DResult<()> {
+            Ok(())
+        }
+        async fn wait(&self, _: &str) -> DResult<i64> {
+            tokio::time::sleep(self.run_for).await;
+            Ok(0)
+        }
+        async fn logs(&self, id: &str, _: usize) -> DResult<String> {
+            Ok(format!("ran {id}\n"))
+        }
+        async fn list_managed(&self) -> DResult<Vec<ManagedContainer>> {
+            Ok(Vec::new())
+        }
+        fn events(&self) -> BoxStream<'static, DResult<ContainerEvent>> {
+            Box::pin(futures_util::stream::pending())
+        }
+    }
+
+    fn job(timeout: Duration) -> CronJob {
+        CronJob {
+            project: "p".into(),
+            function: "Tick".into(),
+            deployment_id: 1,
+            image: "img".into(),
+            env: vec!["ESERVELESS_A=1".into()],
+            timeout,
+            schedule: "* * * * * *".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn runs_never_overlap_and_late_firings_are_skipped() {
+        let store = Arc::new(Store::in_memory().expect("store"));
+        let s = Scheduler::new(Arc::new(SlowRuns { run_for: Duration::from_millis(2500) }), store.clone(), Limits::default());
+        s.set_project("p", vec![job(Duration::from_secs(30))]);
+        tokio::time::sleep(Duration::from_millis(4200)).await;
+        s.remove_project("p");
+        let runs = store.cron_runs("p", "Tick", 100).expect("runs");
+        let started = runs.iter().filter(|r| r.status != "skipped").count();
+        let skipped = runs.iter().filter(|r| r.status == "skipped").count();
+        assert!(started <= 2, "runs overlapped: {runs:?}");
+        assert!(skipped >= 1, "a firing during a run is recorded as skipped: {runs:?}");
+        let done = runs.iter().find(|r| r.status == "succeeded").expect("one run finished");
+        assert_eq!(done.exit_code, Some(0));
+        assert!(done.output.starts_with("ran esl-p-tick-run"), "{:?}", done.output);
+        assert!(done.duration_ms.unwrap_or(0) >= 2500, "{done:?}");
+    }
+
+    #[tokio::test]
+    async fn a_run_past_its_timeout_is_killed_and_recorded() {
+        let store = Arc::new(Store::in_memory().expect("store"));
+        let s = Scheduler::new(Arc::new(SlowRuns { run_for: Duration::from_secs(60) }), store.clone(), Limits::default());
+        let status = s.run_once(&job(Duration::from_millis(200)), Utc::now()).await;
+        assert_eq!(status, "timed_out");
+        let run = &store.cron_runs("p", "Tick", 1).expect("runs")[0];
+        assert_eq!(run.status, "timed_out");
+        assert!(run.output.contains("killed after its timeout of 200ms"), "{:?}", run.output);
+    }
+}
