@@ -15,6 +15,10 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
+#[allow(unused_macros)]
+mod common;
+use common::git;
+
 use eserveless::config::{ServeArgs, ServerConfig};
 use eserveless::driver::{self, BuildRequest, ContainerEvent, ContainerSpec, Driver, ManagedContainer, Started};
 use eserveless::platform::Platform;
@@ -168,17 +172,6 @@ fn assert_error(a: &Answer, status: StatusCode, code: &str) -> String {
     let message = err.get("message").and_then(Value::as_str).unwrap_or_else(|| panic!("message is not a string: {}", a.raw));
     assert!(!message.is_empty(), "empty message: {}", a.raw);
     message.to_string()
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .args(["-c", "user.email=test@example.com", "-c", "user.name=test", "-c", "init.defaultBranch=main"])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("git runs");
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -15,13 +15,13 @@
 #[macro_use]
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bollard::query_parameters::{KillContainerOptions, ListContainersOptionsBuilder};
+use bollard::query_parameters::KillContainerOptions;
 use bollard::Docker;
 use common::*;
 
@@ -164,21 +164,15 @@ async fn container_of_host(d: &Docker, project: &str, function: &str, host: &str
 
 /// Containers (any state) of one revision of a function: `(id, state)`.
 async fn revision_containers(d: &Docker, project: &str, function: &str, revision: i64) -> Vec<(String, String)> {
-    let filters = HashMap::from([(
-        "label".to_string(),
-        vec![
+    containers_with(
+        d,
+        &[
             format!("eserveless.project={project}"),
             format!("eserveless.function={function}"),
             format!("eserveless.revision={revision}"),
         ],
-    )]);
-    let opts = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
-    d.list_containers(Some(opts))
-        .await
-        .expect("list containers")
-        .into_iter()
-        .map(|c| (c.id.unwrap_or_default(), c.state.map(|s| s.to_string()).unwrap_or_default()))
-        .collect()
+    )
+    .await
 }
 
 /// Polls the container until `docker inspect` says `want` (`(running, paused)`); at most `within`.

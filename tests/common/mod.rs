@@ -198,9 +198,9 @@ impl Drop for Cleanup {
     }
 }
 
-/// Containers (any state) labelled with the project: `(id, state)`.
-pub async fn containers_of(d: &Docker, project: &str) -> Vec<(String, String)> {
-    let filters = HashMap::from([("label".to_string(), vec![format!("eserveless.project={project}")])]);
+/// Containers (any state) carrying every one of `labels` (`key=value`): `(id, state)`.
+pub async fn containers_with(d: &Docker, labels: &[String]) -> Vec<(String, String)> {
+    let filters = HashMap::from([("label".to_string(), labels.to_vec())]);
     let opts = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
     d.list_containers(Some(opts))
         .await
@@ -210,19 +210,14 @@ pub async fn containers_of(d: &Docker, project: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Containers (any state) labelled with the project: `(id, state)`.
+pub async fn containers_of(d: &Docker, project: &str) -> Vec<(String, String)> {
+    containers_with(d, &[format!("eserveless.project={project}")]).await
+}
+
 /// Containers of one function of the project: `(id, state)`.
 pub async fn function_containers(d: &Docker, project: &str, function: &str) -> Vec<(String, String)> {
-    let filters = HashMap::from([(
-        "label".to_string(),
-        vec![format!("eserveless.project={project}"), format!("eserveless.function={function}")],
-    )]);
-    let opts = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
-    d.list_containers(Some(opts))
-        .await
-        .expect("list containers")
-        .into_iter()
-        .map(|c| (c.id.unwrap_or_default(), c.state.map(|s| s.to_string()).unwrap_or_default()))
-        .collect()
+    containers_with(d, &[format!("eserveless.project={project}"), format!("eserveless.function={function}")]).await
 }
 
 /// Images of the project: labelled with it, or tagged `eserveless/<project>-*`. `(id, tags)`.
