@@ -74,6 +74,7 @@ impl Platform {
         let pools = PoolManager::new(driver.clone(), store.clone(), pool_config, metrics.clone());
         let source_policy = SourcePolicy {
             allow_local: config.allow_local_repos,
+            allow_private: config.allow_private_repos,
             clone_timeout: config.clone_timeout,
             ..SourcePolicy::default()
         };

@@ -47,13 +47,15 @@ impl RepoUrl {
 #[derive(Debug, Clone)]
 pub struct SourcePolicy {
     pub allow_local: bool,
+    /// Accept http(s) repositories whose host resolves to loopback, private or link-local addresses.
+    pub allow_private: bool,
     pub clone_timeout: Duration,
     pub max_checkout_mib: u64,
 }
 
 impl Default for SourcePolicy {
     fn default() -> Self {
-        SourcePolicy { allow_local: false, clone_timeout: Duration::from_secs(120), max_checkout_mib: 512 }
+        SourcePolicy { allow_local: false, allow_private: false, clone_timeout: Duration::from_secs(120), max_checkout_mib: 512 }
     }
 }
 
@@ -125,6 +127,83 @@ pub fn parse_repository(input: &str, policy: &SourcePolicy) -> Result<RepoUrl, S
     }
 }
 
+/// True for addresses a repository URL must not reach unless the operator allows it:
+/// loopback, private, link-local (cloud metadata sits there), shared, unspecified, multicast.
+pub fn is_internal(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || o[0] == 0
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_internal(IpAddr::V4(v4));
+            }
+            let seg = v6.segments();
+            v6.is_loopback() || v6.is_unspecified() || v6.is_multicast() || (seg[0] & 0xfe00) == 0xfc00 || (seg[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// For http(s) URLs: resolves the host, refuses internal addresses unless allowed, and returns
+/// the git options that pin the checked address and forbid redirects (so neither DNS nor a
+/// redirect can move the clone somewhere else afterwards).
+pub async fn http_guard(url: &RepoUrl, policy: &SourcePolicy) -> Result<Vec<String>, SourceError> {
+    let Some((scheme, rest)) = url.as_str().split_once("://") else { return Ok(Vec::new()) };
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "https" => 443,
+        "http" => 80,
+        _ => return Ok(Vec::new()),
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let hostport = authority.rsplit_once('@').map(|(_, h)| h).unwrap_or(authority);
+    let (host, port) = if let Some(inner) = hostport.strip_prefix('[') {
+        let (h, after) = inner.split_once(']').unwrap_or((inner, ""));
+        (h.to_string(), after.strip_prefix(':').and_then(|p| p.parse().ok()).unwrap_or(default_port))
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), p.parse().unwrap_or(default_port)),
+            None => (hostport.to_string(), default_port),
+        }
+    };
+    let mut options = vec!["-c".to_string(), "http.followRedirects=false".to_string()];
+    let addrs: Vec<std::net::SocketAddr> = match tokio::time::timeout(Duration::from_secs(10), tokio::net::lookup_host((host.as_str(), port))).await {
+        Ok(Ok(a)) => a.collect(),
+        Ok(Err(e)) => {
+            return Err(SourceError::Unreachable { url: url.as_str().to_string(), detail: format!("cannot resolve `{host}`: {e}") })
+        }
+        Err(_) => {
+            return Err(SourceError::Unreachable { url: url.as_str().to_string(), detail: format!("resolving `{host}` timed out") })
+        }
+    };
+    if !policy.allow_private {
+        if let Some(bad) = addrs.iter().find(|a| is_internal(a.ip())) {
+            return Err(SourceError::BadUrl(format!(
+                "invalid repository `{}`: `{host}` resolves to {}, an internal address (loopback, private, link-local or metadata); \
+                 the server accepts such repositories only with `--allow-private-repos`",
+                url.as_str(),
+                bad.ip()
+            )));
+        }
+    }
+    if let Some(first) = addrs.first() {
+        let ip = match first.ip() {
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+            v4 => v4.to_string(),
+        };
+        options.extend(["-c".to_string(), format!("http.curloptResolve={host}:{port}:{ip}")]);
+    }
+    Ok(options)
+}
+
 fn git(policy: &SourcePolicy, home: &Path) -> Command {
     let mut cmd = Command::new("git");
     cmd.env_clear()
@@ -183,9 +262,10 @@ pub async fn resolve_commit(url: &RepoUrl, reference: Option<&GitRef>, policy: &
             return Ok(r.as_str().to_ascii_lowercase());
         }
     }
+    let guard = http_guard(url, policy).await?;
     let home = tempfile::tempdir().map_err(|e| SourceError::Git(e.to_string()))?;
     let mut cmd = git(policy, home.path());
-    cmd.args(["ls-remote", "--", url.as_str()]);
+    cmd.args(&guard).args(["ls-remote", "--", url.as_str()]);
     let wanted = reference.map(|r| r.as_str().to_string());
     match &wanted {
         None => {
@@ -244,12 +324,13 @@ pub async fn checkout(
     dest: &Path,
     policy: &SourcePolicy,
 ) -> Result<(PathBuf, String), SourceError> {
+    let guard = http_guard(url, policy).await?;
     let home = dest.join("home");
     let src = dest.join("src");
     std::fs::create_dir_all(&home).map_err(|e| SourceError::Git(e.to_string()))?;
     let step = |args: Vec<String>| {
         let mut cmd = git(policy, &home);
-        cmd.arg("-C").arg(&src).args(args);
+        cmd.args(&guard).arg("-C").arg(&src).args(args);
         cmd
     };
     let mut init = git(policy, &home);
@@ -333,6 +414,32 @@ mod tests {
         );
         assert_eq!(parse_repository("/srv/repo", &local()).expect("local").as_str(), "file:///srv/repo");
         assert!(parse_repository("file:///srv/repo", &local()).expect("file").is_local());
+    }
+
+    #[test]
+    fn internal_addresses() {
+        for ip in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0", "::1", "fd00::1", "fe80::1", "::ffff:127.0.0.1"] {
+            assert!(is_internal(ip.parse().expect(ip)), "{ip} is internal");
+        }
+        for ip in ["140.82.112.3", "8.8.8.8", "2606:4700::1111", "203.0.113.80"] {
+            assert!(!is_internal(ip.parse().expect(ip)), "{ip} is public");
+        }
+    }
+
+    #[tokio::test]
+    async fn urls_aimed_at_internal_addresses_are_refused() {
+        let p = strict();
+        for u in ["http://127.0.0.1/a/b", "https://169.254.169.254/latest/meta-data", "http://10.0.0.5:8080/x/y", "http://localhost/a/b", "https://[::1]/a/b", "http://user@192.168.0.1/a/b"] {
+            let url = parse_repository(u, &p).expect(u);
+            let e = resolve_commit(&url, None, &p).await.expect_err(u);
+            assert!(matches!(e, SourceError::BadUrl(_)), "{u}: {e}");
+            assert!(e.to_string().contains("--allow-private-repos"), "{e}");
+        }
+        // Allowed by the operator: the policy no longer refuses (the clone itself then fails: nothing listens there).
+        let open = SourcePolicy { allow_private: true, clone_timeout: Duration::from_secs(5), ..SourcePolicy::default() };
+        let url = parse_repository("http://127.0.0.1:9/a/b", &open).expect("url");
+        let e = resolve_commit(&url, None, &open).await.expect_err("nothing listens");
+        assert!(matches!(e, SourceError::Unreachable { .. }), "{e}");
     }
 
     async fn make_repo() -> (tempfile::TempDir, String) {
