@@ -170,8 +170,9 @@ impl Gateway {
         client_addr: Option<SocketAddr>,
         known: &mut Option<Arc<FunctionPool>>,
     ) -> Result<Response<Body>, ApiError> {
-        let path = req.uri().path().to_string();
-        let (project, function, rest) = split_invoke_path(&path)
+        // A cheap clone (shared bytes) that the path slices below borrow from while `req` moves on.
+        let uri = req.uri().clone();
+        let (project, function, rest) = split_invoke_path(uri.path())
             .ok_or_else(|| ApiError::not_found("not_found", "use /invoke/<project>/<function>[/path]"))?;
         let route_for = |routes: &RouteTable| match routes.get(project, function) {
             Some(Route::Http(pool)) => Ok(pool),
@@ -222,15 +223,14 @@ impl Gateway {
         };
         pool.metrics().acquired(lease.kind, lease.took);
 
-        let prefix = format!("/invoke/{project}/{function}");
         let (mut parts, body) = req.into_parts();
-        let pq = match parts.uri.query() {
+        let pq = match uri.query() {
             Some(q) => format!("{rest}?{q}"),
             None => rest.to_string(),
         };
         parts.uri = Uri::builder()
-            .scheme("http")
-            .authority(lease.addr.to_string())
+            .scheme(axum::http::uri::Scheme::HTTP)
+            .authority(lease.authority.clone())
             .path_and_query(pq)
             .build()
             .map_err(|e| ApiError::bad_request("bad_path", format!("cannot forward this path: {e}")))?;
@@ -252,9 +252,7 @@ impl Gateway {
         if let Some(host) = original_host {
             h.insert("x-forwarded-host", host);
         }
-        if let Ok(v) = HeaderValue::from_str(&prefix) {
-            h.insert("x-forwarded-prefix", v);
-        }
+        h.insert("x-forwarded-prefix", pool.forwarded_prefix().clone());
         let up = Request::from_parts(parts, body);
 
         let result = tokio::time::timeout_at(deadline, self.client.request(up)).await;

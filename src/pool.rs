@@ -19,6 +19,10 @@ use crate::manifest::Scaling;
 use crate::metrics::{FunctionMetrics, Metrics};
 use crate::store::Store;
 
+fn authority_of(addr: SocketAddr) -> http::uri::Authority {
+    addr.to_string().parse().expect("a socket address is a valid URI authority")
+}
+
 /// The port every http function listens on inside its container.
 pub const FUNCTION_PORT: u16 = 8080;
 /// Most output saved from one removed container.
@@ -116,8 +120,10 @@ impl InstanceState {
 
 #[derive(Debug)]
 struct Instance {
-    id: String,
+    id: Arc<str>,
     addr: SocketAddr,
+    /// `ip:port`, parsed once for the proxy's request URIs.
+    authority: http::uri::Authority,
     state: InstanceState,
     in_flight: u32,
     last_used: Instant,
@@ -198,6 +204,8 @@ pub struct PoolManager {
 /// The instances of one revision of one function.
 pub struct FunctionPool {
     revision: Arc<Revision>,
+    /// `X-Forwarded-Prefix` for this function, made once.
+    forwarded_prefix: http::HeaderValue,
     metrics: FunctionMetrics,
     inner: Mutex<PoolInner>,
     changed: Notify,
@@ -208,8 +216,9 @@ pub struct FunctionPool {
 /// A request's hold on an instance; released on drop.
 pub struct Lease {
     pool: Arc<FunctionPool>,
-    id: String,
+    id: Arc<str>,
     pub addr: SocketAddr,
+    pub authority: http::uri::Authority,
     pub kind: AcquireKind,
     pub took: Duration,
 }
@@ -255,7 +264,10 @@ impl PoolManager {
 
     /// A new, empty pool for a revision.
     pub fn pool(&self, revision: Revision) -> Arc<FunctionPool> {
+        let forwarded_prefix = http::HeaderValue::from_str(&format!("/invoke/{}/{}", revision.project, revision.function))
+            .expect("project and function names are valid header text");
         let pool = Arc::new(FunctionPool {
+            forwarded_prefix,
             metrics: self.shared.metrics.for_function(&revision.project, &revision.function),
             revision: Arc::new(revision),
             inner: Mutex::new(PoolInner::default()),
@@ -294,7 +306,8 @@ impl PoolManager {
                     let mut g = lock(&pool.inner);
                     if g.instances.len() < pool.revision.scaling.max_instances as usize {
                         g.instances.push(Instance {
-                            id: c.id.clone(),
+                            id: Arc::from(c.id.as_str()),
+                            authority: authority_of(SocketAddr::new(ip, FUNCTION_PORT)),
                             addr: SocketAddr::new(ip, FUNCTION_PORT),
                             state: if c.paused { InstanceState::Paused } else { InstanceState::Ready },
                             in_flight: 0,
@@ -406,6 +419,10 @@ impl FunctionPool {
         &self.revision
     }
 
+    pub fn forwarded_prefix(&self) -> &http::HeaderValue {
+        &self.forwarded_prefix
+    }
+
     pub fn metrics(&self) -> &FunctionMetrics {
         &self.metrics
     }
@@ -440,7 +457,7 @@ impl FunctionPool {
         let _waiting = WaitingGuard { pool: self, queued: &mut queued };
         loop {
             enum Next {
-                Resume(String, SocketAddr),
+                Resume(Arc<str>, SocketAddr, http::uri::Authority),
                 Start,
                 Wait,
             }
@@ -461,13 +478,13 @@ impl FunctionPool {
                 if let Some(i) = ready {
                     i.in_flight += 1;
                     i.last_used = Instant::now();
-                    return Ok(self.lease(i.id.clone(), i.addr, AcquireKind::Warm, began));
+                    return Ok(self.lease(i.id.clone(), i.addr, i.authority.clone(), AcquireKind::Warm, began));
                 }
                 if let Some(i) = g.instances.iter_mut().find(|i| i.state == InstanceState::Paused) {
                     i.set(InstanceState::Resuming);
                     i.in_flight += 1;
                     i.last_used = Instant::now();
-                    Next::Resume(i.id.clone(), i.addr)
+                    Next::Resume(i.id.clone(), i.addr, i.authority.clone())
                 } else if (g.instances.iter().filter(|i| i.state != InstanceState::Draining).count() as u32 + g.starting)
                     < scaling.max_instances
                 {
@@ -485,10 +502,10 @@ impl FunctionPool {
                 }
             };
             match next {
-                Next::Resume(id, addr) => match self.shared.driver.unpause(&id).await {
+                Next::Resume(id, addr, authority) => match self.shared.driver.unpause(&id).await {
                     Ok(()) => {
                         self.with_instance(&id, |i| i.set(InstanceState::Ready));
-                        return Ok(self.lease(id, addr, AcquireKind::Resume, began));
+                        return Ok(self.lease(id, addr, authority, AcquireKind::Resume, began));
                     }
                     Err(e) => {
                         tracing::warn!(container = %id, error = %e, "resume failed; replacing the instance");
@@ -505,7 +522,9 @@ impl FunctionPool {
                         let _ = tx.send(r);
                     });
                     match tokio::time::timeout_at(deadline, rx).await {
-                        Ok(Ok(Ok((id, addr)))) => return Ok(self.lease(id, addr, AcquireKind::Cold, began)),
+                        Ok(Ok(Ok((id, addr)))) => {
+                            return Ok(self.lease(Arc::from(id.as_str()), addr, authority_of(addr), AcquireKind::Cold, began))
+                        }
                         Ok(Ok(Err(detail))) => {
                             return Err(AcquireError::StartFailed { function: self.revision.function.clone(), detail })
                         }
@@ -527,8 +546,15 @@ impl FunctionPool {
         }
     }
 
-    fn lease(self: &Arc<Self>, id: String, addr: SocketAddr, kind: AcquireKind, began: Instant) -> Lease {
-        Lease { pool: self.clone(), id, addr, kind, took: began.elapsed() }
+    fn lease(
+        self: &Arc<Self>,
+        id: Arc<str>,
+        addr: SocketAddr,
+        authority: http::uri::Authority,
+        kind: AcquireKind,
+        began: Instant,
+    ) -> Lease {
+        Lease { pool: self.clone(), id, addr, authority, kind, took: began.elapsed() }
     }
 
     /// Starts one container and waits for readiness. `claimed` counts the caller's request
@@ -574,7 +600,8 @@ impl FunctionPool {
         if let Ok((id, addr)) = &result {
             tracing::info!(container = %id, project = %r.project, function = %r.function, "instance started");
             g.instances.push(Instance {
-                id: id.clone(),
+                id: Arc::from(id.as_str()),
+                authority: authority_of(*addr),
                 addr: *addr,
                 state: InstanceState::Ready,
                 in_flight: u32::from(claimed),
@@ -603,7 +630,7 @@ impl FunctionPool {
 
     fn with_instance(&self, id: &str, f: impl FnOnce(&mut Instance)) {
         let mut g = lock(&self.inner);
-        if let Some(i) = g.instances.iter_mut().find(|i| i.id == id) {
+        if let Some(i) = g.instances.iter_mut().find(|i| &*i.id == id) {
             f(i);
         }
     }
@@ -611,7 +638,7 @@ impl FunctionPool {
     fn release(self: &Arc<Self>, id: &str) {
         let remove = {
             let mut g = lock(&self.inner);
-            let Some(pos) = g.instances.iter().position(|i| i.id == id) else {
+            let Some(pos) = g.instances.iter().position(|i| &*i.id == id) else {
                 drop(g);
                 self.changed.notify_waiters();
                 return;
@@ -643,7 +670,7 @@ impl FunctionPool {
     fn evict(&self, id: &str, why: &str) {
         let remove = {
             let mut g = lock(&self.inner);
-            let Some(pos) = g.instances.iter().position(|i| i.id == id) else { return };
+            let Some(pos) = g.instances.iter().position(|i| &*i.id == id) else { return };
             let i = &mut g.instances[pos];
             tracing::info!(container = %id, function = %self.revision.function, reason = why, "instance taken out of the pool");
             if i.in_flight == 0 {
@@ -666,7 +693,7 @@ impl FunctionPool {
     /// This revision no longer takes traffic: drain and remove its instances.
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Release);
-        let ids: Vec<String> = lock(&self.inner).instances.iter().map(|i| i.id.clone()).collect();
+        let ids: Vec<Arc<str>> = lock(&self.inner).instances.iter().map(|i| i.id.clone()).collect();
         for id in ids {
             self.evict(&id, "revision retired");
         }
@@ -677,7 +704,7 @@ impl FunctionPool {
         self.retired.store(true, Ordering::Release);
         let ids: Vec<String> = {
             let mut g = lock(&self.inner);
-            g.instances.drain(..).map(|i| i.id).collect()
+            g.instances.drain(..).map(|i| i.id.to_string()).collect()
         };
         self.changed.notify_waiters();
         let n = ids.len();
@@ -699,7 +726,7 @@ impl FunctionPool {
             if retired {
                 let idle: Vec<usize> = (0..g.instances.len()).filter(|&k| g.instances[k].in_flight == 0 && g.instances[k].state != InstanceState::Pausing && g.instances[k].state != InstanceState::Resuming).collect();
                 for k in idle.into_iter().rev() {
-                    to_remove.push(g.instances.remove(k).id);
+                    to_remove.push(g.instances.remove(k).id.to_string());
                 }
                 (to_pause, to_remove, 0)
             } else {
@@ -727,12 +754,12 @@ impl FunctionPool {
                         remove_idx.push(k);
                     } else if i.state == InstanceState::Ready && idle >= s.pause_after {
                         i.set(InstanceState::Pausing);
-                        to_pause.push(i.id.clone());
+                        to_pause.push(i.id.to_string());
                     }
                 }
                 remove_idx.sort_unstable();
                 for k in remove_idx.into_iter().rev() {
-                    to_remove.push(g.instances.remove(k).id);
+                    to_remove.push(g.instances.remove(k).id.to_string());
                 }
                 let live = g.instances.iter().filter(|i| i.state != InstanceState::Draining).count() as u32 + g.starting;
                 let to_start = s.min_instances.saturating_sub(live);
@@ -748,7 +775,7 @@ impl FunctionPool {
             let ok = self.shared.driver.pause(&id).await;
             {
                 let mut g = lock(&self.inner);
-                if let Some(i) = g.instances.iter_mut().find(|i| i.id == id) {
+                if let Some(i) = g.instances.iter_mut().find(|i| &*i.id == id) {
                     match ok {
                         Ok(()) if i.state == InstanceState::Pausing => i.set(InstanceState::Paused),
                         _ => {
