@@ -228,9 +228,6 @@ impl Lease {
     pub fn mark_broken(&self) {
         self.pool.evict(&self.id, "upstream connection failed");
     }
-    pub fn container_id(&self) -> &str {
-        &self.id
-    }
 }
 
 impl Drop for Lease {

@@ -562,112 +562,29 @@ async fn check_metrics_exposed(ctx: &Ctx) {
 // ---------------------------------------------------------------------------------------------
 // Tests
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn instances_are_reused() {
-    require_docker!();
-    run_serial("instances_are_reused", async {
-        let ctx = Ctx::deploy("lc-reuse", &[]).await;
-        check_instances_are_reused(&ctx).await;
-        ctx.remove().await;
-    })
-    .await;
+/// One test: its own server (with `args`), one deployment of lifecycle-app, one check, removal.
+macro_rules! lifecycle_test {
+    ($name:ident, $prefix:literal, [$($arg:literal),*], $check:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            require_docker!();
+            run_serial(stringify!($name), async {
+                let mut ctx = Ctx::deploy($prefix, &[$($arg),*]).await;
+                $check(&mut ctx).await;
+                ctx.remove().await;
+            })
+            .await;
+        }
+    };
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pause_then_resume() {
-    require_docker!();
-    run_serial("pause_then_resume", async {
-        let ctx = Ctx::deploy("lc-pause", &[]).await;
-        check_pause_then_resume(&ctx).await;
-        ctx.remove().await;
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn removed_after_idle_timeout() {
-    require_docker!();
-    run_serial("removed_after_idle_timeout", async {
-        let ctx = Ctx::deploy("lc-idle", &[]).await;
-        check_removed_after_idle_timeout(&ctx).await;
-        ctx.remove().await;
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn min_instances_kept_warm() {
-    require_docker!();
-    run_serial("min_instances_kept_warm", async {
-        let ctx = Ctx::deploy("lc-warm", &[]).await;
-        check_min_instances_kept_warm(&ctx).await;
-        ctx.remove().await;
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn burst_scales_to_max_and_no_further() {
-    require_docker!();
-    run_serial("burst_scales_to_max_and_no_further", async {
-        let ctx = Ctx::deploy("lc-burst", &["--queue-depth", "10"]).await;
-        check_burst_scales_to_max_and_no_further(&ctx).await;
-        ctx.remove().await;
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queue_full_gets_429_and_deadline_gets_503() {
-    require_docker!();
-    run_serial("queue_full_gets_429_and_deadline_gets_503", async {
-        let ctx = Ctx::deploy("lc-queue", &["--queue-depth", "1", "--queue-timeout", "1s"]).await;
-        check_queue_full_gets_429_and_deadline_gets_503(&ctx).await;
-        ctx.remove().await;
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_container_is_replaced() {
-    require_docker!();
-    run_serial("killed_container_is_replaced", async {
-        let ctx = Ctx::deploy("lc-kill", &[]).await;
-        check_killed_container_is_replaced(&ctx).await;
-        ctx.remove().await;
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn instances_adopted_after_restart() {
-    require_docker!();
-    run_serial("instances_adopted_after_restart", async {
-        let mut ctx = Ctx::deploy("lc-adopt", &[]).await;
-        check_instances_adopted_after_restart(&mut ctx).await;
-        ctx.remove().await;
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redeploy_under_load_has_zero_failures() {
-    require_docker!();
-    run_serial("redeploy_under_load_has_zero_failures", async {
-        let ctx = Ctx::deploy("lc-redeploy", &[]).await;
-        check_redeploy_under_load_has_zero_failures(&ctx).await;
-        ctx.remove().await;
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_exposed() {
-    require_docker!();
-    run_serial("metrics_exposed", async {
-        let ctx = Ctx::deploy("lc-metrics", &[]).await;
-        check_metrics_exposed(&ctx).await;
-        ctx.remove().await;
-    })
-    .await;
-}
+lifecycle_test!(instances_are_reused, "lc-reuse", [], check_instances_are_reused);
+lifecycle_test!(pause_then_resume, "lc-pause", [], check_pause_then_resume);
+lifecycle_test!(removed_after_idle_timeout, "lc-idle", [], check_removed_after_idle_timeout);
+lifecycle_test!(min_instances_kept_warm, "lc-warm", [], check_min_instances_kept_warm);
+lifecycle_test!(burst_scales_to_max_and_no_further, "lc-burst", ["--queue-depth", "10"], check_burst_scales_to_max_and_no_further);
+lifecycle_test!(queue_full_gets_429_and_deadline_gets_503, "lc-queue", ["--queue-depth", "1", "--queue-timeout", "1s"], check_queue_full_gets_429_and_deadline_gets_503);
+lifecycle_test!(killed_container_is_replaced, "lc-kill", [], check_killed_container_is_replaced);
+lifecycle_test!(instances_adopted_after_restart, "lc-adopt", [], check_instances_adopted_after_restart);
+lifecycle_test!(redeploy_under_load_has_zero_failures, "lc-redeploy", [], check_redeploy_under_load_has_zero_failures);
+lifecycle_test!(metrics_exposed, "lc-metrics", [], check_metrics_exposed);
