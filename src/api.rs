@@ -7,15 +7,17 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::StatusCode;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
-use axum::{Json, Router};
+use axum::routing::{any, delete, get, post};
+use axum::{Extension, Json, Router};
 use serde_json::{json, Value};
 
+use crate::auth::{AuthError, Principal};
 use crate::error::ApiError;
 use crate::gateway::{Gateway, Route};
 use crate::platform::{DeployRequest, Platform};
-use crate::store::DeploymentRow;
+use crate::store::{DeploymentRow, ProjectRow};
 
 /// Largest management API body.
 pub const MAX_API_BODY: usize = 64 * 1024;
@@ -31,20 +33,230 @@ pub struct AppState {
 pub fn app(platform: Arc<Platform>) -> Router {
     let gateway = Gateway::new(platform.routes.clone());
     let state = AppState { metrics: platform.metrics.clone(), platform, gateway };
-    Router::new()
-        .route("/", get(root))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics_text))
+    // Every /api route needs a token; the layer runs only for matched routes, so unknown
+    // /api paths still answer 404.
+    let api = Router::new()
+        .route("/api/whoami", get(whoami))
+        .route("/api/users", get(list_users).post(create_user))
+        .route("/api/users/{name}", delete(delete_user))
+        .route("/api/tokens", get(list_tokens).post(create_token))
+        .route("/api/tokens/{id}", delete(revoke_token))
         .route("/api/projects", get(list_projects).post(create_project))
         .route("/api/projects/{name}", get(show_project).delete(delete_project))
         .route("/api/projects/{name}/deployments/{id}", get(show_deployment))
         .route("/api/projects/{name}/functions/{function}/logs", get(function_logs))
         .route("/api/projects/{name}/functions/{function}/runs", get(function_runs))
+        .route("/api/projects/{name}/secrets", get(list_secrets).post(set_secrets))
+        .route("/api/projects/{name}/secrets/{secret}", delete(delete_secret))
+        .route("/api/projects/{name}/invoke-key", post(rotate_invoke_key))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/", get(root))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .merge(api)
         .route("/invoke/{project}/{function}", any(invoke))
         .route("/invoke/{project}/{function}/{*path}", any(invoke))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+}
+
+/// Authenticates the request's bearer token and hands the [`Principal`] to the handler.
+async fn require_token(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
+    let header = req.headers().get(axum::http::header::AUTHORIZATION).map(|v| v.as_bytes().to_vec());
+    let store = s.platform.store.clone();
+    // SQLite is blocking; keep it off the async workers.
+    let result = tokio::task::spawn_blocking(move || crate::auth::authenticate(&store, header.as_deref())).await;
+    match result {
+        Ok(Ok(who)) => {
+            req.extensions_mut().insert(who);
+            next.run(req).await
+        }
+        Ok(Err(AuthError::Store(e))) => ApiError::from(e).into_response(),
+        Ok(Err(e)) => {
+            let code = if matches!(e, AuthError::Missing) { "token_required" } else { "token_invalid" };
+            let mut resp = ApiError::unauthorized(code, e.to_string()).into_response();
+            resp.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+            resp
+        }
+        Err(e) => ApiError::internal(&e).into_response(),
+    }
+}
+
+fn project_not_found(name: &str) -> ApiError {
+    ApiError::not_found("project_not_found", format!("no project `{name}`"))
+}
+
+/// The project, if it exists and `who` may see it; another user's project is not found.
+fn owned_project(s: &AppState, who: &Principal, name: &str) -> Result<ProjectRow, ApiError> {
+    s.platform.store.project(name)?.filter(|p| who.owns(p.owner.as_deref())).ok_or_else(|| project_not_found(name))
+}
+
+fn admin_only(who: &Principal) -> Result<(), ApiError> {
+    if who.admin {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("admin_only", format!("user `{}` is not an admin; only admins manage users", who.name)))
+    }
+}
+
+async fn whoami(Extension(who): Extension<Principal>) -> Json<Value> {
+    Json(json!({ "user": who.name, "admin": who.admin }))
+}
+
+async fn list_users(State(s): State<AppState>, Extension(who): Extension<Principal>) -> Result<Json<Value>, ApiError> {
+    admin_only(&who)?;
+    let store = &s.platform.store;
+    let mut out = Vec::new();
+    for u in store.users()? {
+        let projects = store.projects_owned_by(&u.name)?;
+        out.push(json!({ "name": u.name, "admin": u.admin, "created_at": u.created_at, "projects": projects }));
+    }
+    Ok(Json(json!({ "users": out })))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewUser {
+    name: String,
+    #[serde(default)]
+    admin: bool,
+}
+
+async fn create_user(State(s): State<AppState>, Extension(who): Extension<Principal>, req: Request) -> Result<Response, ApiError> {
+    admin_only(&who)?;
+    let body: NewUser = json_body(req.into_body()).await?;
+    crate::auth::validate_user_name(&body.name).map_err(|m| ApiError::unprocessable("invalid_name", m))?;
+    let store = &s.platform.store;
+    let user = store.create_user(&body.name, body.admin)?.ok_or_else(|| {
+        ApiError::new(StatusCode::CONFLICT, "user_exists", format!("user `{}` exists already", body.name))
+    })?;
+    let (id, token) = crate::auth::issue_token(store, user.id, "initial")?;
+    tracing::info!(user = %user.name, admin = user.admin, by = %who.name, "user created");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "name": user.name, "admin": user.admin, "token": { "id": id, "name": "initial", "token": token } })),
+    )
+        .into_response())
+}
+
+async fn delete_user(State(s): State<AppState>, Extension(who): Extension<Principal>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    admin_only(&who)?;
+    let store = &s.platform.store;
+    let user = store.user(&name)?.ok_or_else(|| ApiError::not_found("user_not_found", format!("no user `{name}`")))?;
+    let owned = store.projects_owned_by(&name)?;
+    if !owned.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "user_has_projects",
+            format!("user `{name}` still owns {}; remove those projects first", owned.join(", ")),
+        ));
+    }
+    if user.admin && store.users()?.iter().filter(|u| u.admin).count() == 1 {
+        return Err(ApiError::new(StatusCode::CONFLICT, "last_admin", format!("`{name}` is the last admin; create another admin first")));
+    }
+    store.delete_user(&name)?;
+    tracing::info!(user = %name, by = %who.name, "user removed");
+    Ok(Json(json!({ "deleted": name })))
+}
+
+#[derive(serde::Deserialize)]
+struct TokensQuery {
+    user: Option<String>,
+    #[serde(default)]
+    all: bool,
+}
+
+async fn list_tokens(State(s): State<AppState>, Extension(who): Extension<Principal>, Query(q): Query<TokensQuery>) -> Result<Json<Value>, ApiError> {
+    let user = match (&q.user, q.all) {
+        (_, true) | (Some(_), _) => {
+            admin_only(&who)?;
+            q.user.clone()
+        }
+        (None, false) => Some(who.name.clone()),
+    };
+    let tokens = s.platform.store.tokens(user.as_deref())?;
+    Ok(Json(json!({ "tokens": tokens })))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    name: String,
+    #[serde(default)]
+    user: Option<String>,
+}
+
+async fn create_token(State(s): State<AppState>, Extension(who): Extension<Principal>, req: Request) -> Result<Response, ApiError> {
+    let body: NewToken = json_body(req.into_body()).await?;
+    crate::auth::validate_token_name(&body.name).map_err(|m| ApiError::unprocessable("invalid_name", m))?;
+    let store = &s.platform.store;
+    let user_id = match &body.user {
+        Some(u) if *u != who.name => {
+            admin_only(&who)?;
+            store.user(u)?.ok_or_else(|| ApiError::not_found("user_not_found", format!("no user `{u}`")))?.id
+        }
+        _ => who.user_id,
+    };
+    let (id, token) = crate::auth::issue_token(store, user_id, &body.name)?;
+    Ok((StatusCode::CREATED, Json(json!({ "id": id, "name": body.name, "token": token }))).into_response())
+}
+
+async fn revoke_token(State(s): State<AppState>, Extension(who): Extension<Principal>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let gone = || ApiError::not_found("token_not_found", format!("no token `{id}` of yours"));
+    let n: i64 = id.parse().map_err(|_| gone())?;
+    let store = &s.platform.store;
+    let token = store.token(n)?.filter(|t| who.admin || t.user == who.name).ok_or_else(gone)?;
+    if token.revoked_at.is_some() {
+        return Err(ApiError::new(StatusCode::CONFLICT, "already_revoked", format!("token {n} was revoked at {}", token.revoked_at.map(|t| t.to_rfc3339()).unwrap_or_default())));
+    }
+    store.revoke_token(n)?;
+    tracing::info!(token = n, user = %token.user, by = %who.name, "token revoked");
+    Ok(Json(json!({ "revoked": n })))
+}
+
+async fn list_secrets(State(s): State<AppState>, Extension(who): Extension<Principal>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    owned_project(&s, &who, &name)?;
+    let names: Vec<Value> = s
+        .platform
+        .store
+        .secrets(&name)?
+        .into_iter()
+        .map(|r| json!({ "name": r.name, "updated_at": r.updated_at }))
+        .collect();
+    Ok(Json(json!({ "secrets": names })))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretsChange {
+    #[serde(default)]
+    set: std::collections::BTreeMap<String, String>,
+}
+
+async fn set_secrets(State(s): State<AppState>, Extension(who): Extension<Principal>, Path(name): Path<String>, req: Request) -> Result<Json<Value>, ApiError> {
+    owned_project(&s, &who, &name)?;
+    let body: SecretsChange = json_body(req.into_body()).await?;
+    if body.set.is_empty() {
+        return Err(ApiError::unprocessable("invalid_body", "nothing to set; send {\"set\": {\"NAME\": \"value\"}}"));
+    }
+    let set: Vec<(String, String)> = body.set.into_iter().collect();
+    s.platform.change_secrets(&name, &set, &[]).await?;
+    Ok(Json(json!({ "set": set.iter().map(|(n, _)| n).collect::<Vec<_>>() })))
+}
+
+async fn delete_secret(State(s): State<AppState>, Extension(who): Extension<Principal>, Path((name, secret)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
+    owned_project(&s, &who, &name)?;
+    s.platform.change_secrets(&name, &[], std::slice::from_ref(&secret)).await?;
+    Ok(Json(json!({ "deleted": secret })))
+}
+
+async fn rotate_invoke_key(State(s): State<AppState>, Extension(who): Extension<Principal>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    owned_project(&s, &who, &name)?;
+    let key = s.platform.rotate_invoke_key(&name)?;
+    tracing::info!(project = %name, by = %who.name, "invoke key rotated");
+    Ok(Json(json!({ "project": name, "invoke_key": key, "header": "X-Eserveless-Key" })))
 }
 
 async fn not_found() -> ApiError {
@@ -89,9 +301,9 @@ pub async fn json_body<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, 
     serde_json::from_value(value).map_err(|e| ApiError::unprocessable("invalid_body", format!("the body does not match: {e}")))
 }
 
-async fn create_project(State(s): State<AppState>, req: Request) -> Result<Response, ApiError> {
+async fn create_project(State(s): State<AppState>, Extension(who): Extension<Principal>, req: Request) -> Result<Response, ApiError> {
     let body: DeployRequest = json_body(req.into_body()).await?;
-    let submitted = s.platform.submit(body).await?;
+    let submitted = s.platform.submit(body, &who).await?;
     let status = if submitted.status == "unchanged" { StatusCode::OK } else { StatusCode::ACCEPTED };
     let location = format!("/api/projects/{}/deployments/{}", submitted.project, submitted.deployment_id);
     let mut resp = (status, Json(json!({
@@ -99,6 +311,7 @@ async fn create_project(State(s): State<AppState>, req: Request) -> Result<Respo
         "deployment": submitted.deployment_id,
         "commit": submitted.commit,
         "status": submitted.status,
+        "invoke_key": submitted.invoke_key,
         "links": { "deployment": location, "project": format!("/api/projects/{}", submitted.project) },
     })))
         .into_response();
@@ -120,14 +333,15 @@ fn deployment_summary(d: &DeploymentRow) -> Value {
     })
 }
 
-async fn list_projects(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+async fn list_projects(State(s): State<AppState>, Extension(who): Extension<Principal>) -> Result<Json<Value>, ApiError> {
     let store = &s.platform.store;
     let mut out = Vec::new();
-    for p in store.projects()? {
+    for p in store.projects()?.into_iter().filter(|p| who.owns(p.owner.as_deref())) {
         let live = p.live_deployment_id.map(|id| store.deployment(id)).transpose()?.flatten();
         let latest = store.latest_deployment(&p.name)?;
         out.push(json!({
             "name": p.name,
+            "owner": p.owner,
             "repository": p.repository,
             "live_commit": live.as_ref().map(|d| d.commit.clone()),
             "latest_deployment": latest.as_ref().map(deployment_summary),
@@ -136,9 +350,9 @@ async fn list_projects(State(s): State<AppState>) -> Result<Json<Value>, ApiErro
     Ok(Json(json!({ "projects": out })))
 }
 
-async fn show_project(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn show_project(State(s): State<AppState>, Extension(who): Extension<Principal>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
     let store = &s.platform.store;
-    let p = store.project(&name)?.ok_or_else(|| ApiError::not_found("project_not_found", format!("no project `{name}`")))?;
+    let p = owned_project(&s, &who, &name)?;
     let live = p.live_deployment_id.map(|id| store.deployment(id)).transpose()?.flatten();
     let latest = store.latest_deployment(&name)?;
     let routes = s.platform.routes.project(&name);
@@ -158,6 +372,9 @@ async fn show_project(State(s): State<AppState>, Path(name): Path<String>) -> Re
                     "invoke_path": (f.kind == "http").then(|| format!("/invoke/{}/{}", name, f.name)),
                     "timeout_ms": f.timeout_ms,
                     "scaling": (f.kind == "http").then_some(&f.scaling),
+                    "auth": (f.kind == "http").then_some(f.options.auth),
+                    "memory_bytes": f.options.memory_bytes.unwrap_or(s.platform.config.limits.memory_bytes as u64),
+                    "cpu_millis": f.options.cpu_millis.unwrap_or((s.platform.config.limits.nano_cpus / 1_000_000) as u32),
                     "image": f.image,
                     "instances": instances,
                 })
@@ -167,6 +384,7 @@ async fn show_project(State(s): State<AppState>, Path(name): Path<String>) -> Re
     };
     Ok(Json(json!({
         "name": p.name,
+        "owner": p.owner,
         "repository": p.repository,
         "ref": p.git_ref,
         "created_at": p.created_at,
@@ -176,7 +394,12 @@ async fn show_project(State(s): State<AppState>, Path(name): Path<String>) -> Re
     })))
 }
 
-async fn show_deployment(State(s): State<AppState>, Path((name, id)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
+async fn show_deployment(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    owned_project(&s, &who, &name)?;
     let id: i64 = id
         .parse()
         .map_err(|_| ApiError::not_found("deployment_not_found", format!("no deployment `{id}` in project `{name}`")))?;
@@ -220,13 +443,14 @@ async fn show_deployment(State(s): State<AppState>, Path((name, id)): Path<(Stri
     })))
 }
 
-async fn delete_project(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn delete_project(State(s): State<AppState>, Extension(who): Extension<Principal>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    owned_project(&s, &who, &name)?;
     Ok(Json(s.platform.delete(&name).await?))
 }
 
-fn known_function(s: &AppState, project: &str, function: &str) -> Result<(), ApiError> {
+fn known_function(s: &AppState, who: &Principal, project: &str, function: &str) -> Result<(), ApiError> {
     let store = &s.platform.store;
-    let p = store.project(project)?.ok_or_else(|| ApiError::not_found("project_not_found", format!("no project `{project}`")))?;
+    let p = owned_project(s, who, project)?;
     let found = match p.live_deployment_id {
         Some(id) => store.functions(id)?.iter().any(|f| f.name == function),
         None => false,
@@ -245,16 +469,21 @@ struct RunsQuery {
 
 async fn function_runs(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path((name, function)): Path<(String, String)>,
     Query(q): Query<RunsQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    known_function(&s, &name, &function)?;
+    known_function(&s, &who, &name, &function)?;
     let runs = s.platform.store.cron_runs(&name, &function, q.limit.unwrap_or(50).min(500))?;
     Ok(Json(json!({ "runs": runs })))
 }
 
-async fn function_logs(State(s): State<AppState>, Path((name, function)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
-    known_function(&s, &name, &function)?;
+async fn function_logs(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path((name, function)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    known_function(&s, &who, &name, &function)?;
     let platform = &s.platform;
     let mut entries: Vec<Value> = platform
         .store

@@ -62,6 +62,30 @@ pub struct ServeArgs {
     /// Longest a request waits for a busy function's capacity before 503, e.g. 10s
     #[arg(long, env = "ESERVELESS_QUEUE_TIMEOUT", value_parser = humantime::parse_duration)]
     pub queue_timeout: Option<Duration>,
+    /// Memory limit of a function that does not set `memory`, e.g. 256Mi
+    #[arg(long, env = "ESERVELESS_DEFAULT_MEMORY", value_parser = parse_memory_arg)]
+    pub default_memory: Option<u64>,
+    /// Most memory a manifest may ask for, e.g. 2Gi
+    #[arg(long, env = "ESERVELESS_MAX_MEMORY", value_parser = parse_memory_arg)]
+    pub max_memory: Option<u64>,
+    /// CPU share of a function that does not set `cpu`, e.g. 1 or 500m
+    #[arg(long, env = "ESERVELESS_DEFAULT_CPU", value_parser = parse_cpu_arg)]
+    pub default_cpu: Option<u32>,
+    /// Most CPU a manifest may ask for, e.g. 2
+    #[arg(long, env = "ESERVELESS_MAX_CPU", value_parser = parse_cpu_arg)]
+    pub max_cpu: Option<u32>,
+    /// Most processes (threads included) in one function container
+    #[arg(long, env = "ESERVELESS_PIDS_LIMIT")]
+    pub pids_limit: Option<i64>,
+    /// OCI runtime for function containers, as registered with Docker (e.g. runsc)
+    #[arg(long, env = "ESERVELESS_OCI_RUNTIME")]
+    pub oci_runtime: Option<String>,
+    /// Install host firewall rules that keep functions off the host and link-local addresses
+    #[arg(long, env = "ESERVELESS_FIREWALL", num_args = 0..=1, default_missing_value = "true")]
+    pub firewall: Option<bool>,
+    /// Let functions open connections to the internet
+    #[arg(long, env = "ESERVELESS_EGRESS", num_args = 0..=1, default_missing_value = "true")]
+    pub egress: Option<bool>,
     /// A TOML file with any of the settings above (keys as in the flags, with `_`)
     #[arg(long, env = "ESERVELESS_CONFIG")]
     pub config: Option<PathBuf>,
@@ -90,6 +114,37 @@ struct FileConfig {
     queue_depth: Option<u32>,
     #[serde(default, with = "opt_duration")]
     queue_timeout: Option<Duration>,
+    default_memory: Option<String>,
+    max_memory: Option<String>,
+    default_cpu: Option<toml::Value>,
+    max_cpu: Option<toml::Value>,
+    pids_limit: Option<i64>,
+    oci_runtime: Option<String>,
+    firewall: Option<bool>,
+    egress: Option<bool>,
+}
+
+fn parse_memory_arg(s: &str) -> Result<u64, String> {
+    crate::manifest::parse_memory(s)
+}
+
+fn parse_cpu_arg(s: &str) -> Result<u32, String> {
+    crate::manifest::parse_cpu(s)
+}
+
+fn file_cpu(key: &str, v: Option<toml::Value>) -> anyhow::Result<Option<u32>> {
+    let text = match v {
+        None => return Ok(None),
+        Some(toml::Value::String(s)) => s,
+        Some(toml::Value::Integer(i)) => i.to_string(),
+        Some(toml::Value::Float(f)) => f.to_string(),
+        Some(other) => anyhow::bail!("config `{key}` must be a number of CPUs or a string like \"500m\", not {other}"),
+    };
+    crate::manifest::parse_cpu(&text).map(Some).map_err(|e| anyhow::anyhow!("config `{key}`: {e}"))
+}
+
+fn file_memory(key: &str, v: Option<String>) -> anyhow::Result<Option<u64>> {
+    v.map(|t| crate::manifest::parse_memory(&t).map_err(|e| anyhow::anyhow!("config `{key}`: {e}"))).transpose()
 }
 
 mod opt_duration {
@@ -118,6 +173,12 @@ pub struct ServerConfig {
     pub clone_timeout: Duration,
     pub queue_depth: u32,
     pub queue_timeout: Duration,
+    /// Limits of a function that asks for nothing (memory, CPU, pids, OCI runtime, ...).
+    pub limits: crate::driver::Limits,
+    /// Ceilings on what a manifest may ask for.
+    pub caps: crate::manifest::ResourceCaps,
+    pub firewall: bool,
+    pub egress: bool,
 }
 
 impl ServerConfig {
@@ -140,6 +201,31 @@ impl ServerConfig {
         if scaling.pause_after > scaling.idle_timeout {
             scaling.pause_after = scaling.idle_timeout;
         }
+        let caps_default = crate::manifest::ResourceCaps::default();
+        let caps = crate::manifest::ResourceCaps {
+            max_memory_bytes: args.max_memory.or(file_memory("max_memory", file.max_memory)?).unwrap_or(caps_default.max_memory_bytes),
+            max_cpu_millis: args.max_cpu.or(file_cpu("max_cpu", file.max_cpu)?).unwrap_or(caps_default.max_cpu_millis),
+        };
+        let mut limits = crate::driver::Limits::default();
+        if let Some(m) = args.default_memory.or(file_memory("default_memory", file.default_memory)?) {
+            limits.memory_bytes = m as i64;
+        }
+        if let Some(c) = args.default_cpu.or(file_cpu("default_cpu", file.default_cpu)?) {
+            limits.nano_cpus = i64::from(c) * 1_000_000;
+        }
+        if let Some(p) = args.pids_limit.or(file.pids_limit) {
+            anyhow::ensure!((16..=100_000).contains(&p), "pids_limit must be between 16 and 100000, got {p}");
+            limits.pids = p;
+        }
+        limits.oci_runtime = args.oci_runtime.clone().or(file.oci_runtime).filter(|r| !r.trim().is_empty());
+        anyhow::ensure!(
+            limits.memory_bytes as u64 <= caps.max_memory_bytes && (limits.nano_cpus / 1_000_000) as u32 <= caps.max_cpu_millis,
+            "the default memory/CPU ({} bytes, {}m) is above the maximum ({} bytes, {}m); lower the default or raise the maximum",
+            limits.memory_bytes,
+            limits.nano_cpus / 1_000_000,
+            caps.max_memory_bytes,
+            caps.max_cpu_millis
+        );
         Ok(ServerConfig {
             listen: args.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8000))),
             data_dir: args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from(".eserveless")),
@@ -155,6 +241,10 @@ impl ServerConfig {
             clone_timeout: args.clone_timeout.or(file.clone_timeout).unwrap_or(Duration::from_secs(120)),
             queue_depth: args.queue_depth.or(file.queue_depth).unwrap_or(100),
             queue_timeout: args.queue_timeout.or(file.queue_timeout).unwrap_or(Duration::from_secs(30)),
+            limits,
+            caps,
+            firewall: args.firewall.or(file.firewall).unwrap_or(true),
+            egress: args.egress.or(file.egress).unwrap_or(true),
         })
     }
 }
@@ -179,6 +269,18 @@ mod tests {
         assert_eq!(c.scaling.idle_timeout, Duration::from_secs(120));
         assert_eq!(c.go_image, DEFAULT_GO_IMAGE);
         assert!(!c.allow_local_repos);
+
+        assert_eq!(c.limits.memory_bytes, 256 << 20);
+        assert!(c.firewall && c.egress);
+
+        std::fs::write(&path, "max_memory = \"1Gi\"\ndefault_cpu = 0.5\noci_runtime = \"runsc\"\negress = false\n").expect("w");
+        let c = ServerConfig::resolve(&ServeArgs { config: Some(path.clone()), ..Default::default() }).expect("resolve");
+        assert_eq!((c.caps.max_memory_bytes, c.limits.nano_cpus), (1 << 30, 500_000_000));
+        assert_eq!(c.limits.oci_runtime.as_deref(), Some("runsc"));
+        assert!(!c.egress);
+        std::fs::write(&path, "max_memory = \"64Mi\"\n").expect("w");
+        let e = ServerConfig::resolve(&ServeArgs { config: Some(path.clone()), ..Default::default() }).expect_err("default above max");
+        assert!(e.to_string().contains("above the maximum"), "{e}");
 
         std::fs::write(&path, "lisen = \"x\"\n").expect("w");
         let e = ServerConfig::resolve(&args).expect_err("unknown key");

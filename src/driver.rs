@@ -128,12 +128,29 @@ impl Default for Limits {
     }
 }
 
+/// A container's `KEY=VALUE` environment. It may hold secrets, so its `Debug` shows names only.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Env(pub Vec<String>);
+
+impl std::fmt::Debug for Env {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.iter().map(|kv| kv.split_once('=').map_or(kv.as_str(), |(k, _)| k))).finish()
+    }
+}
+
+impl Env {
+    /// The value of `key`, if set.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.iter().find_map(|kv| kv.strip_prefix(key).and_then(|rest| rest.strip_prefix('=')))
+    }
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct ContainerSpec {
     pub name: String,
     pub image: String,
-    pub env: Vec<String>,
+    pub env: Env,
     pub labels: HashMap<String, String>,
     pub limits: Limits,
 }
@@ -343,7 +360,7 @@ impl Driver for DockerDriver {
         };
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
-            env: Some(spec.env.clone()),
+            env: Some(spec.env.0.clone()),
             labels: Some({
                 let mut l = spec.labels.clone();
                 l.insert(labels::OWNER.to_string(), self.owner.clone());

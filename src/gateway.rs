@@ -32,7 +32,12 @@ pub enum Route {
 #[derive(Default)]
 pub struct RouteTable {
     projects: RwLock<HashMap<String, Arc<HashMap<String, Route>>>>,
+    /// project → SHA-256 of its invoke key (consulted only for `auth: private` functions).
+    invoke_keys: RwLock<HashMap<String, [u8; 32]>>,
 }
+
+/// The header that carries a project's invoke key to its `auth: private` functions.
+pub const INVOKE_KEY_HEADER: &str = "x-eserveless-key";
 
 impl RouteTable {
     pub fn get(&self, project: &str, function: &str) -> Option<Route> {
@@ -50,7 +55,21 @@ impl RouteTable {
     }
 
     pub fn remove_project(&self, project: &str) -> Option<Arc<HashMap<String, Route>>> {
+        self.invoke_keys.write().unwrap_or_else(|p| p.into_inner()).remove(project);
         self.projects.write().unwrap_or_else(|p| p.into_inner()).remove(project)
+    }
+
+    pub fn set_invoke_key(&self, project: &str, hash: &[u8]) {
+        if let Ok(h) = <[u8; 32]>::try_from(hash) {
+            self.invoke_keys.write().unwrap_or_else(|p| p.into_inner()).insert(project.to_string(), h);
+        }
+    }
+
+    /// Checks a presented invoke key in constant time; no key set means nothing matches.
+    pub fn invoke_key_matches(&self, project: &str, presented: &[u8]) -> bool {
+        let stored = self.invoke_keys.read().unwrap_or_else(|p| p.into_inner()).get(project).copied();
+        let presented = std::str::from_utf8(presented).unwrap_or("");
+        crate::auth::hash_matches(presented, stored.as_ref().map_or(&[][..], |h| &h[..]))
     }
 }
 
@@ -187,6 +206,23 @@ impl Gateway {
         };
         let mut pool = route_for(&self.routes)?;
         *known = Some(pool.clone());
+        if pool.revision().private {
+            match req.headers().get(INVOKE_KEY_HEADER) {
+                None => {
+                    return Err(ApiError::unauthorized(
+                        "invoke_key_required",
+                        format!("function `{function}` is private: send the project's invoke key in the `X-Eserveless-Key` header (`eserveless keys rotate {project}` makes a new one)"),
+                    ))
+                }
+                Some(k) if !self.routes.invoke_key_matches(project, k.as_bytes()) => {
+                    return Err(ApiError::unauthorized(
+                        "invoke_key_invalid",
+                        format!("the invoke key is not project `{project}`'s current key; it may have been rotated"),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
         let timeout = pool.revision().timeout;
         let started = tokio::time::Instant::now();
         let deadline = started + timeout;
@@ -237,6 +273,8 @@ impl Gateway {
         parts.version = axum::http::Version::HTTP_11;
         let original_host = parts.headers.get(header::HOST).cloned();
         strip_hop_by_hop(&mut parts.headers);
+        // The key proves the caller to us; the function has no use for it.
+        parts.headers.remove(INVOKE_KEY_HEADER);
         let h = &mut parts.headers;
         if let Some(addr) = client_addr {
             let ip = addr.ip().to_string();
@@ -277,6 +315,8 @@ impl Gateway {
         };
         let (mut parts, incoming) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        // The key proves the caller to us; the function has no use for it.
+        parts.headers.remove(INVOKE_KEY_HEADER);
         let timing = format!("{};dur={}", lease.kind.as_str(), lease.took.as_millis());
         if let Ok(v) = HeaderValue::from_str(&timing) {
             parts.headers.append("server-timing", v);

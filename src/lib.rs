@@ -1,11 +1,13 @@
 //! eserveless: self-hosted serverless functions on a Docker engine, in one binary.
 
 pub mod api;
+pub mod auth;
 pub mod build;
 pub mod cli;
 pub mod config;
 pub mod driver;
 pub mod error;
+pub mod firewall;
 pub mod gateway;
 pub mod manifest;
 pub mod metrics;
@@ -14,6 +16,7 @@ pub mod platform;
 pub mod pool;
 pub mod runtime;
 pub mod scheduler;
+pub mod secrets;
 pub mod server;
 pub mod source;
 pub mod store;

@@ -92,6 +92,45 @@ mod humantime_serde_secs {
     }
 }
 
+/// Who may invoke an http function.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    /// Anyone who can reach the gateway.
+    #[default]
+    Public,
+    /// Only callers that send the project's invoke key.
+    Private,
+}
+
+/// Access and resources of one function; `None` resources take the operator's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct FunctionOptions {
+    pub auth: Access,
+    pub memory_bytes: Option<u64>,
+    /// Thousandths of a CPU.
+    pub cpu_millis: Option<u32>,
+}
+
+/// The operator's ceilings on what a manifest may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResourceCaps {
+    pub max_memory_bytes: u64,
+    pub max_cpu_millis: u32,
+}
+
+impl Default for ResourceCaps {
+    fn default() -> Self {
+        ResourceCaps { max_memory_bytes: 2 * 1024 * 1024 * 1024, max_cpu_millis: 2000 }
+    }
+}
+
+/// Smallest memory limit a function may ask for.
+pub const MIN_MEMORY_BYTES: u64 = 32 * 1024 * 1024;
+/// Smallest CPU share a function may ask for, in thousandths.
+pub const MIN_CPU_MILLIS: u32 = 50;
+
 /// One validated function.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FunctionSpec {
@@ -101,6 +140,48 @@ pub struct FunctionSpec {
     pub env: BTreeMap<String, String>,
     pub timeout: Duration,
     pub scaling: Scaling,
+    pub options: FunctionOptions,
+}
+
+/// Parses a memory size: a number of bytes, or a number with `k`/`m`/`g` (or `Ki`/`Mi`/`Gi`,
+/// `KB`/`MB`/`GB`), all binary as in Docker: `256m` and `256Mi` are both 256 MiB.
+pub fn parse_memory(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("`{text}` is not a size; write e.g. `256Mi` or `1Gi`"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "ki" | "kb" | "kib" => 1 << 10,
+        "m" | "mi" | "mb" | "mib" => 1 << 20,
+        "g" | "gi" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("`{text}` has an unknown unit `{other}`; use Ki, Mi or Gi, e.g. `256Mi`")),
+    };
+    let bytes = n * mult as f64;
+    if !bytes.is_finite() || bytes < 1.0 || bytes > (1u64 << 50) as f64 {
+        return Err(format!("`{text}` is not a sensible size; write e.g. `256Mi`"));
+    }
+    Ok(bytes as u64)
+}
+
+/// Parses a CPU share: a number of CPUs (`0.5`, `2`) or thousandths (`500m`).
+pub fn parse_cpu(text: &str) -> Result<u32, String> {
+    let t = text.trim();
+    let millis = match t.strip_suffix('m') {
+        Some(m) => m.parse::<f64>().ok(),
+        None => t.parse::<f64>().ok().map(|c| c * 1000.0),
+    }
+    .filter(|m| m.is_finite() && *m > 0.0 && *m < 1e6)
+    .ok_or_else(|| format!("`{text}` is not a CPU amount; write a number of CPUs like `0.5` or thousandths like `500m`"))?;
+    Ok(millis.round() as u32)
+}
+
+fn format_bytes(b: u64) -> String {
+    if b % (1 << 30) == 0 {
+        format!("{}Gi", b >> 30)
+    } else {
+        format!("{}Mi", b >> 20)
+    }
 }
 
 /// A validated manifest.
@@ -141,6 +222,8 @@ pub struct ParseContext<'a> {
     pub root_files: &'a [String],
     /// Scaling used where the manifest says nothing (the operator's defaults).
     pub defaults: &'a Scaling,
+    /// The operator's ceilings on `memory` and `cpu`.
+    pub caps: ResourceCaps,
 }
 
 #[derive(Deserialize)]
@@ -164,6 +247,9 @@ struct RawFunction {
     max_instances: Option<u32>,
     pause_after: Option<String>,
     idle_timeout: Option<String>,
+    auth: Option<String>,
+    memory: Option<Value>,
+    cpu: Option<Value>,
 }
 
 const TOP_KEYS: &[&str] = &["repo", "runtime", "functions"];
@@ -178,6 +264,9 @@ const FUNCTION_KEYS: &[&str] = &[
     "max_instances",
     "pause_after",
     "idle_timeout",
+    "auth",
+    "memory",
+    "cpu",
 ];
 
 /// Suggests the closest of `candidates` to `word`, if any is close enough.
@@ -520,8 +609,52 @@ pub fn parse(text: &str, ctx: &ParseContext<'_>) -> Result<Manifest, ManifestErr
             warnings.push(format!("{who}: scaling settings are ignored for cron functions"));
         }
 
+        let mut options = FunctionOptions::default();
+        match rf.auth.as_deref().map(str::trim) {
+            None | Some("public") => {}
+            Some("private") => {
+                if matches!(kind, Some(FunctionKind::Cron { .. })) {
+                    warnings.push(format!("{who}: `auth` is ignored for cron functions, which are never reachable over HTTP"));
+                }
+                options.auth = Access::Private;
+            }
+            Some(other) => problems.push(format!(
+                "{who}: unknown `auth` `{other}`{}; expected `public` (anyone may invoke) or `private` (needs the project's invoke key)",
+                did_you_mean(other, ["public", "private"])
+            )),
+        }
+        if let Some(v) = &rf.memory {
+            let text = scalar_to_string(v).unwrap_or_default();
+            match parse_memory(&text) {
+                Err(e) => problems.push(format!("{who}: `memory` {e}")),
+                Ok(b) if b < MIN_MEMORY_BYTES => problems.push(format!(
+                    "{who}: `memory` `{text}` is below the minimum of {}; ask for at least that",
+                    format_bytes(MIN_MEMORY_BYTES)
+                )),
+                Ok(b) if b > ctx.caps.max_memory_bytes => problems.push(format!(
+                    "{who}: `memory` `{text}` is above this server's maximum of {}; ask for less, or have the operator raise `max_memory`",
+                    format_bytes(ctx.caps.max_memory_bytes)
+                )),
+                Ok(b) => options.memory_bytes = Some(b),
+            }
+        }
+        if let Some(v) = &rf.cpu {
+            let text = scalar_to_string(v).unwrap_or_default();
+            match parse_cpu(&text) {
+                Err(e) => problems.push(format!("{who}: `cpu` {e}")),
+                Ok(m) if m < MIN_CPU_MILLIS => {
+                    problems.push(format!("{who}: `cpu` `{text}` is below the minimum of {MIN_CPU_MILLIS}m (0.05 CPU)"))
+                }
+                Ok(m) if m > ctx.caps.max_cpu_millis => problems.push(format!(
+                    "{who}: `cpu` `{text}` is above this server's maximum of {}m; ask for less, or have the operator raise `max_cpu`",
+                    ctx.caps.max_cpu_millis
+                )),
+                Ok(m) => options.cpu_millis = Some(m),
+            }
+        }
+
         if let (Some(name), Some(kind)) = (name, kind) {
-            functions.push(FunctionSpec { name, kind, env, timeout, scaling });
+            functions.push(FunctionSpec { name, kind, env, timeout, scaling, options });
         }
     }
 
@@ -548,7 +681,36 @@ mod tests {
 
     fn parse_with(text: &str, files: &[&str]) -> Result<Manifest, ManifestError> {
         let (rt, files) = ctx_files(files);
-        parse(text, &ParseContext { known_runtimes: &rt, root_files: &files, defaults: &Scaling::default() })
+        parse(
+            text,
+            &ParseContext { known_runtimes: &rt, root_files: &files, defaults: &Scaling::default(), caps: ResourceCaps::default() },
+        )
+    }
+
+    #[test]
+    fn access_memory_and_cpu() {
+        let m = parse_with(
+            "runtime: node\nfunctions:\n  - {name: A, type: http, auth: private, memory: 512Mi, cpu: 0.5}\n  - {name: B, type: http, memory: 128m, cpu: 250m}\n  - {name: C, type: http}\n",
+            &["package.json"],
+        )
+        .expect("valid");
+        let o: Vec<_> = m.functions.iter().map(|f| f.options.clone()).collect();
+        assert_eq!(o[0], FunctionOptions { auth: Access::Private, memory_bytes: Some(512 << 20), cpu_millis: Some(500) });
+        assert_eq!(o[1], FunctionOptions { auth: Access::Public, memory_bytes: Some(128 << 20), cpu_millis: Some(250) });
+        assert_eq!(o[2], FunctionOptions::default());
+
+        let e = err("runtime: node\nfunctions:\n  - {name: A, type: http, auth: secret, memory: 64Gi, cpu: 16}\n");
+        assert!(e.contains("unknown `auth` `secret`"), "{e}");
+        assert!(e.contains("`memory` `64Gi` is above this server's maximum of 2Gi"), "{e}");
+        assert!(e.contains("`cpu` `16` is above this server's maximum of 2000m"), "{e}");
+        let e = err("runtime: node\nfunctions:\n  - {name: A, type: http, memory: lots, cpu: -1}\n");
+        assert!(e.contains("`memory` `lots` is not a size"), "{e}");
+        assert!(e.contains("`cpu` `-1` is not a CPU amount"), "{e}");
+        let e = err("runtime: node\nfunctions:\n  - {name: A, type: http, memory: 1Mi}\n");
+        assert!(e.contains("below the minimum of 32Mi"), "{e}");
+        assert_eq!(parse_memory("1.5Gi"), Ok(3 << 29));
+        assert_eq!(parse_memory("268435456"), Ok(256 << 20));
+        assert_eq!(parse_cpu("2"), Ok(2000));
     }
 
     fn err(text: &str) -> String {

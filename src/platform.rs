@@ -8,10 +8,10 @@ use axum::http::StatusCode;
 
 use crate::build::{self, SourceFacts};
 use crate::config::ServerConfig;
-use crate::driver::{labels, BuildRequest, Driver, DriverError};
+use crate::driver::{labels, BuildRequest, Driver, DriverError, Env, Limits};
 use crate::error::ApiError;
 use crate::gateway::{Route, RouteTable};
-use crate::manifest::{self, Manifest, ParseContext, MANIFEST_FILE};
+use crate::manifest::{self, Access, FunctionOptions, Manifest, ParseContext, MANIFEST_FILE};
 use crate::names::{FunctionName, GitRef, ProjectName};
 use crate::pool::{PoolConfig, PoolManager, Revision};
 use crate::runtime::{TemplateVars, Templates, BUILD_DIR};
@@ -38,6 +38,8 @@ pub struct Submitted {
     pub commit: String,
     /// `queued`, or `unchanged` when the commit is already live.
     pub status: &'static str,
+    /// The invoke key of a project this request created (shown this once).
+    pub invoke_key: Option<String>,
 }
 
 pub struct Platform {
@@ -50,6 +52,7 @@ pub struct Platform {
     pub templates: Templates,
     pub config: ServerConfig,
     pub source_policy: SourcePolicy,
+    pub secrets: crate::secrets::SecretBox,
     project_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -63,13 +66,13 @@ fn source_error(e: SourceError) -> ApiError {
 }
 
 impl Platform {
-    pub fn new(store: Arc<Store>, driver: Arc<dyn Driver>, templates: Templates, config: ServerConfig) -> Arc<Self> {
+    pub fn new(store: Arc<Store>, driver: Arc<dyn Driver>, templates: Templates, config: ServerConfig) -> anyhow::Result<Arc<Self>> {
         let pool_config = PoolConfig {
             queue_depth: config.queue_depth,
             queue_timeout: config.queue_timeout,
             ..PoolConfig::default()
         };
-        let limits = pool_config.limits.clone();
+        let secrets = crate::secrets::SecretBox::open_dir(&config.data_dir)?;
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let pools = PoolManager::new(driver.clone(), store.clone(), pool_config, metrics.clone());
         let source_policy = SourcePolicy {
@@ -78,9 +81,9 @@ impl Platform {
             clone_timeout: config.clone_timeout,
             ..SourcePolicy::default()
         };
-        Arc::new(Platform {
+        Ok(Arc::new(Platform {
             metrics,
-            scheduler: Scheduler::new(driver.clone(), store.clone(), limits),
+            scheduler: Scheduler::new(driver.clone(), store.clone()),
             routes: Arc::new(RouteTable::default()),
             store,
             driver,
@@ -88,8 +91,9 @@ impl Platform {
             templates,
             config,
             source_policy,
+            secrets,
             project_locks: Mutex::new(HashMap::new()),
-        })
+        }))
     }
 
     fn project_lock(&self, project: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -117,7 +121,7 @@ impl Platform {
     }
 
     /// Validates a request, resolves the commit, and queues the build unless it is live already.
-    pub async fn submit(self: &Arc<Self>, req: DeployRequest) -> Result<Submitted, ApiError> {
+    pub async fn submit(self: &Arc<Self>, req: DeployRequest, who: &crate::auth::Principal) -> Result<Submitted, ApiError> {
         let url = source::parse_repository(&req.repository, &self.source_policy).map_err(source_error)?;
         let git_ref = req
             .git_ref
@@ -130,23 +134,37 @@ impl Platform {
             None => ProjectName::from_repository(url.as_str()),
         }
         .map_err(|e| ApiError::unprocessable("invalid_name", e.to_string()))?;
+        let existing = self.store.project(name.as_str())?;
+        if let Some(p) = &existing {
+            if !who.owns(p.owner.as_deref()) {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "name_taken",
+                    format!("the project name `{name}` is taken by another user; deploy under another `name`"),
+                ));
+            }
+        }
         let commit = source::resolve_commit(&url, git_ref.as_ref(), &self.source_policy).await.map_err(source_error)?;
 
         // Not under the project lock: that is held by a running build, and answering must not wait for it.
         if let Some(p) = self.store.project(name.as_str())? {
             if let Some(live) = p.live_deployment_id.map(|id| self.store.deployment(id)).transpose()?.flatten() {
                 if live.commit == commit && live.repository == url.as_str() {
-                    return Ok(Submitted { project: name.to_string(), deployment_id: live.id, commit, status: "unchanged" });
+                    return Ok(Submitted { project: name.to_string(), deployment_id: live.id, commit, status: "unchanged", invoke_key: None });
                 }
             }
             if let Some(latest) = self.store.latest_deployment(name.as_str())? {
                 if !latest.status.is_final() && latest.commit == commit && latest.repository == url.as_str() {
                     // The same commit is already on its way: follow that deployment.
-                    return Ok(Submitted { project: name.to_string(), deployment_id: latest.id, commit, status: "queued" });
+                    return Ok(Submitted { project: name.to_string(), deployment_id: latest.id, commit, status: "queued", invoke_key: None });
                 }
             }
         }
-        self.store.upsert_project(name.as_str(), url.as_str(), git_ref.as_ref().map(GitRef::as_str))?;
+        self.store.upsert_project(name.as_str(), url.as_str(), git_ref.as_ref().map(GitRef::as_str), &who.name)?;
+        let invoke_key = match existing {
+            None => Some(self.rotate_invoke_key(name.as_str())?),
+            Some(_) => None,
+        };
         let id = self.store.create_deployment(name.as_str(), url.as_str(), git_ref.as_ref().map(GitRef::as_str), &commit)?;
         tracing::info!(project = %name, deployment = id, commit = %commit, "deployment queued");
         let me = self.clone();
@@ -163,7 +181,7 @@ impl Platform {
                 }
             }
         });
-        Ok(Submitted { project: name.to_string(), deployment_id: id, commit, status: "queued" })
+        Ok(Submitted { project: name.to_string(), deployment_id: id, commit, status: "queued", invoke_key })
     }
 
     fn log(&self, id: i64, line: &str) {
@@ -210,7 +228,12 @@ impl Platform {
         let runtimes = self.templates.runtimes();
         let manifest: Manifest = manifest::parse(
             &text,
-            &ParseContext { known_runtimes: &runtimes, root_files: &facts.root_files, defaults: &self.config.scaling },
+            &ParseContext {
+                known_runtimes: &runtimes,
+                root_files: &facts.root_files,
+                defaults: &self.config.scaling,
+                caps: self.config.caps,
+            },
         )
         .map_err(|e| e.to_string())?;
         let mut warnings = manifest.warnings.clone();
@@ -250,6 +273,7 @@ impl Platform {
                 env: &f.env,
                 timeout_ms: f.timeout.as_millis() as u64,
                 scaling,
+                options: &f.options,
                 image,
             })
             .collect();
@@ -373,12 +397,17 @@ impl Platform {
     /// had live instances get one ready instance of the new revision before routes switch.
     pub async fn activate(self: &Arc<Self>, project: &str, deployment_id: i64, prewarm: bool) -> anyhow::Result<()> {
         let functions = self.store.functions(deployment_id)?;
+        let secrets = self.secret_env(project)?;
         let old = self.routes.project(project);
         let mut routes = HashMap::new();
         let mut jobs = Vec::new();
         for f in functions {
             let image = f.image.clone().ok_or_else(|| anyhow::anyhow!("function {} has no image", f.name))?;
-            let env: Vec<String> = f.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            // Secrets last: an operator's secret wins over a repository's `meta` of the same name.
+            let mut env: Vec<String> = f.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            env.extend(secrets.iter().cloned());
+            let env = Env(env);
+            let limits = self.function_limits(&f.options);
             let timeout = std::time::Duration::from_millis(f.timeout_ms);
             if f.kind == "cron" {
                 jobs.push(CronJob {
@@ -387,6 +416,7 @@ impl Platform {
                     deployment_id,
                     image,
                     env,
+                    limits,
                     timeout,
                     schedule: f.schedule.clone().unwrap_or_default(),
                 });
@@ -398,6 +428,8 @@ impl Platform {
                     deployment_id,
                     image,
                     env,
+                    limits,
+                    private: f.options.auth == Access::Private,
                     timeout,
                     scaling: f.scaling.clone(),
                 });
@@ -413,6 +445,9 @@ impl Platform {
                 routes.insert(f.name.clone(), Route::Http(pool));
             }
         }
+        if let Some(h) = self.store.invoke_key_hash(project)? {
+            self.routes.set_invoke_key(project, &h);
+        }
         let old = self.routes.set_project(project, routes);
         for route in old.iter().flat_map(|o| o.values()) {
             if let Route::Http(pool) = route {
@@ -421,6 +456,79 @@ impl Platform {
         }
         self.scheduler.set_project(project, jobs);
         Ok(())
+    }
+
+    /// The project's secrets as `KEY=VALUE`, opened for a container's environment.
+    fn secret_env(&self, project: &str) -> anyhow::Result<Vec<String>> {
+        self.store
+            .secrets(project)?
+            .into_iter()
+            .map(|s| Ok(format!("{}={}", s.name, self.secrets.open(project, &s.name, &s.sealed)?)))
+            .collect()
+    }
+
+    /// A function's container limits: its manifest's asks, within the operator's ceilings
+    /// (which may have been lowered since it was deployed).
+    fn function_limits(&self, o: &FunctionOptions) -> Limits {
+        let mut l = self.config.limits.clone();
+        if let Some(m) = o.memory_bytes {
+            l.memory_bytes = m.min(self.config.caps.max_memory_bytes) as i64;
+        }
+        if let Some(c) = o.cpu_millis {
+            l.nano_cpus = i64::from(c.min(self.config.caps.max_cpu_millis)) * 1_000_000;
+        }
+        l
+    }
+
+    /// Sets and removes secrets of a project, then recycles its running instances so they
+    /// see the change: new instances start first where old ones were serving, and the old ones
+    /// finish their requests before they go (as in a redeploy).
+    pub async fn change_secrets(self: &Arc<Self>, project: &str, set: &[(String, String)], remove: &[String]) -> Result<(), ApiError> {
+        for (name, value) in set {
+            crate::secrets::validate_name(name).map_err(|m| ApiError::unprocessable("invalid_secret", m))?;
+            crate::secrets::validate_value(name, value).map_err(|m| ApiError::unprocessable("invalid_secret", m))?;
+        }
+        let lock = self.project_lock(project);
+        let _held = lock.lock().await;
+        let existing: Vec<String> = self.store.secrets(project)?.into_iter().map(|s| s.name).collect();
+        let after = existing.iter().chain(set.iter().map(|(n, _)| n)).collect::<std::collections::BTreeSet<_>>().len();
+        if after > crate::secrets::MAX_PER_PROJECT {
+            return Err(ApiError::unprocessable(
+                "too_many_secrets",
+                format!("a project may hold at most {} secrets; remove some first", crate::secrets::MAX_PER_PROJECT),
+            ));
+        }
+        for name in remove {
+            if !self.store.delete_secret(project, name)? {
+                return Err(ApiError::not_found("secret_not_found", format!("project `{project}` has no secret `{name}`")));
+            }
+        }
+        for (name, value) in set {
+            self.store.put_secret(project, name, &self.secrets.seal(project, name, value))?;
+        }
+        if let Some(live) = self.store.project(project)?.and_then(|p| p.live_deployment_id) {
+            self.activate(project, live, true)
+                .await
+                .map_err(|e| {
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "restart_failed",
+                        format!("the secrets are saved, but the functions could not be restarted with them: {e}"),
+                    )
+                })?;
+        }
+        tracing::info!(project, set = set.len(), removed = remove.len(), "secrets changed; instances recycled");
+        Ok(())
+    }
+
+    /// Makes a new invoke key for the project (replacing any old one at once) and returns it.
+    pub fn rotate_invoke_key(&self, project: &str) -> Result<String, ApiError> {
+        let (key, hash) = crate::auth::new_invoke_key();
+        if !self.store.set_invoke_key_hash(project, &hash)? {
+            return Err(ApiError::not_found("project_not_found", format!("no project `{project}`")));
+        }
+        self.routes.set_invoke_key(project, &hash);
+        Ok(key)
     }
 
     /// Removes a project's containers, images, schedules and records.

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
-use crate::driver::{labels, ContainerSpec, Driver, Limits};
+use crate::driver::{labels, ContainerSpec, Driver, Env, Limits};
 use crate::manifest::Scaling;
 use crate::metrics::{FunctionMetrics, Metrics};
 use crate::store::Store;
@@ -35,8 +35,12 @@ pub struct Revision {
     pub function: String,
     pub deployment_id: i64,
     pub image: String,
-    /// `KEY=VALUE` environment for the container.
-    pub env: Vec<String>,
+    /// Environment for the container: `meta` and the project's secrets.
+    pub env: Env,
+    /// Memory, CPU and the other container limits.
+    pub limits: Limits,
+    /// Needs the project's invoke key.
+    pub private: bool,
     pub timeout: Duration,
     pub scaling: Scaling,
 }
@@ -161,7 +165,6 @@ pub struct PoolCounts {
 /// Settings shared by all pools.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
-    pub limits: Limits,
     /// Longest a container may take from start to accepting connections.
     pub start_timeout: Duration,
     /// Requests allowed to wait for capacity, per function.
@@ -175,7 +178,6 @@ pub struct PoolConfig {
 impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {
-            limits: Limits::default(),
             start_timeout: Duration::from_secs(30),
             queue_depth: 100,
             queue_timeout: Duration::from_secs(30),
@@ -563,13 +565,13 @@ impl FunctionPool {
         let fn_part = crate::names::FunctionName::parse(&r.function).map(|f| f.docker_part()).unwrap_or_else(|_| "fn".into());
         let name = format!("esl-{}-{}-{}-{:x}{:x}", r.project, fn_part, r.deployment_id, nanos, seq);
         let mut env = r.env.clone();
-        env.push(format!("PORT={FUNCTION_PORT}"));
+        env.0.push(format!("PORT={FUNCTION_PORT}"));
         let spec = ContainerSpec {
             name,
             image: r.image.clone(),
             env,
             labels: labels::for_container(&r.project, &r.function, r.deployment_id, "http"),
-            limits: self.shared.config.limits.clone(),
+            limits: r.limits.clone(),
         };
         let result = async {
             let t0 = Instant::now();

@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::task::JoinHandle;
 
-use crate::driver::{labels, ContainerSpec, Driver, Limits};
+use crate::driver::{labels, ContainerSpec, Driver, Env, Limits};
 use crate::store::Store;
 
 /// Most output kept from one run.
@@ -25,7 +25,8 @@ pub struct CronJob {
     pub function: String,
     pub deployment_id: i64,
     pub image: String,
-    pub env: Vec<String>,
+    pub env: Env,
+    pub limits: Limits,
     pub timeout: Duration,
     pub schedule: String,
 }
@@ -33,7 +34,6 @@ pub struct CronJob {
 struct Inner {
     driver: Arc<dyn Driver>,
     store: Arc<Store>,
-    limits: Limits,
     tasks: Mutex<HashMap<String, Vec<JoinHandle<()>>>>,
     /// (project, function) → a run is going. Kept across redeploys so runs never overlap.
     running: Mutex<HashMap<(String, String), Arc<AtomicBool>>>,
@@ -45,12 +45,11 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(driver: Arc<dyn Driver>, store: Arc<Store>, limits: Limits) -> Self {
+    pub fn new(driver: Arc<dyn Driver>, store: Arc<Store>) -> Self {
         Scheduler {
             inner: Arc::new(Inner {
                 driver,
                 store,
-                limits,
                 tasks: Mutex::new(HashMap::new()),
                 running: Mutex::new(HashMap::new()),
             }),
@@ -149,7 +148,7 @@ impl Scheduler {
             image: job.image.clone(),
             env: job.env.clone(),
             labels: labels::for_container(&job.project, &job.function, job.deployment_id, "cron"),
-            limits: inner.limits.clone(),
+            limits: job.limits.clone(),
         };
         let (status, exit_code, mut output) = match inner.driver.run(spec).await {
             Err(e) => ("failed", None, format!("eserveless: could not start the run: {e}\n")),
@@ -249,7 +248,8 @@ mod tests {
             function: "Tick".into(),
             deployment_id: 1,
             image: "img".into(),
-            env: vec!["ESERVELESS_A=1".into()],
+            env: Env(vec!["ESERVELESS_A=1".into()]),
+            limits: Limits::default(),
             timeout,
             schedule: "* * * * * *".into(),
         }
@@ -258,7 +258,7 @@ mod tests {
     #[tokio::test]
     async fn runs_never_overlap_and_late_firings_are_skipped() {
         let store = Arc::new(Store::in_memory().expect("store"));
-        let s = Scheduler::new(Arc::new(SlowRuns { run_for: Duration::from_millis(2500) }), store.clone(), Limits::default());
+        let s = Scheduler::new(Arc::new(SlowRuns { run_for: Duration::from_millis(2500) }), store.clone());
         s.set_project("p", vec![job(Duration::from_secs(30))]);
         tokio::time::sleep(Duration::from_millis(4200)).await;
         s.remove_project("p");
@@ -276,7 +276,7 @@ mod tests {
     #[tokio::test]
     async fn a_run_past_its_timeout_is_killed_and_recorded() {
         let store = Arc::new(Store::in_memory().expect("store"));
-        let s = Scheduler::new(Arc::new(SlowRuns { run_for: Duration::from_secs(60) }), store.clone(), Limits::default());
+        let s = Scheduler::new(Arc::new(SlowRuns { run_for: Duration::from_secs(60) }), store.clone());
         let status = s.run_once(&job(Duration::from_millis(200)), Utc::now()).await;
         assert_eq!(status, "timed_out");
         let run = &store.cron_runs("p", "Tick", 1).expect("runs")[0];

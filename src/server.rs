@@ -29,7 +29,15 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let platform = Platform::new(store, driver, templates, config);
+    if let Some(token) = crate::auth::bootstrap_admin(&store, &config.data_dir)? {
+        // Printed once, to the terminal only (not through the log); also in the 0600 file.
+        println!(
+            "eserveless: first start: created user `admin` with the API token\n\n    {token}\n\n\
+             It is also in {} (mode 0600). Use it with `eserveless login --token <token>` or ESERVELESS_TOKEN.",
+            config.data_dir.join(crate::auth::ADMIN_TOKEN_FILE).display()
+        );
+    }
+    let platform = Platform::new(store, driver, templates, config)?;
     platform.restore().await.context("cannot restore the live deployments")?;
     let app = crate::api::app(platform);
     tracing::info!(addr = %listener.local_addr()?, "eserveless listening");

@@ -88,8 +88,40 @@ fn migrations() -> Migrations<'static> {
         );
         CREATE INDEX function_logs_fn ON function_logs(project, function, id);
         "#,
+    ),
+    M::up(
+        r#"
+        CREATE TABLE users (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL UNIQUE,
+            admin INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL
+        );
+        CREATE TABLE tokens (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            hash BLOB NOT NULL,
+            created_at TEXT NOT NULL,
+            last_used_at TEXT,
+            revoked_at TEXT
+        );
+        CREATE INDEX tokens_user ON tokens(user_id, id);
+        CREATE TABLE secrets (
+            project TEXT NOT NULL REFERENCES projects(name) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            sealed BLOB NOT NULL,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (project, name)
+        );
+        ALTER TABLE projects ADD COLUMN invoke_key_hash BLOB;
+        ALTER TABLE functions ADD COLUMN options TEXT NOT NULL DEFAULT '{}';
+        "#,
     )])
 }
+
+mod access;
+pub use access::{SecretRow, TokenRow, UserRow};
 
 /// A deployment's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,6 +194,8 @@ pub struct ProjectRow {
     pub name: String,
     pub repository: String,
     pub git_ref: Option<String>,
+    /// The user who created it (`None` for projects from before users existed: admin's).
+    pub owner: Option<String>,
     pub created_at: DateTime<Utc>,
     pub live_deployment_id: Option<i64>,
 }
@@ -192,6 +226,7 @@ pub struct FunctionRow {
     pub env: std::collections::BTreeMap<String, String>,
     pub timeout_ms: u64,
     pub scaling: crate::manifest::Scaling,
+    pub options: crate::manifest::FunctionOptions,
     pub image: Option<String>,
     pub build_state: BuildState,
     #[serde(skip)]
@@ -278,6 +313,7 @@ pub struct NewFunction<'a> {
     pub env: &'a std::collections::BTreeMap<String, String>,
     pub timeout_ms: u64,
     pub scaling: &'a crate::manifest::Scaling,
+    pub options: &'a crate::manifest::FunctionOptions,
     pub image: &'a str,
 }
 
@@ -310,11 +346,12 @@ impl Store {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn upsert_project(&self, name: &str, repository: &str, git_ref: Option<&str>) -> Result<()> {
+    /// Creates the project for `owner`, or updates its source; the owner never changes.
+    pub fn upsert_project(&self, name: &str, repository: &str, git_ref: Option<&str>, owner: &str) -> Result<()> {
         self.conn().execute(
-            "INSERT INTO projects (name, repository, git_ref, created_at) VALUES (?1, ?2, ?3, ?4)
+            "INSERT INTO projects (name, repository, git_ref, created_at, owner) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT(name) DO UPDATE SET repository = excluded.repository, git_ref = excluded.git_ref",
-            params![name, repository, git_ref, now()],
+            params![name, repository, git_ref, now(), owner],
         )?;
         Ok(())
     }
@@ -323,7 +360,7 @@ impl Store {
         Ok(self
             .conn()
             .query_row(
-                "SELECT name, repository, git_ref, created_at, live_deployment_id FROM projects WHERE name = ?1",
+                "SELECT name, repository, git_ref, created_at, live_deployment_id, owner FROM projects WHERE name = ?1",
                 [name],
                 |r| {
                     Ok(ProjectRow {
@@ -332,6 +369,7 @@ impl Store {
                         git_ref: r.get(2)?,
                         created_at: ts(r.get(3)?)?,
                         live_deployment_id: r.get(4)?,
+                        owner: r.get(5)?,
                     })
                 },
             )
@@ -341,7 +379,7 @@ impl Store {
     pub fn projects(&self) -> Result<Vec<ProjectRow>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT name, repository, git_ref, created_at, live_deployment_id FROM projects ORDER BY name",
+            "SELECT name, repository, git_ref, created_at, live_deployment_id, owner FROM projects ORDER BY name",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(ProjectRow {
@@ -350,6 +388,7 @@ impl Store {
                 git_ref: r.get(2)?,
                 created_at: ts(r.get(3)?)?,
                 live_deployment_id: r.get(4)?,
+                owner: r.get(5)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -469,8 +508,8 @@ impl Store {
         let tx = conn.transaction()?;
         for f in functions {
             tx.execute(
-                "INSERT INTO functions (deployment_id, name, kind, schedule, env, timeout_ms, scaling, image, build_state)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued')",
+                "INSERT INTO functions (deployment_id, name, kind, schedule, env, timeout_ms, scaling, image, options, build_state)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'queued')",
                 params![
                     deployment_id,
                     f.name,
@@ -480,6 +519,7 @@ impl Store {
                     f.timeout_ms as i64,
                     serde_json::to_string(f.scaling).expect("scaling serializes"),
                     f.image,
+                    serde_json::to_string(f.options).expect("options serialize"),
                 ],
             )?;
         }
@@ -498,7 +538,7 @@ impl Store {
     pub fn functions(&self, deployment_id: i64) -> Result<Vec<FunctionRow>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT deployment_id, name, kind, schedule, env, timeout_ms, scaling, image, build_state, build_log
+            "SELECT deployment_id, name, kind, schedule, env, timeout_ms, scaling, image, build_state, build_log, options
              FROM functions WHERE deployment_id = ?1 ORDER BY rowid",
         )?;
         let rows = stmt.query_map([deployment_id], |r| {
@@ -513,11 +553,12 @@ impl Store {
                 r.get::<_, Option<String>>(7)?,
                 r.get::<_, String>(8)?,
                 r.get::<_, String>(9)?,
+                r.get::<_, String>(10)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (deployment_id, name, kind, schedule, env, timeout_ms, scaling, image, state, build_log) = row?;
+            let (deployment_id, name, kind, schedule, env, timeout_ms, scaling, image, state, build_log, options) = row?;
             out.push(FunctionRow {
                 deployment_id,
                 name,
@@ -526,6 +567,7 @@ impl Store {
                 env: serde_json::from_str(&env).map_err(|e| StoreError::Corrupt(e.to_string()))?,
                 timeout_ms: timeout_ms.max(0) as u64,
                 scaling: serde_json::from_str(&scaling).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                options: serde_json::from_str(&options).map_err(|e| StoreError::Corrupt(e.to_string()))?,
                 image,
                 build_state: BuildState::parse(&state)?,
                 build_log,
@@ -659,13 +701,13 @@ mod tests {
     #[test]
     fn deployment_lifecycle_and_live_switch() {
         let s = Store::in_memory().expect("store");
-        s.upsert_project("p", "https://x/y", None).expect("project");
+        s.upsert_project("p", "https://x/y", None, "admin").expect("project");
         let d1 = s.create_deployment("p", "https://x/y", None, "aaa").expect("d1");
         let env = std::collections::BTreeMap::from([("ESERVELESS_A".to_string(), "1".to_string())]);
         let scaling = Scaling::default();
         s.add_functions(
             d1,
-            &[NewFunction { name: "API", kind: "http", schedule: None, env: &env, timeout_ms: 30000, scaling: &scaling, image: "img:1" }],
+            &[NewFunction { name: "API", kind: "http", schedule: None, env: &env, timeout_ms: 30000, scaling: &scaling, options: &Default::default(), image: "img:1" }],
         )
         .expect("fns");
         assert_eq!(s.deployment(d1).expect("get").expect("some").status, DeploymentStatus::Queued);
@@ -719,7 +761,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         {
             let s = Store::open(dir.path()).expect("open");
-            s.upsert_project("p", "r", Some("main")).expect("p");
+            s.upsert_project("p", "r", Some("main"), "admin").expect("p");
         }
         let s = Store::open(dir.path()).expect("reopen");
         assert_eq!(s.project("p").expect("get").expect("some").git_ref.as_deref(), Some("main"));

@@ -96,9 +96,26 @@ impl Driver for FakeDriver {
 // Harness
 
 struct Harness {
+    /// The router as an admin sees it: requests without `Authorization` get the admin token.
     app: Router,
+    /// The router as it is: no credentials added.
+    raw: Router,
+    admin_token: String,
+    store: Arc<Store>,
     fake: Arc<FakeDriver>,
     _data: tempfile::TempDir,
+}
+
+/// Adds `Authorization: Bearer <token>` to requests that carry none.
+fn with_token(app: Router, token: &str) -> Router {
+    let value = axum::http::HeaderValue::from_str(&format!("Bearer {token}")).expect("header");
+    app.layer(axum::middleware::map_request(move |mut req: Request<Body>| {
+        let value = value.clone();
+        async move {
+            req.headers_mut().entry(axum::http::header::AUTHORIZATION).or_insert(value);
+            req
+        }
+    }))
 }
 
 fn harness(allow_local: bool) -> Harness {
@@ -111,8 +128,10 @@ fn harness(allow_local: bool) -> Harness {
     .expect("config");
     let fake = Arc::new(FakeDriver::default());
     let store = Arc::new(Store::in_memory().expect("store"));
-    let platform = Platform::new(store, fake.clone(), Templates::embedded(), config);
-    Harness { app: eserveless::api::app(platform), fake, _data: data }
+    let admin_token = eserveless::auth::bootstrap_admin(&store, data.path()).expect("bootstrap").expect("first start");
+    let platform = Platform::new(store.clone(), fake.clone(), Templates::embedded(), config).expect("platform");
+    let raw = eserveless::api::app(platform);
+    Harness { app: with_token(raw.clone(), &admin_token), raw, admin_token, store, fake, _data: data }
 }
 
 struct Answer {
@@ -337,9 +356,9 @@ async fn unknown_things_are_json_404s() {
     let a = delete(&h.app, "/api/projects/nope").await;
     assert_error(&a, StatusCode::NOT_FOUND, "project_not_found");
     let a = get(&h.app, "/api/projects/nope/deployments/1").await;
-    assert_error(&a, StatusCode::NOT_FOUND, "deployment_not_found");
+    assert_error(&a, StatusCode::NOT_FOUND, "project_not_found");
     let a = get(&h.app, "/api/projects/nope/deployments/not-a-number").await;
-    assert_error(&a, StatusCode::NOT_FOUND, "deployment_not_found");
+    assert_error(&a, StatusCode::NOT_FOUND, "project_not_found");
     let a = get(&h.app, "/api/projects/nope/functions/API/runs").await;
     assert_error(&a, StatusCode::NOT_FOUND, "project_not_found");
     let a = get(&h.app, "/api/projects/nope/functions/API/logs").await;
@@ -468,8 +487,10 @@ async fn deploy_with_a_fake_engine() {
     let a = get(&h.app, "/api/projects/demo/functions/Ticker/runs").await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.raw);
     assert!(a.body["runs"].is_array(), "{}", a.raw);
-    // A deployment id of another project is not found under this one.
+    // An unknown project, and an unknown deployment of a known project.
     let a = get(&h.app, &format!("/api/projects/other/deployments/{id}")).await;
+    assert_error(&a, StatusCode::NOT_FOUND, "project_not_found");
+    let a = get(&h.app, &format!("/api/projects/demo/deployments/{}", id + 1000)).await;
     assert_error(&a, StatusCode::NOT_FOUND, "deployment_not_found");
 
     // Delete: the project, its routes and its images go.

@@ -30,12 +30,12 @@ async fn node_project_end_to_end() {
     let project = unique("e2e-node");
     let _cleanup = Cleanup { projects: vec![project.clone()] };
     let mut server = Server::start(&data, &images).await;
-    let http = client();
+    let http = server.http();
     let repo = fixture_repo("node-app");
     let repo_path = repo.path().to_str().expect("utf8").to_string();
 
     // --- deploy with the CLI
-    let (code, out, err) = cli(&["deploy", &repo_path, "--name", &project, "--server", &server.url]).await;
+    let (code, out, err) = server.cli(&["deploy", &repo_path, "--name", &project]).await;
     assert_eq!(code, 0, "deploy failed:\n{out}\n{err}");
     assert!(out.contains("is live"), "{out}");
     assert!(out.contains("warning: no `runtime` key; detected `node`"), "{out}");
@@ -84,7 +84,7 @@ async fn node_project_end_to_end() {
     // --- invoke with the CLI
     let target = format!("{project}/API");
     let (code, out, err) =
-        cli(&["invoke", &target, "/cli/path", "-X", "PUT", "-d", "from-cli", "-H", "X-Cli: 1", "--server", &server.url]).await;
+        server.cli(&["invoke", &target, "/cli/path", "-X", "PUT", "-d", "from-cli", "-H", "X-Cli: 1"]).await;
     assert_eq!(code, 0, "{out}\n{err}");
     let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("CLI output is not JSON ({e}): {out}"));
     assert_eq!(v["method"], "PUT");
@@ -196,7 +196,7 @@ async fn node_project_end_to_end() {
     eprintln!("[{:>5.1}s] restarted; v2 serving, Ticker firing", t0.elapsed().as_secs_f64());
 
     // --- remove with the CLI
-    let (code, out, err) = cli(&["rm", &project, "--server", &server.url]).await;
+    let (code, out, err) = server.cli(&["rm", &project]).await;
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains(&format!("removed {project} (")), "{out}");
     let a = api_get(&http, &format!("{}/api/projects/{project}", server.url)).await;
@@ -221,7 +221,7 @@ async fn go_project_end_to_end() {
     let project = unique("e2e-go");
     let _cleanup = Cleanup { projects: vec![project.clone()] };
     let server = Server::start(&data, &images).await;
-    let http = client();
+    let http = server.http();
     let repo = fixture_repo("go-app");
 
     let d = deploy_and_wait(&http, &server.url, repo.path(), &project).await;
@@ -268,7 +268,7 @@ async fn go_project_end_to_end() {
     assert!(output.contains("ESERVELESS_TARGET"), "{run:#}");
 
     // Tock (interface{} signature, yearly): listed as cron; never reachable over HTTP.
-    let (code, out, err) = cli(&["show", &project, "--server", &server.url]).await;
+    let (code, out, err) = server.cli(&["show", &project]).await;
     assert_eq!(code, 0, "{out}\n{err}");
     let tock_line = out.lines().find(|l| l.starts_with("Tock ")).unwrap_or_else(|| panic!("no Tock line in:\n{out}"));
     assert!(tock_line.contains("cron") && tock_line.contains("0 0 1 1 *"), "{tock_line}");
@@ -301,7 +301,7 @@ async fn bad_inputs_end_to_end() {
     let bad_yaml = unique("e2e-badyaml");
     let _cleanup = Cleanup { projects: vec![no_manifest.clone(), not_exported.clone(), bad_yaml.clone()] };
     let server = Server::start(&data, &images).await;
-    let http = client();
+    let http = server.http();
     let functions_js = "'use strict';\nmodule.exports = { API: (req, res) => res.end('ok') };\n".to_string();
 
     // A repository that does not exist: refused at once.
@@ -317,7 +317,7 @@ async fn bad_inputs_end_to_end() {
     // No manifest: the CLI reports the failure and exits 1.
     let repo = repo_with(&[("functions.js", functions_js.clone())]);
     let (code, out, err) =
-        cli(&["deploy", repo.path().to_str().expect("utf8"), "--name", &no_manifest, "--server", &server.url]).await;
+        server.cli(&["deploy", repo.path().to_str().expect("utf8"), "--name", &no_manifest]).await;
     assert_eq!(code, 1, "{out}\n{err}");
     assert!(err.contains("failed") && err.contains(".eserveless.yaml"), "{err}");
     let p = api_get(&http, &format!("{}/api/projects/{no_manifest}", server.url)).await;

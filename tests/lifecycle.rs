@@ -55,7 +55,7 @@ impl Ctx {
         let project = unique(prefix);
         let cleanup = Cleanup { projects: vec![project.clone()] };
         let server = Server::start_with_args(&data, &images, args).await;
-        let http = client();
+        let http = server.http();
         let repo = fixture_repo("lifecycle-app");
         let d = deploy_and_wait(&http, &server.url, repo.path(), &project).await;
         assert_eq!(d["status"], "ready", "lifecycle-app did not deploy: {d:#}");

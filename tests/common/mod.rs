@@ -85,6 +85,10 @@ pub struct Server {
     child: Option<std::process::Child>,
     pub url: String,
     pub log: PathBuf,
+    /// The admin token the server wrote to `<data_dir>/admin-token` on its first start.
+    pub token: String,
+    /// The port it listens on.
+    pub port: u16,
 }
 
 pub fn free_port() -> u16 {
@@ -107,12 +111,18 @@ impl Server {
     /// Like [`Server::start`], with extra `serve` arguments, e.g.
     /// `&["--queue-depth", "2", "--queue-timeout", "1500ms"]`.
     pub async fn start_with_args(data_dir: &Path, images: &[(&'static str, String)], extra: &[&str]) -> Server {
+        Server::start_on("127.0.0.1", data_dir, images, extra).await
+    }
+
+    /// Like [`Server::start_with_args`], listening on `host` (e.g. `0.0.0.0` to show that
+    /// functions still cannot reach the API on the host's other addresses).
+    pub async fn start_on(host: &str, data_dir: &Path, images: &[(&'static str, String)], extra: &[&str]) -> Server {
         let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
         let log = data_dir.with_extension(format!("server-{port}.log"));
         let file = std::fs::File::create(&log).expect("server log file");
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_eserveless"));
-        cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        cmd.args(["serve", "--listen", &format!("{host}:{port}"), "--data-dir"])
             .arg(data_dir)
             .arg("--allow-local-repos")
             .args(extra)
@@ -130,7 +140,7 @@ impl Server {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("start eserveless serve");
-        let mut server = Server { child: Some(child), url, log };
+        let mut server = Server { child: Some(child), url, log, token: String::new(), port };
         let http = client();
         let began = Instant::now();
         loop {
@@ -149,7 +159,17 @@ impl Server {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        let token_file = data_dir.join("admin-token");
+        server.token = std::fs::read_to_string(&token_file)
+            .unwrap_or_else(|e| panic!("the server wrote no {}: {e}", token_file.display()))
+            .trim()
+            .to_string();
         server
+    }
+
+    /// A client that sends the admin token on every request.
+    pub fn http(&self) -> reqwest::Client {
+        client_with_token(&self.token)
     }
 
     /// Kills the process (SIGKILL: a crash, nothing is cleaned up on the way out).
@@ -236,8 +256,17 @@ pub async fn images_of(d: &Docker, project: &str) -> Vec<(String, Vec<String>)> 
 // ---------------------------------------------------------------------------------------------
 // Clients
 
+/// A client without credentials (enough for /healthz, /metrics and public functions).
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("http client")
+}
+
+/// A client that sends `Authorization: Bearer <token>` on every request.
+pub fn client_with_token(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).expect("token header");
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder().timeout(Duration::from_secs(60)).default_headers(headers).build().expect("http client")
 }
 
 pub struct Answer {
@@ -339,10 +368,30 @@ pub async fn last_run_id(http: &reqwest::Client, base: &str, project: &str, func
     a.body["runs"].as_array().into_iter().flatten().filter_map(|r| r["id"].as_i64()).max().unwrap_or(0)
 }
 
-/// Runs the CLI; returns (exit code, stdout, stderr).
+/// Runs the CLI with no server or token in its environment; returns (exit code, stdout, stderr).
 pub async fn cli(args: &[&str]) -> (i32, String, String) {
+    cli_env(args, &[]).await
+}
+
+impl Server {
+    /// Runs the CLI against this server, with the admin token in `ESERVELESS_TOKEN`.
+    pub async fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        cli_env(args, &[("ESERVELESS_URL", &self.url), ("ESERVELESS_TOKEN", &self.token)]).await
+    }
+}
+
+/// Runs the CLI with `env` set (and `HOME` in a fresh directory, so no saved login applies).
+pub async fn cli_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let home = tempfile::tempdir().expect("home dir");
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_eserveless"));
-    cmd.args(args).env_remove("ESERVELESS_URL").stdin(Stdio::null()).kill_on_drop(true);
+    cmd.args(args)
+        .env_remove("ESERVELESS_URL")
+        .env_remove("ESERVELESS_TOKEN")
+        .env_remove("XDG_CONFIG_HOME")
+        .env("HOME", home.path())
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
     let out = tokio::time::timeout(Duration::from_secs(600), cmd.output())
         .await
         .unwrap_or_else(|_| panic!("`eserveless {}` took longer than 10 minutes", args.join(" ")))

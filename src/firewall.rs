@@ -1,0 +1,566 @@
+//! Host firewall rules that isolate function containers (iptables, IPv4).
+//!
+//! # Threat model
+//!
+//! Function code is untrusted. Its containers sit on one Docker bridge network
+//! (`eserveless` by default, created by the driver with
+//! `com.docker.network.bridge.enable_icc=false`). The server (management API and
+//! gateway) runs on the host and opens connections *to* the containers; nothing
+//! needs connections *from* them. Without extra rules a container can reach:
+//!
+//! * every port of the host itself, through the bridge gateway address or any
+//!   other host address (the API, sshd, a Docker API on TCP, databases bound
+//!   to `0.0.0.0`...): these packets go through the `INPUT` chain, which Docker
+//!   does not filter at all;
+//! * link-local addresses such as a cloud metadata service (`169.254.169.254`),
+//!   which hands out credentials;
+//! * the private networks around the host (other machines of the LAN/VPC,
+//!   other Docker networks).
+//!
+//! Inter-container traffic on the bridge is already dropped by Docker because of
+//! `enable_icc=false`; these rules leave it to Docker.
+//!
+//! # Rules
+//!
+//! Two dedicated chains, flushed and refilled on every [`apply`], so applying is
+//! idempotent and [`remove`] takes everything away:
+//!
+//! * `ESERVELESS-INPUT`, jumped to from the top of `INPUT` for packets arriving
+//!   on the bridge: replies (`ESTABLISHED,RELATED`) to the server's own
+//!   connections are accepted, everything else is dropped.
+//! * `ESERVELESS-FWD`, jumped to from the top of `DOCKER-USER` (the chain Docker
+//!   jumps to first from `FORWARD` and never flushes) for packets arriving on the
+//!   bridge: replies are accepted; traffic staying on the bridge is returned to
+//!   Docker's own rules; DNS to the host's upstream resolvers is accepted (see
+//!   below); link-local is dropped; the private ranges are dropped when
+//!   [`FirewallPolicy::block_private`]; everything else leaving the bridge is
+//!   dropped when egress is off.
+//!
+//! # DNS
+//!
+//! On user-defined networks Docker's embedded DNS server (`127.0.0.11`) lives in
+//! the container's network namespace, so the `INPUT` rules do not affect it. It
+//! forwards queries to the host's upstream resolvers *from the container's
+//! namespace*, so those queries do cross `FORWARD`: when a resolver is in a
+//! private or link-local range (a VPC resolver like `10.0.0.2`, GCP's
+//! `169.254.169.254`, a home router) it must be allowed explicitly, which is what
+//! [`FirewallPolicy::dns_servers`] (filled by [`host_resolvers`]) is for: only
+//! port 53 of those addresses is opened. With egress off, DNS to them still works.
+//! Resolvers set with dockerd's `--dns`/`daemon.json` are not seen by
+//! [`host_resolvers`] and must be added by the caller.
+//!
+//! # Limits
+//!
+//! * IPv4 only. `ip6tables` is not touched: the driver does not enable IPv6 on the
+//!   network, so containers have no IPv6 route out of their namespace. If IPv6 is
+//!   ever enabled on the network, equivalent `ip6tables` rules are needed first.
+//! * One eserveless bridge per host: the chain names are fixed, and [`apply`]
+//!   removes jumps to them from any other bridge (e.g. after the network was
+//!   recreated and got a new `br-…` name).
+//! * Refilling a chain leaves a window of a few milliseconds where it is
+//!   partially filled; the jumps are only added once the chains are complete.
+//! * Rules do not survive a reboot or `iptables` flush: apply them at every
+//!   server start. A Docker restart keeps `DOCKER-USER` and `INPUT` rules.
+//! * Uses whichever `iptables` is on `PATH` (nf_tables or legacy backend); it
+//!   must be the same backend Docker uses, which is the case with Debian's
+//!   alternatives.
+//!
+//! Commands are run as argv lists (never through a shell), always with `-w` to
+//! wait for the xtables lock.
+
+use std::process::Output;
+
+use bollard::query_parameters::InspectNetworkOptions;
+use bollard::Docker;
+
+/// Chain holding the `INPUT` rules for packets from the bridge.
+pub const INPUT_CHAIN: &str = "ESERVELESS-INPUT";
+/// Chain holding the `DOCKER-USER` (forwarding) rules for packets from the bridge.
+pub const FORWARD_CHAIN: &str = "ESERVELESS-FWD";
+/// Link-local range, where cloud metadata services live.
+pub const LINK_LOCAL: &str = "169.254.0.0/16";
+/// Ranges dropped when [`FirewallPolicy::block_private`] is set (RFC 1918 and CGNAT).
+pub const PRIVATE_RANGES: [&str; 4] = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10"];
+
+const IPTABLES: &str = "iptables";
+const HINT: &str = "run the server as root (or with CAP_NET_ADMIN and CAP_NET_RAW), \
+                    or start it with the host firewall disabled (e.g. --no-firewall)";
+
+/// What containers on the bridge may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirewallPolicy {
+    /// Linux bridge interface of the functions' network (see [`bridge_interface`]).
+    pub bridge: String,
+    /// Allow connections from containers to outside the host (internet).
+    pub egress: bool,
+    /// Drop connections from containers to 10/8, 172.16/12, 192.168/16 and 100.64/10.
+    /// Traffic staying on the bridge itself is left to Docker.
+    pub block_private: bool,
+    /// Upstream resolvers Docker's embedded DNS forwards to; port 53 (UDP and TCP)
+    /// of these IPv4 addresses stays reachable whatever the other settings.
+    pub dns_servers: Vec<String>,
+}
+
+impl FirewallPolicy {
+    /// Defaults: egress allowed, private ranges blocked, no DNS exception.
+    pub fn new(bridge: impl Into<String>) -> Self {
+        FirewallPolicy { bridge: bridge.into(), egress: true, block_private: true, dns_servers: Vec::new() }
+    }
+}
+
+/// The bridge behind a Docker network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeNetwork {
+    /// Linux interface name, e.g. `br-2804ddc8201e`.
+    pub iface: String,
+    /// First IPv4 subnet of the network, e.g. `172.19.0.0/16` (informational).
+    pub subnet: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FirewallError {
+    #[error("cannot run `{IPTABLES}`: {0}; install iptables, or start the server with the host firewall disabled (e.g. --no-firewall)")]
+    Spawn(std::io::Error),
+    #[error("`{argv}` failed ({status}): {stderr}; {hint}")]
+    Command { argv: String, status: String, stderr: String, hint: &'static str },
+    #[error("cannot inspect docker network `{network}`: {source}")]
+    Docker { network: String, source: bollard::errors::Error },
+    #[error("docker network `{network}` is not usable for the host firewall: {reason}")]
+    Network { network: String, reason: String },
+    #[error(
+        "iptables chain DOCKER-USER does not exist: is dockerd running with iptables enabled \
+         (not `--iptables=false`) and using the same iptables backend (nft/legacy) as this host's `iptables`?"
+    )]
+    NoDockerUser,
+}
+
+fn s(x: &str) -> String {
+    x.to_string()
+}
+
+fn argv(parts: &[&str]) -> Vec<String> {
+    std::iter::once("-w").chain(parts.iter().copied()).map(s).collect()
+}
+
+/// The jump rule spec (without `-A/-I/-C chain`) from `parent` into our chain.
+fn jump_spec(bridge: &str, target: &str) -> Vec<String> {
+    vec![s("-i"), s(bridge), s("-j"), s(target)]
+}
+
+/// The `iptables` argv lists (without the binary) that [`apply`] runs, in order.
+///
+/// Two kinds of entries are not run blindly by [`apply`], so that it is idempotent:
+/// `-N chain` is skipped when the chain exists, and `-I parent 1 spec…` is skipped
+/// when `-C parent spec…` says the rule is already there.
+pub fn rules(p: &FirewallPolicy) -> Vec<Vec<String>> {
+    let br = p.bridge.as_str();
+    let est = ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"];
+    let mut out = Vec::new();
+    for chain in [INPUT_CHAIN, FORWARD_CHAIN] {
+        out.push(argv(&["-N", chain]));
+        out.push(argv(&["-F", chain]));
+    }
+
+    // INPUT: the host only answers.
+    out.push(argv(&[&["-A", INPUT_CHAIN][..], &est[..]].concat()));
+    out.push(argv(&["-A", INPUT_CHAIN, "-j", "DROP"]));
+
+    // FORWARD (via DOCKER-USER).
+    out.push(argv(&[&["-A", FORWARD_CHAIN][..], &est[..]].concat()));
+    // Bridge to the same bridge: Docker's icc=false rules decide (they drop).
+    out.push(argv(&["-A", FORWARD_CHAIN, "-o", br, "-j", "RETURN"]));
+    for dns in &p.dns_servers {
+        for proto in ["udp", "tcp"] {
+            out.push(argv(&["-A", FORWARD_CHAIN, "-d", dns, "-p", proto, "--dport", "53", "-j", "ACCEPT"]));
+        }
+    }
+    out.push(argv(&["-A", FORWARD_CHAIN, "-d", LINK_LOCAL, "-j", "DROP"]));
+    if p.block_private {
+        for range in PRIVATE_RANGES {
+            out.push(argv(&["-A", FORWARD_CHAIN, "-d", range, "-j", "DROP"]));
+        }
+    }
+    if !p.egress {
+        out.push(argv(&["-A", FORWARD_CHAIN, "!", "-o", br, "-j", "DROP"]));
+    }
+
+    // Hook the chains in last, once they are complete.
+    for (parent, target) in [("INPUT", INPUT_CHAIN), ("DOCKER-USER", FORWARD_CHAIN)] {
+        let mut a = argv(&["-I", parent, "1"]);
+        a.extend(jump_spec(br, target));
+        out.push(a);
+    }
+    out
+}
+
+/// Installs (or refreshes) the rules for `p`. Needs root (CAP_NET_ADMIN).
+pub async fn apply(p: &FirewallPolicy) -> Result<(), FirewallError> {
+    if !probe(&argv(&["-n", "-L", "DOCKER-USER"])).await? {
+        return Err(FirewallError::NoDockerUser);
+    }
+    // Drop jumps left from another bridge name, duplicates, or ours when it is
+    // no longer first; the `-I parent 1` below puts it back on top.
+    for (parent, target) in [("INPUT", INPUT_CHAIN), ("DOCKER-USER", FORWARD_CHAIN)] {
+        let existing = list(parent).await?;
+        for spec in stale_jumps(&existing, &jump_spec(&p.bridge, target), target) {
+            check(&[argv(&["-D", parent]), spec].concat()).await?;
+        }
+    }
+    for a in rules(p) {
+        match a.get(1).map(String::as_str) {
+            Some("-N") if probe(&argv(&["-n", "-L", &a[2]])).await? => continue,
+            Some("-I")
+                if a.get(3).map(String::as_str) == Some("1")
+                    && probe(&[argv(&["-C", &a[2]]), a[4..].to_vec()].concat()).await? =>
+            {
+                continue
+            }
+            _ => {}
+        }
+        check(&a).await?;
+    }
+    tracing::info!(bridge = %p.bridge, egress = p.egress, block_private = p.block_private, "host firewall applied");
+    Ok(())
+}
+
+/// Removes every jump to our chains and the chains themselves. Idempotent.
+pub async fn remove() -> Result<(), FirewallError> {
+    for (parent, target) in [("INPUT", INPUT_CHAIN), ("DOCKER-USER", FORWARD_CHAIN)] {
+        if probe(&argv(&["-n", "-L", parent])).await? {
+            for spec in list(parent).await?.into_iter().filter(|r| jumps_to(r, target)) {
+                check(&[argv(&["-D", parent]), spec].concat()).await?;
+            }
+        }
+    }
+    for chain in [INPUT_CHAIN, FORWARD_CHAIN] {
+        if probe(&argv(&["-n", "-L", chain])).await? {
+            check(&argv(&["-F", chain])).await?;
+            check(&argv(&["-X", chain])).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Rule specs (after `-A parent`) of the rules in `parent`, in order.
+async fn list(parent: &str) -> Result<Vec<Vec<String>>, FirewallError> {
+    let out = check(&argv(&["-S", parent])).await?;
+    Ok(parse_rules(&String::from_utf8_lossy(&out.stdout), parent))
+}
+
+/// From `iptables -S parent` output. Splitting on whitespace is exact for the
+/// rules we look at (`-i <iface> -j <chain>`: no spaces, no quotes).
+fn parse_rules(listing: &str, parent: &str) -> Vec<Vec<String>> {
+    listing
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w.len() > 2 && w[0] == "-A" && w[1] == parent).then(|| w[2..].iter().map(|x| s(x)).collect())
+        })
+        .collect()
+}
+
+fn jumps_to(spec: &[String], target: &str) -> bool {
+    spec.windows(2).any(|p| p[0] == "-j" && p[1] == target)
+}
+
+/// The jumps to `target` to delete (`-D` by spec, one call each) so that at most
+/// one remains, `keep`, as the first rule of the chain: nothing when that is
+/// already the case, else every jump to `target`.
+fn stale_jumps(rules: &[Vec<String>], keep: &[String], target: &str) -> Vec<Vec<String>> {
+    let ours: Vec<Vec<String>> = rules.iter().filter(|r| jumps_to(r, target)).cloned().collect();
+    if ours.len() == 1 && rules.first().map(Vec::as_slice) == Some(keep) {
+        return Vec::new();
+    }
+    ours
+}
+
+async fn run(args: &[String]) -> Result<Output, FirewallError> {
+    tokio::process::Command::new(IPTABLES)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(FirewallError::Spawn)
+}
+
+/// A yes/no question (`-L chain`, `-C rule`): iptables exits 1 for "no such
+/// chain/rule"; anything else (4: permission denied, lock) is an error, so that a
+/// non-root run reports the real cause instead of "chain missing".
+async fn probe(args: &[String]) -> Result<bool, FirewallError> {
+    let out = run(args).await?;
+    match out.status.code() {
+        Some(0) => Ok(true),
+        Some(1) => Ok(false),
+        _ => Err(failed(args, &out)),
+    }
+}
+
+async fn check(args: &[String]) -> Result<Output, FirewallError> {
+    let out = run(args).await?;
+    if out.status.success() {
+        return Ok(out);
+    }
+    Err(failed(args, &out))
+}
+
+fn failed(args: &[String], out: &Output) -> FirewallError {
+    FirewallError::Command {
+        argv: format!("{IPTABLES} {}", args.join(" ")),
+        status: out.status.to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        hint: HINT,
+    }
+}
+
+/// Linux bridge interface and subnet of a Docker bridge network: the
+/// `com.docker.network.bridge.name` option if set, else `br-` + the first 12 hex
+/// digits of the network id.
+pub async fn bridge_interface(docker: &Docker, network: &str) -> Result<BridgeNetwork, FirewallError> {
+    let info = docker
+        .inspect_network(network, None::<InspectNetworkOptions>)
+        .await
+        .map_err(|source| FirewallError::Docker { network: network.to_string(), source })?;
+    let bad = |reason: &str| FirewallError::Network { network: network.to_string(), reason: reason.to_string() };
+    if info.driver.as_deref() != Some("bridge") {
+        return Err(bad(&format!("driver is {:?}, not \"bridge\"", info.driver.unwrap_or_default())));
+    }
+    let named = info.options.as_ref().and_then(|o| o.get("com.docker.network.bridge.name")).filter(|n| !n.is_empty());
+    let iface = match named {
+        Some(n) => n.clone(),
+        None => match info.id.as_deref() {
+            Some(id) if id.len() >= 12 && id.is_char_boundary(12) => format!("br-{}", &id[..12]),
+            _ => return Err(bad("no network id")),
+        },
+    };
+    let subnet = info
+        .ipam
+        .and_then(|i| i.config)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|c| c.subnet)
+        .find(|s| !s.contains(':'));
+    Ok(BridgeNetwork { iface, subnet })
+}
+
+/// Non-loopback IPv4 nameservers the Docker daemon will forward DNS to, read the
+/// way dockerd does: `/etc/resolv.conf`, or systemd-resolved's upstream file when
+/// that only lists the local stub. Empty when there are none (Docker then uses
+/// public resolvers, which need no exception).
+pub fn host_resolvers() -> Vec<String> {
+    let read = |p: &str| std::fs::read_to_string(p).map(|t| parse_resolvers(&t)).unwrap_or_default();
+    let found = read("/etc/resolv.conf");
+    if found.is_empty() {
+        read("/run/systemd/resolve/resolv.conf")
+    } else {
+        found
+    }
+}
+
+fn parse_resolvers(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some("nameserver")).then(|| w.next()).flatten()
+        })
+        .filter_map(|a| a.parse::<std::net::Ipv4Addr>().ok())
+        .filter(|a| !a.is_loopback())
+        .map(|a| a.to_string())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(r: &[String]) -> String {
+        r.join(" ")
+    }
+
+    fn all(p: &FirewallPolicy) -> Vec<String> {
+        rules(p).iter().map(|r| words(r)).collect()
+    }
+
+    fn pos(rs: &[String], needle: &str) -> usize {
+        rs.iter().position(|r| r == needle).unwrap_or_else(|| panic!("missing rule `{needle}` in {rs:#?}"))
+    }
+
+    #[test]
+    fn default_policy_exact_rules() {
+        let p = FirewallPolicy::new("br-2804ddc8201e");
+        assert_eq!(
+            all(&p),
+            vec![
+                "-w -N ESERVELESS-INPUT",
+                "-w -F ESERVELESS-INPUT",
+                "-w -N ESERVELESS-FWD",
+                "-w -F ESERVELESS-FWD",
+                "-w -A ESERVELESS-INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+                "-w -A ESERVELESS-INPUT -j DROP",
+                "-w -A ESERVELESS-FWD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+                "-w -A ESERVELESS-FWD -o br-2804ddc8201e -j RETURN",
+                "-w -A ESERVELESS-FWD -d 169.254.0.0/16 -j DROP",
+                "-w -A ESERVELESS-FWD -d 10.0.0.0/8 -j DROP",
+                "-w -A ESERVELESS-FWD -d 172.16.0.0/12 -j DROP",
+                "-w -A ESERVELESS-FWD -d 192.168.0.0/16 -j DROP",
+                "-w -A ESERVELESS-FWD -d 100.64.0.0/10 -j DROP",
+                "-w -I INPUT 1 -i br-2804ddc8201e -j ESERVELESS-INPUT",
+                "-w -I DOCKER-USER 1 -i br-2804ddc8201e -j ESERVELESS-FWD",
+            ]
+        );
+    }
+
+    #[test]
+    fn every_argv_is_separate_words_with_lock_wait() {
+        let p = FirewallPolicy { egress: false, dns_servers: vec!["10.0.0.2".into()], ..FirewallPolicy::new("br-x") };
+        for r in rules(&p) {
+            assert_eq!(r[0], "-w");
+            assert!(r.iter().all(|w| !w.is_empty() && !w.contains(' ')), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn replies_accepted_before_any_drop() {
+        let rs = all(&FirewallPolicy { egress: false, ..FirewallPolicy::new("br-x") });
+        for chain in [INPUT_CHAIN, FORWARD_CHAIN] {
+            let accept = pos(&rs, &format!("-w -A {chain} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"));
+            let flush = pos(&rs, &format!("-w -F {chain}"));
+            assert!(flush < accept);
+            for (i, r) in rs.iter().enumerate() {
+                if r.starts_with(&format!("-w -A {chain} ")) && r.ends_with("DROP") {
+                    assert!(accept < i, "`{r}` before the ESTABLISHED accept");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn jumps_come_last_once_chains_are_filled() {
+        let rs = all(&FirewallPolicy::new("br-x"));
+        let n = rs.len();
+        assert_eq!(rs[n - 2], "-w -I INPUT 1 -i br-x -j ESERVELESS-INPUT");
+        assert_eq!(rs[n - 1], "-w -I DOCKER-USER 1 -i br-x -j ESERVELESS-FWD");
+        assert_eq!(rs.iter().filter(|r| r.contains("-j ESERVELESS-")).count(), 2);
+    }
+
+    #[test]
+    fn egress_off_adds_final_drop() {
+        let on = all(&FirewallPolicy::new("br-x"));
+        let off = all(&FirewallPolicy { egress: false, ..FirewallPolicy::new("br-x") });
+        let drop = "-w -A ESERVELESS-FWD ! -o br-x -j DROP";
+        assert!(!on.iter().any(|r| r == drop));
+        let i = pos(&off, drop);
+        assert_eq!(off.len(), on.len() + 1);
+        // Last rule of the chain: after link-local and private drops.
+        assert!(pos(&off, "-w -A ESERVELESS-FWD -d 100.64.0.0/10 -j DROP") < i);
+        assert!(off[i + 1].starts_with("-w -I INPUT 1"));
+    }
+
+    #[test]
+    fn block_private_toggles_only_private_ranges() {
+        let on = all(&FirewallPolicy::new("br-x"));
+        let off = all(&FirewallPolicy { block_private: false, ..FirewallPolicy::new("br-x") });
+        for range in PRIVATE_RANGES {
+            let r = format!("-w -A ESERVELESS-FWD -d {range} -j DROP");
+            assert!(on.contains(&r));
+            assert!(!off.contains(&r));
+        }
+        // Metadata stays blocked either way.
+        assert!(off.contains(&"-w -A ESERVELESS-FWD -d 169.254.0.0/16 -j DROP".to_string()));
+    }
+
+    #[test]
+    fn own_bridge_returned_before_private_drop() {
+        // The bridge subnet (172.19/16 here) is inside 172.16/12: intra-bridge
+        // traffic must leave our chain before the private-range drop.
+        let rs = all(&FirewallPolicy::new("br-x"));
+        assert!(
+            pos(&rs, "-w -A ESERVELESS-FWD -o br-x -j RETURN")
+                < pos(&rs, "-w -A ESERVELESS-FWD -d 172.16.0.0/12 -j DROP")
+        );
+    }
+
+    #[test]
+    fn dns_exceptions_precede_drops() {
+        let p = FirewallPolicy {
+            egress: false,
+            dns_servers: vec!["10.255.255.53".into(), "169.254.169.254".into()],
+            ..FirewallPolicy::new("br-x")
+        };
+        let rs = all(&p);
+        let udp = pos(&rs, "-w -A ESERVELESS-FWD -d 10.255.255.53 -p udp --dport 53 -j ACCEPT");
+        let tcp = pos(&rs, "-w -A ESERVELESS-FWD -d 169.254.169.254 -p tcp --dport 53 -j ACCEPT");
+        let first_drop = pos(&rs, "-w -A ESERVELESS-FWD -d 169.254.0.0/16 -j DROP");
+        assert!(udp < first_drop && tcp < first_drop);
+        assert_eq!(rs.iter().filter(|r| r.contains("--dport 53")).count(), 4);
+    }
+
+    fn spec(r: &str) -> Vec<String> {
+        r.split(' ').map(String::from).collect()
+    }
+
+    #[test]
+    fn parses_listing() {
+        let listing = "-P INPUT ACCEPT\n\
+                       -A INPUT -i br-old -j ESERVELESS-INPUT\n\
+                       -A INPUT -s 1.2.3.4/32 -j DROP\n\
+                       -A OUTPUT -j ACCEPT\n";
+        assert_eq!(parse_rules(listing, "INPUT"), vec![spec("-i br-old -j ESERVELESS-INPUT"), spec("-s 1.2.3.4/32 -j DROP")]);
+        assert!(parse_rules(listing, "DOCKER-USER").is_empty());
+    }
+
+    #[test]
+    fn stale_jumps_keep_single_top_jump_only() {
+        let t = FORWARD_CHAIN;
+        let keep = jump_spec("br-new", t);
+        let ret = spec("-j RETURN");
+        let other = spec("-i br-new -j ESERVELESS-FWDX");
+        // Already right: nothing to do.
+        assert!(stale_jumps(&[keep.clone(), other.clone(), ret.clone()], &keep, t).is_empty());
+        // None yet.
+        assert!(stale_jumps(std::slice::from_ref(&ret), &keep, t).is_empty());
+        // Left from an older bridge name.
+        let old = jump_spec("br-old", t);
+        assert_eq!(stale_jumps(&[keep.clone(), old.clone(), ret.clone()], &keep, t), vec![keep.clone(), old]);
+        // Duplicate, one of them after Docker's RETURN: both go (-D removes the first match).
+        assert_eq!(stale_jumps(&[keep.clone(), ret.clone(), keep.clone()], &keep, t), vec![keep.clone(), keep.clone()]);
+        // Not first any more.
+        assert_eq!(stale_jumps(&[other, keep.clone(), ret], &keep, t), vec![keep]);
+    }
+
+    #[test]
+    fn parses_resolvers() {
+        let conf = "# generated\nsearch lan\nnameserver 127.0.0.53\nnameserver 10.255.255.53\nnameserver ::1\n\
+                    nameserver 2001:db8::1\n  nameserver 192.168.1.1 \noptions edns0\n";
+        assert_eq!(parse_resolvers(conf), vec!["10.255.255.53", "192.168.1.1"]);
+    }
+
+    /// Applies the rules to the network named by `ESERVELESS_FW_NETWORK` (or
+    /// removes them when `ESERVELESS_FW_REMOVE` is set) and leaves them in place,
+    /// for manual checks. Needs root and Docker:
+    /// `ESERVELESS_FW_NETWORK=fwtest cargo test --lib firewall::tests::live -- --ignored`
+    #[tokio::test]
+    #[ignore = "needs root and a Docker daemon; changes the host firewall"]
+    async fn live_apply_from_env() {
+        if std::env::var_os("ESERVELESS_FW_REMOVE").is_some() {
+            remove().await.expect("remove");
+            return;
+        }
+        let network = std::env::var("ESERVELESS_FW_NETWORK").expect("set ESERVELESS_FW_NETWORK");
+        let docker = Docker::connect_with_local_defaults().expect("docker");
+        let net = bridge_interface(&docker, &network).await.expect("inspect network");
+        let p = FirewallPolicy {
+            egress: std::env::var_os("ESERVELESS_FW_NO_EGRESS").is_none(),
+            dns_servers: host_resolvers(),
+            ..FirewallPolicy::new(net.iface.clone())
+        };
+        eprintln!("{net:?} {p:?}");
+        apply(&p).await.expect("apply");
+        apply(&p).await.expect("apply again");
+        for (parent, target) in [("INPUT", INPUT_CHAIN), ("DOCKER-USER", FORWARD_CHAIN)] {
+            let rules = list(parent).await.expect("list");
+            assert_eq!(rules[0], jump_spec(&net.iface, target));
+            assert_eq!(rules.iter().filter(|r| jumps_to(r, target)).count(), 1, "{parent}: {rules:?}");
+        }
+    }
+}

@@ -1,0 +1,535 @@
+//! Sandbox tests: the real `eserveless` binary, listening on 0.0.0.0, against the real Docker
+//! engine, with `tests/fixtures/hostile-app`, whose functions each try one attack on the
+//! sandbox and answer `{"attack", "blocked", "detail", ...}` (see tests/fixtures/README.md).
+//!
+//! One test, one deployment (building eleven images is the slow part): a `Victim` function is
+//! requested every ~50 ms from start to end while the attacks run one after the other. Every
+//! attack is checked and reported even when an earlier one failed; the test fails at the end
+//! with one line per attack that was not contained. Where the fixture's own verdict could be
+//! void (nothing listening, nothing spinning), the test checks the premise from the host too,
+//! and where Docker can tell (OOM kill, CPU usage), the test asks Docker rather than trusting
+//! the function.
+//!
+//! Without a reachable Docker engine the test prints "skipping: ..." and passes, except when
+//! `CI=true`, where it fails. The harness lives in `tests/common/mod.rs`.
+
+#[macro_use]
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bollard::query_parameters::{EventsOptionsBuilder, StatsOptionsBuilder};
+use bollard::Docker;
+use common::*;
+use futures_util::StreamExt;
+use serde_json::Value;
+
+/// The functions network (the server's default `--network`).
+const NETWORK: &str = "eserveless";
+/// The pids limit the platform sets.
+const PIDS_LIMIT: u64 = 256;
+/// The most CPUs a function may use (1 CPU, plus measurement slack).
+const MAX_CPUS: f64 = 1.2;
+
+type Check = Result<String, String>;
+
+macro_rules! ensure {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err(format!($($fmt)+));
+        }
+    };
+}
+
+struct Ctx {
+    // Dropped in this order: the server is killed before the cleanup removes what is left.
+    server: Server,
+    _cleanup: Cleanup,
+    t0: Instant,
+    http: reqwest::Client,
+    docker: Docker,
+    project: String,
+    _repo: tempfile::TempDir,
+    _data_root: tempfile::TempDir,
+}
+
+impl Ctx {
+    fn log(&self, msg: &str) {
+        eprintln!("[{:>6.1}s] {msg}", self.t0.elapsed().as_secs_f64());
+    }
+
+    fn url(&self, function: &str, query: &str) -> String {
+        format!("{}/invoke/{}/{function}{query}", self.server.url, self.project)
+    }
+
+    /// Invokes a function; a transport error is an `Err`.
+    async fn invoke(&self, function: &str, query: &str) -> Result<Answer, String> {
+        let url = self.url(function, query);
+        match self.http.get(&url).send().await {
+            Ok(r) => Ok(answer(r).await),
+            Err(e) => Err(format!("GET {url}: {e}")),
+        }
+    }
+
+    /// Invokes an attack and expects 200 with its report; returns the report.
+    async fn attack(&self, function: &str, query: &str) -> Result<Value, String> {
+        let a = self.invoke(function, query).await?;
+        ensure!(a.status == 200, "{function}{query} answered {} instead of its report: {}", a.status, a.raw);
+        ensure!(a.body["attack"].is_string(), "{function}{query}: no report in {}", a.raw);
+        self.log(&format!("{function}: blocked={} — {}", a.body["blocked"], a.body["detail"].as_str().unwrap_or("")));
+        Ok(a.body)
+    }
+
+    /// The full id of the one container of `function` whose id starts with `host`.
+    async fn container(&self, function: &str, host: &str) -> Result<String, String> {
+        let all = function_containers(&self.docker, &self.project, function).await;
+        all.iter()
+            .find(|(id, _)| !host.is_empty() && id.starts_with(host))
+            .map(|(id, _)| id.clone())
+            .ok_or_else(|| format!("no container of {function} has an id starting with `{host}`: {all:?}"))
+    }
+}
+
+/// `blocked == true` in an attack's report, else an error quoting it.
+fn blocked(report: &Value) -> Check {
+    let detail = report["detail"].as_str().unwrap_or("").to_string();
+    ensure!(report["blocked"] == Value::Bool(true), "NOT BLOCKED: {detail}\n      report: {report}");
+    Ok(detail)
+}
+
+fn host_of(v: &Value) -> String {
+    v["host"].as_str().unwrap_or("").to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The victim: requested all along
+
+struct Sample {
+    at: Duration,
+    took: Duration,
+    result: Result<String, String>,
+}
+
+struct VictimLoad {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<Sample>>,
+}
+
+impl VictimLoad {
+    /// Requests the victim every ~50 ms (without a token: /invoke is public) until stopped.
+    fn start(ctx: &Ctx) -> VictimLoad {
+        let url = ctx.url("Victim", "");
+        let t0 = ctx.t0;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("http client");
+            let mut samples = Vec::new();
+            while !flag.load(Ordering::Acquire) {
+                let sent = Instant::now();
+                let result = match http.get(&url).send().await {
+                    Ok(r) => {
+                        let a = answer(r).await;
+                        if a.status == 200 && a.body["status"] == "ok" {
+                            Ok(host_of(&a.body))
+                        } else {
+                            Err(format!("{} {}", a.status, a.raw))
+                        }
+                    }
+                    Err(e) => Err(format!("transport error: {e}")),
+                };
+                let took = sent.elapsed();
+                if let Err(e) = &result {
+                    eprintln!("[{:>6.1}s] VICTIM FAILED after {took:?}: {e}", t0.elapsed().as_secs_f64());
+                }
+                samples.push(Sample { at: sent - t0, took, result });
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            samples
+        });
+        VictimLoad { stop, task }
+    }
+
+    async fn finish(self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::Release);
+        self.task.await.expect("the victim load task")
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host facts
+
+/// The host's IPv4 addresses other than loopback: the primary one (the source address of the
+/// default route, by connecting a UDP socket, which sends nothing), `hostname -I`, and the
+/// functions network's gateway.
+async fn host_addresses(d: &Docker) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(s) = std::net::UdpSocket::bind("0.0.0.0:0") {
+        if s.connect("8.8.8.8:53").is_ok() {
+            if let Ok(a) = s.local_addr() {
+                out.push(a.ip().to_string());
+            }
+        }
+    }
+    if let Ok(o) = std::process::Command::new("hostname").arg("-I").output() {
+        out.extend(String::from_utf8_lossy(&o.stdout).split_whitespace().map(str::to_string));
+    }
+    if let Ok(n) = d.inspect_network(NETWORK, None::<bollard::query_parameters::InspectNetworkOptions>).await {
+        let configs = n.ipam.and_then(|i| i.config).unwrap_or_default();
+        out.extend(configs.into_iter().filter_map(|c| c.gateway));
+    }
+    let mut seen = BTreeSet::new();
+    out.into_iter()
+        .filter(|a| a.parse::<std::net::Ipv4Addr>().map(|ip| !ip.is_loopback() && !ip.is_unspecified()).unwrap_or(false))
+        .filter(|a| seen.insert(a.clone()))
+        .collect()
+}
+
+/// The container's address on the functions network and the port its wrapper listens on
+/// (`PORT` in its environment, else its one exposed port).
+async fn container_endpoint(d: &Docker, id: &str) -> Result<(String, u16), String> {
+    let c = d.inspect_container(id, None).await.map_err(|e| format!("inspect {id}: {e}"))?;
+    let ip = c
+        .network_settings
+        .and_then(|n| n.networks)
+        .and_then(|mut n| n.remove(NETWORK))
+        .and_then(|e| e.ip_address)
+        .filter(|ip| !ip.is_empty())
+        .ok_or_else(|| format!("container {id} has no address on {NETWORK}"))?;
+    let config = c.config.unwrap_or_default();
+    let from_env = config.env.unwrap_or_default().iter().find_map(|e| e.strip_prefix("PORT=").and_then(|p| p.parse().ok()));
+    let from_expose = config.exposed_ports.unwrap_or_default().iter().find_map(|p| p.split('/').next().and_then(|p| p.parse().ok()));
+    let port = from_env.or(from_expose).ok_or_else(|| format!("container {id}: no PORT and no exposed port"))?;
+    Ok((ip, port))
+}
+
+/// Total CPU time (ns) the container has used, from a one-shot `docker stats`; and its
+/// throttled periods.
+async fn cpu_usage(d: &Docker, id: &str) -> Result<(u64, u64), String> {
+    let opts = StatsOptionsBuilder::new().stream(false).one_shot(true).build();
+    let s = d
+        .stats(id, Some(opts))
+        .next()
+        .await
+        .ok_or_else(|| format!("no stats for {id}"))?
+        .map_err(|e| format!("stats of {id}: {e}"))?;
+    let cpu = s.cpu_stats.ok_or_else(|| format!("no cpu_stats for {id}"))?;
+    let total = cpu.cpu_usage.and_then(|u| u.total_usage).ok_or_else(|| format!("no total_usage for {id}"))?;
+    let throttled = cpu.throttling_data.and_then(|t| t.throttled_periods).unwrap_or(0);
+    Ok((total, throttled))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The attacks
+
+/// 1. Spawning processes stops at the pids limit with EAGAIN; the function recovers.
+async fn fork_bomb(ctx: &Ctx) -> Check {
+    let r = ctx.attack("ForkBomb", "").await?;
+    let detail = blocked(&r)?;
+    let spawned = r["spawned"].as_u64().unwrap_or(u64::MAX);
+    ensure!(spawned <= PIDS_LIMIT, "spawned {spawned} processes, more than the pids limit {PIDS_LIMIT}: {r}");
+    ensure!(r["error"] == "EAGAIN", "spawning failed with {} instead of EAGAIN: {r}", r["error"]);
+    ensure!(r["childrenReaped"] == true, "the children were not all reaped within 10s: {r}");
+    ensure!(r["spawnWorksAfterwards"] == true, "spawning still failed after the children were killed: {r}");
+    let again = ctx.attack("ForkBomb", "?max=1").await?;
+    ensure!(again["spawned"] == 1, "the function could not spawn one process after the fork bomb: {again}");
+    Ok(format!("{detail} (pids.max {}); spawning works again afterwards", r["pidsMax"]))
+}
+
+/// 2. Allocating past the memory limit gets the container OOM-killed; the request fails at the
+/// gateway and the next one gets a fresh instance.
+async fn memory(ctx: &Ctx) -> Check {
+    let warm = ctx.attack("Memory", "?mb=0").await?;
+    let h = host_of(&warm);
+    let id = ctx.container("Memory", &h).await?;
+
+    // Docker's own record of the kill: its `oom` event.
+    let filters = HashMap::from([
+        ("type".to_string(), vec!["container".to_string()]),
+        ("event".to_string(), vec!["oom".to_string(), "die".to_string()]),
+        ("container".to_string(), vec![id.clone()]),
+    ]);
+    let events: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = events.clone();
+    let d = ctx.docker.clone();
+    let listener = tokio::spawn(async move {
+        let mut stream = d.events(Some(EventsOptionsBuilder::new().filters(&filters).build()));
+        while let Some(Ok(e)) = stream.next().await {
+            let exit = e.actor.and_then(|a| a.attributes).and_then(|a| a.get("exitCode").cloned()).unwrap_or_default();
+            sink.lock().expect("events").push(format!("{}{}", e.action.unwrap_or_default(), if exit.is_empty() { String::new() } else { format!("(exit {exit})") }));
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let began = Instant::now();
+    let attack = ctx.invoke("Memory", "?mb=1024").await;
+    let took = began.elapsed();
+    let outcome = match &attack {
+        Ok(a) => format!("{} {}", a.status, a.raw),
+        Err(e) => e.clone(),
+    };
+    ctx.log(&format!("Memory ?mb=1024 after {took:?}: {outcome}"));
+    let failed = match &attack {
+        Ok(a) => a.status >= 500,
+        Err(_) => true,
+    };
+
+    // The kill, as Docker saw it: the oom event, or the container's OOMKilled flag.
+    let mut oom_killed = None;
+    let wait = Instant::now();
+    let evidence = loop {
+        let seen = events.lock().expect("events").clone();
+        if seen.iter().any(|e| e.starts_with("oom")) {
+            break format!("docker events {seen:?}");
+        }
+        match ctx.docker.inspect_container(&id, None).await {
+            Ok(c) => {
+                let s = c.state.unwrap_or_default();
+                if s.oom_killed == Some(true) {
+                    oom_killed = Some(true);
+                    break format!("inspect: OOMKilled, exit code {:?}", s.exit_code);
+                }
+            }
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+                oom_killed.get_or_insert(false);
+            }
+            Err(e) => return Err(format!("inspect {id}: {e}")),
+        }
+        if wait.elapsed() > Duration::from_secs(10) {
+            break format!("no oom event and no OOMKilled flag within 10s (events {seen:?}, container gone: {})", oom_killed == Some(false));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    listener.abort();
+    if let Ok(a) = &attack {
+        ensure!(a.status != 200 || a.body["blocked"] != false, "NOT BLOCKED: {}", a.body["detail"]);
+    }
+    ensure!(failed, "allocating 1 GiB answered {outcome} instead of failing at the gateway");
+    let killed = events.lock().expect("events").iter().any(|e| e.starts_with("oom")) || oom_killed == Some(true);
+    ensure!(killed, "the request failed ({outcome}) but Docker did not report an OOM kill of {id}: {evidence}");
+
+    // The next request: a fresh instance.
+    let next = ctx.attack("Memory", "?mb=0").await.map_err(|e| format!("the request after the OOM kill: {e}"))?;
+    ensure!(host_of(&next) != h, "the OOM-killed instance {h} answered again: {next}");
+    let gone = Instant::now();
+    loop {
+        match ctx.docker.inspect_container(&id, None).await {
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => break,
+            _ if gone.elapsed() > Duration::from_secs(30) => return Err(format!("the OOM-killed container {id} is still on the engine after 30s")),
+            _ => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+    Ok(format!(
+        "1 GiB request failed after {:.1}s with {}; {evidence}; the next request was served by a fresh instance ({} instead of {h})",
+        took.as_secs_f64(),
+        match &attack {
+            Ok(a) => format!("{} {}", a.status, a.body["error"]["code"].as_str().unwrap_or("")),
+            Err(_) => "a transport error".to_string(),
+        },
+        host_of(&next)
+    ))
+}
+
+/// 3. Nothing outside /tmp is writable, /tmp is noexec, and the process is not root.
+async fn rootfs_write(ctx: &Ctx) -> Check {
+    let r = ctx.attack("RootfsWrite", "").await?;
+    let detail = blocked(&r)?;
+    ensure!(r["uid"].as_u64().is_some_and(|u| u != 0), "the function runs as uid {}", r["uid"]);
+    ensure!(r["tmpWrite"] == "ok", "/tmp is not writable (so noexec was not really tested): {r}");
+    Ok(detail)
+}
+
+/// 4. No Docker socket in the container.
+async fn docker_socket(ctx: &Ctx) -> Check {
+    blocked(&ctx.attack("DockerSocket", "").await?)
+}
+
+/// 5. The server's port on every host address (and the container's gateway) is unreachable.
+async fn host_port(ctx: &Ctx, hosts: &[String]) -> Check {
+    // The premise: from the host, the server does answer on each of these addresses.
+    for h in hosts {
+        let addr = format!("{h}:{}", ctx.server.port);
+        let ok = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&addr)).await;
+        ensure!(matches!(ok, Ok(Ok(_))), "the server (on 0.0.0.0) is not reachable on {addr} from the host itself: {ok:?}");
+    }
+    let r = ctx.attack("HostPort", &format!("?port={}&hosts={}", ctx.server.port, hosts.join(","))).await?;
+    let tried = r["tries"].as_array().map(Vec::len).unwrap_or(0);
+    ensure!(tried > hosts.len().saturating_sub(1), "the function tried {tried} addresses, fewer than the {} given: {r}", hosts.len());
+    blocked(&r)
+}
+
+/// 5b. The link-local range (cloud metadata) is unreachable.
+async fn metadata(ctx: &Ctx) -> Check {
+    blocked(&ctx.attack("Metadata", "").await?)
+}
+
+/// 6. Another function's container is unreachable directly (only through the gateway).
+async fn cross_function(ctx: &Ctx, victim: &str) -> Check {
+    let (ip, port) = container_endpoint(&ctx.docker, victim).await?;
+    // The premise: the victim answers on that address (from the host).
+    let direct = client().get(format!("http://{ip}:{port}/")).timeout(Duration::from_secs(5)).send().await;
+    ensure!(
+        matches!(&direct, Ok(r) if r.status() == 200),
+        "the victim does not answer on {ip}:{port} from the host, so the attack proves nothing: {direct:?}"
+    );
+    blocked(&ctx.attack("CrossFunction", &format!("?target={ip}:{port}")).await?)
+}
+
+/// 7. No mount, directly or in a user namespace.
+async fn mount(ctx: &Ctx) -> Check {
+    blocked(&ctx.attack("Mount", "").await?)
+}
+
+/// 7b. No capabilities, no_new_privs, seccomp filtering; setuid `su` gets nothing.
+async fn privileges(ctx: &Ctx) -> Check {
+    blocked(&ctx.attack("Privileges", "").await?)
+}
+
+/// 8. Five spinning threads get at most ~1 CPU, by the function's own clock and by Docker's.
+async fn busy_loop(ctx: &Ctx) -> Check {
+    let warm = ctx.attack("BusyLoop", "?ms=0").await?;
+    let id = ctx.container("BusyLoop", &host_of(&warm)).await?;
+    let url = ctx.url("BusyLoop", "?ms=5000&threads=4");
+    let http = ctx.http.clone();
+    let request = tokio::spawn(async move { http.get(&url).send().await.map_err(|e| e.to_string()) });
+    // Sample well inside the 5 s spin (after the workers started, before they stop).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (u1, th1) = cpu_usage(&ctx.docker, &id).await?;
+    let t1 = Instant::now();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (u2, th2) = cpu_usage(&ctx.docker, &id).await?;
+    let wall = t1.elapsed();
+    let docker_cpus = u2.saturating_sub(u1) as f64 / wall.as_nanos() as f64;
+    let a = answer(request.await.map_err(|e| e.to_string())??).await;
+    ensure!(a.status == 200, "BusyLoop answered {}: {}", a.status, a.raw);
+    let r = a.body;
+    ctx.log(&format!("BusyLoop: blocked={} — {}; docker stats: {docker_cpus:.2} CPUs, {} more throttled periods", r["blocked"], r["detail"].as_str().unwrap_or(""), th2.saturating_sub(th1)));
+    ensure!(r["allSpun"] == true, "not every worker thread spun: {r}");
+    let own = r["cpus"].as_f64().unwrap_or(f64::NAN);
+    // The premise: it really was busy.
+    ensure!(docker_cpus > 0.5, "Docker saw only {docker_cpus:.2} CPUs used during the spin: the attack did not run? {r}");
+    ensure!(docker_cpus <= MAX_CPUS, "NOT BLOCKED: Docker saw {docker_cpus:.2} CPUs used (limit 1): {r}");
+    let detail = blocked(&r)?;
+    ensure!(own <= MAX_CPUS, "NOT BLOCKED: the function measured {own:.2} CPUs: {r}");
+    Ok(format!("{detail}; docker stats: {docker_cpus:.2} CPUs over {:.1}s, {} more throttled periods", wall.as_secs_f64(), th2.saturating_sub(th1)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The test
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_functions_are_contained() {
+    require_docker!();
+    let _serial = SERIAL.lock().await;
+    let t0 = Instant::now();
+    let images = image_env().await;
+    let data_root = tempfile::tempdir().expect("data");
+    let data = data_root.path().join("data");
+    let project = unique("sec");
+    let cleanup = Cleanup { projects: vec![project.clone()] };
+    let server = Server::start_on("0.0.0.0", &data, &images, &[]).await;
+    let http = server.http();
+    let repo = fixture_repo("hostile-app");
+    let ctx = Ctx { server, _cleanup: cleanup, t0, http, docker: docker(), project, _repo: repo, _data_root: data_root };
+    let d = deploy_and_wait(&ctx.http, &ctx.server.url, ctx._repo.path(), &ctx.project).await;
+    assert_eq!(d["status"], "ready", "hostile-app did not deploy: {d:#}");
+    ctx.log(&format!("{} live", ctx.project));
+
+    let v = ctx.invoke("Victim", "").await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(v.status, 200, "the victim: {}", v.raw);
+    let victim = ctx.container("Victim", &host_of(&v.body)).await.unwrap_or_else(|e| panic!("{e}"));
+    let hosts = host_addresses(&ctx.docker).await;
+    ctx.log(&format!("victim {victim}; host addresses {hosts:?}; server port {}", ctx.server.port));
+    assert!(!hosts.is_empty(), "no non-loopback IPv4 address of the host found");
+
+    let load = VictimLoad::start(&ctx);
+    let attacks_began = Instant::now();
+    let mut results: Vec<(&str, Duration, Check)> = Vec::new();
+    macro_rules! run {
+        ($name:literal, $check:expr) => {{
+            ctx.log(concat!("---- ", $name));
+            let began = Instant::now();
+            let r = $check.await;
+            match &r {
+                Ok(s) => ctx.log(&format!("{} contained: {s}", $name)),
+                Err(e) => ctx.log(&format!("{} FAILED: {e}", $name)),
+            }
+            results.push(($name, began.elapsed(), r));
+        }};
+    }
+    run!("rootfs write", rootfs_write(&ctx));
+    run!("docker socket", docker_socket(&ctx));
+    run!("mount", mount(&ctx));
+    run!("privileges", privileges(&ctx));
+    run!("host API port", host_port(&ctx, &hosts));
+    run!("metadata (169.254.169.254)", metadata(&ctx));
+    run!("another function", cross_function(&ctx, &victim));
+    run!("fork bomb", fork_bomb(&ctx));
+    run!("memory", memory(&ctx));
+    run!("busy loop", busy_loop(&ctx));
+    // A last stretch of victim traffic after the last attack.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let samples = load.finish().await;
+    let attacks_took = attacks_began.elapsed();
+
+    let healthz = client().get(format!("{}/healthz", ctx.server.url)).send().await.map(|r| r.status().as_u16());
+
+    // The victim's record.
+    let failures: Vec<String> = samples
+        .iter()
+        .filter_map(|s| s.result.as_ref().err().map(|e| format!("at {:.1}s after {:?}: {e}", s.at.as_secs_f64(), s.took)))
+        .collect();
+    let mut lat: Vec<Duration> = samples.iter().filter(|s| s.result.is_ok()).map(|s| s.took).collect();
+    lat.sort();
+    let (p50, p95, p99, max) = (percentile(&lat, 0.5), percentile(&lat, 0.95), percentile(&lat, 0.99), lat.last().copied().unwrap_or_default());
+    let victim_hosts: BTreeSet<&str> = samples.iter().filter_map(|s| s.result.as_ref().ok()).map(String::as_str).collect();
+    let slowest = samples.iter().max_by_key(|s| s.took).map(|s| format!("{:?} at {:.1}s", s.took, s.at.as_secs_f64())).unwrap_or_default();
+
+    let mut report = vec![format!("attacks ({:.1}s):", attacks_took.as_secs_f64())];
+    for (name, took, r) in &results {
+        match r {
+            Ok(s) => report.push(format!("  [ok]   {name} ({:.1}s): {s}", took.as_secs_f64())),
+            Err(e) => report.push(format!("  [FAIL] {name} ({:.1}s): {e}", took.as_secs_f64())),
+        }
+    }
+    report.push(format!(
+        "victim: {} requests, {} failed; latency p50 {p50:?}, p95 {p95:?}, p99 {p99:?}, max {max:?} (slowest {slowest}); served by {victim_hosts:?}",
+        samples.len(),
+        failures.len()
+    ));
+    report.push(format!("server /healthz: {healthz:?}; total {:.1}s", t0.elapsed().as_secs_f64()));
+    let report = report.join("\n");
+    eprintln!("==== security report\n{report}\n====");
+
+    // Remove the project (the Cleanup also does, on any failure).
+    let del = ctx.http.delete(format!("{}/api/projects/{}", ctx.server.url, ctx.project)).send().await.map(|r| r.status().as_u16());
+    assert_eq!(del.as_ref().ok(), Some(&200), "removing {}: {del:?}\n{report}", ctx.project);
+    let began = Instant::now();
+    loop {
+        let left = containers_of(&ctx.docker, &ctx.project).await;
+        if left.is_empty() {
+            break;
+        }
+        assert!(began.elapsed() < Duration::from_secs(30), "containers of {} left after removal: {left:?}\n{report}", ctx.project);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    let failed: Vec<String> = results.iter().filter_map(|(n, _, r)| r.as_ref().err().map(|e| format!("{n}: {e}"))).collect();
+    assert!(failed.is_empty(), "{} of {} attacks were not contained:\n  {}\n\n{report}", failed.len(), results.len(), failed.join("\n  "));
+    assert!(failures.is_empty(), "the victim failed {} of {} times during the attacks:\n  {}\n\n{report}", failures.len(), samples.len(), failures[..failures.len().min(10)].join("\n  "));
+    assert!(samples.len() >= 100, "only {} victim requests were made during the attacks\n{report}", samples.len());
+    assert!(p50 < Duration::from_millis(200), "the victim's median latency was {p50:?} during the attacks\n{report}");
+    assert!(max < Duration::from_secs(5), "a victim request took {max:?} during the attacks\n{report}");
+    assert_eq!(healthz.as_ref().ok(), Some(&200), "the server's /healthz after the attacks: {healthz:?}\n{report}");
+}
