@@ -259,6 +259,11 @@ impl DockerDriver {
         }
     }
 
+    /// The engine connection (for host-side setup such as the firewall).
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
     async fn container_ip(&self, id: &str) -> Result<Option<String>> {
         let info = self.docker.inspect_container(id, None::<InspectContainerOptions>).await?;
         Ok(info

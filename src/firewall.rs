@@ -84,7 +84,7 @@ pub const PRIVATE_RANGES: [&str; 4] = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0
 
 const IPTABLES: &str = "iptables";
 const HINT: &str = "run the server as root (or with CAP_NET_ADMIN and CAP_NET_RAW), \
-                    or start it with the host firewall disabled (e.g. --no-firewall)";
+                    or start it with the host firewall disabled (e.g. --firewall=false)";
 
 /// What containers on the bridge may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,7 +119,7 @@ pub struct BridgeNetwork {
 
 #[derive(Debug, thiserror::Error)]
 pub enum FirewallError {
-    #[error("cannot run `{IPTABLES}`: {0}; install iptables, or start the server with the host firewall disabled (e.g. --no-firewall)")]
+    #[error("cannot run `{IPTABLES}`: {0}; install iptables, or start the server with the host firewall disabled (e.g. --firewall=false)")]
     Spawn(std::io::Error),
     #[error("`{argv}` failed ({status}): {stderr}; {hint}")]
     Command { argv: String, status: String, stderr: String, hint: &'static str },

@@ -20,7 +20,13 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         None => Templates::embedded(),
     };
     let owner = server_id(&config.data_dir)?;
-    let driver: Arc<dyn Driver> = Arc::new(DockerDriver::connect(&config.network, &owner).await?);
+    let docker = DockerDriver::connect(&config.network, &owner).await?;
+    if config.firewall {
+        isolate_functions_network(&docker, &config).await?;
+    } else {
+        tracing::warn!("host firewall rules are off (--firewall=false): functions can reach the host's ports and link-local addresses");
+    }
+    let driver: Arc<dyn Driver> = Arc::new(docker);
     for image in [&config.node_image, &config.go_image, &config.run_image] {
         if !driver.image_exists(image).await? {
             tracing::warn!(image = %image, "base image missing; builds that need it will fail. Build offline images with `eval \"$(scripts/offline-images)\"`");
@@ -43,6 +49,20 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "eserveless listening");
 
     serve_http(listener, app, shutdown_signal()).await
+}
+
+/// Keeps function containers off the host, the metadata address and private ranges (see
+/// [`crate::firewall`]). Fails closed: without the rules the server does not start.
+async fn isolate_functions_network(docker: &DockerDriver, config: &ServerConfig) -> anyhow::Result<()> {
+    let net = crate::firewall::bridge_interface(docker.docker(), &config.network).await?;
+    let mut policy = crate::firewall::FirewallPolicy::new(net.iface.clone());
+    policy.egress = config.egress;
+    policy.dns_servers = crate::firewall::host_resolvers();
+    crate::firewall::apply(&policy).await.map_err(|e| {
+        anyhow::anyhow!("{e}\nfunctions would be able to reach this host; fix the cause, or start with --firewall=false to run without the rules")
+    })?;
+    tracing::info!(bridge = %net.iface, egress = config.egress, "host firewall rules for the functions network in place");
+    Ok(())
 }
 
 /// Largest request head (request line and headers) accepted.

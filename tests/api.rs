@@ -505,3 +505,256 @@ async fn deploy_with_a_fake_engine() {
     let a = invoke(&h.app, "GET", "/invoke/demo/Ticker").await;
     assert_error(&a, StatusCode::NOT_FOUND, "function_not_found");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Users, tokens, ownership, secrets and invoke keys
+
+async fn send_as(app: &Router, token: &str, method: &str, path: &str, body: Option<&Value>) -> Answer {
+    let mut b = Request::builder().method(method).uri(path).header("authorization", format!("Bearer {token}"));
+    if body.is_some() {
+        b = b.header("content-type", "application/json");
+    }
+    let body = body.map(|v| Body::from(v.to_string())).unwrap_or_else(Body::empty);
+    send(app, b.body(body).expect("request")).await
+}
+
+/// A repository with one public and one private http function and a cron function.
+fn access_repo() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("repo dir");
+    std::fs::write(
+        dir.path().join(".eserveless.yaml"),
+        "runtime: node\nfunctions:\n  - {name: Open, type: http, memory: 128Mi, cpu: 0.5}\n  - {name: Closed, type: http, auth: private}\n  - {name: Tick, type: cron, schedule: \"0 0 * * *\"}\n",
+    )
+    .expect("manifest");
+    std::fs::write(
+        dir.path().join("functions.js"),
+        "exports.Open = (q, s) => s.end('o');\nexports.Closed = (q, s) => s.end('c');\nexports.Tick = () => {};\n",
+    )
+    .expect("code");
+    git(dir.path(), &["init", "-q", "-b", "main"]);
+    git(dir.path(), &["add", "-A"]);
+    git(dir.path(), &["commit", "-qm", "access"]);
+    let path = dir.path().to_str().expect("utf8").to_string();
+    (dir, path)
+}
+
+#[tokio::test]
+async fn every_api_route_needs_a_valid_token() {
+    let h = harness(true);
+    for (method, path) in [
+        ("GET", "/api/projects"),
+        ("POST", "/api/projects"),
+        ("GET", "/api/projects/demo"),
+        ("DELETE", "/api/projects/demo"),
+        ("GET", "/api/whoami"),
+        ("GET", "/api/users"),
+        ("POST", "/api/tokens"),
+        ("DELETE", "/api/tokens/1"),
+        ("GET", "/api/projects/demo/secrets"),
+        ("POST", "/api/projects/demo/invoke-key"),
+    ] {
+        let a = send(&h.raw, Request::builder().method(method).uri(path).body(Body::empty()).expect("req")).await;
+        assert_error(&a, StatusCode::UNAUTHORIZED, "token_required");
+        assert_eq!(a.headers.get("www-authenticate").and_then(|v| v.to_str().ok()), Some("Bearer"), "{method} {path}");
+        for bad in ["nonsense", "esl_1_wrong", "esl_999_AAAA"] {
+            let a = send_as(&h.raw, bad, method, path, None).await;
+            assert_error(&a, StatusCode::UNAUTHORIZED, "token_invalid");
+        }
+    }
+    // A Basic header is not a bearer token.
+    let a = send(&h.raw, Request::get("/api/projects").header("authorization", "Basic YTpi").body(Body::empty()).expect("req")).await;
+    assert_error(&a, StatusCode::UNAUTHORIZED, "token_invalid");
+    // Public endpoints stay public; unknown /api paths are still 404.
+    assert_eq!(get(&h.raw, "/healthz").await.status, StatusCode::OK);
+    assert_eq!(get(&h.raw, "/metrics").await.status, StatusCode::OK);
+    assert_eq!(get(&h.raw, "/api/nothing-here").await.status, StatusCode::NOT_FOUND);
+    let a = send_as(&h.raw, &h.admin_token, "GET", "/api/whoami", None).await;
+    assert_eq!(a.body, json!({"user": "admin", "admin": true}), "{}", a.raw);
+    // Only a hash of the admin token is stored.
+    let stored = h.store.tokens(None).expect("tokens");
+    assert_eq!(stored.len(), 1);
+    let secret = h.admin_token.splitn(3, '_').nth(2).expect("secret part");
+    assert_ne!(stored[0].hash, secret.as_bytes());
+    assert_eq!(stored[0].hash.len(), 32);
+}
+
+#[tokio::test]
+async fn users_see_only_their_projects_and_revoked_tokens_stop_at_once() {
+    let h = harness(true);
+    let admin = h.admin_token.clone();
+    // Users: admin only, validated names.
+    let a = send_as(&h.raw, &admin, "POST", "/api/users", Some(&json!({"name": "bob"}))).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.raw);
+    let bob = a.body["token"]["token"].as_str().expect("bob's token").to_string();
+    for bad in ["../x", "-bob", "Bob", ""] {
+        let a = send_as(&h.raw, &admin, "POST", "/api/users", Some(&json!({"name": bad}))).await;
+        assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "invalid_name");
+    }
+    let a = send_as(&h.raw, &admin, "POST", "/api/users", Some(&json!({"name": "bob"}))).await;
+    assert_error(&a, StatusCode::CONFLICT, "user_exists");
+    let a = send_as(&h.raw, &bob, "GET", "/api/users", None).await;
+    assert_error(&a, StatusCode::FORBIDDEN, "admin_only");
+    let a = send_as(&h.raw, &bob, "POST", "/api/users", Some(&json!({"name": "eve", "admin": true}))).await;
+    assert_error(&a, StatusCode::FORBIDDEN, "admin_only");
+
+    // Admin deploys `demo`; bob cannot see, change or take it.
+    let (_repo, path) = access_repo();
+    let a = send_as(&h.raw, &admin, "POST", "/api/projects", Some(&json!({"repository": path, "name": "demo"}))).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.raw);
+    let key = a.body["invoke_key"].as_str().expect("a new project's invoke key").to_string();
+    let d = wait_deployment(&h.app, "demo", a.body["deployment"].as_i64().expect("id")).await;
+    assert_eq!(d["status"], "ready", "{d:#}");
+    for (method, p) in [
+        ("GET", "/api/projects/demo"),
+        ("DELETE", "/api/projects/demo"),
+        ("GET", "/api/projects/demo/deployments/1"),
+        ("GET", "/api/projects/demo/functions/Open/logs"),
+        ("GET", "/api/projects/demo/functions/Tick/runs"),
+        ("GET", "/api/projects/demo/secrets"),
+        ("POST", "/api/projects/demo/invoke-key"),
+        ("DELETE", "/api/projects/demo/secrets/X"),
+    ] {
+        let a = send_as(&h.raw, &bob, method, p, None).await;
+        assert_error(&a, StatusCode::NOT_FOUND, "project_not_found");
+    }
+    let a = send_as(&h.raw, &bob, "POST", "/api/projects/demo/secrets", Some(&json!({"set": {"A": "b"}}))).await;
+    assert_error(&a, StatusCode::NOT_FOUND, "project_not_found");
+    let a = send_as(&h.raw, &bob, "GET", "/api/projects", None).await;
+    assert_eq!(a.body["projects"], json!([]), "{}", a.raw);
+    let a = send_as(&h.raw, &bob, "POST", "/api/projects", Some(&json!({"repository": path, "name": "demo"}))).await;
+    assert_error(&a, StatusCode::CONFLICT, "name_taken");
+    // Bob's own project is his; the admin sees both.
+    let a = send_as(&h.raw, &bob, "POST", "/api/projects", Some(&json!({"repository": path, "name": "bobs"}))).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.raw);
+    wait_deployment(&h.app, "bobs", a.body["deployment"].as_i64().expect("id")).await;
+    let a = send_as(&h.raw, &bob, "GET", "/api/projects", None).await;
+    let names: Vec<&str> = a.body["projects"].as_array().expect("list").iter().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(names, ["bobs"]);
+    let a = send_as(&h.raw, &admin, "GET", "/api/projects", None).await;
+    let names: Vec<&str> = a.body["projects"].as_array().expect("list").iter().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(names, ["bobs", "demo"]);
+    assert_eq!(send_as(&h.raw, &admin, "GET", "/api/projects/bobs", None).await.body["owner"], "bob");
+    let a = send_as(&h.raw, &admin, "DELETE", "/api/users/bob", None).await;
+    assert_error(&a, StatusCode::CONFLICT, "user_has_projects");
+
+    // Tokens: bob makes a second one, revokes it, and it stops working on the next request.
+    let a = send_as(&h.raw, &bob, "POST", "/api/tokens", Some(&json!({"name": "ci"}))).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.raw);
+    let (ci_id, ci) = (a.body["id"].as_i64().expect("id"), a.body["token"].as_str().expect("token").to_string());
+    assert_eq!(send_as(&h.raw, &ci, "GET", "/api/whoami", None).await.body["user"], "bob");
+    let a = send_as(&h.raw, &bob, "GET", "/api/tokens", None).await;
+    let listed = a.body["tokens"].as_array().expect("tokens");
+    assert_eq!(listed.len(), 2, "{}", a.raw);
+    assert!(!a.raw.contains(&ci[8..]), "token lists never show a token");
+    let a = send_as(&h.raw, &bob, "DELETE", "/api/tokens/1", None).await;
+    assert_error(&a, StatusCode::NOT_FOUND, "token_not_found");
+    let a = send_as(&h.raw, &bob, "DELETE", &format!("/api/tokens/{ci_id}"), None).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.raw);
+    let a = send_as(&h.raw, &ci, "GET", "/api/whoami", None).await;
+    assert_error(&a, StatusCode::UNAUTHORIZED, "token_invalid");
+    assert_eq!(send_as(&h.raw, &bob, "GET", "/api/whoami", None).await.status, StatusCode::OK, "other tokens still work");
+
+    // Removing a user removes its tokens.
+    let a = send_as(&h.raw, &admin, "DELETE", "/api/projects/bobs", None).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.raw);
+    let a = send_as(&h.raw, &admin, "DELETE", "/api/users/bob", None).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.raw);
+    assert_error(&send_as(&h.raw, &bob, "GET", "/api/whoami", None).await, StatusCode::UNAUTHORIZED, "token_invalid");
+    let a = send_as(&h.raw, &admin, "DELETE", "/api/users/admin", None).await;
+    assert_error(&a, StatusCode::CONFLICT, "user_has_projects");
+
+    // Private functions need the invoke key; rotation replaces it at once. Cron is never HTTP.
+    let a = invoke(&h.raw, "GET", "/invoke/demo/Closed").await;
+    assert_error(&a, StatusCode::UNAUTHORIZED, "invoke_key_required");
+    let a = send(
+        &h.raw,
+        invoke_req("/invoke/demo/Closed", Some("eik_wrong")),
+    )
+    .await;
+    assert_error(&a, StatusCode::UNAUTHORIZED, "invoke_key_invalid");
+    let with_key = send(&h.raw, invoke_req("/invoke/demo/Closed", Some(&key))).await;
+    assert!(
+        with_key.status != StatusCode::UNAUTHORIZED,
+        "the right key passes the gate (the fake engine cannot serve it): {}",
+        with_key.raw
+    );
+    let a = invoke(&h.raw, "GET", "/invoke/demo/Open").await;
+    assert!(a.status != StatusCode::UNAUTHORIZED, "public functions need no key: {}", a.raw);
+    let a = invoke(&h.raw, "GET", "/invoke/demo/Tick").await;
+    assert_error(&a, StatusCode::NOT_FOUND, "not_http");
+    let a = send_as(&h.raw, &admin, "POST", "/api/projects/demo/invoke-key", None).await;
+    let new_key = a.body["invoke_key"].as_str().expect("rotated key").to_string();
+    assert_ne!(new_key, key);
+    let a = send(&h.raw, invoke_req("/invoke/demo/Closed", Some(&key))).await;
+    assert_error(&a, StatusCode::UNAUTHORIZED, "invoke_key_invalid");
+    let a = send(&h.raw, invoke_req("/invoke/demo/Closed", Some(&new_key))).await;
+    assert!(a.status != StatusCode::UNAUTHORIZED, "{}", a.raw);
+    // The key is not forwarded to the function.
+    let runs = h.fake.rec.lock().expect("lock").runs.clone();
+    assert!(!runs.is_empty(), "the keyed requests started instances");
+
+    // Memory and CPU from the manifest reach the container; the rest get the defaults.
+    let open = runs.iter().find(|r| r.labels.get("eserveless.function").map(String::as_str) == Some("Open")).expect("Open ran");
+    assert_eq!((open.limits.memory_bytes, open.limits.nano_cpus), (128 << 20, 500_000_000));
+    let closed = runs.iter().find(|r| r.labels.get("eserveless.function").map(String::as_str) == Some("Closed")).expect("Closed ran");
+    assert_eq!((closed.limits.memory_bytes, closed.limits.nano_cpus), (256 << 20, 1_000_000_000));
+}
+
+fn invoke_req(path: &str, key: Option<&str>) -> Request<Body> {
+    let mut b = Request::get(path);
+    if let Some(k) = key {
+        b = b.header("x-eserveless-key", k);
+    }
+    let mut req = b.body(Body::empty()).expect("request");
+    req.extensions_mut().insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
+    req
+}
+
+#[tokio::test]
+async fn secrets_are_sealed_listed_by_name_and_reach_new_instances() {
+    let h = harness(true);
+    let (_repo, path) = access_repo();
+    let a = post_json(&h.app, "/api/projects", &json!({"repository": path, "name": "sec"})).await;
+    wait_deployment(&h.app, "sec", a.body["deployment"].as_i64().expect("id")).await;
+
+    let a = post_json(&h.app, "/api/projects/sec/secrets", &json!({"set": {"DB_PASSWORD": "hunter2-very-secret", "TOKEN": "t0k"}})).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.raw);
+    assert!(!a.raw.contains("hunter2"), "answers never carry values: {}", a.raw);
+    let a = get(&h.app, "/api/projects/sec/secrets").await;
+    let names: Vec<&str> = a.body["secrets"].as_array().expect("list").iter().filter_map(|s| s["name"].as_str()).collect();
+    assert_eq!(names, ["DB_PASSWORD", "TOKEN"]);
+    assert!(!a.raw.contains("hunter2"), "{}", a.raw);
+    // At rest: sealed, not the value.
+    let rows = h.store.secrets("sec").expect("rows");
+    assert!(rows.iter().all(|r| !r.sealed.windows(7).any(|w| w == b"hunter2")), "sealed at rest");
+    for (body, code) in [
+        (json!({"set": {"PORT": "1"}}), "invalid_secret"),
+        (json!({"set": {"1BAD": "x"}}), "invalid_secret"),
+        (json!({"set": {"A;B": "x"}}), "invalid_secret"),
+        (json!({"set": {"NUL": "a\u{0}b"}}), "invalid_secret"),
+        (json!({"set": {}}), "invalid_body"),
+    ] {
+        let a = post_json(&h.app, "/api/projects/sec/secrets", &body).await;
+        assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, code);
+    }
+    let a = delete(&h.app, "/api/projects/sec/secrets/NOPE").await;
+    assert_error(&a, StatusCode::NOT_FOUND, "secret_not_found");
+
+    // A new instance gets them as environment variables; the Debug form shows names only.
+    invoke(&h.app, "GET", "/invoke/sec/Open").await;
+    let runs = h.fake.rec.lock().expect("lock").runs.clone();
+    let spec = runs.last().expect("a run");
+    assert_eq!(spec.env.get("DB_PASSWORD"), Some("hunter2-very-secret"));
+    assert_eq!(spec.env.get("TOKEN"), Some("t0k"));
+    let shown = format!("{spec:?}");
+    assert!(shown.contains("DB_PASSWORD") && !shown.contains("hunter2"), "{shown}");
+
+    // Removing one: the next instance no longer has it.
+    let a = delete(&h.app, "/api/projects/sec/secrets/TOKEN").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.raw);
+    invoke(&h.app, "GET", "/invoke/sec/Open").await;
+    let runs = h.fake.rec.lock().expect("lock").runs.clone();
+    let spec = runs.last().expect("a run");
+    assert_eq!(spec.env.get("TOKEN"), None);
+    assert_eq!(spec.env.get("DB_PASSWORD"), Some("hunter2-very-secret"));
+}
