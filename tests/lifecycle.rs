@@ -431,10 +431,77 @@ async fn check_instances_adopted_after_restart(ctx: &mut Ctx) {
     assert_eq!(all.len(), 1, "one container of Reuse expected after the restart: {all:?}");
 }
 
-/// One request of the load: when it was sent, and its status, version and host (or the error).
+/// One request of the load: when it was sent, and its JSON answer (or the error).
 struct Sample {
     sent: Instant,
-    result: Result<(u16, String, String), String>,
+    result: Result<serde_json::Value, String>,
+}
+
+impl Sample {
+    fn field(&self, k: &str) -> Option<String> {
+        self.result.as_ref().ok().map(|v| v[k].as_str().unwrap_or("").to_string())
+    }
+}
+
+/// Steady load on Reuse: two workers send quick requests (volume) and two send requests that
+/// take 300 ms in the function, so requests are in flight on the old instance when the route
+/// switches (it must drain, not be removed under them).
+struct Load {
+    stop: Arc<AtomicBool>,
+    workers: Vec<tokio::task::JoinHandle<Vec<Sample>>>,
+}
+
+impl Load {
+    fn start(ctx: &Ctx) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let workers = (0..4)
+            .map(|n| {
+                let url = ctx.url("Reuse", if n < 2 { "" } else { "?sleep=300" });
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let http = client();
+                    let mut samples = Vec::new();
+                    while !stop.load(Ordering::Acquire) {
+                        let sent = Instant::now();
+                        let result = match http.get(&url).send().await {
+                            Ok(r) => {
+                                let a = answer(r).await;
+                                if a.status == 200 {
+                                    Ok(a.body)
+                                } else {
+                                    Err(format!("{} {}", a.status, a.raw))
+                                }
+                            }
+                            Err(e) => Err(format!("transport error: {e}")),
+                        };
+                        samples.push(Sample { sent, result });
+                    }
+                    samples
+                })
+            })
+            .collect();
+        Load { stop, workers }
+    }
+
+    /// Stops the load; asserts that not one request failed and enough were made.
+    async fn finish(self, ctx: &Ctx, what: &str) -> Vec<Sample> {
+        self.stop.store(true, Ordering::Release);
+        let mut samples = Vec::new();
+        for w in self.workers {
+            samples.extend(w.await.expect("a load worker"));
+        }
+        let failures: Vec<&String> = samples.iter().filter_map(|s| s.result.as_ref().err()).collect();
+        ctx.log(&format!("{} requests under load during {what}; {} failed", samples.len(), failures.len()));
+        assert!(
+            failures.is_empty(),
+            "{} of {} requests failed during {what}: {:#?}",
+            failures.len(),
+            samples.len(),
+            &failures[..failures.len().min(10)]
+        );
+        assert!(samples.len() > 50, "only {} requests were made under load", samples.len());
+        samples
+    }
 }
 
 /// A new commit goes live while requests keep flowing: none of them fails.
@@ -442,36 +509,7 @@ async fn check_redeploy_under_load_has_zero_failures(ctx: &Ctx) {
     let a = ctx.invoke_ok("Reuse", "").await;
     assert_eq!(a.body["version"], "v1", "{}", a.raw);
     let v1 = ctx.deployment;
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut workers = Vec::new();
-    for n in 0..4 {
-        // Two workers send quick requests (volume); two send requests that take 300 ms in the
-        // function, so requests are in flight on the old instance when the route switches
-        // (it must drain, not be removed under them).
-        let url = ctx.url("Reuse", if n < 2 { "" } else { "?sleep=300" });
-        let stop = stop.clone();
-        workers.push(tokio::spawn(async move {
-            let http = client();
-            let mut samples = Vec::new();
-            while !stop.load(Ordering::Acquire) {
-                let sent = Instant::now();
-                let result = match http.get(&url).send().await {
-                    Ok(r) => {
-                        let a = answer(r).await;
-                        let v = |k: &str| a.body[k].as_str().unwrap_or("").to_string();
-                        if a.status == 200 {
-                            Ok((a.status, v("version"), v("host")))
-                        } else {
-                            Err(format!("{} {}", a.status, a.raw))
-                        }
-                    }
-                    Err(e) => Err(format!("transport error: {e}")),
-                };
-                samples.push(Sample { sent, result });
-            }
-            samples
-        }));
-    }
+    let load = Load::start(ctx);
 
     let js = ctx.repo.path().join("functions.js");
     let text = std::fs::read_to_string(&js).expect("read functions.js");
@@ -480,34 +518,23 @@ async fn check_redeploy_under_load_has_zero_failures(ctx: &Ctx) {
     let v2_commit = commit_all(ctx.repo.path(), "v2");
     let d = deploy_and_wait(&ctx.http, &ctx.server.url, ctx.repo.path(), &ctx.project).await;
     let live_at = Instant::now();
-    let keep_going = tokio::time::sleep(Duration::from_secs(2));
-    keep_going.await;
-    stop.store(true, Ordering::Release);
-    let mut samples = Vec::new();
-    for w in workers {
-        samples.extend(w.await.expect("a load worker"));
-    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let samples = load.finish(ctx, "the redeploy").await;
     assert_eq!(d["status"], "ready", "v2 did not deploy: {d:#}");
     assert_eq!(d["commit"], v2_commit.as_str());
     let v2 = d["id"].as_i64().expect("v2 deployment id");
 
-    let failures: Vec<&String> = samples.iter().filter_map(|s| s.result.as_ref().err()).collect();
     let mut by_version: BTreeMap<String, usize> = BTreeMap::new();
-    for s in &samples {
-        if let Ok((_, v, _)) = &s.result {
-            *by_version.entry(v.clone()).or_default() += 1;
-        }
+    for v in samples.iter().filter_map(|s| s.field("version")) {
+        *by_version.entry(v).or_default() += 1;
     }
-    ctx.log(&format!("{} requests under load; by version {by_version:?}; {} failed", samples.len(), failures.len()));
-    assert!(failures.is_empty(), "{} of {} requests failed during the redeploy: {:#?}", failures.len(), samples.len(), &failures[..failures.len().min(10)]);
-    assert!(samples.len() > 50, "only {} requests were made under load", samples.len());
+    ctx.log(&format!("by version {by_version:?}"));
     let after: Vec<&Sample> = samples.iter().filter(|s| s.sent >= live_at).collect();
     assert!(!after.is_empty(), "no request was sent after v2 went live");
     let stale: Vec<String> = after
         .iter()
-        .filter_map(|s| s.result.as_ref().ok())
-        .filter(|(_, v, _)| v != "v2")
-        .map(|(_, v, h)| format!("{v} from {h}"))
+        .filter(|s| s.field("version").as_deref() != Some("v2"))
+        .map(|s| format!("{:?} from {:?}", s.field("version"), s.field("host")))
         .collect();
     assert!(stale.is_empty(), "requests sent after v2 was live got: {stale:?}");
 
@@ -522,6 +549,41 @@ async fn check_redeploy_under_load_has_zero_failures(ctx: &Ctx) {
     }
     let v2_running = revision_containers(&ctx.docker, &ctx.project, "Reuse", v2).await;
     assert!(!v2_running.is_empty(), "no container of v2's Reuse after the switch");
+}
+
+/// A changed secret reaches the function within seconds, under load, with no failed request;
+/// the old instances drain and go. The value never shows in the API or the server log.
+async fn check_secret_change_recycles_instances(ctx: &Ctx) {
+    let a = ctx.invoke_ok("Reuse", "").await;
+    assert!(a.body["secret"].is_null(), "no secret yet: {}", a.raw);
+    let old_host = host(&a);
+    let load = Load::start(ctx);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let value = format!("s3cr3t-{}", unique("v"));
+    let url = format!("{}/api/projects/{}/secrets", ctx.server.url, ctx.project);
+    let set_at = Instant::now();
+    let r = answer(ctx.http.post(&url).json(&serde_json::json!({"set": {"FIXTURE_SECRET": value}})).send().await.expect("POST secrets")).await;
+    assert_eq!(r.status, 200, "{}", r.raw);
+    let took = set_at.elapsed();
+    let done_at = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let samples = load.finish(ctx, "the secret change").await;
+    ctx.log(&format!("secret set and instances recycled in {} ms", took.as_millis()));
+    assert!(took < Duration::from_secs(15), "recycling took {took:?}");
+    let after: Vec<&Sample> = samples.iter().filter(|s| s.sent >= done_at).collect();
+    assert!(!after.is_empty(), "no request after the change");
+    let stale: Vec<Option<String>> = after.iter().map(|s| s.field("secret")).filter(|v| v.as_deref() != Some(value.as_str())).collect();
+    assert!(stale.is_empty(), "requests after the change did not see the new secret: {:?}", &stale[..stale.len().min(5)]);
+    let began = Instant::now();
+    while function_containers(&ctx.docker, &ctx.project, "Reuse").await.iter().any(|(id, _)| id.starts_with(&old_host)) {
+        assert!(began.elapsed() < Duration::from_secs(30), "the old instance {old_host} is still there 30s after the change");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let listed = api_get(&ctx.http, &url).await;
+    assert_eq!(listed.body["secrets"][0]["name"], "FIXTURE_SECRET", "{}", listed.raw);
+    assert!(!listed.raw.contains(&value), "the API never returns a value: {}", listed.raw);
+    let log = std::fs::read_to_string(&ctx.server.log).expect("server log");
+    assert!(!log.contains(&value), "the secret's value is in the server log");
 }
 
 /// `/metrics` exposes invocations, acquisitions by kind, acquisition time, instances by state,
@@ -587,4 +649,5 @@ lifecycle_test!(queue_full_gets_429_and_deadline_gets_503, "lc-queue", ["--queue
 lifecycle_test!(killed_container_is_replaced, "lc-kill", [], check_killed_container_is_replaced);
 lifecycle_test!(instances_adopted_after_restart, "lc-adopt", [], check_instances_adopted_after_restart);
 lifecycle_test!(redeploy_under_load_has_zero_failures, "lc-redeploy", [], check_redeploy_under_load_has_zero_failures);
+lifecycle_test!(secret_change_recycles_instances, "lc-secret", [], check_secret_change_recycles_instances);
 lifecycle_test!(metrics_exposed, "lc-metrics", [], check_metrics_exposed);

@@ -38,7 +38,8 @@ type Check = Result<String, String>;
 
 macro_rules! ensure {
     ($cond:expr, $($fmt:tt)+) => {
-        if !$cond {
+        let ok: bool = $cond;
+        if !ok {
             return Err(format!($($fmt)+));
         }
     };
@@ -233,7 +234,7 @@ async fn cpu_usage(d: &Docker, id: &str) -> Result<(u64, u64), String> {
 // ---------------------------------------------------------------------------------------------
 // The attacks
 
-/// 1. Spawning processes stops at the pids limit with EAGAIN; the function recovers.
+/// Attack 1: spawning processes stops at the pids limit with EAGAIN; the function recovers.
 async fn fork_bomb(ctx: &Ctx) -> Check {
     let r = ctx.attack("ForkBomb", "").await?;
     let detail = blocked(&r)?;
@@ -247,7 +248,7 @@ async fn fork_bomb(ctx: &Ctx) -> Check {
     Ok(format!("{detail} (pids.max {}); spawning works again afterwards", r["pidsMax"]))
 }
 
-/// 2. Allocating past the memory limit gets the container OOM-killed; the request fails at the
+/// Attack 2: allocating past the memory limit gets the container OOM-killed; the request fails at the
 /// gateway and the next one gets a fresh instance.
 async fn memory(ctx: &Ctx) -> Check {
     let warm = ctx.attack("Memory", "?mb=0").await?;
@@ -341,7 +342,7 @@ async fn memory(ctx: &Ctx) -> Check {
     ))
 }
 
-/// 3. Nothing outside /tmp is writable, /tmp is noexec, and the process is not root.
+/// Attack 3: nothing outside /tmp is writable, /tmp is noexec, and the process is not root.
 async fn rootfs_write(ctx: &Ctx) -> Check {
     let r = ctx.attack("RootfsWrite", "").await?;
     let detail = blocked(&r)?;
@@ -350,12 +351,12 @@ async fn rootfs_write(ctx: &Ctx) -> Check {
     Ok(detail)
 }
 
-/// 4. No Docker socket in the container.
+/// Attack 4: no Docker socket in the container.
 async fn docker_socket(ctx: &Ctx) -> Check {
     blocked(&ctx.attack("DockerSocket", "").await?)
 }
 
-/// 5. The server's port on every host address (and the container's gateway) is unreachable.
+/// Attack 5: the server's port on every host address (and the container's gateway) is unreachable.
 async fn host_port(ctx: &Ctx, hosts: &[String]) -> Check {
     // The premise: from the host, the server does answer on each of these addresses.
     for h in hosts {
@@ -369,12 +370,20 @@ async fn host_port(ctx: &Ctx, hosts: &[String]) -> Check {
     blocked(&r)
 }
 
-/// 5b. The link-local range (cloud metadata) is unreachable.
+/// Attack 5b: the link-local range (cloud metadata) is unreachable.
 async fn metadata(ctx: &Ctx) -> Check {
-    blocked(&ctx.attack("Metadata", "").await?)
+    let detail = blocked(&ctx.attack("Metadata", "").await?)?;
+    // Not a premise (most machines have nothing there), only context for the reader.
+    let from_host = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect("169.254.169.254:80")).await;
+    let from_host = match from_host {
+        Ok(Ok(_)) => "it accepts connections from the host".to_string(),
+        Ok(Err(e)) => format!("from the host: {e}"),
+        Err(_) => "from the host: timed out".to_string(),
+    };
+    Ok(format!("{detail} ({from_host})"))
 }
 
-/// 6. Another function's container is unreachable directly (only through the gateway).
+/// Attack 6: another function's container is unreachable directly (only through the gateway).
 async fn cross_function(ctx: &Ctx, victim: &str) -> Check {
     let (ip, port) = container_endpoint(&ctx.docker, victim).await?;
     // The premise: the victim answers on that address (from the host).
@@ -386,17 +395,17 @@ async fn cross_function(ctx: &Ctx, victim: &str) -> Check {
     blocked(&ctx.attack("CrossFunction", &format!("?target={ip}:{port}")).await?)
 }
 
-/// 7. No mount, directly or in a user namespace.
+/// Attack 7: no mount, directly or in a user namespace.
 async fn mount(ctx: &Ctx) -> Check {
     blocked(&ctx.attack("Mount", "").await?)
 }
 
-/// 7b. No capabilities, no_new_privs, seccomp filtering; setuid `su` gets nothing.
+/// Attack 7b: no capabilities, no_new_privs, seccomp filtering; setuid `su` gets nothing.
 async fn privileges(ctx: &Ctx) -> Check {
     blocked(&ctx.attack("Privileges", "").await?)
 }
 
-/// 8. Five spinning threads get at most ~1 CPU, by the function's own clock and by Docker's.
+/// Attack 8: five spinning threads get at most ~1 CPU, by the function's own clock and by Docker's.
 async fn busy_loop(ctx: &Ctx) -> Check {
     let warm = ctx.attack("BusyLoop", "?ms=0").await?;
     let id = ctx.container("BusyLoop", &host_of(&warm)).await?;
@@ -417,8 +426,8 @@ async fn busy_loop(ctx: &Ctx) -> Check {
     ctx.log(&format!("BusyLoop: blocked={} — {}; docker stats: {docker_cpus:.2} CPUs, {} more throttled periods", r["blocked"], r["detail"].as_str().unwrap_or(""), th2.saturating_sub(th1)));
     ensure!(r["allSpun"] == true, "not every worker thread spun: {r}");
     let own = r["cpus"].as_f64().unwrap_or(f64::NAN);
-    // The premise: it really was busy.
-    ensure!(docker_cpus > 0.5, "Docker saw only {docker_cpus:.2} CPUs used during the spin: the attack did not run? {r}");
+    // The premise: it really was busy (a low bar: the machine may be busy with other work too).
+    ensure!(docker_cpus > 0.25, "Docker saw only {docker_cpus:.2} CPUs used during the spin: the attack did not run? {r}");
     ensure!(docker_cpus <= MAX_CPUS, "NOT BLOCKED: Docker saw {docker_cpus:.2} CPUs used (limit 1): {r}");
     let detail = blocked(&r)?;
     ensure!(own <= MAX_CPUS, "NOT BLOCKED: the function measured {own:.2} CPUs: {r}");
