@@ -102,6 +102,12 @@ impl From<bollard::errors::Error> for DriverError {
 
 pub type Result<T> = std::result::Result<T, DriverError>;
 
+/// Memory of one build step's container (the engine takes an i32 here).
+const BUILD_MEMORY_BYTES: i32 = 2_000_000_000;
+/// CPU of one build step's container, in µs per 100 ms: one and a half CPUs, so a build
+/// never takes the whole machine from the gateway.
+const BUILD_CPU_QUOTA: i32 = 150_000;
+
 /// Resource and isolation limits for a function container.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -296,6 +302,13 @@ impl Driver for DockerDriver {
             .labels(&req.labels)
             .rm(true)
             .forcerm(true)
+            // Build steps run untrusted code too (install scripts, the load check): on the
+            // functions network, behind its firewall rules, with memory and CPU capped.
+            .networkmode(&self.network)
+            .memory(BUILD_MEMORY_BYTES)
+            .memswap(BUILD_MEMORY_BYTES)
+            .cpuperiod(100_000)
+            .cpuquota(BUILD_CPU_QUOTA)
             .build();
         let mut stream =
             self.docker.build_image(options, None, Some(bollard::body_full(bytes::Bytes::from(req.context_tar))));

@@ -6,4 +6,4 @@ function hello(req, res) {
 function Sleepy(req, res) {
   setTimeout(() => hello(req, res), 200);
 }
-module.exports = { Hello: hello, Pausing: hello, Cold: hello, Sleepy };
+module.exports = { Hello: hello, Private: hello, Pausing: hello, Cold: hello, Sleepy };
