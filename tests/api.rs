@@ -31,6 +31,8 @@ use eserveless::store::Store;
 #[derive(Default)]
 struct Recorded {
     builds: Vec<(String, std::collections::HashMap<String, String>)>,
+    /// Every build context's entries: (path, link target if a symlink, contents).
+    contexts: Vec<Vec<(String, Option<String>, Vec<u8>)>>,
     runs: Vec<ContainerSpec>,
     removed_images: Vec<String>,
 }
@@ -56,7 +58,19 @@ impl Driver for FakeDriver {
     }
     async fn build_image(&self, req: BuildRequest) -> driver::Result<String> {
         assert!(!req.context_tar.is_empty(), "a build context is sent");
-        self.rec.lock().expect("lock").builds.push((req.tag.clone(), req.labels.clone()));
+        let mut entries = Vec::new();
+        let mut archive = tar::Archive::new(&req.context_tar[..]);
+        for e in archive.entries().expect("a tar context") {
+            let mut e = e.expect("entry");
+            let path = e.path().expect("path").to_string_lossy().into_owned();
+            let link = e.link_name().expect("link").map(|l| l.to_string_lossy().into_owned());
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut bytes).expect("read entry");
+            entries.push((path, link, bytes));
+        }
+        let mut rec = self.rec.lock().expect("lock");
+        rec.contexts.push(entries);
+        rec.builds.push((req.tag.clone(), req.labels.clone()));
         Ok("log".to_string())
     }
     async fn remove_image(&self, image: &str) -> driver::Result<bool> {
@@ -757,4 +771,60 @@ async fn secrets_are_sealed_listed_by_name_and_reach_new_instances() {
     let spec = runs.last().expect("a run");
     assert_eq!(spec.env.get("TOKEN"), None);
     assert_eq!(spec.env.get("DB_PASSWORD"), Some("hunter2-very-secret"));
+}
+
+/// A repository that tries to leak host files and run code at checkout: an escaping symlink,
+/// a `file://` submodule and a checkout hook. It deploys, and none of it reaches the build.
+#[tokio::test]
+async fn hostile_repository_leaks_nothing_and_runs_nothing() {
+    let h = harness(true);
+    let secret_dir = tempfile::tempdir().expect("secret");
+    std::fs::write(secret_dir.path().join("host-secret.txt"), "HOST-SECRET-CONTENT").expect("w");
+    git(secret_dir.path(), &["init", "-q", "-b", "main"]);
+    git(secret_dir.path(), &["add", "-A"]);
+    git(secret_dir.path(), &["commit", "-qm", "secret"]);
+    let marker = secret_dir.path().join("hook-ran");
+
+    let dir = tempfile::tempdir().expect("repo");
+    let root = dir.path();
+    std::fs::write(root.join(".eserveless.yaml"), "runtime: node\nfunctions:\n  - {name: API, type: http}\n").expect("w");
+    std::fs::write(root.join("functions.js"), "exports.API = (q, s) => s.end('ok');\n").expect("w");
+    std::os::unix::fs::symlink(secret_dir.path().join("host-secret.txt"), root.join("leak.txt")).expect("ln");
+    std::os::unix::fs::symlink("/etc/shadow", root.join("shadow")).expect("ln");
+    git(root, &["init", "-q", "-b", "main"]);
+    let sub_url = format!("file://{}", secret_dir.path().display());
+    git(root, &["-c", "protocol.file.allow=always", "submodule", "add", "-q", &sub_url, "vendor/secret"]);
+    std::fs::write(root.join(".git/hooks/post-checkout"), format!("#!/bin/sh\ntouch {}\n", marker.display())).expect("hook");
+    std::fs::write(root.join(".git/hooks/post-merge"), format!("#!/bin/sh\ntouch {}\n", marker.display())).expect("hook");
+    for hook in ["post-checkout", "post-merge"] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(root.join(".git/hooks").join(hook), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    git(root, &["add", "-A"]);
+    git(root, &["commit", "-qm", "hostile"]);
+    let _ = std::fs::remove_file(&marker);
+
+    let path = root.to_str().expect("utf8");
+    let a = post_json(&h.app, "/api/projects", &json!({"repository": path, "name": "hostile"})).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.raw);
+    let d = wait_deployment(&h.app, "hostile", a.body["deployment"].as_i64().expect("id")).await;
+    assert_eq!(d["status"], "ready", "{d:#}");
+    let warnings = d["warnings"].to_string();
+    assert!(warnings.contains("skipped symlink `leak.txt`"), "the escaping symlink is reported: {warnings}");
+    assert!(warnings.contains("skipped symlink `shadow`"), "{warnings}");
+    assert!(!warnings.contains("HOST-SECRET"), "{warnings}");
+    assert!(!marker.exists(), "a hook ran during the checkout");
+
+    let contexts = h.fake.rec.lock().expect("lock").contexts.clone();
+    assert_eq!(contexts.len(), 1);
+    let entries = &contexts[0];
+    let names: Vec<&str> = entries.iter().map(|(p, _, _)| p.as_str()).collect();
+    assert!(names.contains(&"functions.js"), "{names:?}");
+    for (p, link, bytes) in entries {
+        assert!(!p.starts_with(".git/") && p != ".git", "git metadata in the context: {p}");
+        assert!(!p.starts_with("vendor/secret/"), "the submodule was fetched: {p}");
+        assert!(link.as_deref().map_or(true, |l| !l.starts_with('/') && !l.contains("..")), "escaping link {p} -> {link:?}");
+        assert!(!String::from_utf8_lossy(bytes).contains("HOST-SECRET-CONTENT"), "host file content in {p}");
+    }
+    assert!(!names.contains(&"leak.txt") && !names.contains(&"shadow"), "{names:?}");
 }
