@@ -29,6 +29,9 @@ pub struct ServeArgs {
     /// Accept http(s) repositories on loopback, private or link-local addresses
     #[arg(long, env = "ESERVELESS_ALLOW_PRIVATE_REPOS", num_args = 0..=1, default_missing_value = "true")]
     pub allow_private_repos: Option<bool>,
+    /// Fetch git submodules of deployed repositories (https/ssh URLs of public hosts only)
+    #[arg(long, env = "ESERVELESS_ALLOW_SUBMODULES", num_args = 0..=1, default_missing_value = "true")]
+    pub allow_submodules: Option<bool>,
     /// A directory of runtime templates (DIR/<runtime>/<http|cron>/) overriding or adding to the embedded ones
     #[arg(long, env = "ESERVELESS_TEMPLATES")]
     pub templates: Option<PathBuf>,
@@ -98,6 +101,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     allow_local_repos: Option<bool>,
     allow_private_repos: Option<bool>,
+    allow_submodules: Option<bool>,
     templates: Option<PathBuf>,
     node_image: Option<String>,
     go_image: Option<String>,
@@ -163,6 +167,7 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub allow_local_repos: bool,
     pub allow_private_repos: bool,
+    pub allow_submodules: bool,
     pub templates: Option<PathBuf>,
     pub node_image: String,
     pub go_image: String,
@@ -231,6 +236,7 @@ impl ServerConfig {
             data_dir: args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from(".eserveless")),
             allow_local_repos: args.allow_local_repos.or(file.allow_local_repos).unwrap_or(false),
             allow_private_repos: args.allow_private_repos.or(file.allow_private_repos).unwrap_or(false),
+            allow_submodules: args.allow_submodules.or(file.allow_submodules).unwrap_or(false),
             templates: args.templates.clone().or(file.templates),
             node_image: args.node_image.clone().or(file.node_image).unwrap_or_else(|| DEFAULT_NODE_IMAGE.into()),
             go_image: args.go_image.clone().or(file.go_image).unwrap_or_else(|| DEFAULT_GO_IMAGE.into()),

@@ -78,6 +78,7 @@ impl Platform {
         let source_policy = SourcePolicy {
             allow_local: config.allow_local_repos,
             allow_private: config.allow_private_repos,
+            allow_submodules: config.allow_submodules,
             clone_timeout: config.clone_timeout,
             ..SourcePolicy::default()
         };

@@ -51,11 +51,20 @@ pub struct SourcePolicy {
     pub allow_private: bool,
     pub clone_timeout: Duration,
     pub max_checkout_mib: u64,
+    /// Fetch submodules (one level, over https/http/ssh only, each URL checked like the
+    /// repository's own). Off by default.
+    pub allow_submodules: bool,
 }
 
 impl Default for SourcePolicy {
     fn default() -> Self {
-        SourcePolicy { allow_local: false, allow_private: false, clone_timeout: Duration::from_secs(120), max_checkout_mib: 512 }
+        SourcePolicy {
+            allow_local: false,
+            allow_private: false,
+            clone_timeout: Duration::from_secs(120),
+            max_checkout_mib: 512,
+            allow_submodules: false,
+        }
     }
 }
 
@@ -220,6 +229,8 @@ fn git(policy: &SourcePolicy, home: &Path) -> Command {
             "-c",
             "protocol.ext.allow=never",
             "-c",
+            "protocol.file.allow=user",
+            "-c",
             "submodule.recurse=false",
             "-c",
             "core.fsmonitor=false",
@@ -376,6 +387,9 @@ pub async fn checkout(
     if commit.len() >= 7 && !sha.starts_with(&commit.to_ascii_lowercase()) && reference.is_some_and(|r| r.as_str() == commit) {
         return Err(SourceError::NoSuchRef { url: url.as_str().to_string(), reference: commit.to_string() });
     }
+    if policy.allow_submodules && src.join(".gitmodules").is_file() {
+        fetch_submodules(&src, &home, policy, left()).await?;
+    }
     let size = dir_size(&src);
     if size > policy.max_checkout_mib * 1024 * 1024 {
         return Err(SourceError::TooLarge(policy.max_checkout_mib));
@@ -383,6 +397,40 @@ pub async fn checkout(
     // The build context never sees .git.
     let _ = std::fs::remove_dir_all(src.join(".git"));
     Ok((src, sha))
+}
+
+/// Fetches the checkout's submodules (one level). Every URL must be an absolute http(s) or ssh
+/// URL that passes the same policy as a repository: never `file://`, `ext::` or a relative
+/// path, never an internal address; protocols are limited for the submodule step itself too.
+async fn fetch_submodules(src: &Path, home: &Path, policy: &SourcePolicy, timeout: Duration) -> Result<(), SourceError> {
+    let mut list = git(policy, home);
+    list.arg("-C").arg(src).args(["config", "--file", ".gitmodules", "--get-regexp", r"^submodule\..*\.url$"]);
+    let out = run_git(list, "read .gitmodules", timeout).await.unwrap_or_default();
+    let remote_only = SourcePolicy { allow_local: false, ..policy.clone() };
+    let mut options = Vec::new();
+    for line in out.lines() {
+        let (key, url) = line.split_once(' ').unwrap_or((line, ""));
+        let name = key.trim_start_matches("submodule.").trim_end_matches(".url");
+        let refuse = |why: String| SourceError::BadUrl(format!("submodule `{name}`: {why}; submodules must use https or ssh URLs of public hosts"));
+        if !(url.starts_with("https://") || url.starts_with("http://") || url.starts_with("ssh://") || url.contains('@') && !url.contains("://")) {
+            return Err(refuse(format!("URL `{}` is not an https or ssh URL", url.escape_debug())));
+        }
+        let parsed = parse_repository(url, &remote_only).map_err(|e| refuse(e.to_string()))?;
+        options.extend(http_guard(&parsed, policy).await.map_err(|e| refuse(e.to_string()))?);
+    }
+    let mut update = git(policy, home);
+    update
+        .env("GIT_ALLOW_PROTOCOL", "https:http:ssh:git+ssh")
+        .args(["-c", "protocol.file.allow=never", "-c", "protocol.ext.allow=never"])
+        .args(&options)
+        .arg("-C")
+        .arg(src)
+        .args(["submodule", "--quiet", "update", "--init", "--depth", "1", "--no-recommend-shallow"]);
+    run_git(update, "submodule update", timeout).await.map_err(|e| match e {
+        SourceError::Git(detail) => SourceError::Git(format!("fetching submodules failed: {detail}")),
+        other => other,
+    })?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -498,5 +546,49 @@ mod tests {
         let e = resolve_commit(&url, None, &p).await.expect_err("missing");
         let text = e.to_string();
         assert!(text.starts_with("repository `file:///nonexistent/repo` could not be read:"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn submodules_are_off_and_when_on_refuse_file_and_internal_urls() {
+        let (inner, _) = make_repo().await;
+        for (sub_url, wanted) in [
+            (format!("file://{}", inner.path().display()), "is not an https or ssh URL"),
+            ("../sibling".to_string(), "is not an https or ssh URL"),
+            ("https://127.0.0.1/x/y".to_string(), "internal address"),
+        ] {
+            let outer = tempfile::tempdir().expect("dir");
+            let run = |args: &[&str]| {
+                let st = std::process::Command::new("git")
+                    .args(["-c", "user.email=t@t", "-c", "user.name=t", "-c", "init.defaultBranch=main", "-c", "protocol.file.allow=always"])
+                    .args(args)
+                    .current_dir(outer.path())
+                    .output()
+                    .expect("git runs");
+                assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+            };
+            run(&["init", "-q"]);
+            std::fs::write(outer.path().join("f.txt"), "x").expect("w");
+            run(&["submodule", "add", "-q", &format!("file://{}", inner.path().display()), "vendor/inner"]);
+            // Point .gitmodules at the URL under test (what a hostile repository controls).
+            run(&["config", "--file", ".gitmodules", "submodule.vendor/inner.url", &sub_url]);
+            run(&["add", "-A"]);
+            run(&["commit", "-qm", "with submodule"]);
+
+            let off = local();
+            let url = parse_repository(outer.path().to_str().expect("utf8"), &off).expect("url");
+            let head = resolve_commit(&url, None, &off).await.expect("head");
+            let dest = tempfile::tempdir().expect("dest");
+            let (src, _) = checkout(&url, &head, None, dest.path(), &off).await.expect("submodules off: checkout works");
+            assert!(
+                std::fs::read_dir(src.join("vendor/inner")).map(|mut d| d.next().is_none()).unwrap_or(true),
+                "submodules are not fetched unless the operator allows them"
+            );
+
+            let on = SourcePolicy { allow_submodules: true, ..local() };
+            let dest = tempfile::tempdir().expect("dest");
+            let e = checkout(&url, &head, None, dest.path(), &on).await.expect_err(&sub_url);
+            let text = e.to_string();
+            assert!(text.contains("submodule `vendor/inner`") && text.contains(wanted), "{sub_url}: {text}");
+        }
     }
 }

@@ -28,11 +28,14 @@ use eserveless::store::Store;
 // ---------------------------------------------------------------------------------------------
 // The fake driver
 
+/// A build context entry: path, link target if a symlink, contents.
+type ContextEntry = (String, Option<String>, Vec<u8>);
+
 #[derive(Default)]
 struct Recorded {
     builds: Vec<(String, std::collections::HashMap<String, String>)>,
-    /// Every build context's entries: (path, link target if a symlink, contents).
-    contexts: Vec<Vec<(String, Option<String>, Vec<u8>)>>,
+    /// Every build context's entries.
+    contexts: Vec<Vec<ContextEntry>>,
     runs: Vec<ContainerSpec>,
     removed_images: Vec<String>,
 }
