@@ -265,6 +265,12 @@ impl DockerDriver {
         }
     }
 
+    /// The OCI runtimes registered with the engine (`runc`, and e.g. `runsc` when configured).
+    pub async fn runtimes(&self) -> Result<Vec<String>> {
+        let info = self.docker.info().await?;
+        Ok(info.runtimes.map(|r| r.into_keys().collect()).unwrap_or_default())
+    }
+
     /// The engine connection (for host-side setup such as the firewall).
     pub fn docker(&self) -> &Docker {
         &self.docker

@@ -21,6 +21,15 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     };
     let owner = server_id(&config.data_dir)?;
     let docker = DockerDriver::connect(&config.network, &owner).await?;
+    if let Some(runtime) = &config.limits.oci_runtime {
+        let known = docker.runtimes().await?;
+        anyhow::ensure!(
+            known.iter().any(|r| r == runtime),
+            "the OCI runtime `{runtime}` is not registered with Docker (it has: {}); add it under \"runtimes\" in /etc/docker/daemon.json and restart dockerd, or drop --oci-runtime",
+            known.join(", ")
+        );
+        tracing::info!(runtime = %runtime, "function containers use this OCI runtime");
+    }
     if config.firewall {
         isolate_functions_network(&docker, &config).await?;
     } else {

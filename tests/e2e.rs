@@ -375,3 +375,97 @@ async fn bad_inputs_end_to_end() {
         "the error of a deployment whose manifest names an unexported function should say so: {not_exported_error}"
     );
 }
+
+/// The CLI as a user drives it: `login` saves the URL and token (0600) and every later command
+/// sends it; users and tokens are managed from the CLI; a revoked token stops at once; without
+/// a token the CLI says how to log in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_login_users_and_tokens() {
+    require_docker!();
+    let _serial = SERIAL.lock().await;
+    let images = image_env().await;
+    let data_root = tempfile::tempdir().expect("data");
+    let server = Server::start(&data_root.path().join("data"), &images).await;
+    let config = tempfile::tempdir().expect("config home");
+    let xdg = config.path().to_str().expect("utf8");
+    let saved = |extra: &[&'static str]| -> Vec<(&'static str, String)> {
+        let mut v = vec![("XDG_CONFIG_HOME", xdg.to_string())];
+        v.extend(extra.iter().map(|k| (*k, server.url.clone())));
+        v
+    };
+    let run = |args: Vec<String>, env: Vec<(&'static str, String)>| async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        cli_env(&args, &env).await
+    };
+    let s = |a: &[&str]| a.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+
+    // Without any token: a clear hint.
+    let (code, _, err) = run(s(&["ls", "--server", &server.url]), vec![]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("eserveless login") && err.contains("401"), "{err}");
+
+    let (code, out, err) = run(s(&["login", "--with-token", &server.token]), saved(&["ESERVELESS_URL"])).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let file = config.path().join("eserveless/login.toml");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&file).expect("saved login").permissions().mode() & 0o777, 0o600);
+    // From now on, no URL and no token in the environment: the saved login is used.
+    let (code, out, err) = run(s(&["whoami"]), saved(&[])).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("admin at ") && out.contains("(admin)"), "{out}");
+
+    let (code, out, err) = run(s(&["users", "create", "carol"]), saved(&[])).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let carol = out.lines().last().expect("token line").trim().to_string();
+    assert!(carol.starts_with("esl_"), "{out}");
+    let as_carol = |args: &[&str]| {
+        let mut a = s(args);
+        a.extend(["--server".to_string(), server.url.clone(), "--token".to_string(), carol.clone()]);
+        a
+    };
+    let (code, _, err) = run(as_carol(&["users", "ls"]), vec![]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("not an admin") && err.contains("403"), "{err}");
+    let (code, out, err) = run(as_carol(&["tokens", "create", "ci"]), vec![]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let ci = out.lines().last().expect("token line").trim().to_string();
+    let id = out.split_whitespace().nth(1).expect("token id").to_string();
+    let (code, out, _) = run(as_carol(&["tokens", "ls"]), vec![]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("initial") && out.contains("ci") && !out.contains(&ci), "{out}");
+    let (code, out, err) = run(as_carol(&["tokens", "revoke", &id]), vec![]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = run(s(&["whoami", "--server", &server.url, "--token", &ci]), vec![]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("unknown or revoked") && err.contains("401"), "{err}");
+    let (code, out, _) = run(s(&["users", "ls"]), saved(&[])).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("carol") && out.contains("admin"), "{out}");
+    let (code, out, err) = run(s(&["users", "rm", "carol"]), saved(&[])).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, _) = run(as_carol(&["whoami"]), vec![]).await;
+    assert_ne!(code, 0, "a removed user's token no longer works");
+}
+
+/// An OCI runtime the engine does not know stops the server at start, with a clear error;
+/// a known one (`runc` is always registered) is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_oci_runtime_is_refused_at_start() {
+    require_docker!();
+    let _serial = SERIAL.lock().await;
+    let data = tempfile::tempdir().expect("data");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_eserveless"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port()), "--oci-runtime", "no-such-runtime", "--data-dir"])
+        .arg(data.path())
+        .env_remove("ESERVELESS_CONFIG")
+        .output()
+        .await
+        .expect("run serve");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the server started with an unknown runtime");
+    assert!(err.contains("`no-such-runtime` is not registered with Docker") && err.contains("runc"), "{err}");
+    let images = image_env().await;
+    let server = Server::start_with_args(&data.path().join("ok"), &images, &["--oci-runtime", "runc"]).await;
+    assert!(tail(&server.log, 50).contains("function containers use this OCI runtime"), "{}", tail(&server.log, 50));
+}
