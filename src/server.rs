@@ -48,7 +48,7 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         // Printed once, to the terminal only (not through the log); also in the 0600 file.
         println!(
             "eserveless: first start: created user `admin` with the API token\n\n    {token}\n\n\
-             It is also in {} (mode 0600). Use it with `eserveless login --token <token>` or ESERVELESS_TOKEN.",
+             It is also in {} (mode 0600). Use it with `eserveless login --with-token <token>` or ESERVELESS_TOKEN.",
             config.data_dir.join(crate::auth::ADMIN_TOKEN_FILE).display()
         );
     }

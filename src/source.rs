@@ -267,13 +267,14 @@ async fn run_git(mut cmd: Command, what: &str, timeout: Duration) -> Result<Stri
 
 /// Resolves `reference` (or the default branch) to a commit sha without cloning.
 pub async fn resolve_commit(url: &RepoUrl, reference: Option<&GitRef>, policy: &SourcePolicy) -> Result<String, SourceError> {
+    // The address policy holds whatever the ref: checked before anything else.
+    let guard = http_guard(url, policy).await?;
     if let Some(r) = reference {
         if r.is_full_sha() {
             // ls-remote lists refs, not commits: a full sha is taken as given and checked at fetch.
             return Ok(r.as_str().to_ascii_lowercase());
         }
     }
-    let guard = http_guard(url, policy).await?;
     let home = tempfile::tempdir().map_err(|e| SourceError::Git(e.to_string()))?;
     let mut cmd = git(policy, home.path());
     cmd.args(&guard).args(["ls-remote", "--", url.as_str()]);
@@ -481,6 +482,9 @@ mod tests {
             let url = parse_repository(u, &p).expect(u);
             let e = resolve_commit(&url, None, &p).await.expect_err(u);
             assert!(matches!(e, SourceError::BadUrl(_)), "{u}: {e}");
+            let sha = GitRef::parse(&"a".repeat(40)).expect("sha");
+            let e = resolve_commit(&url, Some(&sha), &p).await.expect_err(u);
+            assert!(matches!(e, SourceError::BadUrl(_)), "{u} with a full sha: {e}");
             assert!(e.to_string().contains("--allow-private-repos"), "{e}");
         }
         // Allowed by the operator: the policy no longer refuses (the clone itself then fails: nothing listens there).
