@@ -222,8 +222,12 @@ mod tests {
         let http = t.render("node", "http", &vars("API", "http")).expect("renders");
         let cron = t.render("node", "cron", &vars("Tick", "cron")).expect("renders");
         let df = |files: &[(PathBuf, String)]| files.iter().find(|(p, _)| p == Path::new("Dockerfile")).map(|(_, s)| s.clone()).expect("Dockerfile");
-        assert!(df(&http).contains("server.cjs") && !df(&http).contains("cron.cjs"), "{}", df(&http));
-        assert!(df(&cron).contains("cron.cjs") && !df(&cron).contains("server.cjs"), "{}", df(&cron));
+        let (h, c) = (df(&http), df(&cron));
+        assert!(h.contains(r#"CMD ["node", "--snapshot-blob", "/app/.eserveless-build/snapshot.blob"]"#), "{h}");
+        assert!(h.contains("--build-snapshot .eserveless-build/snapshot.cjs") && !h.contains("cron.cjs"), "{h}");
+        assert!(http.iter().any(|(p, _)| p == Path::new("snapshot.cjs")), "the http kind carries its snapshot entry");
+        assert!(c.contains(r#"CMD ["node", "/app/.eserveless-build/cron.cjs"]"#) && !c.contains("snapshot") && !c.contains("server.cjs"), "{c}");
+        assert!(h.contains("ENV NODE_EXTRA_CA_CERTS=\n") && c.contains("ENV NODE_EXTRA_CA_CERTS=\n"), "both kinds skip the CA bundle parse");
         assert!(http.iter().any(|(p, _)| p == Path::new("loader.cjs")), "shared loader included");
         assert!(t.render("node", "shared", &vars("API", "http")).is_err(), "shared is not a kind");
     }
