@@ -540,7 +540,7 @@ fn access_repo() -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().expect("repo dir");
     std::fs::write(
         dir.path().join(".eserveless.yaml"),
-        "runtime: node\nfunctions:\n  - {name: Open, type: http, memory: 128Mi, cpu: 0.5}\n  - {name: Closed, type: http, auth: private}\n  - {name: Tick, type: cron, schedule: \"0 0 * * *\"}\n",
+        "runtime: node\nfunctions:\n  - {name: Open, type: http, memory: 128Mi, cpu: 0.5, timeout: 1s}\n  - {name: Closed, type: http, auth: private, timeout: 1s}\n  - {name: Tick, type: cron, schedule: \"0 0 * * *\"}\n",
     )
     .expect("manifest");
     std::fs::write(

@@ -24,12 +24,10 @@ async fn node_project_end_to_end() {
     require_docker!();
     let _serial = SERIAL.lock().await;
     let t0 = Instant::now();
-    let images = image_env().await;
-    let data_root = tempfile::tempdir().expect("data");
-    let data = data_root.path().join("data");
     let project = unique("e2e-node");
-    let _cleanup = Cleanup { projects: vec![project.clone()] };
-    let mut server = Server::start(&data, &images).await;
+    let scene = Scene::new(&[&project]).await;
+    let (data, images) = (&scene.data, &scene.images);
+    let mut server = Server::start(data, images).await;
     let http = server.http();
     let repo = fixture_repo("node-app");
     let repo_path = repo.path().to_str().expect("utf8").to_string();
@@ -182,7 +180,7 @@ async fn node_project_end_to_end() {
     // --- the server crashes and comes back on the same data directory
     let before_restart = last_run_id(&http, &server.url, &project, "Ticker").await;
     server.kill();
-    let server = Server::start(&data, &images).await;
+    let server = Server::start(data, images).await;
     let invoke_api = |path: &str| format!("{}/invoke/{project}/API{path}", server.url);
     let a = answer(http.get(invoke_api("/after-restart")).send().await.expect("invoke API")).await;
     assert_eq!(a.status, 200, "API after a restart: {}", a.raw);
@@ -215,12 +213,9 @@ async fn go_project_end_to_end() {
     require_docker!();
     let _serial = SERIAL.lock().await;
     let t0 = Instant::now();
-    let images = image_env().await;
-    let data_root = tempfile::tempdir().expect("data");
-    let data = data_root.path().join("data");
     let project = unique("e2e-go");
-    let _cleanup = Cleanup { projects: vec![project.clone()] };
-    let server = Server::start(&data, &images).await;
+    let scene = Scene::new(&[&project]).await;
+    let server = Server::start(&scene.data, &scene.images).await;
     let http = server.http();
     let repo = fixture_repo("go-app");
 
@@ -293,20 +288,17 @@ async fn bad_inputs_end_to_end() {
     require_docker!();
     let _serial = SERIAL.lock().await;
     let t0 = Instant::now();
-    let images = image_env().await;
-    let data_root = tempfile::tempdir().expect("data");
-    let data = data_root.path().join("data");
     let no_manifest = unique("e2e-nomanifest");
     let not_exported = unique("e2e-notexported");
     let bad_yaml = unique("e2e-badyaml");
-    let _cleanup = Cleanup { projects: vec![no_manifest.clone(), not_exported.clone(), bad_yaml.clone()] };
-    let server = Server::start(&data, &images).await;
+    let scene = Scene::new(&[&no_manifest, &not_exported, &bad_yaml]).await;
+    let server = Server::start(&scene.data, &scene.images).await;
     let http = server.http();
     let functions_js = "'use strict';\nmodule.exports = { API: (req, res) => res.end('ok') };\n".to_string();
 
     // A repository that does not exist: refused at once.
     let began = Instant::now();
-    let missing = data_root.path().join("no-such-repo");
+    let missing = scene.scratch.join("no-such-repo");
     let a = deploy(&http, &server.url, &missing, "e2e-missing").await;
     let m = assert_error(&a, 422, "repository_unreachable");
     assert!(m.contains("no-such-repo"), "{m}");
@@ -383,9 +375,8 @@ async fn bad_inputs_end_to_end() {
 async fn cli_login_users_and_tokens() {
     require_docker!();
     let _serial = SERIAL.lock().await;
-    let images = image_env().await;
-    let data_root = tempfile::tempdir().expect("data");
-    let server = Server::start(&data_root.path().join("data"), &images).await;
+    let scene = Scene::new(&[]).await;
+    let server = Server::start(&scene.data, &scene.images).await;
     let config = tempfile::tempdir().expect("config home");
     let xdg = config.path().to_str().expect("utf8");
     let saved = |extra: &[&'static str]| -> Vec<(&'static str, String)> {

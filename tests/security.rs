@@ -48,13 +48,12 @@ macro_rules! ensure {
 struct Ctx {
     // Dropped in this order: the server is killed before the cleanup removes what is left.
     server: Server,
-    _cleanup: Cleanup,
+    _scene: Scene,
     t0: Instant,
     http: reqwest::Client,
     docker: Docker,
     project: String,
     _repo: tempfile::TempDir,
-    _data_root: tempfile::TempDir,
 }
 
 impl Ctx {
@@ -442,15 +441,12 @@ async fn hostile_functions_are_contained() {
     require_docker!();
     let _serial = SERIAL.lock().await;
     let t0 = Instant::now();
-    let images = image_env().await;
-    let data_root = tempfile::tempdir().expect("data");
-    let data = data_root.path().join("data");
     let project = unique("sec");
-    let cleanup = Cleanup { projects: vec![project.clone()] };
-    let server = Server::start_on("0.0.0.0", &data, &images, &[]).await;
+    let scene = Scene::new(&[&project]).await;
+    let server = Server::start_on("0.0.0.0", &scene.data, &scene.images, &[]).await;
     let http = server.http();
     let repo = fixture_repo("hostile-app");
-    let ctx = Ctx { server, _cleanup: cleanup, t0, http, docker: docker(), project, _repo: repo, _data_root: data_root };
+    let ctx = Ctx { server, _scene: scene, t0, http, docker: docker(), project, _repo: repo };
     let d = deploy_and_wait(&ctx.http, &ctx.server.url, ctx._repo.path(), &ctx.project).await;
     assert_eq!(d["status"], "ready", "hostile-app did not deploy: {d:#}");
     ctx.log(&format!("{} live", ctx.project));

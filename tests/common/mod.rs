@@ -190,6 +190,31 @@ impl Drop for Server {
     }
 }
 
+/// What a scenario starts from: the base images, a fresh data directory, and the cleanup of
+/// its projects. Declare it before the server, so the server is dropped (killed) first.
+pub struct Scene {
+    pub images: Vec<(&'static str, String)>,
+    /// `<temp dir>/data`, not created: the server makes it.
+    pub data: PathBuf,
+    /// Another path in the same temp dir, for whatever else the test needs on disk.
+    pub scratch: PathBuf,
+    pub cleanup: Cleanup,
+    _root: tempfile::TempDir,
+}
+
+impl Scene {
+    pub async fn new(projects: &[&str]) -> Scene {
+        let root = tempfile::tempdir().expect("data");
+        Scene {
+            images: image_env().await,
+            data: root.path().join("data"),
+            scratch: root.path().join("scratch"),
+            cleanup: Cleanup { projects: projects.iter().map(|p| p.to_string()).collect() },
+            _root: root,
+        }
+    }
+}
+
 /// Removes whatever a test's projects left on the engine, even when the test failed.
 pub struct Cleanup {
     pub projects: Vec<String>,
