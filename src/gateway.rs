@@ -315,8 +315,6 @@ impl Gateway {
         };
         let (mut parts, incoming) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        // The key proves the caller to us; the function has no use for it.
-        parts.headers.remove(INVOKE_KEY_HEADER);
         let timing = format!("{};dur={}", lease.kind.as_str(), lease.took.as_millis());
         if let Ok(v) = HeaderValue::from_str(&timing) {
             parts.headers.append("server-timing", v);
