@@ -572,7 +572,7 @@ async fn secrets(c: &Client, command: SecretsCommand) -> Result<i32> {
         SecretsCommand::Set { project, pairs } => {
             let mut set = serde_json::Map::new();
             for pair in pairs {
-                let (k, v) = pair.split_once('=').ok_or_else(|| anyhow!("`{}` is not KEY=VALUE", pair.split(':').next().unwrap_or("")))?;
+                let (k, v) = pair.split_once('=').ok_or_else(|| anyhow!("`{pair}` is not KEY=VALUE (use KEY=- to read the value from stdin)"))?;
                 let value = if v == "-" {
                     let mut buf = String::new();
                     std::io::Read::read_to_string(&mut std::io::stdin(), &mut buf).context("cannot read the value from stdin")?;

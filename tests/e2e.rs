@@ -375,7 +375,8 @@ async fn bad_inputs_end_to_end() {
 async fn cli_login_users_and_tokens() {
     require_docker!();
     let _serial = SERIAL.lock().await;
-    let scene = Scene::new(&[]).await;
+    let project = unique("e2e-cli");
+    let scene = Scene::new(&[&project]).await;
     let server = Server::start(&scene.data, &scene.images).await;
     let config = tempfile::tempdir().expect("config home");
     let xdg = config.path().to_str().expect("utf8");
@@ -437,6 +438,39 @@ async fn cli_login_users_and_tokens() {
     assert_eq!(code, 0, "{out}{err}");
     let (code, _, _) = run(as_carol(&["whoami"]), vec![]).await;
     assert_ne!(code, 0, "a removed user's token no longer works");
+
+    // Secrets and invoke keys from the CLI, on a project with a private function.
+    let repo = repo_with(&[
+        (".eserveless.yaml", "runtime: node\nfunctions:\n  - {name: Who, type: http, auth: private}\n".to_string()),
+        ("functions.js", "exports.Who = (q, s) => s.end(process.env.GREETING || 'none');\n".to_string()),
+    ]);
+    let path = repo.path().to_str().expect("utf8");
+    let (code, out, err) = run(s(&["deploy", path, "--name", &project]), saved(&[])).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let key = out.lines().skip_while(|l| !l.contains("invoke key")).nth(1).expect("the key's line").trim().to_string();
+    assert!(key.starts_with("eik_"), "{out}");
+    let (code, out, err) = run(s(&["secrets", "set", &project, "GREETING=hello-from-secret"]), saved(&[])).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!out.contains("hello-from-secret"), "{out}");
+    let (code, out, _) = run(s(&["secrets", "ls", &project]), saved(&[])).await;
+    assert!(code == 0 && out.contains("GREETING") && !out.contains("hello-from-secret"), "{out}");
+    let target = format!("{project}/Who");
+    let (code, _, err) = run(s(&["invoke", &target]), saved(&[])).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("401"), "a private function without the key: {err}");
+    let (code, out, err) = run(s(&["invoke", &target, "--key", &key]), saved(&[])).await;
+    assert_eq!((code, out.trim()), (0, "hello-from-secret"), "{err}");
+    let (code, out, _) = run(s(&["keys", "rotate", &project]), saved(&[])).await;
+    assert_eq!(code, 0, "{out}");
+    let new_key = out.lines().nth(1).expect("the new key").trim().to_string();
+    let (code, _, err) = run(s(&["invoke", &target, "--key", &key]), saved(&[])).await;
+    assert_ne!(code, 0, "the rotated-out key still works: {err}");
+    let (code, out, err) = run(s(&["secrets", "rm", &project, "GREETING"]), saved(&[])).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = run(s(&["invoke", &target, "--key", &new_key]), saved(&[])).await;
+    assert_eq!((code, out.trim()), (0, "none"), "after `secrets rm` the new instance has no GREETING: {err}");
+    let (code, out, err) = run(s(&["rm", &project]), saved(&[])).await;
+    assert_eq!(code, 0, "{out}{err}");
 }
 
 /// An OCI runtime the engine does not know stops the server at start, with a clear error;
