@@ -534,33 +534,4 @@ mod tests {
                     nameserver 2001:db8::1\n  nameserver 192.168.1.1 \noptions edns0\n";
         assert_eq!(parse_resolvers(conf), vec!["10.255.255.53", "192.168.1.1"]);
     }
-
-    /// Applies the rules to the network named by `ESERVELESS_FW_NETWORK` (or
-    /// removes them when `ESERVELESS_FW_REMOVE` is set) and leaves them in place,
-    /// for manual checks. Needs root and Docker:
-    /// `ESERVELESS_FW_NETWORK=fwtest cargo test --lib firewall::tests::live -- --ignored`
-    #[tokio::test]
-    #[ignore = "needs root and a Docker daemon; changes the host firewall"]
-    async fn live_apply_from_env() {
-        if std::env::var_os("ESERVELESS_FW_REMOVE").is_some() {
-            remove().await.expect("remove");
-            return;
-        }
-        let network = std::env::var("ESERVELESS_FW_NETWORK").expect("set ESERVELESS_FW_NETWORK");
-        let docker = Docker::connect_with_local_defaults().expect("docker");
-        let net = bridge_interface(&docker, &network).await.expect("inspect network");
-        let p = FirewallPolicy {
-            egress: std::env::var_os("ESERVELESS_FW_NO_EGRESS").is_none(),
-            dns_servers: host_resolvers(),
-            ..FirewallPolicy::new(net.iface.clone())
-        };
-        eprintln!("{net:?} {p:?}");
-        apply(&p).await.expect("apply");
-        apply(&p).await.expect("apply again");
-        for (parent, target) in [("INPUT", INPUT_CHAIN), ("DOCKER-USER", FORWARD_CHAIN)] {
-            let rules = list(parent).await.expect("list");
-            assert_eq!(rules[0], jump_spec(&net.iface, target));
-            assert_eq!(rules.iter().filter(|r| jumps_to(r, target)).count(), 1, "{parent}: {rules:?}");
-        }
-    }
 }

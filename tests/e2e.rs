@@ -494,3 +494,39 @@ async fn unknown_oci_runtime_is_refused_at_start() {
     let server = Server::start_with_args(&data.path().join("ok"), &images, &["--oci-runtime", "runc"]).await;
     assert!(tail(&server.log, 50).contains("function containers use this OCI runtime"), "{}", tail(&server.log, 50));
 }
+
+/// `iptables -S <chain>` as lines (the rules the server installed on the host).
+fn iptables_rules(chain: &str) -> Vec<String> {
+    let out = std::process::Command::new("iptables").args(["-w", "-S", chain]).output().expect("run iptables");
+    assert!(out.status.success(), "iptables -S {chain}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("-A ")).map(str::to_string).collect()
+}
+
+/// The host firewall for the functions network: each start installs the jumps exactly once,
+/// first in INPUT and DOCKER-USER, and refills the chains from the current settings
+/// (`--egress=false` adds the final drop; the next start without it takes it away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firewall_rules_are_installed_once_and_follow_the_settings() {
+    require_docker!();
+    let _serial = SERIAL.lock().await;
+    let scene = Scene::new(&[]).await;
+    let check = |egress: bool| {
+        for (parent, chain) in [("INPUT", "ESERVELESS-INPUT"), ("DOCKER-USER", "ESERVELESS-FWD")] {
+            let rules = iptables_rules(parent);
+            let jumps: Vec<&String> = rules.iter().filter(|r| r.ends_with(&format!("-j {chain}"))).collect();
+            assert_eq!(jumps.len(), 1, "{parent} must jump to {chain} exactly once: {rules:#?}");
+            assert_eq!(rules.first(), Some(jumps[0]), "the jump must come first in {parent}: {rules:#?}");
+        }
+        let input = iptables_rules("ESERVELESS-INPUT");
+        assert!(input.len() == 2 && input[0].contains("ESTABLISHED") && input[1].ends_with("-j DROP"), "{input:#?}");
+        let fwd = iptables_rules("ESERVELESS-FWD");
+        assert!(fwd.iter().any(|r| r.contains("-d 169.254.0.0/16") && r.ends_with("-j DROP")), "{fwd:#?}");
+        let last = fwd.last().expect("forward rules");
+        assert_eq!(last.contains("! -o") && last.ends_with("-j DROP"), !egress, "egress {egress}: {fwd:#?}");
+    };
+    let mut server = Server::start_with_args(&scene.data, &scene.images, &["--egress=false"]).await;
+    check(false);
+    server.kill();
+    let _server = Server::start(&scene.data, &scene.images).await;
+    check(true);
+}
