@@ -17,8 +17,6 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bollard::query_parameters::KillContainerOptions;
@@ -118,15 +116,7 @@ impl Ctx {
         )
         .await;
         assert_eq!(a.status, 200, "removing {}: {}", self.project, a.raw);
-        let began = Instant::now();
-        loop {
-            let left = containers_of(&self.docker, &self.project).await;
-            if left.is_empty() {
-                break;
-            }
-            assert!(began.elapsed() < Duration::from_secs(30), "containers of {} left after removal: {left:?}", self.project);
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        wait_containers_gone(&self.docker, &self.project, "").await;
         self.log(&format!("{} removed", self.project));
     }
 }
@@ -431,65 +421,20 @@ async fn check_instances_adopted_after_restart(ctx: &mut Ctx) {
     assert_eq!(all.len(), 1, "one container of Reuse expected after the restart: {all:?}");
 }
 
-/// One request of the load: when it was sent, and its JSON answer (or the error).
-struct Sample {
-    sent: Instant,
-    result: Result<serde_json::Value, String>,
-}
-
-impl Sample {
-    fn field(&self, k: &str) -> Option<String> {
-        self.result.as_ref().ok().map(|v| v[k].as_str().unwrap_or("").to_string())
-    }
-}
-
 /// Steady load on Reuse: two workers send quick requests (volume) and two send requests that
 /// take 300 ms in the function, so requests are in flight on the old instance when the route
 /// switches (it must drain, not be removed under them).
-struct Load {
-    stop: Arc<AtomicBool>,
-    workers: Vec<tokio::task::JoinHandle<Vec<Sample>>>,
-}
+struct Load(RequestLoop);
 
 impl Load {
     fn start(ctx: &Ctx) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let workers = (0..4)
-            .map(|n| {
-                let url = ctx.url("Reuse", if n < 2 { "" } else { "?sleep=300" });
-                let stop = stop.clone();
-                tokio::spawn(async move {
-                    let http = client();
-                    let mut samples = Vec::new();
-                    while !stop.load(Ordering::Acquire) {
-                        let sent = Instant::now();
-                        let result = match http.get(&url).send().await {
-                            Ok(r) => {
-                                let a = answer(r).await;
-                                if a.status == 200 {
-                                    Ok(a.body)
-                                } else {
-                                    Err(format!("{} {}", a.status, a.raw))
-                                }
-                            }
-                            Err(e) => Err(format!("transport error: {e}")),
-                        };
-                        samples.push(Sample { sent, result });
-                    }
-                    samples
-                })
-            })
-            .collect();
-        Load { stop, workers }
+        let urls = (0..4).map(|n| ctx.url("Reuse", if n < 2 { "" } else { "?sleep=300" })).collect();
+        Load(RequestLoop::start(urls, Duration::ZERO))
     }
 
     /// Stops the load; asserts that not one request failed and enough were made.
     async fn finish(self, ctx: &Ctx, what: &str) -> Vec<Sample> {
-        self.stop.store(true, Ordering::Release);
-        let mut samples = Vec::new();
-        for w in self.workers {
-            samples.extend(w.await.expect("a load worker"));
-        }
+        let samples = self.0.finish().await;
         let failures: Vec<&String> = samples.iter().filter_map(|s| s.result.as_ref().err()).collect();
         ctx.log(&format!("{} requests under load during {what}; {} failed", samples.len(), failures.len()));
         assert!(

@@ -17,7 +17,6 @@
 mod common;
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -102,61 +101,6 @@ fn blocked(report: &Value) -> Check {
 
 fn host_of(v: &Value) -> String {
     v["host"].as_str().unwrap_or("").to_string()
-}
-
-// ---------------------------------------------------------------------------------------------
-// The victim: requested all along
-
-struct Sample {
-    at: Duration,
-    took: Duration,
-    result: Result<String, String>,
-}
-
-struct VictimLoad {
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<Vec<Sample>>,
-}
-
-impl VictimLoad {
-    /// Requests the victim every ~50 ms (without a token: /invoke is public) until stopped.
-    fn start(ctx: &Ctx) -> VictimLoad {
-        let url = ctx.url("Victim", "");
-        let t0 = ctx.t0;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let task = tokio::spawn(async move {
-            let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("http client");
-            let mut samples = Vec::new();
-            while !flag.load(Ordering::Acquire) {
-                let sent = Instant::now();
-                let result = match http.get(&url).send().await {
-                    Ok(r) => {
-                        let a = answer(r).await;
-                        if a.status == 200 && a.body["status"] == "ok" {
-                            Ok(host_of(&a.body))
-                        } else {
-                            Err(format!("{} {}", a.status, a.raw))
-                        }
-                    }
-                    Err(e) => Err(format!("transport error: {e}")),
-                };
-                let took = sent.elapsed();
-                if let Err(e) = &result {
-                    eprintln!("[{:>6.1}s] VICTIM FAILED after {took:?}: {e}", t0.elapsed().as_secs_f64());
-                }
-                samples.push(Sample { at: sent - t0, took, result });
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            samples
-        });
-        VictimLoad { stop, task }
-    }
-
-    async fn finish(self) -> Vec<Sample> {
-        self.stop.store(true, Ordering::Release);
-        self.task.await.expect("the victim load task")
-    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -458,7 +402,8 @@ async fn hostile_functions_are_contained() {
     ctx.log(&format!("victim {victim}; host addresses {hosts:?}; server port {}", ctx.server.port));
     assert!(!hosts.is_empty(), "no non-loopback IPv4 address of the host found");
 
-    let load = VictimLoad::start(&ctx);
+    // The victim, requested every ~50 ms all along (without a token: /invoke is public).
+    let load = RequestLoop::start(vec![ctx.url("Victim", "")], Duration::from_millis(50));
     let attacks_began = Instant::now();
     let mut results: Vec<(&str, Duration, Check)> = Vec::new();
     macro_rules! run {
@@ -491,15 +436,18 @@ async fn hostile_functions_are_contained() {
     let healthz = client().get(format!("{}/healthz", ctx.server.url)).send().await.map(|r| r.status().as_u16());
 
     // The victim's record.
+    let at = |sample: &Sample| (sample.sent - t0).as_secs_f64();
+    let answered_ok = |sample: &Sample| sample.field("status").as_deref() == Some("ok");
     let failures: Vec<String> = samples
         .iter()
-        .filter_map(|s| s.result.as_ref().err().map(|e| format!("at {:.1}s after {:?}: {e}", s.at.as_secs_f64(), s.took)))
+        .filter(|x| !answered_ok(x))
+        .map(|x| format!("at {:.1}s after {:?}: {}", at(x), x.took, x.result.as_ref().map_or_else(String::clone, Value::to_string)))
         .collect();
-    let mut lat: Vec<Duration> = samples.iter().filter(|s| s.result.is_ok()).map(|s| s.took).collect();
+    let mut lat: Vec<Duration> = samples.iter().filter(|x| answered_ok(x)).map(|x| x.took).collect();
     lat.sort();
     let (p50, p95, p99, max) = (percentile(&lat, 0.5), percentile(&lat, 0.95), percentile(&lat, 0.99), lat.last().copied().unwrap_or_default());
-    let victim_hosts: BTreeSet<&str> = samples.iter().filter_map(|s| s.result.as_ref().ok()).map(String::as_str).collect();
-    let slowest = samples.iter().max_by_key(|s| s.took).map(|s| format!("{:?} at {:.1}s", s.took, s.at.as_secs_f64())).unwrap_or_default();
+    let victim_hosts: BTreeSet<String> = samples.iter().filter(|x| answered_ok(x)).filter_map(|x| x.field("host")).collect();
+    let slowest = samples.iter().max_by_key(|x| x.took).map(|x| format!("{:?} at {:.1}s", x.took, at(x))).unwrap_or_default();
 
     let mut report = vec![format!("attacks ({:.1}s):", attacks_took.as_secs_f64())];
     for (name, took, r) in &results {
@@ -520,15 +468,7 @@ async fn hostile_functions_are_contained() {
     // Remove the project (the Cleanup also does, on any failure).
     let del = ctx.http.delete(format!("{}/api/projects/{}", ctx.server.url, ctx.project)).send().await.map(|r| r.status().as_u16());
     assert_eq!(del.as_ref().ok(), Some(&200), "removing {}: {del:?}\n{report}", ctx.project);
-    let began = Instant::now();
-    loop {
-        let left = containers_of(&ctx.docker, &ctx.project).await;
-        if left.is_empty() {
-            break;
-        }
-        assert!(began.elapsed() < Duration::from_secs(30), "containers of {} left after removal: {left:?}\n{report}", ctx.project);
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_containers_gone(&ctx.docker, &ctx.project, &report).await;
 
     let failed: Vec<String> = results.iter().filter_map(|(n, _, r)| r.as_ref().err().map(|e| format!("{n}: {e}"))).collect();
     assert!(failed.is_empty(), "{} of {} attacks were not contained:\n  {}\n\n{report}", failed.len(), results.len(), failed.join("\n  "));

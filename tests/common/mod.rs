@@ -428,6 +428,81 @@ pub async fn cli_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, Strin
 }
 
 // ---------------------------------------------------------------------------------------------
+// Steady load
+
+/// One request of a [`RequestLoop`]: when it was sent, how long it took, and the JSON body of
+/// a 200 (or what went wrong).
+pub struct Sample {
+    pub sent: Instant,
+    pub took: Duration,
+    pub result: Result<Value, String>,
+}
+
+impl Sample {
+    /// A string field of the answer's body, if it was answered.
+    pub fn field(&self, k: &str) -> Option<String> {
+        self.result.as_ref().ok().map(|v| v[k].as_str().unwrap_or("").to_string())
+    }
+}
+
+/// Clients that each request one URL in a loop (pausing `pause` between requests) until
+/// [`RequestLoop::finish`]; every failure is also printed as it happens.
+pub struct RequestLoop {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    workers: Vec<tokio::task::JoinHandle<Vec<Sample>>>,
+}
+
+impl RequestLoop {
+    pub fn start(urls: Vec<String>, pause: Duration) -> RequestLoop {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let workers = urls
+            .into_iter()
+            .map(|url| {
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let http = client();
+                    let mut samples = Vec::new();
+                    while !stop.load(Ordering::Acquire) {
+                        let sent = Instant::now();
+                        let result = match http.get(&url).send().await {
+                            Ok(r) => {
+                                let a = answer(r).await;
+                                if a.status == 200 {
+                                    Ok(a.body)
+                                } else {
+                                    Err(format!("{} {}", a.status, a.raw))
+                                }
+                            }
+                            Err(e) => Err(format!("transport error: {e}")),
+                        };
+                        if let Err(e) = &result {
+                            eprintln!("request to {url} failed: {e}");
+                        }
+                        samples.push(Sample { sent, took: sent.elapsed(), result });
+                        if !pause.is_zero() {
+                            tokio::time::sleep(pause).await;
+                        }
+                    }
+                    samples
+                })
+            })
+            .collect();
+        RequestLoop { stop, workers }
+    }
+
+    /// Stops the clients and returns every sample.
+    pub async fn finish(self) -> Vec<Sample> {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        let mut samples = Vec::new();
+        for w in self.workers {
+            samples.extend(w.await.expect("a load worker"));
+        }
+        samples
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Repositories
 
 pub fn git(dir: &Path, args: &[&str]) -> String {
@@ -488,17 +563,23 @@ pub fn header<'a>(a: &'a Answer, name: &str) -> &'a str {
 
 /// After a project is removed: no container or image of it is left (a cron run that was
 /// already going may take a moment to finish and remove its own container).
-pub async fn assert_project_gone(project: &str) {
-    let d = docker();
+/// Waits (at most 30 s) until the engine holds no container of `project`; `context` is added
+/// to the failure message.
+pub async fn wait_containers_gone(d: &Docker, project: &str, context: &str) {
     let began = Instant::now();
     loop {
-        let left = containers_of(&d, project).await;
+        let left = containers_of(d, project).await;
         if left.is_empty() {
-            break;
+            return;
         }
-        assert!(began.elapsed() < Duration::from_secs(30), "containers of {project} left after removal: {left:?}");
+        assert!(began.elapsed() < Duration::from_secs(30), "containers of {project} left after removal: {left:?}\n{context}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+pub async fn assert_project_gone(project: &str) {
+    let d = docker();
+    wait_containers_gone(&d, project, "").await;
     let images = images_of(&d, project).await;
     assert!(images.is_empty(), "images of {project} left after removal: {images:?}");
     // Nothing comes back: no schedule fires for a removed project.
