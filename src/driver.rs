@@ -166,6 +166,8 @@ pub struct ContainerSpec {
 pub struct Started {
     pub id: String,
     pub ip: String,
+    /// The container's first process as the host sees it, when the engine says.
+    pub pid: Option<u32>,
 }
 
 /// A container the platform created, as listed by the engine.
@@ -214,6 +216,10 @@ pub trait Driver: Send + Sync + 'static {
     /// The container's output so far (stdout and stderr interleaved), at most `max_bytes` of the tail.
     async fn logs(&self, id: &str, max_bytes: usize) -> Result<String>;
     async fn list_managed(&self) -> Result<Vec<ManagedContainer>>;
+    /// The running container's first process as the host sees it, if the engine says.
+    async fn init_pid(&self, _id: &str) -> Result<Option<u32>> {
+        Ok(None)
+    }
     /// Lifecycle events of managed containers.
     fn events(&self) -> BoxStream<'static, Result<ContainerEvent>>;
 }
@@ -276,14 +282,17 @@ impl DockerDriver {
         &self.docker
     }
 
-    async fn container_ip(&self, id: &str) -> Result<Option<String>> {
+    /// The container's address on the functions network, and its first process's host pid.
+    async fn container_addr(&self, id: &str) -> Result<(Option<String>, Option<u32>)> {
         let info = self.docker.inspect_container(id, None::<InspectContainerOptions>).await?;
-        Ok(info
+        let pid = info.state.as_ref().and_then(|s| s.pid).and_then(|p| u32::try_from(p).ok()).filter(|&p| p > 0);
+        let ip = info
             .network_settings
             .and_then(|n| n.networks)
             .and_then(|mut n| n.remove(&self.network))
             .and_then(|e| e.ip_address)
-            .filter(|ip| !ip.is_empty()))
+            .filter(|ip| !ip.is_empty());
+        Ok((ip, pid))
     }
 }
 
@@ -411,9 +420,9 @@ impl Driver for DockerDriver {
             let _ = self.remove(&created.id).await;
             return Err(e.into());
         }
-        let ip = match self.container_ip(&created.id).await {
-            Ok(Some(ip)) => ip,
-            Ok(None) => {
+        let (ip, pid) = match self.container_addr(&created.id).await {
+            Ok((Some(ip), pid)) => (ip, pid),
+            Ok((None, _)) => {
                 let _ = self.remove(&created.id).await;
                 return Err(DriverError::Engine(format!("container {} got no address on network {}", created.id, self.network)));
             }
@@ -422,7 +431,7 @@ impl Driver for DockerDriver {
                 return Err(e);
             }
         };
-        Ok(Started { id: created.id, ip })
+        Ok(Started { id: created.id, ip, pid })
     }
 
     async fn pause(&self, id: &str) -> Result<()> {
@@ -500,6 +509,10 @@ impl Driver for DockerDriver {
                 })
             })
             .collect())
+    }
+
+    async fn init_pid(&self, id: &str) -> Result<Option<u32>> {
+        Ok(self.container_addr(id).await?.1)
     }
 
     fn events(&self) -> BoxStream<'static, Result<ContainerEvent>> {

@@ -7,18 +7,15 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use axum::response::IntoResponse;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 
 use crate::error::ApiError;
 use crate::pool::{AcquireError, FunctionPool, Lease};
+use crate::upstream::Checkout;
 
 /// Where a function's requests go.
 #[derive(Clone)]
@@ -35,6 +32,9 @@ pub struct RouteTable {
     /// project → SHA-256 of its invoke key (consulted only for `auth: private` functions).
     invoke_keys: RwLock<HashMap<String, [u8; 32]>>,
 }
+
+/// Answers with a `Content-Length` up to this size are read whole before being forwarded.
+const BUFFER_ANSWERS_UP_TO: u64 = 64 * 1024;
 
 /// The header that carries a project's invoke key to its `auth: private` functions.
 pub const INVOKE_KEY_HEADER: &str = "x-eserveless-key";
@@ -73,10 +73,10 @@ impl RouteTable {
     }
 }
 
-/// The proxy: a pooled keep-alive HTTP/1.1 client to instances.
+/// The proxy. Each instance keeps its own keep-alive HTTP/1.1 connections
+/// ([`crate::upstream::Endpoint`]), which live and die with it.
 #[derive(Clone)]
 pub struct Gateway {
-    client: Client<HttpConnector, Body>,
     routes: Arc<RouteTable>,
 }
 
@@ -121,10 +121,11 @@ pub fn split_invoke_path(path: &str) -> Option<(&str, &str, &str)> {
     Some((project, function, if tail.is_empty() { "/" } else { tail }))
 }
 
-/// A response body that holds the instance until the body has been sent.
+/// A response body that holds the instance (and its connection) until the body has been sent.
 struct LeasedBody {
     inner: Incoming,
     lease: Option<Lease>,
+    conn: Option<Checkout>,
 }
 
 impl http_body::Body for LeasedBody {
@@ -135,9 +136,13 @@ impl http_body::Body for LeasedBody {
         let r = Pin::new(&mut self.inner).poll_frame(cx);
         match &r {
             Poll::Ready(None) => {
+                if let Some(c) = self.conn.take() {
+                    c.finish();
+                }
                 self.lease = None;
             }
             Poll::Ready(Some(Err(_))) => {
+                self.conn = None;
                 if let Some(l) = self.lease.take() {
                     l.mark_broken();
                 }
@@ -158,14 +163,7 @@ impl http_body::Body for LeasedBody {
 
 impl Gateway {
     pub fn new(routes: Arc<RouteTable>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(256)
-            .build(connector);
-        Gateway { client, routes }
+        Gateway { routes }
     }
 
     /// Proxies one invocation.
@@ -264,14 +262,13 @@ impl Gateway {
             Some(q) => format!("{rest}?{q}"),
             None => rest.to_string(),
         };
-        parts.uri = Uri::builder()
-            .scheme(axum::http::uri::Scheme::HTTP)
-            .authority(lease.authority.clone())
-            .path_and_query(pq)
-            .build()
-            .map_err(|e| ApiError::bad_request("bad_path", format!("cannot forward this path: {e}")))?;
+        // Origin-form: the connection already says which instance this is.
+        parts.uri = Uri::try_from(pq).map_err(|e| ApiError::bad_request("bad_path", format!("cannot forward this path: {e}")))?;
         parts.version = axum::http::Version::HTTP_11;
         let original_host = parts.headers.get(header::HOST).cloned();
+        if original_host.is_none() {
+            parts.headers.insert(header::HOST, HeaderValue::from_static("localhost"));
+        }
         strip_hop_by_hop(&mut parts.headers);
         // The key proves the caller to us; the function has no use for it.
         parts.headers.remove(INVOKE_KEY_HEADER);
@@ -293,8 +290,8 @@ impl Gateway {
         h.insert("x-forwarded-prefix", pool.forwarded_prefix().clone());
         let up = Request::from_parts(parts, body);
 
-        let result = tokio::time::timeout_at(deadline, self.client.request(up)).await;
-        let resp = match result {
+        let result = tokio::time::timeout_at(deadline, lease.endpoint.send(up)).await;
+        let (resp, conn) = match result {
             Err(_) => {
                 return Err(ApiError::new(
                     StatusCode::GATEWAY_TIMEOUT,
@@ -311,7 +308,7 @@ impl Gateway {
                     format!("function `{function}` closed the connection without a complete answer (it may have crashed); the next request gets a fresh instance"),
                 ));
             }
-            Ok(Ok(r)) => r,
+            Ok(Ok(sent)) => sent,
         };
         let (mut parts, incoming) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
@@ -319,7 +316,39 @@ impl Gateway {
         if let Ok(v) = HeaderValue::from_str(&timing) {
             parts.headers.append("server-timing", v);
         }
-        let body = Body::new(LeasedBody { inner: incoming, lease: Some(lease) });
+        // A small answer of announced length is read whole before its head is sent: head and
+        // body then leave in one write, and the instance is released sooner. Anything else
+        // (chunked, streamed, large) is streamed as it comes.
+        let small = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n <= BUFFER_ANSWERS_UP_TO);
+        if small {
+            use http_body_util::BodyExt;
+            return match tokio::time::timeout_at(deadline, incoming.collect()).await {
+                Ok(Ok(collected)) => {
+                    conn.finish();
+                    Ok(Response::from_parts(parts, Body::from(collected.to_bytes())))
+                }
+                Ok(Err(e)) => {
+                    lease.mark_broken();
+                    tracing::warn!(project, function, error = %e, "instance failed mid-answer");
+                    Err(ApiError::new(
+                        StatusCode::BAD_GATEWAY,
+                        "function_failed",
+                        format!("function `{function}` closed the connection before its answer was complete (it may have crashed); the next request gets a fresh instance"),
+                    ))
+                }
+                Err(_) => Err(ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "function_timeout",
+                    format!("function `{function}` did not finish its answer within its timeout of {}", humantime::format_duration(timeout)),
+                )),
+            };
+        }
+        let body = Body::new(LeasedBody { inner: incoming, lease: Some(lease), conn: Some(conn) });
         Ok(Response::from_parts(parts, body))
     }
 }

@@ -18,10 +18,7 @@ use crate::driver::{labels, ContainerSpec, Driver, Env, Limits};
 use crate::manifest::Scaling;
 use crate::metrics::{FunctionMetrics, Metrics};
 use crate::store::Store;
-
-fn authority_of(addr: SocketAddr) -> http::uri::Authority {
-    addr.to_string().parse().expect("a socket address is a valid URI authority")
-}
+use crate::upstream::{Endpoint, SOCKET_IN_CONTAINER};
 
 /// The port every http function listens on inside its container.
 pub const FUNCTION_PORT: u16 = 8080;
@@ -125,9 +122,8 @@ impl InstanceState {
 #[derive(Debug)]
 struct Instance {
     id: Arc<str>,
-    addr: SocketAddr,
-    /// `ip:port`, parsed once for the proxy's request URIs.
-    authority: http::uri::Authority,
+    /// How the gateway reaches it, with its kept-alive connections.
+    endpoint: Arc<Endpoint>,
     state: InstanceState,
     in_flight: u32,
     last_used: Instant,
@@ -219,8 +215,7 @@ pub struct FunctionPool {
 pub struct Lease {
     pool: Arc<FunctionPool>,
     id: Arc<str>,
-    pub addr: SocketAddr,
-    pub authority: http::uri::Authority,
+    pub endpoint: Arc<Endpoint>,
     pub kind: AcquireKind,
     pub took: Duration,
 }
@@ -302,12 +297,13 @@ impl PoolManager {
             });
             match (pool, c.running, c.ip.as_deref().and_then(|ip| ip.parse().ok())) {
                 (Some(pool), true, Some(ip)) => {
+                    let pid = self.shared.driver.init_pid(&c.id).await.ok().flatten();
+                    let endpoint = Arc::new(Endpoint::for_container(SocketAddr::new(ip, FUNCTION_PORT), pid));
                     let mut g = lock(&pool.inner);
                     if g.instances.len() < pool.revision.scaling.max_instances as usize {
                         g.instances.push(Instance {
                             id: Arc::from(c.id.as_str()),
-                            authority: authority_of(SocketAddr::new(ip, FUNCTION_PORT)),
-                            addr: SocketAddr::new(ip, FUNCTION_PORT),
+                            endpoint,
                             state: if c.paused { InstanceState::Paused } else { InstanceState::Ready },
                             in_flight: 0,
                             last_used: Instant::now(),
@@ -456,7 +452,7 @@ impl FunctionPool {
         let _waiting = WaitingGuard { pool: self, queued: &mut queued };
         loop {
             enum Next {
-                Resume(Arc<str>, SocketAddr, http::uri::Authority),
+                Resume(Arc<str>, Arc<Endpoint>),
                 Start,
                 Wait,
             }
@@ -477,13 +473,13 @@ impl FunctionPool {
                 if let Some(i) = ready {
                     i.in_flight += 1;
                     i.last_used = Instant::now();
-                    return Ok(self.lease(i.id.clone(), i.addr, i.authority.clone(), AcquireKind::Warm, began));
+                    return Ok(self.lease(i.id.clone(), i.endpoint.clone(), AcquireKind::Warm, began));
                 }
                 if let Some(i) = g.instances.iter_mut().find(|i| i.state == InstanceState::Paused) {
                     i.set(InstanceState::Resuming);
                     i.in_flight += 1;
                     i.last_used = Instant::now();
-                    Next::Resume(i.id.clone(), i.addr, i.authority.clone())
+                    Next::Resume(i.id.clone(), i.endpoint.clone())
                 } else if (g.instances.iter().filter(|i| i.state != InstanceState::Draining).count() as u32 + g.starting)
                     < scaling.max_instances
                 {
@@ -501,10 +497,10 @@ impl FunctionPool {
                 }
             };
             match next {
-                Next::Resume(id, addr, authority) => match self.shared.driver.unpause(&id).await {
+                Next::Resume(id, endpoint) => match self.shared.driver.unpause(&id).await {
                     Ok(()) => {
                         self.with_instance(&id, |i| i.set(InstanceState::Ready));
-                        return Ok(self.lease(id, addr, authority, AcquireKind::Resume, began));
+                        return Ok(self.lease(id, endpoint, AcquireKind::Resume, began));
                     }
                     Err(e) => {
                         tracing::warn!(container = %id, error = %e, "resume failed; replacing the instance");
@@ -521,8 +517,8 @@ impl FunctionPool {
                         let _ = tx.send(r);
                     });
                     match tokio::time::timeout_at(deadline, rx).await {
-                        Ok(Ok(Ok((id, addr)))) => {
-                            return Ok(self.lease(Arc::from(id.as_str()), addr, authority_of(addr), AcquireKind::Cold, began))
+                        Ok(Ok(Ok((id, endpoint)))) => {
+                            return Ok(self.lease(Arc::from(id.as_str()), endpoint, AcquireKind::Cold, began))
                         }
                         Ok(Ok(Err(detail))) => {
                             return Err(AcquireError::StartFailed { function: self.revision.function.clone(), detail })
@@ -548,17 +544,16 @@ impl FunctionPool {
     fn lease(
         self: &Arc<Self>,
         id: Arc<str>,
-        addr: SocketAddr,
-        authority: http::uri::Authority,
+        endpoint: Arc<Endpoint>,
         kind: AcquireKind,
         began: Instant,
     ) -> Lease {
-        Lease { pool: self.clone(), id, addr, authority, kind, took: began.elapsed() }
+        Lease { pool: self.clone(), id, endpoint, kind, took: began.elapsed() }
     }
 
     /// Starts one container and waits for readiness. `claimed` counts the caller's request
     /// as in flight on it. The caller has already counted it in `starting`.
-    async fn start_instance(self: &Arc<Self>, claimed: bool) -> Result<(String, SocketAddr), String> {
+    async fn start_instance(self: &Arc<Self>, claimed: bool) -> Result<(String, Arc<Endpoint>), String> {
         let r = &self.revision;
         let seq = self.shared.seq.fetch_add(1, Ordering::Relaxed);
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
@@ -566,6 +561,7 @@ impl FunctionPool {
         let name = format!("esl-{}-{}-{}-{:x}{:x}", r.project, fn_part, r.deployment_id, nanos, seq);
         let mut env = r.env.clone();
         env.0.push(format!("PORT={FUNCTION_PORT}"));
+        env.0.push(format!("ESERVELESS_SOCKET={SOCKET_IN_CONTAINER}"));
         let spec = ContainerSpec {
             name,
             image: r.image.clone(),
@@ -591,17 +587,18 @@ impl FunctionPool {
                 let tail: String = logs.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
                 return Err(if tail.is_empty() { why.to_string() } else { format!("{why}; its output ends with:\n{tail}") });
             }
-            Ok((started.id, addr))
+            // Opened only now that the container is known to run (and was not seen to die).
+            let endpoint = Arc::new(Endpoint::for_container(addr, started.pid));
+            Ok((started.id, endpoint))
         }
         .await;
         let mut g = lock(&self.inner);
         g.starting = g.starting.saturating_sub(1);
-        if let Ok((id, addr)) = &result {
+        if let Ok((id, endpoint)) = &result {
             tracing::info!(container = %id, project = %r.project, function = %r.function, "instance started");
             g.instances.push(Instance {
                 id: Arc::from(id.as_str()),
-                authority: authority_of(*addr),
-                addr: *addr,
+                endpoint: endpoint.clone(),
                 state: InstanceState::Ready,
                 in_flight: u32::from(claimed),
                 last_used: Instant::now(),

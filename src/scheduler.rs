@@ -216,7 +216,7 @@ mod tests {
             Ok(true)
         }
         async fn run(&self, spec: ContainerSpec) -> DResult<Started> {
-            Ok(Started { id: spec.name, ip: "127.0.0.1".into() })
+            Ok(Started { id: spec.name, ip: "127.0.0.1".into(), pid: None })
         }
         async fn pause(&self, _: &str) -> DResult<()> {
             Ok(())

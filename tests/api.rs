@@ -84,7 +84,7 @@ impl Driver for FakeDriver {
         let mut rec = self.rec.lock().expect("lock");
         let id = format!("fake-{}", rec.runs.len());
         rec.runs.push(spec);
-        Ok(Started { id, ip: "127.0.0.1".to_string() })
+        Ok(Started { id, ip: "127.0.0.1".to_string(), pid: None })
     }
     async fn pause(&self, _id: &str) -> driver::Result<()> {
         Ok(())

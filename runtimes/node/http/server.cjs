@@ -1,13 +1,16 @@
 'use strict';
 // eserveless: HTTP wrapper. Serves every path with the exported function
-// "{{ function }}" of functions.js, on 0.0.0.0:$PORT (default {{ port }}).
+// "{{ function }}" of functions.js, on 0.0.0.0:$PORT (default {{ port }}), and on the
+// Unix socket $ESERVELESS_SOCKET when set: the gateway's fast path into this container.
+const fs = require('fs');
 const http = require('http');
 const { FUNCTION_NAME, LoadError, loadFunction } = require('./loader.cjs');
 
 const port = parseInt(process.env.PORT || '{{ port }}', 10);
+const socketPath = process.env.ESERVELESS_SOCKET || '';
 
 function main(handler) {
-  const server = http.createServer((req, res) => {
+  const handle = (req, res) => {
     const fail = (err) => {
       console.error(`eserveless: function "${FUNCTION_NAME}" failed on ${req.method} ${req.url}:`, err);
       if (!res.headersSent) {
@@ -24,21 +27,47 @@ function main(handler) {
     } catch (err) {
       fail(err);
     }
-  });
-  // Outlive the gateway's idle pooled connections, so a pooled connection is
-  // never closed by us just as the gateway reuses it.
-  server.keepAliveTimeout = 120 * 1000;
-  server.headersTimeout = 125 * 1000;
-  server.on('clientError', (err, socket) => {
-    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
-    else socket.destroy();
-  });
-  server.listen(port, '0.0.0.0', () => {
-    console.log(`eserveless: function "${FUNCTION_NAME}" listening on 0.0.0.0:${port}`);
-  });
+  };
+  const newServer = () => {
+    const server = http.createServer(handle);
+    // Outlive the gateway's idle pooled connections, so a pooled connection is
+    // never closed by us just as the gateway reuses it.
+    server.keepAliveTimeout = 120 * 1000;
+    server.headersTimeout = 125 * 1000;
+    server.on('clientError', (err, socket) => {
+      if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
+      else socket.destroy();
+    });
+    return server;
+  };
+  const servers = [];
+  const listenTcp = () => {
+    const server = newServer();
+    servers.push(server);
+    server.listen(port, '0.0.0.0', () => {
+      console.log(`eserveless: function "${FUNCTION_NAME}" listening on 0.0.0.0:${port}`);
+    });
+  };
+  if (socketPath) {
+    // The socket is bound before the port opens, so once the port answers (the gateway's
+    // readiness check) the socket does too.
+    const local = newServer();
+    fs.rmSync(socketPath, { force: true });
+    local.once('error', (err) => {
+      console.error(`eserveless: cannot listen on ${socketPath} (${err.code || err.message}); serving on the port only`);
+      listenTcp();
+    });
+    local.listen(socketPath, () => {
+      servers.push(local);
+      listenTcp();
+    });
+  } else {
+    listenTcp();
+  }
   // As PID 1, node would ignore SIGTERM without a handler.
   const stop = () => {
-    server.close(() => process.exit(0));
+    let open = servers.length;
+    for (const s of servers) s.close(() => { if (--open === 0) process.exit(0); });
     setTimeout(() => process.exit(0), 2000).unref();
   };
   process.on('SIGTERM', stop);
