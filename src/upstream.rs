@@ -17,6 +17,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +43,9 @@ pub struct Endpoint {
     /// Connections with no request on them, ready for the next one. At most the function's
     /// `concurrency` are ever in use at once, which bounds this list too.
     idle: Mutex<Vec<SendRequest<Body>>>,
+    /// A refused socket was logged at warn level already (once per instance, so a function
+    /// cannot flood the log by refusing it on every connection).
+    refused_logged: AtomicBool,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -62,7 +66,7 @@ pub enum UpstreamError {
 impl Endpoint {
     /// An endpoint reached over TCP only.
     pub fn tcp(addr: SocketAddr) -> Self {
-        Endpoint { addr, socket_dir: None, idle: Mutex::new(Vec::new()) }
+        Endpoint { addr, socket_dir: None, idle: Mutex::new(Vec::new()), refused_logged: AtomicBool::new(false) }
     }
 
     /// An endpoint for a container whose first process is `pid` (as the host sees it): its
@@ -75,13 +79,13 @@ impl Endpoint {
                 None
             }
         });
-        Endpoint { addr, socket_dir, idle: Mutex::new(Vec::new()) }
+        Endpoint { addr, socket_dir, idle: Mutex::new(Vec::new()), refused_logged: AtomicBool::new(false) }
     }
 
     #[cfg(test)]
     fn with_dir(addr: SocketAddr, dir: &std::path::Path) -> Self {
         let fd = rustix::fs::open(dir, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).expect("open dir");
-        Endpoint { addr, socket_dir: Some(fd), idle: Mutex::new(Vec::new()) }
+        Endpoint { addr, socket_dir: Some(fd), idle: Mutex::new(Vec::new()), refused_logged: AtomicBool::new(false) }
     }
 
     /// Sends one request (origin-form URI, `Host` set) on an idle connection or a new one.
@@ -118,7 +122,8 @@ impl Endpoint {
     }
 
     /// True when new connections go over the instance's Unix socket.
-    pub fn uses_unix_socket(&self) -> bool {
+    #[cfg(test)]
+    fn uses_unix_socket(&self) -> bool {
         self.socket_dir.as_ref().is_some_and(|d| open_socket(d).is_ok())
     }
 
@@ -127,7 +132,10 @@ impl Endpoint {
             match connect_unix(dir).await {
                 Ok(stream) => return handshake(stream).await,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => tracing::warn!(addr = %self.addr, error = %e, "instance socket refused; using TCP"),
+                Err(e) if !self.refused_logged.swap(true, Ordering::Relaxed) => {
+                    tracing::warn!(addr = %self.addr, error = %e, "instance socket refused; using TCP (logged once per instance)")
+                }
+                Err(e) => tracing::debug!(addr = %self.addr, error = %e, "instance socket refused; using TCP"),
             }
         }
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(self.addr))

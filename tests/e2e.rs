@@ -64,6 +64,7 @@ async fn node_project_end_to_end() {
     assert_eq!(b["body"], "hello");
     assert_eq!(b["version"], "v1");
     assert_eq!(b["isNumber"], true);
+    assert_eq!(b["transport"], "unix", "the gateway reaches instances over their Unix socket: {b:#}");
     assert_eq!(b["headers"]["x-test"], "yes");
     assert_eq!(b["headers"]["x-forwarded-for"], "127.0.0.1");
     assert_eq!(b["headers"]["x-forwarded-proto"], "http");
@@ -186,6 +187,7 @@ async fn node_project_end_to_end() {
     assert_eq!(a.status, 200, "API after a restart: {}", a.raw);
     assert_eq!(a.body["version"], "v2", "{}", a.raw);
     assert_eq!(a.body["path"], "/after-restart");
+    assert_eq!(a.body["transport"], "unix", "an adopted instance is reached over its socket too: {}", a.raw);
     let run = wait_run(&http, &server.url, &project, "Ticker", before_restart, Duration::from_secs(60), |r| {
         r["status"] == "succeeded"
     })
@@ -244,6 +246,7 @@ async fn go_project_end_to_end() {
     assert_eq!(a.status, 200, "{}", a.raw);
     let b = &a.body;
     assert_eq!(b["runtime"], "go", "{b:#}");
+    assert_eq!(b["transport"], "unix", "the gateway reaches instances over their Unix socket: {b:#}");
     assert_eq!(b["version"], "v1");
     assert_eq!(b["method"], "POST");
     assert_eq!(b["path"], "/x/y");

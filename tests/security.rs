@@ -2,7 +2,7 @@
 //! engine, with `tests/fixtures/hostile-app`, whose functions each try one attack on the
 //! sandbox and answer `{"attack", "blocked", "detail", ...}` (see tests/fixtures/README.md).
 //!
-//! One test, one deployment (building eleven images is the slow part): a `Victim` function is
+//! One test, one deployment (building twelve images is the slow part): a `Victim` function is
 //! requested every ~50 ms from start to end while the attacks run one after the other. Every
 //! attack is checked and reported even when an earlier one failed; the test fails at the end
 //! with one line per attack that was not contained. Where the fixture's own verdict could be
@@ -299,6 +299,82 @@ async fn docker_socket(ctx: &Ctx) -> Check {
     blocked(&ctx.attack("DockerSocket", "").await?)
 }
 
+/// The host's Docker socket: where `SocketSwap` points its symlink.
+const HOST_DOCKER_SOCKET: &str = "/var/run/docker.sock";
+
+/// True when an answer came from Docker's API rather than from a function: Docker's headers
+/// (`Api-Version`, `Server: Docker/...`), `/version`'s `ApiVersion`, or `/containers/json`'s array.
+fn from_docker(a: &Answer) -> bool {
+    !header(a, "api-version").is_empty()
+        || header(a, "server").starts_with("Docker")
+        || a.body.get("ApiVersion").is_some()
+        || a.body.is_array()
+}
+
+/// `GET /version` over the host's Docker socket, straight from the host: Docker's `ApiVersion`.
+async fn host_docker_version() -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let talk = async {
+        let mut s = tokio::net::UnixStream::connect(HOST_DOCKER_SOCKET).await?;
+        s.write_all(b"GET /version HTTP/1.0\r\nHost: docker\r\n\r\n").await?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&out).into_owned())
+    };
+    let raw = tokio::time::timeout(Duration::from_secs(5), talk)
+        .await
+        .map_err(|_| format!("GET /version on {HOST_DOCKER_SOCKET} timed out"))?
+        .map_err(|e| format!("GET /version on {HOST_DOCKER_SOCKET}: {e}"))?;
+    let body: Value = raw.split_once("\r\n\r\n").and_then(|(_, b)| serde_json::from_str(b).ok()).unwrap_or(Value::Null);
+    body["ApiVersion"].as_str().map(str::to_string).ok_or_else(|| format!("{HOST_DOCKER_SOCKET} did not answer Docker's /version: {raw}"))
+}
+
+/// Attack 4b: the function swaps the Unix socket the gateway reaches it through for a symlink
+/// to the host's Docker socket and drops its connection; the gateway's next connection must not
+/// follow the link (it falls back to TCP, to the function itself), whatever path the invoker asks.
+async fn socket_swap(ctx: &Ctx) -> Check {
+    // The premise: from the host, that path is Docker's API, so a gateway (root, in the host's
+    // mount namespace) that followed the link would get Docker's answer.
+    let api = host_docker_version().await.map_err(|e| format!("the attack would prove nothing: {e}"))?;
+    let before = ctx.attack("SocketSwap", "").await?;
+    ensure!(
+        before["transport"] == "unix",
+        "the gateway did not reach the instance over its Unix socket to begin with (so the swap tests nothing): {before}"
+    );
+    let h = host_of(&before);
+    let swap = ctx.attack("SocketSwap", "?swap=1").await?;
+    ensure!(host_of(&swap) == h, "the swap ran on another instance ({}) than the first request ({h}): {swap}", host_of(&swap));
+    ensure!(swap["transport"] == "unix", "the swap request did not come over the Unix socket: {swap}");
+    ensure!(swap["swapped"] == true, "the function could not replace its socket with a symlink to {HOST_DOCKER_SOCKET}, so nothing was tried: {swap}");
+    let mut seen = Vec::new();
+    for path in ["/version", "/containers/json"] {
+        // The invoker's path after the function's name is what the instance is asked for.
+        let a = ctx.invoke("SocketSwap", path).await?;
+        ensure!(
+            !from_docker(&a),
+            "NOT BLOCKED: GET {path} through the gateway was answered by the host's Docker API (the gateway followed the symlink): {} {}",
+            a.status,
+            a.raw.chars().take(300).collect::<String>()
+        );
+        ensure!(a.status == 200, "SocketSwap{path} after the swap answered {} instead of the function's report: {}", a.status, a.raw);
+        let r = &a.body;
+        ensure!(r["attack"] == "socket-swap", "SocketSwap{path} after the swap: no report in {}", a.raw);
+        ctx.log(&format!("SocketSwap{path}: blocked={} — {}", r["blocked"], r["detail"].as_str().unwrap_or("")));
+        ensure!(host_of(r) == h, "another instance ({}) answered {path} than the one whose socket was swapped ({h}): {r}", host_of(r));
+        ensure!(r["path"] == path, "the function was asked for {} instead of {path}: {r}", r["path"]);
+        ensure!(r["linkInPlace"] == true, "the symlink was no longer in place when {path} came in, so it was not tested: {r}");
+        ensure!(r["freshConnection"] == true, "{path} came on a connection opened before the swap, so no new connection was tested: {r}");
+        ensure!(r["transport"] == "tcp", "{path} reached the function over {} instead of the TCP fallback: {r}", r["transport"]);
+        blocked(r)?;
+        seen.push(format!("{path} → the function over {}", r["transport"].as_str().unwrap_or("?")));
+    }
+    Ok(format!(
+        "fast path in use (unix); {}; after the swap: {} (host's Docker API {api} at {HOST_DOCKER_SOCKET} never answered)",
+        swap["detail"].as_str().unwrap_or("").split("; this connection").next().unwrap_or(""),
+        seen.join(", ")
+    ))
+}
+
 /// Attack 5: the server's port on every host address (and the container's gateway) is unreachable.
 async fn host_port(ctx: &Ctx, hosts: &[String]) -> Check {
     // The premise: from the host, the server does answer on each of these addresses.
@@ -420,6 +496,7 @@ async fn hostile_functions_are_contained() {
     }
     run!("rootfs write", rootfs_write(&ctx));
     run!("docker socket", docker_socket(&ctx));
+    run!("socket swap (symlink to the host's Docker socket)", socket_swap(&ctx));
     run!("mount", mount(&ctx));
     run!("privileges", privileges(&ctx));
     run!("host API port", host_port(&ctx, &hosts));
