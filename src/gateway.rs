@@ -11,11 +11,10 @@ use std::task::{Context, Poll};
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use axum::response::IntoResponse;
-use hyper::body::Incoming;
 
 use crate::error::ApiError;
 use crate::pool::{AcquireError, FunctionPool, Lease};
-use crate::upstream::Checkout;
+use crate::upstream::AnswerBody;
 
 /// Where a function's requests go.
 #[derive(Clone)]
@@ -121,28 +120,36 @@ pub fn split_invoke_path(path: &str) -> Option<(&str, &str, &str)> {
     Some((project, function, if tail.is_empty() { "/" } else { tail }))
 }
 
-/// A response body that holds the instance (and its connection) until the body has been sent.
+/// A response body that holds the instance until the body has been sent.
+///
+/// After each frame it looks one step ahead: when the end of the answer is already there,
+/// [`is_end_stream`](http_body::Body::is_end_stream) says so, and hyper writes the last chunk
+/// together with the end of a chunked answer (one write to the client instead of two).
 struct LeasedBody {
-    inner: Incoming,
+    inner: AnswerBody,
     lease: Option<Lease>,
-    conn: Option<Checkout>,
+    ahead: Ahead,
 }
 
-impl http_body::Body for LeasedBody {
-    type Data = bytes::Bytes;
-    type Error = hyper::Error;
+enum Ahead {
+    Nothing,
+    Frame(http_body::Frame<bytes::Bytes>),
+    End,
+    Failed(hyper::Error),
+}
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        let r = Pin::new(&mut self.inner).poll_frame(cx);
+impl LeasedBody {
+    fn new(inner: AnswerBody, lease: Lease) -> Self {
+        LeasedBody { inner, lease: Some(lease), ahead: Ahead::Nothing }
+    }
+
+    fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+        let r = http_body::Body::poll_frame(Pin::new(&mut self.inner), cx);
         match &r {
-            Poll::Ready(None) => {
-                if let Some(c) = self.conn.take() {
-                    c.finish();
-                }
-                self.lease = None;
-            }
+            // Read whole: the instance is free again.
+            Poll::Ready(None) => self.lease = None,
+            // Failed mid-answer: take the instance out of the pool.
             Poll::Ready(Some(Err(_))) => {
-                self.conn = None;
                 if let Some(l) = self.lease.take() {
                     l.mark_broken();
                 }
@@ -151,13 +158,47 @@ impl http_body::Body for LeasedBody {
         }
         r
     }
+}
+
+impl http_body::Body for LeasedBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let frame = match std::mem::replace(&mut this.ahead, Ahead::Nothing) {
+            Ahead::Frame(f) => f,
+            Ahead::End => return Poll::Ready(None),
+            Ahead::Failed(e) => return Poll::Ready(Some(Err(e))),
+            Ahead::Nothing => match this.poll_inner(cx) {
+                Poll::Ready(Some(Ok(f))) => f,
+                other => return other,
+            },
+        };
+        this.ahead = match this.poll_inner(cx) {
+            Poll::Pending => Ahead::Nothing,
+            Poll::Ready(None) => Ahead::End,
+            Poll::Ready(Some(Ok(f))) => Ahead::Frame(f),
+            Poll::Ready(Some(Err(e))) => Ahead::Failed(e),
+        };
+        Poll::Ready(Some(Ok(frame)))
+    }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match self.ahead {
+            Ahead::End => true,
+            Ahead::Nothing => self.inner.is_end_stream(),
+            Ahead::Frame(_) | Ahead::Failed(_) => false,
+        }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        match &self.ahead {
+            Ahead::Nothing => self.inner.size_hint(),
+            Ahead::End | Ahead::Failed(_) => http_body::SizeHint::with_exact(0),
+            // Only asked before the first frame; a stashed frame makes the inner hint too small.
+            Ahead::Frame(_) => http_body::SizeHint::default(),
+        }
     }
 }
 
@@ -291,7 +332,7 @@ impl Gateway {
         let up = Request::from_parts(parts, body);
 
         let result = tokio::time::timeout_at(deadline, lease.endpoint.send(up)).await;
-        let (resp, conn) = match result {
+        let resp = match result {
             Err(_) => {
                 return Err(ApiError::new(
                     StatusCode::GATEWAY_TIMEOUT,
@@ -308,9 +349,9 @@ impl Gateway {
                     format!("function `{function}` closed the connection without a complete answer (it may have crashed); the next request gets a fresh instance"),
                 ));
             }
-            Ok(Ok(sent)) => sent,
+            Ok(Ok(resp)) => resp,
         };
-        let (mut parts, incoming) = resp.into_parts();
+        let (mut parts, answer) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         let timing = format!("{};dur={}", lease.kind.as_str(), lease.took.as_millis());
         if let Ok(v) = HeaderValue::from_str(&timing) {
@@ -327,13 +368,11 @@ impl Gateway {
             .is_some_and(|n| n <= BUFFER_ANSWERS_UP_TO);
         if small {
             use http_body_util::BodyExt;
-            return match tokio::time::timeout_at(deadline, incoming.collect()).await {
-                Ok(Ok(collected)) => {
-                    conn.finish();
-                    Ok(Response::from_parts(parts, Body::from(collected.to_bytes())))
-                }
+            // The lease goes with the body: released at its end, the instance marked broken if
+            // the answer fails half-way.
+            return match tokio::time::timeout_at(deadline, LeasedBody::new(answer, lease).collect()).await {
+                Ok(Ok(collected)) => Ok(Response::from_parts(parts, Body::from(collected.to_bytes()))),
                 Ok(Err(e)) => {
-                    lease.mark_broken();
                     tracing::warn!(project, function, error = %e, "instance failed mid-answer");
                     Err(ApiError::new(
                         StatusCode::BAD_GATEWAY,
@@ -348,7 +387,7 @@ impl Gateway {
                 )),
             };
         }
-        let body = Body::new(LeasedBody { inner: incoming, lease: Some(lease), conn: Some(conn) });
+        let body = Body::new(LeasedBody::new(answer, lease));
         Ok(Response::from_parts(parts, body))
     }
 }

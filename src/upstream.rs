@@ -18,8 +18,11 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use http::{Request, Response};
@@ -27,6 +30,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use rustix::fs::{FileType, Mode, OFlags};
+use tokio_util::either::Either;
 
 /// Where an instance's runtime binds its Unix socket (given to it as `ESERVELESS_SOCKET`).
 pub const SOCKET_IN_CONTAINER: &str = "/tmp/.eserveless-http.sock";
@@ -42,7 +46,7 @@ pub struct Endpoint {
     socket_dir: Option<OwnedFd>,
     /// Connections with no request on them, ready for the next one. At most the function's
     /// `concurrency` are ever in use at once, which bounds this list too.
-    idle: Mutex<Vec<SendRequest<Body>>>,
+    idle: Mutex<Vec<Upstream>>,
     /// A refused socket was logged at warn level already (once per instance, so a function
     /// cannot flood the log by refusing it on every connection).
     refused_logged: AtomicBool,
@@ -63,10 +67,55 @@ pub enum UpstreamError {
     Http(#[from] hyper::Error),
 }
 
+type Io = TokioIo<Either<tokio::net::UnixStream, tokio::net::TcpStream>>;
+
+/// One HTTP/1.1 connection to an instance. It has no task of its own: whoever uses it polls
+/// it (the request's own task, see [`Endpoint::send`] and [`Checkout::poll_conn`]), so an
+/// answer is read, and handed on, without a hop between tasks or threads.
+struct Upstream {
+    sender: SendRequest<Body>,
+    conn: Pin<Box<http1::Connection<Io, Body>>>,
+    /// The connection ended (closed by either side, or failed).
+    done: bool,
+    idle_since: Instant,
+}
+
+impl Upstream {
+    fn poll_conn(&mut self, cx: &mut Context<'_>) {
+        if !self.done {
+            if let Poll::Ready(r) = self.conn.as_mut().poll(cx) {
+                self.done = true;
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "instance connection ended with an error");
+                }
+            }
+        }
+    }
+
+    /// Catches up on what happened while nobody polled it (the instance closing it, most
+    /// likely), then says whether it can carry a request now.
+    fn usable(&mut self) -> bool {
+        if self.idle_since.elapsed() >= MAX_IDLE {
+            return false;
+        }
+        self.poll_conn(&mut Context::from_waker(futures_util::task::noop_waker_ref()));
+        !self.done && self.sender.is_ready()
+    }
+}
+
+/// Idle connections older than this are closed instead of reused. Below the runtimes' own
+/// keep-alive timeout (120 s), so an instance never closes a connection just as it is reused,
+/// including right after a long pause, when its overdue timers fire first.
+const MAX_IDLE: Duration = Duration::from_secs(60);
+
 impl Endpoint {
+    fn with(addr: SocketAddr, socket_dir: Option<OwnedFd>) -> Self {
+        Endpoint { addr, socket_dir, idle: Mutex::new(Vec::new()), refused_logged: AtomicBool::new(false) }
+    }
+
     /// An endpoint reached over TCP only.
     pub fn tcp(addr: SocketAddr) -> Self {
-        Endpoint { addr, socket_dir: None, idle: Mutex::new(Vec::new()), refused_logged: AtomicBool::new(false) }
+        Self::with(addr, None)
     }
 
     /// An endpoint for a container whose first process is `pid` (as the host sees it): its
@@ -79,26 +128,36 @@ impl Endpoint {
                 None
             }
         });
-        Endpoint { addr, socket_dir, idle: Mutex::new(Vec::new()), refused_logged: AtomicBool::new(false) }
+        Self::with(addr, socket_dir)
     }
 
     #[cfg(test)]
     fn with_dir(addr: SocketAddr, dir: &std::path::Path) -> Self {
         let fd = rustix::fs::open(dir, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).expect("open dir");
-        Endpoint { addr, socket_dir: Some(fd), idle: Mutex::new(Vec::new()), refused_logged: AtomicBool::new(false) }
+        Self::with(addr, Some(fd))
     }
 
     /// Sends one request (origin-form URI, `Host` set) on an idle connection or a new one.
     /// A request that an idle connection could not take (the instance closed it meanwhile)
     /// is sent again on a new connection; a request already written is never sent twice.
-    pub async fn send(self: &Arc<Self>, mut req: Request<Body>) -> Result<(Response<Incoming>, Checkout), UpstreamError> {
+    pub async fn send(self: &Arc<Self>, mut req: Request<Body>) -> Result<Response<AnswerBody>, UpstreamError> {
         loop {
-            let (mut sender, reused) = match self.take_idle() {
-                Some(s) => (s, true),
+            let (mut up, reused) = match self.take_idle() {
+                Some(u) => (u, true),
                 None => (self.connect().await?, false),
             };
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, Checkout { endpoint: self.clone(), sender: Some(sender) })),
+            let mut sent = std::pin::pin!(up.sender.try_send_request(req));
+            // The connection writes the request (and its body) and reads the answer's head
+            // while it is polled here, in this task.
+            let result = std::future::poll_fn(|cx| {
+                up.poll_conn(cx);
+                sent.as_mut().poll(cx)
+            })
+            .await;
+            match result {
+                Ok(resp) => {
+                    return Ok(resp.map(|inner| AnswerBody { inner, checkout: Some(Checkout { endpoint: self.clone(), up }) }))
+                }
                 Err(mut e) => match e.take_message() {
                     Some(r) if reused => req = r,
                     _ => return Err(e.into_error().into()),
@@ -107,18 +166,19 @@ impl Endpoint {
         }
     }
 
-    fn take_idle(&self) -> Option<SendRequest<Body>> {
+    fn take_idle(&self) -> Option<Upstream> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(s) = idle.pop() {
-            if s.is_ready() {
-                return Some(s);
+        while let Some(mut u) = idle.pop() {
+            if u.usable() {
+                return Some(u);
             }
         }
         None
     }
 
-    fn put_idle(&self, s: SendRequest<Body>) {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(s);
+    fn put_idle(&self, mut u: Upstream) {
+        u.idle_since = Instant::now();
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(u);
     }
 
     /// True when new connections go over the instance's Unix socket.
@@ -127,10 +187,10 @@ impl Endpoint {
         self.socket_dir.as_ref().is_some_and(|d| open_socket(d).is_ok())
     }
 
-    async fn connect(&self) -> Result<SendRequest<Body>, UpstreamError> {
+    async fn connect(&self) -> Result<Upstream, UpstreamError> {
         if let Some(dir) = &self.socket_dir {
             match connect_unix(dir).await {
-                Ok(stream) => return handshake(stream).await,
+                Ok(stream) => return handshake(Either::Left(stream)).await,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) if !self.refused_logged.swap(true, Ordering::Relaxed) => {
                     tracing::warn!(addr = %self.addr, error = %e, "instance socket refused; using TCP (logged once per instance)")
@@ -143,46 +203,65 @@ impl Endpoint {
             .map_err(|_| UpstreamError::Connect(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")))?
             .map_err(UpstreamError::Connect)?;
         let _ = tcp.set_nodelay(true);
-        handshake(tcp).await
+        handshake(Either::Right(tcp)).await
     }
 }
 
-/// A connection with a request on it; back to the idle list once its answer was read.
-pub struct Checkout {
+/// A connection with a request on it; back to the idle list once the answer was read whole.
+struct Checkout {
     endpoint: Arc<Endpoint>,
-    sender: Option<SendRequest<Body>>,
+    up: Upstream,
 }
 
 impl Checkout {
-    /// The answer was read to its end: the connection may carry the next request.
-    pub fn finish(mut self) {
-        let Some(mut sender) = self.sender.take() else { return };
-        if sender.is_ready() {
-            self.endpoint.put_idle(sender);
-        } else if !sender.is_closed() {
-            // The connection task has not yet seen the end of the answer; hand the connection
-            // back once it has (or drop it if it closes).
-            let endpoint = self.endpoint.clone();
-            tokio::spawn(async move {
-                if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(5), sender.ready()).await {
-                    endpoint.put_idle(sender);
-                }
-            });
+    fn finish(self) {
+        if !self.up.done && !self.up.sender.is_closed() {
+            self.endpoint.put_idle(self.up);
         }
     }
 }
 
-async fn handshake<S>(stream: S) -> Result<SendRequest<Body>, UpstreamError>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    let (sender, conn) = http1::Builder::new().handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "instance connection ended with an error");
+/// An answer's body. Reading it drives its connection; read to its end, it hands the
+/// connection back for the next request. Dropped early (or failed), the connection closes.
+pub struct AnswerBody {
+    inner: Incoming,
+    checkout: Option<Checkout>,
+}
+
+impl http_body::Body for AnswerBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        if let Some(c) = &mut this.checkout {
+            c.up.poll_conn(cx);
         }
-    });
-    Ok(sender)
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(None) => {
+                if let Some(c) = this.checkout.take() {
+                    c.finish();
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.checkout = None,
+            _ => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+async fn handshake(stream: Either<tokio::net::UnixStream, tokio::net::TcpStream>) -> Result<Upstream, UpstreamError> {
+    let (sender, conn) = http1::Builder::new().handshake(TokioIo::new(stream)).await?;
+    Ok(Upstream { sender, conn: Box::pin(conn), done: false, idle_since: Instant::now() })
 }
 
 /// Opens `<root>/tmp` without following a symlink at `tmp` (the root itself may be the
@@ -252,9 +331,8 @@ mod tests {
 
     async fn get(ep: &Arc<Endpoint>) -> String {
         let req = Request::builder().uri("/").header("host", "x").body(Body::empty()).expect("request");
-        let (resp, checkout) = ep.send(req).await.expect("send");
+        let resp = ep.send(req).await.expect("send");
         let body = resp.into_body().collect().await.expect("body").to_bytes();
-        checkout.finish();
         String::from_utf8_lossy(&body).into_owned()
     }
 
