@@ -31,6 +31,13 @@ pub struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabels {
+    pub project: String,
+    pub function: String,
+    pub transport: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
     pub project: String,
     pub function: String,
@@ -48,6 +55,7 @@ pub struct Metrics {
     pub acquisitions: Family<KindLabels, Counter>,
     pub acquire_time: Family<KindLabels, Histogram, fn() -> Histogram>,
     pub rejected: Family<StatusLabels, Counter>,
+    pub upstream_connects: Family<TransportLabels, Counter>,
     instances: Family<StateLabels, Gauge>,
     queue_depth: Family<FnLabels, Gauge>,
 }
@@ -64,6 +72,7 @@ impl Default for Metrics {
         let acquisitions = Family::<KindLabels, Counter>::default();
         let acquire_time = Family::<KindLabels, Histogram, fn() -> Histogram>::new_with_constructor(new_histogram as fn() -> Histogram);
         let rejected = Family::<StatusLabels, Counter>::default();
+        let upstream_connects = Family::<TransportLabels, Counter>::default();
         let instances = Family::<StateLabels, Gauge>::default();
         let queue_depth = Family::<FnLabels, Gauge>::default();
         registry.register("invocations", "Invocations through the gateway, by answer status", invocations.clone());
@@ -71,9 +80,14 @@ impl Default for Metrics {
         registry.register("instance_acquisitions", "How each request's instance was obtained: warm, resume or cold", acquisitions.clone());
         registry.register("instance_acquire_seconds", "Time to obtain an instance", acquire_time.clone());
         registry.register("rejected_requests", "Requests refused for capacity (429 queue full, 503 deadline)", rejected.clone());
+        registry.register(
+            "upstream_connections",
+            "Connections the gateway opened to instances, by transport (unix socket or tcp); kept alive and reused",
+            upstream_connects.clone(),
+        );
         registry.register("instances", "Instances by state", instances.clone());
         registry.register("queue_depth", "Requests waiting for an instance", queue_depth.clone());
-        Metrics { registry, invocations, latency, acquisitions, acquire_time, rejected, instances, queue_depth }
+        Metrics { registry, invocations, latency, acquisitions, acquire_time, rejected, upstream_connects, instances, queue_depth }
     }
 }
 
@@ -88,6 +102,15 @@ pub struct FunctionMetrics {
     acquired: [(Counter, Histogram); 3],
     invocations: Family<StatusLabels, Counter>,
     rejected: Family<StatusLabels, Counter>,
+    /// Connections opened to this function's instances: over the unix socket, over tcp.
+    pub connects: ConnectCounters,
+}
+
+/// Counts the gateway's new connections to one function's instances.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectCounters {
+    pub unix: Counter,
+    pub tcp: Counter,
 }
 
 impl FunctionMetrics {
@@ -119,12 +142,17 @@ impl Metrics {
             (self.acquisitions.get_or_create(&l).clone(), self.acquire_time.get_or_create(&l).clone())
         };
         let ok = StatusLabels { project: project.to_string(), function: function.to_string(), status: 200 };
+        let transport = |t: &str| {
+            let l = TransportLabels { project: project.to_string(), function: function.to_string(), transport: t.into() };
+            self.upstream_connects.get_or_create(&l).clone()
+        };
         FunctionMetrics {
             latency: self.latency.get_or_create(&labels).clone(),
             ok: self.invocations.get_or_create(&ok).clone(),
             acquired: [kind(AcquireKind::Warm), kind(AcquireKind::Resume), kind(AcquireKind::Cold)],
             invocations: self.invocations.clone(),
             rejected: self.rejected.clone(),
+            connects: ConnectCounters { unix: transport("unix"), tcp: transport("tcp") },
             labels,
         }
     }

@@ -298,7 +298,8 @@ impl PoolManager {
             match (pool, c.running, c.ip.as_deref().and_then(|ip| ip.parse().ok())) {
                 (Some(pool), true, Some(ip)) => {
                     let pid = self.shared.driver.init_pid(&c.id).await.ok().flatten();
-                    let endpoint = Arc::new(Endpoint::for_container(SocketAddr::new(ip, FUNCTION_PORT), pid));
+                    let endpoint =
+                        Arc::new(Endpoint::for_container(SocketAddr::new(ip, FUNCTION_PORT), pid, pool.metrics.connects.clone()));
                     let mut g = lock(&pool.inner);
                     if g.instances.len() < pool.revision.scaling.max_instances as usize {
                         g.instances.push(Instance {
@@ -588,7 +589,7 @@ impl FunctionPool {
                 return Err(if tail.is_empty() { why.to_string() } else { format!("{why}; its output ends with:\n{tail}") });
             }
             // Opened only now that the container is known to run (and was not seen to die).
-            let endpoint = Arc::new(Endpoint::for_container(addr, started.pid));
+            let endpoint = Arc::new(Endpoint::for_container(addr, started.pid, self.metrics.connects.clone()));
             Ok((started.id, endpoint))
         }
         .await;

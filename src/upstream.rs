@@ -32,6 +32,8 @@ use hyper_util::rt::TokioIo;
 use rustix::fs::{FileType, Mode, OFlags};
 use tokio_util::either::Either;
 
+use crate::metrics::ConnectCounters;
+
 /// Where an instance's runtime binds its Unix socket (given to it as `ESERVELESS_SOCKET`).
 pub const SOCKET_IN_CONTAINER: &str = "/tmp/.eserveless-http.sock";
 const SOCKET_DIR_IN_CONTAINER: &str = "tmp";
@@ -50,6 +52,7 @@ pub struct Endpoint {
     /// A refused socket was logged at warn level already (once per instance, so a function
     /// cannot flood the log by refusing it on every connection).
     refused_logged: AtomicBool,
+    connects: ConnectCounters,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -109,18 +112,18 @@ impl Upstream {
 const MAX_IDLE: Duration = Duration::from_secs(60);
 
 impl Endpoint {
-    fn with(addr: SocketAddr, socket_dir: Option<OwnedFd>) -> Self {
-        Endpoint { addr, socket_dir, idle: Mutex::new(Vec::new()), refused_logged: AtomicBool::new(false) }
+    fn with(addr: SocketAddr, socket_dir: Option<OwnedFd>, connects: ConnectCounters) -> Self {
+        Endpoint { addr, socket_dir, idle: Mutex::new(Vec::new()), refused_logged: AtomicBool::new(false), connects }
     }
 
     /// An endpoint reached over TCP only.
     pub fn tcp(addr: SocketAddr) -> Self {
-        Self::with(addr, None)
+        Self::with(addr, None, ConnectCounters::default())
     }
 
     /// An endpoint for a container whose first process is `pid` (as the host sees it): its
     /// socket is used when it has one, TCP otherwise.
-    pub fn for_container(addr: SocketAddr, pid: Option<u32>) -> Self {
+    pub fn for_container(addr: SocketAddr, pid: Option<u32>, connects: ConnectCounters) -> Self {
         let socket_dir = pid.and_then(|pid| match open_container_dir(&format!("/proc/{pid}/root")) {
             Ok(fd) => Some(fd),
             Err(e) => {
@@ -128,13 +131,13 @@ impl Endpoint {
                 None
             }
         });
-        Self::with(addr, socket_dir)
+        Self::with(addr, socket_dir, connects)
     }
 
     #[cfg(test)]
     fn with_dir(addr: SocketAddr, dir: &std::path::Path) -> Self {
         let fd = rustix::fs::open(dir, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).expect("open dir");
-        Self::with(addr, Some(fd))
+        Self::with(addr, Some(fd), ConnectCounters::default())
     }
 
     /// Sends one request (origin-form URI, `Host` set) on an idle connection or a new one.
@@ -190,7 +193,10 @@ impl Endpoint {
     async fn connect(&self) -> Result<Upstream, UpstreamError> {
         if let Some(dir) = &self.socket_dir {
             match connect_unix(dir).await {
-                Ok(stream) => return handshake(Either::Left(stream)).await,
+                Ok(stream) => {
+                    self.connects.unix.inc();
+                    return handshake(Either::Left(stream)).await;
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) if !self.refused_logged.swap(true, Ordering::Relaxed) => {
                     tracing::warn!(addr = %self.addr, error = %e, "instance socket refused; using TCP (logged once per instance)")
@@ -203,6 +209,7 @@ impl Endpoint {
             .map_err(|_| UpstreamError::Connect(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")))?
             .map_err(UpstreamError::Connect)?;
         let _ = tcp.set_nodelay(true);
+        self.connects.tcp.inc();
         handshake(Either::Right(tcp)).await
     }
 }
@@ -214,8 +221,15 @@ struct Checkout {
 }
 
 impl Checkout {
-    fn finish(self) {
-        if !self.up.done && !self.up.sender.is_closed() {
+    /// Only a connection that can take the next request now is kept. One still sending its
+    /// request body (the function answered before reading it all) is closed: nobody would
+    /// poll it while idle, and the client's upload would stall behind it.
+    fn finish(mut self) {
+        let up = &mut self.up;
+        if !up.done && !up.sender.is_ready() {
+            up.poll_conn(&mut Context::from_waker(futures_util::task::noop_waker_ref()));
+        }
+        if !up.done && up.sender.is_ready() {
             self.endpoint.put_idle(self.up);
         }
     }
@@ -357,6 +371,7 @@ mod tests {
         assert_eq!(ep.idle.lock().expect("lock").len(), 1, "the connection went back to the idle list");
         assert_eq!(get(&ep).await, "unix");
         assert_eq!(ep.idle.lock().expect("lock").len(), 1, "the idle connection was reused, not a second one made");
+        assert_eq!((ep.connects.unix.get(), ep.connects.tcp.get()), (1, 0), "one connection, over the socket");
     }
 
     #[tokio::test]

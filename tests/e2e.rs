@@ -91,6 +91,18 @@ async fn node_project_end_to_end() {
     assert_eq!(v["body"], "from-cli");
     assert_eq!(v["headers"]["x-cli"], "1");
 
+    // --- every request so far to API rode one kept-alive connection, over the instance's socket
+    let metrics = http.get(format!("{}/metrics", server.url)).send().await.expect("metrics").text().await.expect("metrics text");
+    let connects = |transport: &str| {
+        let series = format!(r#"eserveless_upstream_connections_total{{project="{project}",function="API",transport="{transport}"}} "#);
+        metrics.lines().find_map(|l| l.strip_prefix(series.as_str())).map(|v| v.trim().to_string()).unwrap_or_else(|| "absent".into())
+    };
+    assert_eq!(
+        (connects("unix").as_str(), connects("tcp").as_str()),
+        ("1", "0"),
+        "three sequential requests to API should reuse one connection over the socket:\n{metrics}"
+    );
+
     // --- the cron function fires
     let run = wait_run(&http, &server.url, &project, "Ticker", 0, Duration::from_secs(60), |r| r["status"] == "succeeded").await;
     let output = run["output"].as_str().unwrap_or_default();
