@@ -148,10 +148,13 @@ impl LeasedBody {
         match &r {
             // Read whole: the instance is free again.
             Poll::Ready(None) => self.lease = None,
-            // Failed mid-answer: take the instance out of the pool.
-            Poll::Ready(Some(Err(_))) => {
+            // Failed mid-answer: take the instance out of the pool, unless it was the caller's
+            // side that failed (its upload broke off while the answer streamed).
+            Poll::Ready(Some(Err(e))) => {
                 if let Some(l) = self.lease.take() {
-                    l.mark_broken();
+                    if !e.is_user() {
+                        l.mark_broken();
+                    }
                 }
             }
             _ => {}
@@ -339,6 +342,14 @@ impl Gateway {
                     "function_timeout",
                     format!("function `{function}` did not answer within its timeout of {}", humantime::format_duration(timeout)),
                 ))
+            }
+            Ok(Err(e)) if e.is_callers() => {
+                // A client that abandons its upload says nothing about the instance: it stays.
+                tracing::debug!(project, function, error = %e, "request not forwarded whole");
+                return Err(ApiError::bad_request(
+                    "request_incomplete",
+                    format!("the request to `{function}` could not be forwarded whole ({e}); send it again with a complete body"),
+                ));
             }
             Ok(Err(e)) => {
                 lease.mark_broken();

@@ -111,6 +111,14 @@ impl Upstream {
 /// including right after a long pause, when its overdue timers fire first.
 const MAX_IDLE: Duration = Duration::from_secs(60);
 
+impl UpstreamError {
+    /// The caller's side failed (its request body broke off, most likely), not the instance:
+    /// nothing says the instance is unhealthy.
+    pub fn is_callers(&self) -> bool {
+        matches!(self, UpstreamError::Http(e) if e.is_user())
+    }
+}
+
 impl Endpoint {
     fn with(addr: SocketAddr, socket_dir: Option<OwnedFd>, connects: ConnectCounters) -> Self {
         Endpoint { addr, socket_dir, idle: Mutex::new(Vec::new()), refused_logged: AtomicBool::new(false), connects }

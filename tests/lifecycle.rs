@@ -1,7 +1,7 @@
 //! Instance lifecycle tests ("Instances that scale"): the real `eserveless` binary against the
 //! real Docker engine, with `tests/fixtures/lifecycle-app` (one node handler answering
 //! `{"version", "host", "pid"}` after `?sleep=<ms>`; `host` is the serving container's id
-//! prefix).
+//! prefix; and `Stream`, for request and answer bodies through the gateway).
 //!
 //! One test per behaviour; each starts its own server (own data directory, port and server
 //! args) and makes one deployment (two for the redeploy test), and removes its project at the
@@ -566,6 +566,235 @@ async fn check_metrics_exposed(ctx: &Ctx) {
     assert!(missing.is_empty(), "/metrics lacks:\n  {}\n---- /metrics ----\n{text}", missing.join("\n  "));
 }
 
+/// `len` deterministic pseudo-random bytes (xorshift64*), so a test never sends a pattern that
+/// a misplaced or repeated piece would still match.
+fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Where two byte strings first differ (`None` when equal), for failure messages that do not
+/// print megabytes.
+fn first_difference(got: &[u8], want: &[u8]) -> Option<usize> {
+    got.iter().zip(want).position(|(a, b)| a != b).or((got.len() != want.len()).then(|| got.len().min(want.len())))
+}
+
+/// Asserts Stream's `{"length", "sha256"}` answer for a body of `sent`.
+#[track_caller]
+fn assert_hashed(a: &Answer, sent: &[u8], what: &str) {
+    assert_eq!(a.status, 200, "{what}: {}", a.raw);
+    assert_eq!(a.body["length"].as_u64(), Some(sent.len() as u64), "{what}: the function received another length: {}", a.raw);
+    assert_eq!(a.body["sha256"].as_str(), Some(sha256_hex(sent).as_str()), "{what}: the function received other bytes: {}", a.raw);
+}
+
+/// `?size=N` through the gateway: exactly N bytes, byte i being `i % 251`, with Content-Length N.
+async fn assert_sized_answer(ctx: &Ctx, size: usize) {
+    let url = ctx.url("Stream", &format!("?size={size}"));
+    let began = Instant::now();
+    let r = ctx.http.get(&url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert_eq!(r.status(), 200, "GET {url}");
+    let length = r.headers().get(reqwest::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).map(str::to_string);
+    assert_eq!(length.as_deref(), Some(size.to_string().as_str()), "Content-Length of ?size={size}");
+    let body = r.bytes().await.unwrap_or_else(|e| panic!("the body of ?size={size}: {e}"));
+    let want: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    if let Some(i) = first_difference(&body, &want) {
+        panic!("?size={size}: {} bytes arrived, and they differ from the expected ones at byte {i}", body.len());
+    }
+    ctx.log(&format!("?size={size}: {size} exact bytes in {} ms", began.elapsed().as_millis()));
+}
+
+/// Bodies through the gateway, both ways: a 16 MiB upload arrives whole; a large answer (over the
+/// 64 KiB the gateway reads whole before forwarding, so streamed) and a small one arrive exact; a
+/// slow chunked answer is streamed, not buffered; an echo streams its answer while the request
+/// is still being uploaded (half of it is held back until echoed bytes came back, so a gateway
+/// that reads the answer only after the whole request deadlocks); and a client that goes away
+/// mid-stream leaves the function serving.
+async fn check_streams_and_large_bodies(ctx: &mut Ctx) {
+    // 1. A 16 MiB upload, hashed by the function. Also the cold start: the timed requests below
+    // find a warm instance.
+    let upload = pseudo_random_bytes(16 << 20, 0x5eed_0001);
+    let url = ctx.url("Stream", "");
+    let began = Instant::now();
+    let r = ctx.http.post(&url).body(upload.clone()).send().await.unwrap_or_else(|e| panic!("POST 16 MiB to {url}: {e}"));
+    let a = answer(r).await;
+    assert_hashed(&a, &upload, "a 16 MiB upload");
+    let first_host = a.body["host"].as_str().unwrap_or("").to_string();
+    ctx.log(&format!("16 MiB uploaded and hashed by {first_host} in {} ms ({})", began.elapsed().as_millis(), kind(&a)));
+
+    // 2. A streamed answer (5,000,000 bytes) and a buffered one (1000 bytes, under 64 KiB).
+    assert_sized_answer(ctx, 5_000_000).await;
+    assert_sized_answer(ctx, 1000).await;
+
+    // 3. A slow chunked answer: `chunk 0` at once, then one line every 300 ms (the last at
+    // 1.2 s). Streamed, the first line is here long before the last one is written; buffered,
+    // nothing would come before ~1.2 s.
+    let url = ctx.url("Stream", "?chunks=5&every=300");
+    let sent = Instant::now();
+    let mut r = ctx.http.get(&url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let head = sent.elapsed();
+    assert_eq!(r.status(), 200, "GET {url}");
+    assert!(r.headers().get(reqwest::header::CONTENT_LENGTH).is_none(), "a chunked answer got a Content-Length: {:?}", r.headers());
+    let mut text = Vec::new();
+    let mut first = None;
+    let mut arrivals = Vec::new();
+    while let Some(c) = r.chunk().await.unwrap_or_else(|e| panic!("reading {url}: {e}")) {
+        first.get_or_insert(sent.elapsed());
+        arrivals.push(format!("{} ms: {:?}", sent.elapsed().as_millis(), String::from_utf8_lossy(&c)));
+        text.extend_from_slice(&c);
+    }
+    let total = sent.elapsed();
+    ctx.log(&format!("?chunks=5&every=300: head after {} ms, chunks at {arrivals:?}, end after {} ms", head.as_millis(), total.as_millis()));
+    assert_eq!(String::from_utf8_lossy(&text), "chunk 0\nchunk 1\nchunk 2\nchunk 3\nchunk 4\n", "the chunked answer");
+    let first = first.expect("a first chunk");
+    assert!(
+        first < Duration::from_millis(700),
+        "the first chunk came {first:?} after the request: the answer was buffered, not streamed: {arrivals:?}"
+    );
+    assert!(total >= Duration::from_millis(1100), "the whole answer took only {total:?}; the function writes for 1.2 s: {arrivals:?}");
+
+    // 4. An 8 MiB echo, uploaded as a stream: the first 4 MiB, then nothing more until echoed
+    // bytes are back, then the rest.
+    let echo = pseudo_random_bytes(8 << 20, 0xec40_0002);
+    let half = echo.len() / 2;
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
+    let (echoed_tx, echoed_rx) = tokio::sync::oneshot::channel::<()>();
+    // Bytes handed to the upload so far.
+    let handed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let producer = {
+        let echo = echo.clone();
+        let handed = handed.clone();
+        tokio::spawn(async move {
+            for piece in echo[..half].chunks(64 * 1024) {
+                if tx.send(bytes::Bytes::copy_from_slice(piece)).await.is_err() {
+                    return "the upload stopped during the first half";
+                }
+                handed.fetch_add(piece.len(), std::sync::atomic::Ordering::Relaxed);
+            }
+            // Held back until the client saw echoed bytes: a gateway that needs the whole
+            // request before it forwards the answer never gets there.
+            let held = match tokio::time::timeout(Duration::from_secs(20), echoed_rx).await {
+                Ok(_) => "the second half followed the first echoed bytes",
+                Err(_) => "NO echoed byte came back within 20 s of the first 4 MiB; the second half was sent anyway",
+            };
+            for piece in echo[half..].chunks(64 * 1024) {
+                if tx.send(bytes::Bytes::copy_from_slice(piece)).await.is_err() {
+                    return "the upload stopped during the second half";
+                }
+            }
+            held
+        })
+    };
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx)) });
+    let url = ctx.url("Stream", "?echo=1");
+    let began = Instant::now();
+    let exchange = async {
+        let mut r = ctx
+            .http
+            .post(&url)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(reqwest::Body::wrap_stream(stream))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+        assert_eq!(r.status(), 200, "POST {url}");
+        let head = began.elapsed();
+        let mut got = Vec::with_capacity(echo.len());
+        let mut echoed_tx = Some(echoed_tx);
+        let mut uploaded_at_first_echo = 0;
+        while let Some(c) = r.chunk().await.unwrap_or_else(|e| panic!("reading the echo after {} bytes: {e}", got.len())) {
+            got.extend_from_slice(&c);
+            if let Some(t) = echoed_tx.take() {
+                uploaded_at_first_echo = handed.load(std::sync::atomic::Ordering::Relaxed);
+                let _ = t.send(());
+            }
+        }
+        (head, got, uploaded_at_first_echo)
+    };
+    let (head, got, uploaded_at_first_echo) = tokio::time::timeout(Duration::from_secs(45), exchange)
+        .await
+        .unwrap_or_else(|_| panic!("the 8 MiB echo hung for 45 s (a deadlock between upload and answer?)"));
+    let held = producer.await.expect("the upload producer");
+    ctx.log(&format!(
+        "8 MiB echoed in {} ms (head after {} ms; the first echoed bytes came when {uploaded_at_first_echo} bytes were handed to the upload; {held})",
+        began.elapsed().as_millis(),
+        head.as_millis()
+    ));
+    assert_eq!(held, "the second half followed the first echoed bytes", "the echo's upload");
+    if let Some(i) = first_difference(&got, &echo) {
+        panic!("the echo: {} of {} bytes came back, differing from what was sent at byte {i}", got.len(), echo.len());
+    }
+
+    // 5. A client that goes away after the first chunk of a 2 s answer. Stream has
+    // `concurrency: 1` and `max_instances: 1`, and the server a 5 s queue timeout: the request
+    // right after is served only if the dropped answer gave its instance back (or the instance
+    // was replaced); a lease kept by the abandoned answer makes it a 503 after 5 s.
+    let url = ctx.url("Stream", "?chunks=20&every=100");
+    let mut r = ctx.http.get(&url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert_eq!(r.status(), 200, "GET {url}");
+    let c = r.chunk().await.unwrap_or_else(|e| panic!("reading {url}: {e}")).expect("a first chunk");
+    assert!(c.starts_with(b"chunk 0\n"), "the first chunk: {:?}", String::from_utf8_lossy(&c));
+    drop(r);
+    ctx.log("dropped ?chunks=20&every=100 after its first chunk");
+    let mut hosts = Vec::new();
+    for n in 0..3 {
+        let body = format!("request {n} after a client went away").into_bytes();
+        let began = Instant::now();
+        let r = ctx.http.post(ctx.url("Stream", "")).body(body.clone()).send().await.unwrap_or_else(|e| panic!("POST after the drop: {e}"));
+        let a = answer(r).await;
+        assert_hashed(&a, &body, &format!("request {n} after a client went away mid-stream"));
+        hosts.push(format!("{} in {} ms ({})", a.body["host"].as_str().unwrap_or(""), began.elapsed().as_millis(), kind(&a)));
+    }
+    assert_sized_answer(ctx, 200_000).await;
+    let r = ctx.http.get(ctx.url("Stream", "?chunks=3&every=20")).send().await.expect("GET ?chunks=3 after the drop");
+    assert_eq!(r.status(), 200, "?chunks=3 after the drop");
+    assert_eq!(r.text().await.expect("?chunks=3 body"), "chunk 0\nchunk 1\nchunk 2\n", "?chunks=3 after the drop");
+    let running: Vec<_> =
+        function_containers(&ctx.docker, &ctx.project, "Stream").await.into_iter().filter(|(_, s)| s == "running").collect();
+    ctx.log(&format!("after the drop: served by {hosts:?} (first request by {first_host}); running instances {running:?}"));
+    assert!(!running.is_empty(), "no running instance of Stream after the drop");
+    // Either outcome is allowed; the log says which one it was.
+    let log = std::fs::read_to_string(&ctx.server.log).expect("server log");
+    let noted: Vec<&str> =
+        log.lines().filter(|l| l.contains("Stream") && (l.contains("WARN") || l.contains("taken out of the pool"))).collect();
+    ctx.log(&format!("server log lines on Stream at warn level or evicting: {noted:#?}"));
+
+    // 6. A client whose upload breaks off after 1 MiB: its fault, not the instance's. The
+    // instance stays in the pool and serves the next request warm.
+    let before = answer(ctx.http.post(ctx.url("Stream", "")).body("before the abort").send().await.expect("POST before the abort")).await;
+    assert_hashed(&before, b"before the abort", "the request before the abort");
+    let host = before.body["host"].as_str().unwrap_or("").to_string();
+    let evicted_before = std::fs::read_to_string(&ctx.server.log).expect("server log").matches("taken out of the pool").count();
+    let broken = futures_util::stream::iter(vec![
+        Ok::<_, std::io::Error>(bytes::Bytes::from(vec![7u8; 1 << 20])),
+        Err(std::io::Error::new(std::io::ErrorKind::Other, "the client gives up")),
+    ]);
+    let aborted = ctx.http.post(ctx.url("Stream", "")).body(reqwest::Body::wrap_stream(broken)).send().await;
+    assert!(aborted.as_ref().map_or(true, |r| r.status() != 200), "an upload that broke off was answered 200");
+    let after = answer(ctx.http.post(ctx.url("Stream", "")).body("after the abort").send().await.expect("POST after the abort")).await;
+    assert_hashed(&after, b"after the abort", "the request after an aborted upload");
+    let evicted_after = std::fs::read_to_string(&ctx.server.log).expect("server log").matches("taken out of the pool").count();
+    assert_eq!(
+        (after.body["host"].as_str().unwrap_or(""), kind(&after), evicted_after),
+        (host.as_str(), "warm".to_string(), evicted_before),
+        "a client's broken-off upload took its (healthy) instance out of the pool: {}",
+        after.raw
+    );
+    ctx.log(&format!("aborted upload ({}); the next request served warm by {host}", aborted.map(|r| r.status().to_string()).unwrap_or_else(|e| e.to_string())));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tests
 
@@ -596,3 +825,4 @@ lifecycle_test!(instances_adopted_after_restart, "lc-adopt", [], check_instances
 lifecycle_test!(redeploy_under_load_has_zero_failures, "lc-redeploy", [], check_redeploy_under_load_has_zero_failures);
 lifecycle_test!(secret_change_recycles_instances, "lc-secret", [], check_secret_change_recycles_instances);
 lifecycle_test!(metrics_exposed, "lc-metrics", [], check_metrics_exposed);
+lifecycle_test!(streams_and_large_bodies, "lc-stream", ["--queue-timeout", "5s"], check_streams_and_large_bodies);
