@@ -49,6 +49,9 @@ pub mod labels {
     pub const REVISION: &str = "eserveless.revision";
     pub const COMMIT: &str = "eserveless.commit";
     pub const ROLE: &str = "eserveless.role";
+    /// A digest of what an http instance was started with (image, environment, limits): an
+    /// instance is adopted after a restart only if it still matches its revision.
+    pub const CONFIG: &str = "eserveless.config";
     /// The server (data directory) that owns the object; servers sharing an engine never touch each other's.
     pub const OWNER: &str = "eserveless.owner";
 

@@ -202,6 +202,8 @@ pub struct PoolManager {
 /// The instances of one revision of one function.
 pub struct FunctionPool {
     revision: Arc<Revision>,
+    /// [`config_digest`] of the revision, carried by its containers as a label.
+    config: String,
     /// `X-Forwarded-Prefix` for this function, made once.
     forwarded_prefix: http::HeaderValue,
     metrics: FunctionMetrics,
@@ -262,6 +264,7 @@ impl PoolManager {
             .expect("project and function names are valid header text");
         let pool = Arc::new(FunctionPool {
             forwarded_prefix,
+            config: config_digest(&revision),
             metrics: self.shared.metrics.for_function(&revision.project, &revision.function),
             revision: Arc::new(revision),
             inner: Mutex::new(PoolInner::default()),
@@ -294,6 +297,9 @@ impl PoolManager {
                     && get(labels::PROJECT) == r.project
                     && get(labels::FUNCTION) == r.function
                     && get(labels::REVISION) == r.deployment_id.to_string()
+                    // Started before a secret change or under other limits: not this revision's
+                    // configuration any more, so it is replaced rather than adopted.
+                    && get(labels::CONFIG) == p.config
             });
             match (pool, c.running, c.ip.as_deref().and_then(|ip| ip.parse().ok())) {
                 (Some(pool), true, Some(ip)) => {
@@ -373,6 +379,21 @@ impl PoolManager {
     pub fn counts(&self) -> Vec<(Arc<Revision>, PoolCounts)> {
         self.live_pools().iter().map(|p| (p.revision.clone(), p.counts())).collect()
     }
+}
+
+/// What an instance of `r` is started with, as a short digest: image, environment (secrets
+/// included: `docker inspect` shows the environment itself anyway) and limits.
+fn config_digest(r: &Revision) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(r.image.as_bytes());
+    for var in &r.env.0 {
+        h.update([0u8]);
+        h.update(var.as_bytes());
+    }
+    h.update([0u8]);
+    h.update(format!("{:?}", r.limits).as_bytes());
+    h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
 async fn remove_container(shared: &Arc<Shared>, project: &str, function: &str, id: &str) {
@@ -567,7 +588,11 @@ impl FunctionPool {
             name,
             image: r.image.clone(),
             env,
-            labels: labels::for_container(&r.project, &r.function, r.deployment_id, "http"),
+            labels: {
+                let mut l = labels::for_container(&r.project, &r.function, r.deployment_id, "http");
+                l.insert(labels::CONFIG.to_string(), self.config.clone());
+                l
+            },
             limits: r.limits.clone(),
         };
         let result = async {
@@ -814,6 +839,35 @@ impl Drop for WaitingGuard<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_digest_follows_env_and_limits() {
+        let r = Revision {
+            project: "p".into(),
+            function: "f".into(),
+            deployment_id: 1,
+            image: "img".into(),
+            env: Env(vec!["A=1".into()]),
+            limits: Limits::default(),
+            private: false,
+            timeout: Duration::from_secs(1),
+            scaling: Scaling::default(),
+        };
+        let d = config_digest(&r);
+        assert_eq!(d.len(), 32);
+        assert_eq!(d, config_digest(&r.clone()), "stable");
+        let mut secret = r.clone();
+        secret.env.0.push("TOKEN=new".into());
+        assert_ne!(config_digest(&secret), d, "a secret change changes it");
+        let mut smaller = r.clone();
+        smaller.limits.memory_bytes /= 2;
+        assert_ne!(config_digest(&smaller), d, "other limits change it");
+        let mut split = r.clone();
+        split.env.0 = vec!["A=1B=2".into()];
+        let mut two = r.clone();
+        two.env.0 = vec!["A=1".into(), "B=2".into()];
+        assert_ne!(config_digest(&split), config_digest(&two), "variables are delimited");
+    }
 
     #[test]
     fn transitions() {

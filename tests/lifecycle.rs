@@ -421,6 +421,24 @@ async fn check_instances_adopted_after_restart(ctx: &mut Ctx) {
     assert_eq!(all.len(), 1, "one container of Reuse expected after the restart: {all:?}");
 }
 
+/// An instance started under another configuration (here: the operator lowered the default
+/// memory while the server was down; a secret changed meanwhile is the same case) is not
+/// adopted by the next server: it is replaced, and the new one runs with the new limits.
+async fn check_changed_config_is_replaced_not_adopted(ctx: &mut Ctx) {
+    let a = ctx.invoke_ok("Reuse", "").await;
+    let old = container_of_host(&ctx.docker, &ctx.project, "Reuse", &host(&a)).await;
+    ctx.args.extend(["--default-memory".to_string(), "128Mi".to_string()]);
+    ctx.restart().await;
+    let b = ctx.invoke_ok("Reuse", "").await;
+    assert_eq!(kind(&b), "cold", "the first request after the restart should start a new instance: {}", b.raw);
+    assert_ne!(host(&b), host(&a), "the instance started with 256Mi was adopted although the limit is now 128Mi");
+    wait_gone(&ctx.docker, &old, "the instance with the old configuration").await;
+    let new = container_of_host(&ctx.docker, &ctx.project, "Reuse", &host(&b)).await;
+    let memory = ctx.docker.inspect_container(&new, None).await.expect("inspect").host_config.and_then(|h| h.memory);
+    assert_eq!(memory, Some(128 << 20), "the replacement runs with the new default memory");
+    ctx.log(&format!("restart with --default-memory 128Mi: {} replaced by {}", &old[..12], host(&b)));
+}
+
 /// Steady load on Reuse: two workers send quick requests (volume) and two send requests that
 /// take 300 ms in the function, so requests are in flight on the old instance when the route
 /// switches (it must drain, not be removed under them).
@@ -822,6 +840,7 @@ lifecycle_test!(burst_scales_to_max_and_no_further, "lc-burst", ["--queue-depth"
 lifecycle_test!(queue_full_gets_429_and_deadline_gets_503, "lc-queue", ["--queue-depth", "1", "--queue-timeout", "1s"], check_queue_full_gets_429_and_deadline_gets_503);
 lifecycle_test!(killed_container_is_replaced, "lc-kill", [], check_killed_container_is_replaced);
 lifecycle_test!(instances_adopted_after_restart, "lc-adopt", [], check_instances_adopted_after_restart);
+lifecycle_test!(changed_config_is_replaced_not_adopted, "lc-config", [], check_changed_config_is_replaced_not_adopted);
 lifecycle_test!(redeploy_under_load_has_zero_failures, "lc-redeploy", [], check_redeploy_under_load_has_zero_failures);
 lifecycle_test!(secret_change_recycles_instances, "lc-secret", [], check_secret_change_recycles_instances);
 lifecycle_test!(metrics_exposed, "lc-metrics", [], check_metrics_exposed);
