@@ -797,7 +797,7 @@ async fn check_streams_and_large_bodies(ctx: &mut Ctx) {
     let evicted_before = std::fs::read_to_string(&ctx.server.log).expect("server log").matches("taken out of the pool").count();
     let broken = futures_util::stream::iter(vec![
         Ok::<_, std::io::Error>(bytes::Bytes::from(vec![7u8; 1 << 20])),
-        Err(std::io::Error::new(std::io::ErrorKind::Other, "the client gives up")),
+        Err(std::io::Error::other("the client gives up")),
     ]);
     let aborted = ctx.http.post(ctx.url("Stream", "")).body(reqwest::Body::wrap_stream(broken)).send().await;
     assert!(aborted.as_ref().map_or(true, |r| r.status() != 200), "an upload that broke off was answered 200");
