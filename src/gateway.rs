@@ -14,7 +14,7 @@ use axum::response::IntoResponse;
 
 use crate::error::ApiError;
 use crate::pool::{AcquireError, FunctionPool, Lease};
-use crate::upstream::AnswerBody;
+use crate::upstream::{callers_fault, AnswerBody};
 
 /// Where a function's requests go.
 #[derive(Clone)]
@@ -152,7 +152,7 @@ impl LeasedBody {
             // side that failed (its upload broke off while the answer streamed).
             Poll::Ready(Some(Err(e))) => {
                 if let Some(l) = self.lease.take() {
-                    if !e.is_user() {
+                    if !callers_fault(e) {
                         l.mark_broken();
                     }
                 }
@@ -334,31 +334,39 @@ impl Gateway {
         h.insert("x-forwarded-prefix", pool.forwarded_prefix().clone());
         let up = Request::from_parts(parts, body);
 
-        let result = tokio::time::timeout_at(deadline, lease.endpoint.send(up)).await;
-        let resp = match result {
-            Err(_) => {
-                return Err(ApiError::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "function_timeout",
-                    format!("function `{function}` did not answer within its timeout of {}", humantime::format_duration(timeout)),
-                ))
-            }
-            Ok(Err(e)) if e.is_callers() => {
+        let timed_out = || {
+            ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "function_timeout",
+                format!("function `{function}` did not answer within its timeout of {}", humantime::format_duration(timeout)),
+            )
+        };
+        // Whose fault a failed exchange was. The instance was already marked broken where it
+        // was to blame (below for the head, in `LeasedBody` for the body).
+        let failed = |callers: bool, e: &dyn std::fmt::Display| {
+            if callers {
                 // A client that abandons its upload says nothing about the instance: it stays.
                 tracing::debug!(project, function, error = %e, "request not forwarded whole");
-                return Err(ApiError::bad_request(
+                ApiError::bad_request(
                     "request_incomplete",
                     format!("the request to `{function}` could not be forwarded whole ({e}); send it again with a complete body"),
-                ));
-            }
-            Ok(Err(e)) => {
-                lease.mark_broken();
+                )
+            } else {
                 tracing::warn!(project, function, error = %e, "instance failed mid-request");
-                return Err(ApiError::new(
+                ApiError::new(
                     StatusCode::BAD_GATEWAY,
                     "function_failed",
                     format!("function `{function}` closed the connection without a complete answer (it may have crashed); the next request gets a fresh instance"),
-                ));
+                )
+            }
+        };
+        let resp = match tokio::time::timeout_at(deadline, lease.endpoint.send(up)).await {
+            Err(_) => return Err(timed_out()),
+            Ok(Err(e)) => {
+                if !e.is_callers() {
+                    lease.mark_broken();
+                }
+                return Err(failed(e.is_callers(), &e));
             }
             Ok(Ok(resp)) => resp,
         };
@@ -383,19 +391,8 @@ impl Gateway {
             // the answer fails half-way.
             return match tokio::time::timeout_at(deadline, LeasedBody::new(answer, lease).collect()).await {
                 Ok(Ok(collected)) => Ok(Response::from_parts(parts, Body::from(collected.to_bytes()))),
-                Ok(Err(e)) => {
-                    tracing::warn!(project, function, error = %e, "instance failed mid-answer");
-                    Err(ApiError::new(
-                        StatusCode::BAD_GATEWAY,
-                        "function_failed",
-                        format!("function `{function}` closed the connection before its answer was complete (it may have crashed); the next request gets a fresh instance"),
-                    ))
-                }
-                Err(_) => Err(ApiError::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "function_timeout",
-                    format!("function `{function}` did not finish its answer within its timeout of {}", humantime::format_duration(timeout)),
-                )),
+                Ok(Err(e)) => Err(failed(callers_fault(&e), &e)),
+                Err(_) => Err(timed_out()),
             };
         }
         let body = Body::new(LeasedBody::new(answer, lease));

@@ -43,7 +43,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How the gateway reaches one instance, and its idle keep-alive connections.
 pub struct Endpoint {
     /// The instance's address on the functions network.
-    pub addr: SocketAddr,
+    addr: SocketAddr,
     /// The instance's `/tmp`, opened while the container was known to run.
     socket_dir: Option<OwnedFd>,
     /// Connections with no request on them, ready for the next one. At most the function's
@@ -73,7 +73,7 @@ pub enum UpstreamError {
 type Io = TokioIo<Either<tokio::net::UnixStream, tokio::net::TcpStream>>;
 
 /// One HTTP/1.1 connection to an instance. It has no task of its own: whoever uses it polls
-/// it (the request's own task, see [`Endpoint::send`] and [`Checkout::poll_conn`]), so an
+/// it (the request's own task, see [`Endpoint::send`] and [`AnswerBody`]), so an
 /// answer is read, and handed on, without a hop between tasks or threads.
 struct Upstream {
     sender: SendRequest<Body>,
@@ -111,11 +111,16 @@ impl Upstream {
 /// including right after a long pause, when its overdue timers fire first.
 const MAX_IDLE: Duration = Duration::from_secs(60);
 
+/// True when forwarding failed on the caller's side (its request body broke off, most
+/// likely), not the instance's: nothing says the instance is unhealthy.
+pub fn callers_fault(e: &hyper::Error) -> bool {
+    e.is_user()
+}
+
 impl UpstreamError {
-    /// The caller's side failed (its request body broke off, most likely), not the instance:
-    /// nothing says the instance is unhealthy.
+    /// See [`callers_fault`].
     pub fn is_callers(&self) -> bool {
-        matches!(self, UpstreamError::Http(e) if e.is_user())
+        matches!(self, UpstreamError::Http(e) if callers_fault(e))
     }
 }
 
@@ -125,7 +130,8 @@ impl Endpoint {
     }
 
     /// An endpoint reached over TCP only.
-    pub fn tcp(addr: SocketAddr) -> Self {
+    #[cfg(test)]
+    fn tcp(addr: SocketAddr) -> Self {
         Self::with(addr, None, ConnectCounters::default())
     }
 
@@ -327,28 +333,43 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt;
 
-    /// A one-answer-per-request HTTP server on `listener`, answering with `tag`.
-    fn serve_unix(listener: tokio::net::UnixListener, tag: &'static str) {
+    /// What a test server does with a connection.
+    #[derive(Clone, Copy)]
+    enum Conns {
+        KeepAlive,
+        /// `Connection: close` after each answer.
+        CloseAfterAnswer,
+        /// Kept alive, but closed this long after it was opened (an instance's idle timeout).
+        CloseAfter(Duration),
+    }
+
+    /// An HTTP server on `listener` (unix or tcp) answering every request with `tag`.
+    fn serve(listener: Either<tokio::net::UnixListener, tokio::net::TcpListener>, tag: &'static str, conns: Conns) {
         tokio::spawn(async move {
-            while let Ok((s, _)) = listener.accept().await {
-                tokio::spawn(answer(TokioIo::new(s), tag));
+            loop {
+                let stream = match &listener {
+                    Either::Left(l) => l.accept().await.map(|(s, _)| Either::Left(s)),
+                    Either::Right(l) => l.accept().await.map(|(s, _)| Either::Right(s)),
+                };
+                let Ok(stream) = stream else { return };
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |_req: Request<Incoming>| async move {
+                        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(bytes::Bytes::from(tag))))
+                    });
+                    let mut builder = hyper::server::conn::http1::Builder::new();
+                    builder.keep_alive(!matches!(conns, Conns::CloseAfterAnswer));
+                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                    match conns {
+                        Conns::CloseAfter(d) => drop(tokio::time::timeout(d, conn).await),
+                        _ => drop(conn.await),
+                    }
+                });
             }
         });
     }
 
-    fn serve_tcp(listener: tokio::net::TcpListener, tag: &'static str) {
-        tokio::spawn(async move {
-            while let Ok((s, _)) = listener.accept().await {
-                tokio::spawn(answer(TokioIo::new(s), tag));
-            }
-        });
-    }
-
-    async fn answer<S: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static>(io: S, tag: &'static str) {
-        let svc = hyper::service::service_fn(move |_req: Request<Incoming>| async move {
-            Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(bytes::Bytes::from(tag))))
-        });
-        let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+    fn idle_len(ep: &Endpoint) -> usize {
+        ep.idle.lock().expect("lock").len()
     }
 
     async fn get(ep: &Arc<Endpoint>) -> String {
@@ -358,11 +379,16 @@ mod tests {
         String::from_utf8_lossy(&body).into_owned()
     }
 
-    async fn tcp_server(tag: &'static str) -> SocketAddr {
+    async fn tcp_server(tag: &'static str, conns: Conns) -> SocketAddr {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = l.local_addr().expect("addr");
-        serve_tcp(l, tag);
+        serve(Either::Right(l), tag, conns);
         addr
+    }
+
+    #[test]
+    fn the_socket_path_is_its_directory_and_name() {
+        assert_eq!(SOCKET_IN_CONTAINER, format!("/{SOCKET_DIR_IN_CONTAINER}/{SOCKET_NAME}"));
     }
 
     #[tokio::test]
@@ -370,15 +396,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let tmp = dir.path().join("tmp");
         std::fs::create_dir(&tmp).expect("mkdir");
-        serve_unix(tokio::net::UnixListener::bind(tmp.join(SOCKET_NAME)).expect("bind"), "unix");
-        let ep = Arc::new(Endpoint::with_dir(tcp_server("tcp").await, &tmp));
+        serve(Either::Left(tokio::net::UnixListener::bind(tmp.join(SOCKET_NAME)).expect("bind")), "unix", Conns::KeepAlive);
+        let ep = Arc::new(Endpoint::with_dir(tcp_server("tcp", Conns::KeepAlive).await, &tmp));
         assert!(ep.uses_unix_socket());
         assert_eq!(get(&ep).await, "unix");
-        // Give the connection task its moment to mark the connection ready again.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(ep.idle.lock().expect("lock").len(), 1, "the connection went back to the idle list");
+        assert_eq!(idle_len(&ep), 1, "the connection went back to the idle list");
         assert_eq!(get(&ep).await, "unix");
-        assert_eq!(ep.idle.lock().expect("lock").len(), 1, "the idle connection was reused, not a second one made");
+        assert_eq!(idle_len(&ep), 1, "the idle connection was reused, not a second one made");
         assert_eq!((ep.connects.unix.get(), ep.connects.tcp.get()), (1, 0), "one connection, over the socket");
     }
 
@@ -387,10 +411,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         // A socket elsewhere (standing in for the host's Docker socket) that must never be reached.
         let elsewhere = dir.path().join("docker.sock");
-        serve_unix(tokio::net::UnixListener::bind(&elsewhere).expect("bind"), "HOST SOCKET");
+        serve(Either::Left(tokio::net::UnixListener::bind(&elsewhere).expect("bind")), "HOST SOCKET", Conns::KeepAlive);
         let tmp = dir.path().join("tmp");
         std::fs::create_dir(&tmp).expect("mkdir");
-        let ep = Arc::new(Endpoint::with_dir(tcp_server("tcp").await, &tmp));
+        let ep = Arc::new(Endpoint::with_dir(tcp_server("tcp", Conns::KeepAlive).await, &tmp));
         assert!(!ep.uses_unix_socket());
         assert_eq!(get(&ep).await, "tcp", "no socket: TCP");
         std::os::unix::fs::symlink(&elsewhere, tmp.join(SOCKET_NAME)).expect("symlink");
@@ -417,22 +441,23 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_the_instance_closed_is_not_reused() {
-        // A server that closes each connection after one answer.
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = l.local_addr().expect("addr");
-        tokio::spawn(async move {
-            while let Ok((s, _)) = l.accept().await {
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(|_req: Request<Incoming>| async {
-                        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(bytes::Bytes::from("once"))))
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new().keep_alive(false).serve_connection(TokioIo::new(s), svc).await;
-                });
-            }
-        });
-        let ep = Arc::new(Endpoint::tcp(addr));
-        for _ in 0..3 {
+        let ep = Arc::new(Endpoint::tcp(tcp_server("once", Conns::CloseAfterAnswer).await));
+        for n in 1..=3 {
             assert_eq!(get(&ep).await, "once");
+            assert_eq!(idle_len(&ep), 0, "a connection closed with its answer was kept idle");
+            assert_eq!(ep.connects.tcp.get(), n, "each request needed a new connection");
         }
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_the_instance_closed_meanwhile_is_replaced() {
+        let ep = Arc::new(Endpoint::tcp(tcp_server("idle", Conns::CloseAfter(Duration::from_millis(100))).await));
+        assert_eq!(get(&ep).await, "idle");
+        assert_eq!(idle_len(&ep), 1);
+        // The instance closes it while nobody polls it; the next request must notice, not fail.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let again = tokio::time::timeout(Duration::from_secs(5), get(&ep)).await;
+        assert_eq!(again.ok().as_deref(), Some("idle"), "the request on a connection closed while idle hung");
+        assert_eq!(ep.connects.tcp.get(), 2, "the closed connection was replaced by a new one");
     }
 }

@@ -561,8 +561,6 @@ pub fn header<'a>(a: &'a Answer, name: &str) -> &'a str {
     a.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
-/// After a project is removed: no container or image of it is left (a cron run that was
-/// already going may take a moment to finish and remove its own container).
 /// Waits (at most 30 s) until the engine holds no container of `project`; `context` is added
 /// to the failure message.
 pub async fn wait_containers_gone(d: &Docker, project: &str, context: &str) {
@@ -577,6 +575,8 @@ pub async fn wait_containers_gone(d: &Docker, project: &str, context: &str) {
     }
 }
 
+/// After a project is removed: no container or image of it is left (a cron run that was
+/// already going may take a moment to finish and remove its own container).
 pub async fn assert_project_gone(project: &str) {
     let d = docker();
     wait_containers_gone(&d, project, "").await;
