@@ -77,22 +77,38 @@ type Io = TokioIo<Either<tokio::net::UnixStream, tokio::net::TcpStream>>;
 /// answer is read, and handed on, without a hop between tasks or threads.
 struct Upstream {
     sender: SendRequest<Body>,
-    conn: Pin<Box<http1::Connection<Io, Body>>>,
-    /// The connection ended (closed by either side, or failed).
-    done: bool,
+    /// `None` once the connection ended (closed by either side, or failed). Dropping it at
+    /// once matters: a request queued on it then fails as "not sent" and is retried on a new
+    /// connection, instead of waiting for an answer that never comes.
+    conn: Option<Pin<Box<http1::Connection<Io, Body>>>>,
     idle_since: Instant,
 }
 
 impl Upstream {
     fn poll_conn(&mut self, cx: &mut Context<'_>) {
-        if !self.done {
-            if let Poll::Ready(r) = self.conn.as_mut().poll(cx) {
-                self.done = true;
+        if let Some(conn) = &mut self.conn {
+            if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                self.conn = None;
                 if let Err(e) = r {
                     tracing::debug!(error = %e, "instance connection ended with an error");
                 }
             }
         }
+    }
+
+    fn done(&self) -> bool {
+        self.conn.is_none()
+    }
+
+    /// Sends `req` and waits for the answer's head. The connection writes the request (and
+    /// its body) and reads the head while it is polled here, in this task.
+    async fn exchange(&mut self, req: Request<Body>) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Body>>> {
+        let mut sent = std::pin::pin!(self.sender.try_send_request(req));
+        std::future::poll_fn(|cx| {
+            self.poll_conn(cx);
+            sent.as_mut().poll(cx)
+        })
+        .await
     }
 
     /// Catches up on what happened while nobody polled it (the instance closing it, most
@@ -102,7 +118,7 @@ impl Upstream {
             return false;
         }
         self.poll_conn(&mut Context::from_waker(futures_util::task::noop_waker_ref()));
-        !self.done && self.sender.is_ready()
+        !self.done() && self.sender.is_ready()
     }
 }
 
@@ -163,15 +179,7 @@ impl Endpoint {
                 Some(u) => (u, true),
                 None => (self.connect().await?, false),
             };
-            let mut sent = std::pin::pin!(up.sender.try_send_request(req));
-            // The connection writes the request (and its body) and reads the answer's head
-            // while it is polled here, in this task.
-            let result = std::future::poll_fn(|cx| {
-                up.poll_conn(cx);
-                sent.as_mut().poll(cx)
-            })
-            .await;
-            match result {
+            match up.exchange(req).await {
                 Ok(resp) => {
                     return Ok(resp.map(|inner| AnswerBody { inner, checkout: Some(Checkout { endpoint: self.clone(), up }) }))
                 }
@@ -240,10 +248,10 @@ impl Checkout {
     /// poll it while idle, and the client's upload would stall behind it.
     fn finish(mut self) {
         let up = &mut self.up;
-        if !up.done && !up.sender.is_ready() {
+        if !up.done() && !up.sender.is_ready() {
             up.poll_conn(&mut Context::from_waker(futures_util::task::noop_waker_ref()));
         }
-        if !up.done && up.sender.is_ready() {
+        if !up.done() && up.sender.is_ready() {
             self.endpoint.put_idle(self.up);
         }
     }
@@ -289,7 +297,7 @@ impl http_body::Body for AnswerBody {
 
 async fn handshake(stream: Either<tokio::net::UnixStream, tokio::net::TcpStream>) -> Result<Upstream, UpstreamError> {
     let (sender, conn) = http1::Builder::new().handshake(TokioIo::new(stream)).await?;
-    Ok(Upstream { sender, conn: Box::pin(conn), done: false, idle_since: Instant::now() })
+    Ok(Upstream { sender, conn: Some(Box::pin(conn)), idle_since: Instant::now() })
 }
 
 /// Opens `<root>/tmp` without following a symlink at `tmp` (the root itself may be the
@@ -447,6 +455,25 @@ mod tests {
             assert_eq!(idle_len(&ep), 0, "a connection closed with its answer was kept idle");
             assert_eq!(ep.connects.tcp.get(), n, "each request needed a new connection");
         }
+    }
+
+    /// The race `usable()` cannot close: the instance closes the connection just after it was
+    /// taken from the idle list. The request must come back unsent (for a retry), not hang.
+    #[tokio::test]
+    async fn a_request_on_a_connection_closed_under_it_comes_back_unsent() {
+        let ep = Arc::new(Endpoint::tcp(tcp_server("idle", Conns::CloseAfter(Duration::from_millis(100))).await));
+        assert_eq!(get(&ep).await, "idle");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Taken without `usable()`'s look at it, as if it closed right after that look.
+        let mut stale = ep.idle.lock().expect("lock").pop().expect("an idle connection");
+        let req = Request::builder().uri("/").header("host", "x").body(Body::empty()).expect("request");
+        let result = tokio::time::timeout(Duration::from_secs(5), stale.exchange(req)).await;
+        let mut err = match result {
+            Err(_) => panic!("a request on a connection that had closed hung instead of failing"),
+            Ok(Ok(_)) => panic!("a closed connection answered"),
+            Ok(Err(e)) => e,
+        };
+        assert!(err.take_message().is_some(), "the unsent request was not handed back for a retry: {}", err.error());
     }
 
     #[tokio::test]
