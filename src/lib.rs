@@ -5,6 +5,7 @@ pub mod auth;
 pub mod build;
 pub mod cli;
 pub mod config;
+pub mod datadir;
 pub mod driver;
 pub mod error;
 pub mod firewall;
