@@ -61,7 +61,7 @@ impl DataDir {
         }
         // The pid is for the message above only; the lock itself is what counts, so a full
         // disk that refuses the write does not stop the server.
-        let _ = file.set_len(0).and_then(|()| file.rewind()).and_then(|()| write!(file, "{}\n", std::process::id()));
+        let _ = file.set_len(0).and_then(|()| file.rewind()).and_then(|()| writeln!(file, "{}", std::process::id()));
         let _ = STORAGE_DIR.set(path.to_path_buf());
         Ok(DataDir { path: path.to_path_buf(), _lock: file })
     }
