@@ -75,16 +75,26 @@ impl DataDir {
         let path = self.path.join(SERVER_ID_FILE);
         if let Ok(id) = std::fs::read_to_string(&path) {
             let id = id.trim().to_string();
-            if !id.is_empty() && id.chars().all(|c| c.is_ascii_hexdigit()) {
+            if valid_server_id(&id) {
                 return Ok(id);
             }
         }
-        let mut bytes = [0u8; 8];
-        getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness for the server id: {e}"))?;
-        let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let id = new_server_id()?;
         std::fs::write(&path, &id).with_context(|| format!("cannot write {}", path.display()))?;
         Ok(id)
     }
+}
+
+/// What a server id looks like (it becomes a label value and a filter on the engine).
+pub fn valid_server_id(id: &str) -> bool {
+    !id.is_empty() && id.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// A fresh, random server id.
+pub fn new_server_id() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness for the server id: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// The data directory of this process's server, for messages about its storage.
