@@ -31,8 +31,8 @@ pub const FORMAT: u32 = 1;
 pub const MANIFEST: &str = "eserveless-backup.json";
 /// The database's name, in the data directory and in the archive.
 pub const DB_FILE: &str = "eserveless.db";
-/// The server's identity on the Docker engine (see `server.rs`).
-pub const SERVER_ID_FILE: &str = "server-id";
+/// The server's identity on the Docker engine (see `datadir.rs`).
+pub use crate::datadir::SERVER_ID_FILE;
 const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
 const MAX_SERVER_ID_BYTES: u64 = 64;
 /// How long a backup waits for a database that stays busy (only a WAL recovery can do that).
@@ -219,10 +219,7 @@ pub fn backup(data_dir: &Path, file: &Path, force: bool) -> Result<BackupReport>
     Ok(BackupReport { file: file.to_path_buf(), bytes, manifest, unopened_secrets })
 }
 
-/// What `server.rs` accepts as a server id.
-fn valid_server_id(id: &str) -> bool {
-    !id.is_empty() && id.chars().all(|c| c.is_ascii_hexdigit())
-}
+use crate::datadir::valid_server_id;
 
 fn check_data_dir(data_dir: &Path) -> Result<()> {
     match std::fs::metadata(data_dir) {
@@ -441,9 +438,7 @@ pub fn restore(file: &Path, data_dir: &Path, new_identity: bool) -> Result<Resto
         }
     }
     let server_id = if new_identity {
-        let mut bytes = [0u8; 8];
-        getrandom::fill(&mut bytes).map_err(|e| anyhow!("the OS random source failed: {e}"))?;
-        let id = hex(&bytes);
+        let id = crate::datadir::new_server_id()?;
         crate::auth::write_private(&id_path, id.as_bytes())?;
         Some(id)
     } else {

@@ -61,7 +61,7 @@ impl DataDir {
         }
         // The pid is for the message above only; the lock itself is what counts, so a full
         // disk that refuses the write does not stop the server.
-        let _ = file.set_len(0).and_then(|()| file.rewind()).and_then(|()| write!(file, "{}\n", std::process::id()));
+        let _ = file.set_len(0).and_then(|()| file.rewind()).and_then(|()| writeln!(file, "{}", std::process::id()));
         let _ = STORAGE_DIR.set(path.to_path_buf());
         Ok(DataDir { path: path.to_path_buf(), _lock: file })
     }
@@ -75,16 +75,26 @@ impl DataDir {
         let path = self.path.join(SERVER_ID_FILE);
         if let Ok(id) = std::fs::read_to_string(&path) {
             let id = id.trim().to_string();
-            if !id.is_empty() && id.chars().all(|c| c.is_ascii_hexdigit()) {
+            if valid_server_id(&id) {
                 return Ok(id);
             }
         }
-        let mut bytes = [0u8; 8];
-        getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness for the server id: {e}"))?;
-        let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let id = new_server_id()?;
         std::fs::write(&path, &id).with_context(|| format!("cannot write {}", path.display()))?;
         Ok(id)
     }
+}
+
+/// What a server id looks like (it becomes a label value and a filter on the engine).
+pub fn valid_server_id(id: &str) -> bool {
+    !id.is_empty() && id.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// A fresh, random server id.
+pub fn new_server_id() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness for the server id: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// The data directory of this process's server, for messages about its storage.

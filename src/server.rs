@@ -125,7 +125,7 @@ fn raise_fd_limit() -> Option<u64> {
     let mut l = getrlimit(Resource::Nofile);
     if l.current < l.maximum {
         l.current = l.maximum;
-        if let Err(e) = setrlimit(Resource::Nofile, l.clone()) {
+        if let Err(e) = setrlimit(Resource::Nofile, l) {
             tracing::debug!(error = %e, "could not raise the open-file limit");
         }
     }
@@ -193,7 +193,7 @@ async fn serve_http(
     let clients = Arc::new(ClientSlots::default());
     let stopping = tokio_util::sync::CancellationToken::new();
     let tracker = tokio_util::task::TaskTracker::new();
-    let mut refused_logged = std::time::Instant::now() - std::time::Duration::from_secs(60);
+    let mut refused_logged: Option<std::time::Instant> = None;
     tokio::pin!(shutdown);
     loop {
         let (tcp, addr) = tokio::select! {
@@ -213,8 +213,8 @@ async fn serve_http(
         let permit = open.clone().try_acquire_owned().ok();
         let slot = clients.take(addr.ip(), limits.per_client);
         let (Some(permit), Some(slot)) = (permit, slot) else {
-            if refused_logged.elapsed() >= std::time::Duration::from_secs(10) {
-                refused_logged = std::time::Instant::now();
+            if !matches!(refused_logged, Some(t) if t.elapsed() < std::time::Duration::from_secs(10)) {
+                refused_logged = Some(std::time::Instant::now());
                 tracing::warn!(client = %addr.ip(), max = limits.max, per_client = limits.per_client, "connection refused: too many open connections");
             }
             drop(tcp);
