@@ -142,7 +142,10 @@ impl Instance {
 struct PoolInner {
     instances: Vec<Instance>,
     starting: u32,
+    /// Requests in the queue for capacity (bounded by `queue_depth`).
     waiting: u32,
+    /// Requests waiting for an instance that is starting, which will have room for them.
+    joining: u32,
 }
 
 /// Counts of instances by state, for status and metrics.
@@ -511,6 +514,8 @@ impl FunctionPool {
                 /// An instance is being paused: it can be resumed in a moment, sooner than a
                 /// cold start. Not a place in the queue.
                 WaitPausing,
+                /// An instance is starting and will have room for this request too.
+                WaitStarting,
             }
             // Created before the state is read: `notify_waiters` reaches it from here on, so a
             // release between the check and the wait is not missed (no registration lock needed).
@@ -546,6 +551,12 @@ impl FunctionPool {
                     i.in_flight += 1;
                     i.last_used = Instant::now();
                     Next::Resume(i.id.clone(), i.endpoint.clone())
+                } else if g.joining < g.starting.saturating_mul(scaling.concurrency.saturating_sub(1)) {
+                    // Each starting instance has room for `concurrency` requests, one of them
+                    // its starter's: wait for it rather than start one more. A function that
+                    // never comes up then costs one container, not one per request.
+                    g.joining += 1;
+                    Next::WaitStarting
                 } else if g.instances.iter().any(|i| i.state == InstanceState::Pausing) {
                     Next::WaitPausing
                 } else if (g.instances.iter().filter(|i| i.state != InstanceState::Draining).count() as u32 + g.starting)
@@ -587,6 +598,12 @@ impl FunctionPool {
                 Next::WaitPausing => {
                     if tokio::time::timeout_at(deadline, notified).await.is_err() {
                         return Err(AcquireError::Deadline(self.revision.function.clone()));
+                    }
+                }
+                Next::WaitStarting => {
+                    let _joined = JoinGuard(&self.inner);
+                    if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                        return Err(AcquireError::StartDeadline(self.revision.function.clone()));
                     }
                 }
                 Next::Start => {
@@ -900,6 +917,17 @@ impl FunctionPool {
                 }
             });
         }
+    }
+}
+
+/// A request's place among those waiting for a starting instance, given back however the
+/// wait ends (the client may go away).
+struct JoinGuard<'a>(&'a Mutex<PoolInner>);
+
+impl Drop for JoinGuard<'_> {
+    fn drop(&mut self) {
+        let mut g = lock(self.0);
+        g.joining = g.joining.saturating_sub(1);
     }
 }
 
