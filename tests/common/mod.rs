@@ -590,3 +590,10 @@ pub async fn assert_project_gone(project: &str) {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+impl Server {
+    /// The server process's pid (e.g. to read `/proc/<pid>/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(std::process::Child::id).expect("the server process is running")
+    }
+}
