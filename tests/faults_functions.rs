@@ -512,7 +512,7 @@ async fn racing_deploys_leave_one_live_revision() {
 // 6. Deploy, invoke, remove; again; and remove during a build
 
 /// Fault: three deploy → invoke → rm cycles of one project name, the second one removed while
-/// its deployment is `building`.
+/// its deployment is `building` (the engine building its function's image).
 /// Proves: after each rm no container, image or network of it is left (and none appears later,
 /// from a build that was still going); the removed building deployment is gone (404) or
 /// failed; the next deploy of the same name goes live and serves.
@@ -534,9 +534,14 @@ async fn deploy_invoke_rm_cycles_leave_nothing() {
         let id = a.body["deployment"].as_i64().expect("deployment id");
         let url = format!("{}/api/projects/{project}/deployments/{id}", server.url);
         if cycle == 1 {
+            // Removed while the engine builds the function's image.
             let began = Instant::now();
-            while api_get(&http, &url).await.body["status"] != "building" {
-                assert!(began.elapsed() < Duration::from_secs(60), "deployment {id} never was `building`");
+            loop {
+                let d = api_get(&http, &url).await.body;
+                if d["status"] == "building" && d["functions"].as_array().into_iter().flatten().any(|f| f["build_state"] == "building") {
+                    break;
+                }
+                assert!(began.elapsed() < Duration::from_secs(60), "deployment {id} never was building an image: {d:#}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             let a = remove_project(&server, &project).await;
