@@ -272,11 +272,15 @@ async fn root() -> Json<Value> {
 }
 
 async fn healthz(State(s): State<AppState>) -> Response {
-    match s.platform.driver.ping().await {
-        Ok(()) => Json(json!({ "status": "ok", "docker": "ok" })).into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "degraded", "docker": e.to_string() })))
-            .into_response(),
-    }
+    let docker = s.platform.driver.ping().await.err().map(|e| e.to_string());
+    let storage = crate::datadir::storage_problem(&s.platform.config.data_dir);
+    let status = if docker.is_none() && storage.is_none() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = json!({
+        "status": if status == StatusCode::OK { "ok" } else { "degraded" },
+        "docker": docker.as_deref().unwrap_or("ok"),
+        "storage": storage.as_deref().unwrap_or("ok"),
+    });
+    (status, Json(body)).into_response()
 }
 
 async fn metrics_text(State(s): State<AppState>) -> Response {
@@ -478,39 +482,79 @@ async fn function_runs(
     Ok(Json(json!({ "runs": runs })))
 }
 
+/// A function's output: saved output of removed instances, running containers (read from the
+/// engine as the answer is sent) and recent cron runs. The answer is streamed entry by entry,
+/// so the server holds at most one container's output tail (`--log-bytes`) at a time while
+/// reading from the engine, whatever the function wrote.
 async fn function_logs(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
     Path((name, function)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     known_function(&s, &who, &name, &function)?;
-    let platform = &s.platform;
-    let mut entries: Vec<Value> = platform
+    let platform = s.platform.clone();
+    // What the store holds is read before the answer starts: a store error is still a status.
+    let mut saved: Vec<Value> = platform
         .store
         .function_logs(&name, &function)?
         .into_iter()
         .map(|l| json!({ "source": "instance", "container": l.container, "at": l.at, "output": l.output, "running": false }))
         .collect();
-    // Running containers of the function (http instances and cron runs in progress).
-    if let Ok(list) = platform.driver.list_managed().await {
-        for c in list.into_iter().filter(|c| {
-            c.labels.get(crate::driver::labels::PROJECT) == Some(&name)
-                && c.labels.get(crate::driver::labels::FUNCTION) == Some(&function)
-        }) {
-            if let Ok(out) = platform.driver.logs(&c.id, 64 * 1024).await {
-                let role = c.labels.get(crate::driver::labels::ROLE).cloned().unwrap_or_default();
-                entries.push(json!({
-                    "source": if role == "cron" { "cron" } else { "instance" },
-                    "container": c.id, "at": chrono::Utc::now(), "output": out, "running": true,
-                }));
-            }
-        }
-    }
     for run in platform.store.cron_runs(&name, &function, 20)?.into_iter().rev() {
         if run.status == "skipped" {
             continue;
         }
-        entries.push(json!({ "source": "cron", "run": run.id, "at": run.started_at, "status": run.status, "output": run.output, "running": false }));
+        saved.push(json!({ "source": "cron", "run": run.id, "at": run.started_at, "status": run.status, "output": run.output, "running": false }));
     }
-    Ok(Json(json!({ "entries": entries })))
+    // Running containers of the function (http instances and cron runs in progress).
+    let running: Vec<crate::driver::ManagedContainer> = match platform.driver.list_managed().await {
+        Ok(list) => list
+            .into_iter()
+            .filter(|c| {
+                c.running
+                    && c.labels.get(crate::driver::labels::PROJECT) == Some(&name)
+                    && c.labels.get(crate::driver::labels::FUNCTION) == Some(&function)
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list running containers for logs");
+            Vec::new()
+        }
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::convert::Infallible>>(1);
+    tokio::spawn(async move {
+        let mut first = true;
+        let mut send = |v: &Value| {
+            let mut chunk = if std::mem::take(&mut first) { b"{\"entries\":[".to_vec() } else { b",".to_vec() };
+            chunk.extend_from_slice(v.to_string().as_bytes());
+            bytes::Bytes::from(chunk)
+        };
+        let (saved_instances, saved_runs): (Vec<Value>, Vec<Value>) = saved.into_iter().partition(|v| v["source"] == "instance");
+        for v in &saved_instances {
+            if tx.send(Ok(send(v))).await.is_err() {
+                return;
+            }
+        }
+        for c in running {
+            let Ok(out) = platform.driver.logs(&c.id, platform.config.log_bytes).await else { continue };
+            let role = c.labels.get(crate::driver::labels::ROLE).cloned().unwrap_or_default();
+            let v = json!({
+                "source": if role == "cron" { "cron" } else { "instance" },
+                "container": c.id, "at": chrono::Utc::now(), "output": out, "running": true,
+            });
+            drop(out);
+            if tx.send(Ok(send(&v))).await.is_err() {
+                return;
+            }
+        }
+        for v in &saved_runs {
+            if tx.send(Ok(send(v))).await.is_err() {
+                return;
+            }
+        }
+        let end: &[u8] = if first { b"{\"entries\":[]}" } else { b"]}" };
+        let _ = tx.send(Ok(bytes::Bytes::from_static(end))).await;
+    });
+    let body = Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) }));
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
 }

@@ -1,4 +1,5 @@
-//! The command line: `serve` runs the server; every other command is a client of the API.
+//! The command line: `serve` runs the server; `backup` and `restore` work on a data directory
+//! (see `backup.rs`); every other command is a client of the API.
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -184,6 +185,28 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Write a consistent copy of the data directory (database, secrets key, server id) to FILE, while the server runs
+    Backup {
+        /// The tar file to write (mode 0600; it holds the secrets key)
+        file: std::path::PathBuf,
+        /// The server's data directory
+        #[arg(long, env = "ESERVELESS_DATA_DIR", default_value = ".eserveless")]
+        data_dir: std::path::PathBuf,
+        /// Replace FILE if it exists
+        #[arg(long)]
+        force: bool,
+    },
+    /// Restore a backup into a new or empty data directory
+    Restore {
+        /// A file written by `eserveless backup`
+        file: std::path::PathBuf,
+        /// The data directory to create (must be empty or not exist)
+        #[arg(long, env = "ESERVELESS_DATA_DIR", default_value = ".eserveless")]
+        data_dir: std::path::PathBuf,
+        /// Give the restored server a new server id, so it can run beside the original on the same Docker engine
+        #[arg(long)]
+        new_identity: bool,
+    },
 }
 
 /// The saved login: `$XDG_CONFIG_HOME/eserveless/login.toml` (or `~/.config/...`), mode 0600.
@@ -267,6 +290,8 @@ fn s(v: &Value) -> String {
 pub async fn run_client(cmd: Command) -> Result<i32> {
     match cmd {
         Command::Serve(_) => unreachable!("serve is handled by main"),
+        Command::Backup { file, data_dir, force } => crate::backup::run_backup(&data_dir, &file, force),
+        Command::Restore { file, data_dir, new_identity } => crate::backup::run_restore(&file, &data_dir, new_identity),
         Command::Deploy { repository, git_ref, name, client } => deploy(&Client::new(&client)?, repository, git_ref, name).await,
         Command::Ls { client } => {
             let (_, v) = Client::new(&client)?.call(reqwest::Method::GET, "/api/projects", None).await?;

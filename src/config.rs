@@ -89,6 +89,18 @@ pub struct ServeArgs {
     /// Let functions open connections to the internet
     #[arg(long, env = "ESERVELESS_EGRESS", num_args = 0..=1, default_missing_value = "true")]
     pub egress: Option<bool>,
+    /// Time a client connection has to send a request head, from accept and between keep-alive requests, e.g. 10s
+    #[arg(long, env = "ESERVELESS_HEAD_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub head_timeout: Option<Duration>,
+    /// Most open client connections (all clients together); more are closed at once
+    #[arg(long, env = "ESERVELESS_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Most open connections from one client address; more are closed at once
+    #[arg(long, env = "ESERVELESS_MAX_CLIENT_CONNECTIONS")]
+    pub max_client_connections: Option<u32>,
+    /// Output kept per instance and per cron run, and most returned per log entry, e.g. 64Ki
+    #[arg(long, env = "ESERVELESS_LOG_BYTES", value_parser = parse_memory_arg)]
+    pub log_bytes: Option<u64>,
     /// A TOML file with any of the settings above (keys as in the flags, with `_`)
     #[arg(long, env = "ESERVELESS_CONFIG")]
     pub config: Option<PathBuf>,
@@ -126,6 +138,11 @@ struct FileConfig {
     oci_runtime: Option<String>,
     firewall: Option<bool>,
     egress: Option<bool>,
+    #[serde(default, with = "opt_duration")]
+    head_timeout: Option<Duration>,
+    max_connections: Option<usize>,
+    max_client_connections: Option<u32>,
+    log_bytes: Option<String>,
 }
 
 fn parse_memory_arg(s: &str) -> Result<u64, String> {
@@ -184,6 +201,12 @@ pub struct ServerConfig {
     pub caps: crate::manifest::ResourceCaps,
     pub firewall: bool,
     pub egress: bool,
+    /// Time a connection has to send a request head (from accept, and between requests).
+    pub head_timeout: Duration,
+    pub max_connections: usize,
+    pub max_client_connections: u32,
+    /// Output kept per instance and per cron run.
+    pub log_bytes: usize,
 }
 
 impl ServerConfig {
@@ -231,6 +254,23 @@ impl ServerConfig {
             caps.max_memory_bytes,
             caps.max_cpu_millis
         );
+        let head_timeout = args.head_timeout.or(file.head_timeout).unwrap_or(Duration::from_secs(10));
+        anyhow::ensure!(
+            (Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&head_timeout),
+            "head_timeout must be between 100ms and 1h, got {}",
+            humantime::format_duration(head_timeout)
+        );
+        let max_connections = args.max_connections.or(file.max_connections).unwrap_or(4096);
+        let max_client_connections = args.max_client_connections.or(file.max_client_connections).unwrap_or(256);
+        anyhow::ensure!(
+            max_connections >= 1 && max_client_connections >= 1,
+            "max_connections and max_client_connections must be at least 1 (got {max_connections} and {max_client_connections})"
+        );
+        let log_bytes = args.log_bytes.or(file_memory("log_bytes", file.log_bytes)?).unwrap_or(64 << 10);
+        anyhow::ensure!(
+            (1024..=(64 << 20)).contains(&log_bytes),
+            "log_bytes must be between 1Ki and 64Mi (output kept per instance and per cron run), got {log_bytes}"
+        );
         Ok(ServerConfig {
             listen: args.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8000))),
             data_dir: args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from(".eserveless")),
@@ -251,6 +291,10 @@ impl ServerConfig {
             caps,
             firewall: args.firewall.or(file.firewall).unwrap_or(true),
             egress: args.egress.or(file.egress).unwrap_or(true),
+            head_timeout,
+            max_connections,
+            max_client_connections,
+            log_bytes: log_bytes as usize,
         })
     }
 }

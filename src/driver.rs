@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig, ResourcesUlimits,
+    ContainerCreateBody, EndpointSettings, HostConfig, HostConfigLogConfig, NetworkCreateRequest, NetworkingConfig, ResourcesUlimits,
 };
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, EventsOptionsBuilder, InspectContainerOptions,
@@ -40,6 +40,60 @@ pub fn strip_ansi(text: &str) -> String {
     }
     out
 }
+
+/// The last `cap` bytes of a stream of output, in memory bounded by twice `cap`, and how many
+/// bytes before them were dropped. [`LogTail::finish`] marks a cut, so truncation is never silent.
+#[derive(Debug)]
+pub struct LogTail {
+    cap: usize,
+    buf: Vec<u8>,
+    dropped: u64,
+}
+
+impl LogTail {
+    pub fn new(cap: usize) -> Self {
+        LogTail { cap, buf: Vec::new(), dropped: 0 }
+    }
+
+    pub fn push(&mut self, mut chunk: &[u8]) {
+        if chunk.len() > self.cap {
+            let skip = chunk.len() - self.cap;
+            self.dropped += skip as u64;
+            chunk = &chunk[skip..];
+        }
+        self.buf.extend_from_slice(chunk);
+        // Trim only once the buffer doubles: the copy is then paid once per `cap` bytes.
+        if self.buf.len() > 2 * self.cap {
+            let cut = self.buf.len() - self.cap;
+            self.dropped += cut as u64;
+            self.buf.drain(..cut);
+        }
+    }
+
+    /// The kept text, after a marker line when earlier bytes were dropped.
+    pub fn finish(mut self) -> String {
+        if self.buf.len() > self.cap {
+            let cut = self.buf.len() - self.cap;
+            self.dropped += cut as u64;
+            self.buf.drain(..cut);
+        }
+        if self.dropped == 0 {
+            return String::from_utf8_lossy(&self.buf).into_owned();
+        }
+        // The cut may split a line or a character: start at the next line when one is near.
+        let start = match self.buf.iter().take(256).position(|&b| b == b'\n') {
+            Some(nl) => nl + 1,
+            None => 0,
+        };
+        let not_kept = self.dropped + start as u64;
+        let text = String::from_utf8_lossy(&self.buf[start..]);
+        format!("[eserveless: {not_kept} earlier bytes not kept; the last {} are below]\n{text}", self.buf.len() - start)
+    }
+}
+
+/// Cap of a container's own log on the engine's disk: a function that prints without end
+/// must not fill the machine. The engine keeps at most two files of this size.
+const ENGINE_LOG_FILE_BYTES: &str = "8m";
 
 /// Label keys on every Docker object the platform creates.
 pub mod labels {
@@ -180,6 +234,8 @@ pub struct ManagedContainer {
     pub labels: HashMap<String, String>,
     pub running: bool,
     pub paused: bool,
+    /// Exited or dead: it will not run again.
+    pub stopped: bool,
     pub ip: Option<String>,
 }
 
@@ -210,13 +266,20 @@ pub trait Driver: Send + Sync + 'static {
     async fn remove_image(&self, image: &str) -> Result<bool>;
     /// Creates and starts a container on the functions network; returns its address.
     async fn run(&self, spec: ContainerSpec) -> Result<Started>;
+    /// Creates and starts a container that runs to completion (a cron run): no address is
+    /// asked for, since a quick program may have exited before anyone could ask. Returns its id.
+    async fn start_job(&self, spec: ContainerSpec) -> Result<String> {
+        self.run(spec).await.map(|s| s.id)
+    }
     async fn pause(&self, id: &str) -> Result<()>;
     async fn unpause(&self, id: &str) -> Result<()>;
     /// Removes a container, killing it if it runs. A missing container is not an error.
     async fn remove(&self, id: &str) -> Result<()>;
     /// Waits for the container to exit; returns its exit code.
     async fn wait(&self, id: &str) -> Result<i64>;
-    /// The container's output so far (stdout and stderr interleaved), at most `max_bytes` of the tail.
+    /// The container's output so far (stdout and stderr interleaved): at most `max_bytes` of
+    /// its tail, read through a bounded buffer, and marked when earlier output was dropped
+    /// (see [`LogTail`]).
     async fn logs(&self, id: &str, max_bytes: usize) -> Result<String>;
     async fn list_managed(&self) -> Result<Vec<ManagedContainer>>;
     /// The running container's first process as the host sees it, if the engine says.
@@ -283,6 +346,63 @@ impl DockerDriver {
     /// The engine connection (for host-side setup such as the firewall).
     pub fn docker(&self) -> &Docker {
         &self.docker
+    }
+
+    /// Creates and starts a container from `spec` with the sandbox's limits; returns its id.
+    async fn create_and_start(&self, spec: ContainerSpec) -> Result<String> {
+        let l = &spec.limits;
+        let host_config = HostConfig {
+            network_mode: Some(self.network.clone()),
+            memory: Some(l.memory_bytes),
+            memory_swap: Some(l.memory_bytes),
+            nano_cpus: Some(l.nano_cpus),
+            pids_limit: Some(l.pids),
+            ulimits: Some(vec![ResourcesUlimits { name: Some("nofile".into()), soft: Some(l.nofile), hard: Some(l.nofile) }]),
+            cap_drop: Some(vec!["ALL".into()]),
+            security_opt: Some(vec!["no-new-privileges:true".into()]),
+            readonly_rootfs: Some(true),
+            tmpfs: Some(HashMap::from([("/tmp".to_string(), format!("rw,noexec,nosuid,size={}", l.tmpfs_size))])),
+            runtime: l.oci_runtime.clone(),
+            init: Some(false),
+            log_config: Some(HostConfigLogConfig {
+                typ: Some("json-file".into()),
+                config: Some(HashMap::from([
+                    ("max-size".to_string(), ENGINE_LOG_FILE_BYTES.to_string()),
+                    ("max-file".to_string(), "2".to_string()),
+                ])),
+            }),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            env: Some(spec.env.0.clone()),
+            labels: Some({
+                let mut l = spec.labels.clone();
+                l.insert(labels::OWNER.to_string(), self.owner.clone());
+                l
+            }),
+            user: Some(l.user.clone()),
+            host_config: Some(host_config),
+            networking_config: Some(NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(self.network.clone(), EndpointSettings::default())])),
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::default().name(&spec.name).build();
+        let created = match self.docker.create_container(Some(options), body).await {
+            Ok(c) => c,
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, message })
+                if message.contains("image") || message.contains("No such image") =>
+            {
+                return Err(DriverError::MissingImage(spec.image));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Err(e) = self.docker.start_container(&created.id, None).await {
+            let _ = self.remove(&created.id).await;
+            return Err(e.into());
+        }
+        Ok(created.id)
     }
 
     /// The container's address on the functions network, and its first process's host pid.
@@ -378,63 +498,26 @@ impl Driver for DockerDriver {
     }
 
     async fn run(&self, spec: ContainerSpec) -> Result<Started> {
-        let l = &spec.limits;
-        let host_config = HostConfig {
-            network_mode: Some(self.network.clone()),
-            memory: Some(l.memory_bytes),
-            memory_swap: Some(l.memory_bytes),
-            nano_cpus: Some(l.nano_cpus),
-            pids_limit: Some(l.pids),
-            ulimits: Some(vec![ResourcesUlimits { name: Some("nofile".into()), soft: Some(l.nofile), hard: Some(l.nofile) }]),
-            cap_drop: Some(vec!["ALL".into()]),
-            security_opt: Some(vec!["no-new-privileges:true".into()]),
-            readonly_rootfs: Some(true),
-            tmpfs: Some(HashMap::from([("/tmp".to_string(), format!("rw,noexec,nosuid,size={}", l.tmpfs_size))])),
-            runtime: l.oci_runtime.clone(),
-            init: Some(false),
-            ..Default::default()
-        };
-        let body = ContainerCreateBody {
-            image: Some(spec.image.clone()),
-            env: Some(spec.env.0.clone()),
-            labels: Some({
-                let mut l = spec.labels.clone();
-                l.insert(labels::OWNER.to_string(), self.owner.clone());
-                l
-            }),
-            user: Some(l.user.clone()),
-            host_config: Some(host_config),
-            networking_config: Some(NetworkingConfig {
-                endpoints_config: Some(HashMap::from([(self.network.clone(), EndpointSettings::default())])),
-            }),
-            ..Default::default()
-        };
-        let options = CreateContainerOptionsBuilder::default().name(&spec.name).build();
-        let created = match self.docker.create_container(Some(options), body).await {
-            Ok(c) => c,
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, message })
-                if message.contains("image") || message.contains("No such image") =>
-            {
-                return Err(DriverError::MissingImage(spec.image));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        if let Err(e) = self.docker.start_container(&created.id, None).await {
-            let _ = self.remove(&created.id).await;
-            return Err(e.into());
-        }
-        let (ip, pid) = match self.container_addr(&created.id).await {
+        let id = self.create_and_start(spec).await?;
+        let (ip, pid) = match self.container_addr(&id).await {
             Ok((Some(ip), pid)) => (ip, pid),
             Ok((None, _)) => {
-                let _ = self.remove(&created.id).await;
-                return Err(DriverError::Engine(format!("container {} got no address on network {}", created.id, self.network)));
+                let _ = self.remove(&id).await;
+                return Err(DriverError::Engine(format!(
+                    "container {id} got no address on network {} (it may have exited at once; see the function's logs)",
+                    self.network
+                )));
             }
             Err(e) => {
-                let _ = self.remove(&created.id).await;
+                let _ = self.remove(&id).await;
                 return Err(e);
             }
         };
-        Ok(Started { id: created.id, ip, pid })
+        Ok(Started { id, ip, pid })
+    }
+
+    async fn start_job(&self, spec: ContainerSpec) -> Result<String> {
+        self.create_and_start(spec).await
     }
 
     async fn pause(&self, id: &str) -> Result<()> {
@@ -468,22 +551,21 @@ impl Driver for DockerDriver {
     }
 
     async fn logs(&self, id: &str, max_bytes: usize) -> Result<String> {
-        let opts = LogsOptionsBuilder::default().stdout(true).stderr(true).tail("2000").build();
+        // Streamed through a bounded tail: what the engine holds (up to its log cap) never
+        // sits in memory whole, however much the function wrote.
+        let opts = LogsOptionsBuilder::default().stdout(true).stderr(true).tail("all").build();
         let mut stream = self.docker.logs(id, Some(opts));
-        let mut out = Vec::new();
+        let mut tail = LogTail::new(max_bytes);
         while let Some(item) = stream.next().await {
             match item {
-                Ok(chunk) => out.extend_from_slice(&chunk.into_bytes()),
+                Ok(chunk) => tail.push(&chunk.into_bytes()),
                 Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
                     return Err(DriverError::NoSuchContainer(id.to_string()))
                 }
                 Err(e) => return Err(e.into()),
             }
         }
-        if out.len() > max_bytes {
-            out.drain(..out.len() - max_bytes);
-        }
-        Ok(String::from_utf8_lossy(&out).into_owned())
+        Ok(tail.finish())
     }
 
     async fn list_managed(&self) -> Result<Vec<ManagedContainer>> {
@@ -508,6 +590,7 @@ impl Driver for DockerDriver {
                     labels: c.labels.unwrap_or_default(),
                     running: state == "running" || state == "paused",
                     paused: state == "paused",
+                    stopped: state == "exited" || state == "dead",
                     ip,
                 })
             })
@@ -539,7 +622,107 @@ impl Driver for DockerDriver {
 }
 
 #[cfg(test)]
+pub mod fake {
+    //! A recording fake of the engine for unit tests of the pools and the scheduler.
+
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use futures_util::stream::BoxStream;
+
+    use super::*;
+
+    /// Containers "run" for `run_for`, then exit 0. Like the engine with a program that exits
+    /// at once, it has no address for a job ([`Driver::run`] fails; jobs use `start_job`). The
+    /// first `outages` waits find the engine unreachable. `unpause` takes `unpause_for`.
+    #[derive(Default)]
+    pub struct FakeDriver {
+        pub run_for: Duration,
+        pub unpause_for: Duration,
+        pub outages: AtomicU32,
+        /// What `list_managed` answers.
+        pub managed: Mutex<Vec<ManagedContainer>>,
+        pub runs: AtomicU32,
+        pub unpauses: AtomicU32,
+    }
+
+    #[async_trait]
+    impl Driver for FakeDriver {
+        async fn ping(&self) -> Result<()> {
+            Ok(())
+        }
+        async fn image_exists(&self, _: &str) -> Result<bool> {
+            Ok(true)
+        }
+        async fn build_image(&self, _: BuildRequest) -> Result<String> {
+            Ok(String::new())
+        }
+        async fn remove_image(&self, _: &str) -> Result<bool> {
+            Ok(true)
+        }
+        async fn run(&self, spec: ContainerSpec) -> Result<Started> {
+            self.runs.fetch_add(1, Ordering::AcqRel);
+            Err(DriverError::Engine(format!("container {} got no address", spec.name)))
+        }
+        async fn start_job(&self, spec: ContainerSpec) -> Result<String> {
+            Ok(spec.name)
+        }
+        async fn pause(&self, _: &str) -> Result<()> {
+            Ok(())
+        }
+        async fn unpause(&self, _: &str) -> Result<()> {
+            self.unpauses.fetch_add(1, Ordering::AcqRel);
+            tokio::time::sleep(self.unpause_for).await;
+            Ok(())
+        }
+        async fn remove(&self, _: &str) -> Result<()> {
+            Ok(())
+        }
+        async fn wait(&self, _: &str) -> Result<i64> {
+            if self.outages.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok() {
+                return Err(DriverError::Unreachable("engine restarting".into()));
+            }
+            tokio::time::sleep(self.run_for).await;
+            Ok(0)
+        }
+        async fn logs(&self, id: &str, _: usize) -> Result<String> {
+            Ok(format!("ran {id}\n"))
+        }
+        async fn list_managed(&self) -> Result<Vec<ManagedContainer>> {
+            Ok(self.managed.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        }
+        fn events(&self) -> BoxStream<'static, Result<ContainerEvent>> {
+            Box::pin(futures_util::stream::pending())
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
+    #[test]
+    fn log_tail_keeps_the_end_and_marks_the_cut() {
+        let mut t = super::LogTail::new(100);
+        t.push(b"short\n");
+        assert_eq!(t.finish(), "short\n", "nothing cut, nothing marked");
+
+        let mut t = super::LogTail::new(100);
+        for i in 0..10_000 {
+            t.push(format!("line {i:05}\n").as_bytes());
+            assert!(t.buf.len() <= 200 + 11, "memory stays bounded: {}", t.buf.len());
+        }
+        let out = t.finish();
+        let (marker, rest) = out.split_once('\n').expect("marker line");
+        assert!(rest.ends_with("line 09999\n") && rest.starts_with("line "), "{rest:?}");
+        assert!(rest.len() <= 100, "{}", rest.len());
+        assert_eq!(marker, format!("[eserveless: {} earlier bytes not kept; the last {} are below]", 110_000 - rest.len(), rest.len()));
+
+        let mut t = super::LogTail::new(10);
+        t.push(&[b'x'; 1000]);
+        let out = t.finish();
+        assert!(out.starts_with("[eserveless: 990 earlier bytes not kept; the last 10 are below]\n"), "{out}");
+    }
+
     #[test]
     fn ansi_sequences_are_removed() {
         assert_eq!(super::strip_ansi("\u{1b}[91meserveless: bad\u{1b}[0m\n"), "eserveless: bad\n");

@@ -54,6 +54,16 @@ impl ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
+        if e.is_storage_full() {
+            crate::datadir::note_storage_full();
+            let dir = crate::datadir::storage_dir_display();
+            tracing::error!(data_dir = %dir, "a write failed: database or disk is full");
+            return ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient_storage",
+                format!("the server's data directory {dir} is out of space (database or disk is full); nothing live is affected, but nothing can be recorded until space is freed on its file system"),
+            );
+        }
         ApiError::internal(&e)
     }
 }

@@ -2,9 +2,11 @@
 
 pub mod api;
 pub mod auth;
+pub mod backup;
 pub mod build;
 pub mod cli;
 pub mod config;
+pub mod datadir;
 pub mod driver;
 pub mod error;
 pub mod firewall;

@@ -56,6 +56,9 @@ pub struct Platform {
     project_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
+/// How often the engine's containers are compared with the pools, events or not.
+const RECONCILE_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn source_error(e: SourceError) -> ApiError {
     match e {
         SourceError::BadUrl(m) => ApiError::unprocessable("invalid_repository", m),
@@ -70,6 +73,7 @@ impl Platform {
         let pool_config = PoolConfig {
             queue_depth: config.queue_depth,
             queue_timeout: config.queue_timeout,
+            log_bytes: config.log_bytes,
             ..PoolConfig::default()
         };
         let secrets = crate::secrets::SecretBox::open_dir(&config.data_dir)?;
@@ -84,7 +88,7 @@ impl Platform {
         };
         Ok(Arc::new(Platform {
             metrics,
-            scheduler: Scheduler::new(driver.clone(), store.clone()),
+            scheduler: Scheduler::new(driver.clone(), store.clone(), config.log_bytes),
             routes: Arc::new(RouteTable::default()),
             store,
             driver,
@@ -118,6 +122,48 @@ impl Platform {
         let (adopted, removed) = self.pools.adopt().await?;
         tracing::info!(adopted, removed, "containers from the previous run reconciled");
         self.pools.spawn_background();
+        let me = self.clone();
+        tokio::spawn(async move { me.reconcile_loop().await });
+        Ok(())
+    }
+
+    /// Keeps the engine's containers and the pools' view of them in agreement: after the event
+    /// stream comes back (events may have been missed: an engine restart stops every
+    /// container), and every [`RECONCILE_EVERY`] in case a removal failed.
+    async fn reconcile_loop(self: Arc<Self>) {
+        let reconnected = self.pools.reconnected();
+        loop {
+            tokio::select! {
+                _ = reconnected.notified() => {}
+                _ = tokio::time::sleep(RECONCILE_EVERY) => {}
+            }
+            if let Err(e) = self.reconcile().await {
+                tracing::debug!(error = %e, "reconciliation with the engine postponed");
+            }
+        }
+    }
+
+    /// Removes this server's containers that stopped running (their output kept first), and
+    /// takes out of the pools every instance whose container is no longer running.
+    pub async fn reconcile(&self) -> Result<(), DriverError> {
+        // Taken before listing: an instance started after the list was made is not judged by it.
+        let known = self.pools.instance_ids();
+        let list = self.driver.list_managed().await?;
+        let claimed = self.scheduler.active_containers();
+        let mut removed = 0;
+        for c in list.iter().filter(|c| c.stopped && !claimed.contains(&c.id)) {
+            self.pools.remove_stopped(c).await;
+            removed += 1;
+        }
+        let running: std::collections::HashSet<&str> = list.iter().filter(|c| c.running).map(|c| c.id.as_str()).collect();
+        let mut evicted = 0;
+        for id in known.iter().filter(|id| !running.contains(id.as_str())) {
+            self.pools.on_container_gone(id, "not running on the engine");
+            evicted += 1;
+        }
+        if removed + evicted > 0 {
+            tracing::info!(removed, evicted, "reconciled with the engine");
+        }
         Ok(())
     }
 

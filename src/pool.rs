@@ -22,8 +22,6 @@ use crate::upstream::{Endpoint, SOCKET_IN_CONTAINER};
 
 /// The port every http function listens on inside its container.
 pub const FUNCTION_PORT: u16 = 8080;
-/// Most output saved from one removed container.
-const SAVED_LOG_BYTES: usize = 64 * 1024;
 
 /// One deployed revision of an http function.
 #[derive(Debug, Clone)]
@@ -169,6 +167,8 @@ pub struct PoolConfig {
     pub queue_timeout: Duration,
     /// How often the reaper looks at idle instances.
     pub reap_interval: Duration,
+    /// Most output saved from one removed container.
+    pub log_bytes: usize,
 }
 
 impl Default for PoolConfig {
@@ -178,6 +178,7 @@ impl Default for PoolConfig {
             queue_depth: 100,
             queue_timeout: Duration::from_secs(30),
             reap_interval: Duration::from_millis(500),
+            log_bytes: 64 * 1024,
         }
     }
 }
@@ -190,6 +191,8 @@ struct Shared {
     pools: Mutex<Vec<Weak<FunctionPool>>>,
     /// Containers being probed, with a flag the event watcher sets if they die.
     probing: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    /// Told when the event stream comes back after failing.
+    reconnected: Arc<Notify>,
     seq: AtomicU64,
 }
 
@@ -249,6 +252,7 @@ impl PoolManager {
                 config,
                 pools: Mutex::new(Vec::new()),
                 probing: Mutex::new(HashMap::new()),
+                reconnected: Arc::new(Notify::new()),
                 seq: AtomicU64::new(0),
             }),
         }
@@ -346,8 +350,14 @@ impl PoolManager {
         let me = self.clone();
         tokio::spawn(async move {
             use futures_util::StreamExt;
+            let mut first = true;
             loop {
                 let mut events = me.shared.driver.events();
+                if !std::mem::take(&mut first) {
+                    // Whatever happened while the stream was down (an engine restart stops
+                    // every container) is found by listing, not by events.
+                    me.shared.reconnected.notify_one();
+                }
                 while let Some(ev) = events.next().await {
                     match ev {
                         Ok(ev) if ev.action == "die" || ev.action == "oom" || ev.action == "destroy" => {
@@ -375,6 +385,25 @@ impl PoolManager {
         }
     }
 
+    /// Ids of every instance in every pool, at this moment.
+    pub fn instance_ids(&self) -> Vec<String> {
+        self.live_pools().iter().flat_map(|p| lock(&p.inner).instances.iter().map(|i| i.id.to_string()).collect::<Vec<_>>()).collect()
+    }
+
+    /// Saves the output of a managed container that is no longer running, and removes it.
+    pub async fn remove_stopped(&self, c: &crate::driver::ManagedContainer) {
+        let get = |k: &str| c.labels.get(k).cloned().unwrap_or_default();
+        // A cron run's output belongs in its run record, written by the scheduler.
+        let project = if get(labels::ROLE) == "http" { get(labels::PROJECT) } else { String::new() };
+        remove_container(&self.shared, &project, &get(labels::FUNCTION), &c.id).await;
+    }
+
+    /// A notification each time the engine's event stream had to be reconnected: events may
+    /// have been missed (the engine restarted, say), so the caller reconciles.
+    pub fn reconnected(&self) -> Arc<Notify> {
+        self.shared.reconnected.clone()
+    }
+
     /// Instance counts over all pools, by project and function.
     pub fn counts(&self) -> Vec<(Arc<Revision>, PoolCounts)> {
         self.live_pools().iter().map(|p| (p.revision.clone(), p.counts())).collect()
@@ -397,7 +426,7 @@ fn config_digest(r: &Revision) -> String {
 }
 
 async fn remove_container(shared: &Arc<Shared>, project: &str, function: &str, id: &str) {
-    match shared.driver.logs(id, SAVED_LOG_BYTES).await {
+    match shared.driver.logs(id, shared.config.log_bytes).await {
         Ok(out) if !out.is_empty() && !project.is_empty() => {
             let store = shared.store.clone();
             let (p, f, c) = (project.to_string(), function.to_string(), id.to_string());
@@ -475,8 +504,13 @@ impl FunctionPool {
         loop {
             enum Next {
                 Resume(Arc<str>, Arc<Endpoint>),
+                /// Another request is resuming this instance and it has room: wait for it.
+                JoinResume(Arc<str>, Arc<Endpoint>),
                 Start,
                 Wait,
+                /// An instance is being paused: it can be resumed in a moment, sooner than a
+                /// cold start. Not a place in the queue.
+                WaitPausing,
             }
             // Created before the state is read: `notify_waiters` reaches it from here on, so a
             // release between the check and the wait is not missed (no registration lock needed).
@@ -497,11 +531,23 @@ impl FunctionPool {
                     i.last_used = Instant::now();
                     return Ok(self.lease(i.id.clone(), i.endpoint.clone(), AcquireKind::Warm, began));
                 }
-                if let Some(i) = g.instances.iter_mut().find(|i| i.state == InstanceState::Paused) {
+                // An instance on its way back has room: joining it costs the rest of its resume
+                // (milliseconds), where a cold start costs a new container (hundreds).
+                if let Some(i) = g
+                    .instances
+                    .iter_mut()
+                    .find(|i| i.state == InstanceState::Resuming && i.in_flight < scaling.concurrency)
+                {
+                    i.in_flight += 1;
+                    i.last_used = Instant::now();
+                    Next::JoinResume(i.id.clone(), i.endpoint.clone())
+                } else if let Some(i) = g.instances.iter_mut().find(|i| i.state == InstanceState::Paused) {
                     i.set(InstanceState::Resuming);
                     i.in_flight += 1;
                     i.last_used = Instant::now();
                     Next::Resume(i.id.clone(), i.endpoint.clone())
+                } else if g.instances.iter().any(|i| i.state == InstanceState::Pausing) {
+                    Next::WaitPausing
                 } else if (g.instances.iter().filter(|i| i.state != InstanceState::Draining).count() as u32 + g.starting)
                     < scaling.max_instances
                 {
@@ -522,6 +568,8 @@ impl FunctionPool {
                 Next::Resume(id, endpoint) => match self.shared.driver.unpause(&id).await {
                     Ok(()) => {
                         self.with_instance(&id, |i| i.set(InstanceState::Ready));
+                        // Requests that joined this resume are waiting for it.
+                        self.changed.notify_waiters();
                         return Ok(self.lease(id, endpoint, AcquireKind::Resume, began));
                     }
                     Err(e) => {
@@ -530,6 +578,17 @@ impl FunctionPool {
                         self.evict(&id, "resume failed");
                     }
                 },
+                Next::JoinResume(id, endpoint) => {
+                    if self.join_resume(&id, deadline).await? {
+                        return Ok(self.lease(id, endpoint, AcquireKind::Resume, began));
+                    }
+                    // The resume failed and the instance is gone: look again.
+                }
+                Next::WaitPausing => {
+                    if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                        return Err(AcquireError::Deadline(self.revision.function.clone()));
+                    }
+                }
                 Next::Start => {
                     let (tx, rx) = oneshot::channel();
                     let me = self.clone();
@@ -558,6 +617,28 @@ impl FunctionPool {
                     if tokio::time::timeout_at(queue_deadline, notified).await.is_err() {
                         return Err(AcquireError::Deadline(self.revision.function.clone()));
                     }
+                }
+            }
+        }
+    }
+
+    /// Waits for the resuming instance `id`, on which the caller already holds a place.
+    /// `Ok(true)`: it is ready; `Ok(false)`: its resume failed (the place is given back).
+    async fn join_resume(self: &Arc<Self>, id: &str, deadline: Instant) -> Result<bool, AcquireError> {
+        loop {
+            let notified = self.changed.notified();
+            let state = lock(&self.inner).instances.iter().find(|i| &*i.id == id).map(|i| i.state);
+            match state {
+                Some(InstanceState::Ready) => return Ok(true),
+                Some(InstanceState::Resuming) => {
+                    if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                        self.release(id);
+                        return Err(AcquireError::StartDeadline(self.revision.function.clone()));
+                    }
+                }
+                _ => {
+                    self.release(id);
+                    return Ok(false);
                 }
             }
         }
@@ -879,5 +960,48 @@ mod tests {
         assert!(!Removed.can_become(Ready));
         assert!(!Draining.can_become(Ready));
         assert!(Draining.can_become(Removed));
+    }
+
+    #[tokio::test]
+    async fn a_burst_at_a_paused_instance_joins_its_resume_instead_of_starting_cold() {
+        use crate::driver::fake::FakeDriver;
+        let driver = Arc::new(FakeDriver { unpause_for: Duration::from_millis(150), ..FakeDriver::default() });
+        let store = Arc::new(Store::in_memory().expect("store"));
+        let pools = PoolManager::new(driver.clone(), store, PoolConfig::default(), Arc::new(Metrics::default()));
+        let revision = Revision {
+            project: "p".into(),
+            function: "API".into(),
+            deployment_id: 7,
+            image: "img".into(),
+            env: Env::default(),
+            limits: Limits::default(),
+            private: false,
+            timeout: Duration::from_secs(5),
+            scaling: Scaling { concurrency: 16, ..Scaling::default() },
+        };
+        let pool = pools.pool(revision.clone());
+        let mut l = labels::for_container("p", "API", 7, "http");
+        l.insert(labels::CONFIG.to_string(), config_digest(&revision));
+        *driver.managed.lock().expect("lock") = vec![crate::driver::ManagedContainer {
+            id: "paused-one".into(),
+            labels: l,
+            running: true,
+            paused: true,
+            stopped: false,
+            ip: Some("127.0.0.1".into()),
+        }];
+        assert_eq!(pools.adopt().await.expect("adopt"), (1, 0));
+        assert_eq!(pool.counts().paused, 1);
+
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let leases = futures_util::future::join_all((0..4).map(|_| pool.acquire(deadline))).await;
+        let kinds: Vec<AcquireKind> = leases.iter().map(|l| l.as_ref().expect("every request served").kind).collect();
+        assert_eq!(kinds, vec![AcquireKind::Resume; 4], "all four wait for the one resume");
+        assert_eq!(driver.runs.load(Ordering::Acquire), 0, "no cold start while the resuming instance has room");
+        assert_eq!(driver.unpauses.load(Ordering::Acquire), 1);
+        let c = pool.counts();
+        assert_eq!((c.ready, c.in_flight, c.starting), (1, 4, 0), "{c:?}");
+        drop(leases);
+        assert_eq!(pool.counts().in_flight, 0, "every place is given back");
     }
 }

@@ -13,8 +13,6 @@ use tokio::task::JoinHandle;
 use crate::driver::{labels, ContainerSpec, Driver, Env, Limits};
 use crate::store::Store;
 
-/// Most output kept from one run.
-const RUN_OUTPUT_BYTES: usize = 64 * 1024;
 /// Runs kept per function.
 const RUNS_KEPT: u32 = 200;
 
@@ -34,7 +32,12 @@ pub struct CronJob {
 struct Inner {
     driver: Arc<dyn Driver>,
     store: Arc<Store>,
+    /// Most output kept from one run.
+    log_bytes: usize,
     tasks: Mutex<HashMap<String, Vec<JoinHandle<()>>>>,
+    /// Containers of runs in progress: their end is this scheduler's to handle (output kept,
+    /// then removed), so the engine reconciler leaves them alone.
+    active: Mutex<std::collections::HashSet<String>>,
     /// (project, function) → a run is going. Kept across redeploys so runs never overlap.
     running: Mutex<HashMap<(String, String), Arc<AtomicBool>>>,
 }
@@ -45,12 +48,14 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(driver: Arc<dyn Driver>, store: Arc<Store>) -> Self {
+    pub fn new(driver: Arc<dyn Driver>, store: Arc<Store>, log_bytes: usize) -> Self {
         Scheduler {
             inner: Arc::new(Inner {
                 driver,
                 store,
+                log_bytes,
                 tasks: Mutex::new(HashMap::new()),
+                active: Mutex::new(std::collections::HashSet::new()),
                 running: Mutex::new(HashMap::new()),
             }),
         }
@@ -79,6 +84,11 @@ impl Scheduler {
     /// Number of scheduled functions of a project.
     pub fn scheduled(&self, project: &str) -> usize {
         self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()).get(project).map_or(0, Vec::len)
+    }
+
+    /// Containers of cron runs in progress.
+    pub fn active_containers(&self) -> std::collections::HashSet<String> {
+        self.inner.active.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn running_flag(&self, job: &CronJob) -> Arc<AtomicBool> {
@@ -150,11 +160,13 @@ impl Scheduler {
             labels: labels::for_container(&job.project, &job.function, job.deployment_id, "cron"),
             limits: job.limits.clone(),
         };
-        let (status, exit_code, mut output) = match inner.driver.run(spec).await {
+        // A run needs no address: start it, wait for it, keep its output and exit code,
+        // however quickly it ends.
+        let (status, exit_code, output) = match inner.driver.start_job(spec).await {
             Err(e) => ("failed", None, format!("eserveless: could not start the run: {e}\n")),
-            Ok(started) => {
-                let waited = tokio::time::timeout(job.timeout, inner.driver.wait(&started.id)).await;
-                let (status, code, note) = match waited {
+            Ok(id) => {
+                inner.active.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone());
+                let (status, code, note) = match tokio::time::timeout(job.timeout, self.wait_through_outages(&id)).await {
                     Ok(Ok(0)) => ("succeeded", Some(0), String::new()),
                     Ok(Ok(code)) => ("failed", Some(code), format!("eserveless: the function exited with status {code}\n")),
                     Ok(Err(e)) => ("failed", None, format!("eserveless: lost track of the run: {e}\n")),
@@ -164,18 +176,17 @@ impl Scheduler {
                         format!("eserveless: killed after its timeout of {}\n", humantime::format_duration(job.timeout)),
                     ),
                 };
-                let logs = inner.driver.logs(&started.id, RUN_OUTPUT_BYTES).await.unwrap_or_default();
-                if let Err(e) = inner.driver.remove(&started.id).await {
-                    tracing::warn!(container = %started.id, error = %e, "could not remove a cron container");
+                let logs = match inner.driver.logs(&id, inner.log_bytes).await {
+                    Ok(l) => l,
+                    Err(e) => format!("eserveless: the run's output could not be read: {e}\n"),
+                };
+                if let Err(e) = inner.driver.remove(&id).await {
+                    tracing::warn!(container = %id, error = %e, "could not remove a cron container; the reconciler retries");
                 }
+                inner.active.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
                 (status, code, format!("{logs}{note}"))
             }
         };
-        if output.len() > RUN_OUTPUT_BYTES {
-            let cut = output.len() - RUN_OUTPUT_BYTES;
-            let cut = (cut..output.len()).find(|&i| output.is_char_boundary(i)).unwrap_or(output.len());
-            output.drain(..cut);
-        }
         let duration = began.elapsed().as_millis() as i64;
         tracing::info!(project = %job.project, function = %job.function, status, duration_ms = duration, "cron run finished");
         let store = inner.store.clone();
@@ -188,58 +199,30 @@ impl Scheduler {
         .await;
         status.to_string()
     }
+
+    /// Waits for a run's container to exit, riding out an engine that is briefly unreachable
+    /// (a restarting dockerd stops the container; its exit status is then what counts).
+    async fn wait_through_outages(&self, id: &str) -> crate::driver::Result<i64> {
+        loop {
+            match self.inner.driver.wait(id).await {
+                Err(crate::driver::DriverError::Unreachable(e)) => {
+                    tracing::debug!(container = %id, error = %e, "engine unreachable while a cron run goes on; waiting");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                other => return other,
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::driver::{BuildRequest, ContainerEvent, ManagedContainer, Result as DResult, Started};
-    use futures_util::stream::BoxStream;
+    use crate::driver::fake::FakeDriver;
 
-    /// A driver whose containers "run" for `run_for`, then exit 0.
-    struct SlowRuns {
-        run_for: Duration,
-    }
-
-    #[async_trait::async_trait]
-    impl Driver for SlowRuns {
-        async fn ping(&self) -> DResult<()> {
-            Ok(())
-        }
-        async fn image_exists(&self, _: &str) -> DResult<bool> {
-            Ok(true)
-        }
-        async fn build_image(&self, _: BuildRequest) -> DResult<String> {
-            Ok(String::new())
-        }
-        async fn remove_image(&self, _: &str) -> DResult<bool> {
-            Ok(true)
-        }
-        async fn run(&self, spec: ContainerSpec) -> DResult<Started> {
-            Ok(Started { id: spec.name, ip: "127.0.0.1".into(), pid: None })
-        }
-        async fn pause(&self, _: &str) -> DResult<()> {
-            Ok(())
-        }
-        async fn unpause(&self, _: &str) -> DResult<()> {
-            Ok(())
-        }
-        async fn remove(&self, _: &str) -> DResult<()> {
-            Ok(())
-        }
-        async fn wait(&self, _: &str) -> DResult<i64> {
-            tokio::time::sleep(self.run_for).await;
-            Ok(0)
-        }
-        async fn logs(&self, id: &str, _: usize) -> DResult<String> {
-            Ok(format!("ran {id}\n"))
-        }
-        async fn list_managed(&self) -> DResult<Vec<ManagedContainer>> {
-            Ok(Vec::new())
-        }
-        fn events(&self) -> BoxStream<'static, DResult<ContainerEvent>> {
-            Box::pin(futures_util::stream::pending())
-        }
+    /// Containers that "run" for `run_for`, then exit 0.
+    fn slow(run_for: Duration) -> FakeDriver {
+        FakeDriver { run_for, ..FakeDriver::default() }
     }
 
     fn job(timeout: Duration) -> CronJob {
@@ -258,7 +241,7 @@ mod tests {
     #[tokio::test]
     async fn runs_never_overlap_and_late_firings_are_skipped() {
         let store = Arc::new(Store::in_memory().expect("store"));
-        let s = Scheduler::new(Arc::new(SlowRuns { run_for: Duration::from_millis(2500) }), store.clone());
+        let s = Scheduler::new(Arc::new(slow(Duration::from_millis(2500))), store.clone(), 64 * 1024);
         s.set_project("p", vec![job(Duration::from_secs(30))]);
         tokio::time::sleep(Duration::from_millis(4200)).await;
         s.remove_project("p");
@@ -276,11 +259,24 @@ mod tests {
     #[tokio::test]
     async fn a_run_past_its_timeout_is_killed_and_recorded() {
         let store = Arc::new(Store::in_memory().expect("store"));
-        let s = Scheduler::new(Arc::new(SlowRuns { run_for: Duration::from_secs(60) }), store.clone());
+        let s = Scheduler::new(Arc::new(slow(Duration::from_secs(60))), store.clone(), 64 * 1024);
         let status = s.run_once(&job(Duration::from_millis(200)), Utc::now()).await;
         assert_eq!(status, "timed_out");
         let run = &store.cron_runs("p", "Tick", 1).expect("runs")[0];
         assert_eq!(run.status, "timed_out");
         assert!(run.output.contains("killed after its timeout of 200ms"), "{:?}", run.output);
+    }
+
+    #[tokio::test]
+    async fn a_run_outlives_an_engine_outage_and_keeps_its_exit_status() {
+        let store = Arc::new(Store::in_memory().expect("store"));
+        let driver = slow(Duration::from_millis(10));
+        driver.outages.store(2, Ordering::Release);
+        let s = Scheduler::new(Arc::new(driver), store.clone(), 64 * 1024);
+        let status = s.run_once(&job(Duration::from_secs(30)), Utc::now()).await;
+        assert_eq!(status, "succeeded");
+        let run = &store.cron_runs("p", "Tick", 1).expect("runs")[0];
+        assert_eq!((run.status.as_str(), run.exit_code), ("succeeded", Some(0)), "{run:?}");
+        assert!(s.active_containers().is_empty(), "a finished run is no longer claimed");
     }
 }

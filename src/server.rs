@@ -12,14 +12,14 @@ use crate::runtime::Templates;
 use crate::store::Store;
 
 pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+    // Before anything else touches the directory: one server per data directory.
+    let data_dir = crate::datadir::DataDir::open(&config.data_dir)?;
     let store = Arc::new(Store::open(&config.data_dir).context("cannot open the database")?);
     let templates = match &config.templates {
         Some(dir) => Templates::with_overrides(dir)?,
         None => Templates::embedded(),
     };
-    let owner = server_id(&config.data_dir)?;
+    let owner = data_dir.server_id()?;
     let docker = DockerDriver::connect(&config.network, &owner).await?;
     if let Some(runtime) = &config.limits.oci_runtime {
         let known = docker.runtimes().await?;
@@ -52,12 +52,15 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
             config.data_dir.join(crate::auth::ADMIN_TOKEN_FILE).display()
         );
     }
+    let limits = ConnLimits::new(&config);
     let platform = Platform::new(store, driver, templates, config)?;
     platform.restore().await.context("cannot restore the live deployments")?;
     let app = crate::api::app(platform);
     tracing::info!(addr = %listener.local_addr()?, "eserveless listening");
 
-    serve_http(listener, app, shutdown_signal()).await
+    let served = serve_http(listener, app, limits, shutdown_signal()).await;
+    drop(data_dir);
+    served
 }
 
 /// Keeps function containers off the host, the metadata address and private ranges (see
@@ -76,8 +79,9 @@ async fn isolate_functions_network(docker: &DockerDriver, config: &ServerConfig)
 
 /// Largest request head (request line and headers) accepted.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// Time a client gets to send its request head (slowloris).
-const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// File descriptors kept back from client connections: the store, the engine, upstream
+/// connections to instances, builds.
+const RESERVED_FDS: u64 = 1024;
 
 async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
@@ -88,19 +92,103 @@ async fn shutdown_signal() {
     tracing::info!("shutting down; function containers stay up and are adopted at the next start");
 }
 
-/// Serves `app` with limits on the request head's size and the time to send it, and with
-/// TCP_NODELAY so small answers never wait on Nagle's algorithm.
+/// How many client connections the server holds, and how long a silent one may stay.
+#[derive(Debug, Clone)]
+struct ConnLimits {
+    /// Time to send a request head, from accept and again between keep-alive requests.
+    head_timeout: std::time::Duration,
+    /// Open client connections, all clients together.
+    max: usize,
+    /// Open connections of one client address.
+    per_client: u32,
+}
+
+impl ConnLimits {
+    fn new(config: &ServerConfig) -> ConnLimits {
+        let fds = raise_fd_limit();
+        let mut max = config.max_connections;
+        if let Some(fds) = fds {
+            let room = fds.saturating_sub(RESERVED_FDS).max(64) as usize;
+            if max > room {
+                tracing::warn!(max_connections = max, fd_limit = fds, using = room, "--max-connections is above what the open-file limit allows; lowered");
+                max = room;
+            }
+        }
+        ConnLimits { head_timeout: config.head_timeout, max, per_client: config.max_client_connections }
+    }
+}
+
+/// Raises the soft open-file limit to the hard one (a server's usual start-up step) and
+/// returns the limit in force.
+fn raise_fd_limit() -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut l = getrlimit(Resource::Nofile);
+    if l.current < l.maximum {
+        l.current = l.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, l) {
+            tracing::debug!(error = %e, "could not raise the open-file limit");
+        }
+    }
+    getrlimit(Resource::Nofile).current
+}
+
+/// Open connections by client address; a slot is given back when its guard drops.
+#[derive(Default)]
+struct ClientSlots(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>);
+
+struct ClientSlot {
+    slots: std::sync::Arc<ClientSlots>,
+    ip: std::net::IpAddr,
+}
+
+impl ClientSlots {
+    fn take(self: &std::sync::Arc<Self>, ip: std::net::IpAddr, cap: u32) -> Option<ClientSlot> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot { slots: self.clone(), ip })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut m = self.slots.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Serves `app` over HTTP/1.1 with limits on the request head's size, on the time to send it
+/// (from the moment a connection is accepted, and between keep-alive requests, so a client
+/// that never sends a byte is closed too), and on the connections held, in all and per client
+/// address. TCP_NODELAY so small answers never wait on Nagle's algorithm.
+///
+/// HTTP/1.1 only: the HTTP/2 detection step of a protocol-sniffing server reads with no
+/// deadline, and every client of a functions gateway speaks HTTP/1.1.
 async fn serve_http(
     listener: tokio::net::TcpListener,
     app: axum::Router,
+    limits: ConnLimits,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use std::sync::Arc;
     use tower::ServiceExt;
 
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEAD_TIMEOUT).max_buf_size(MAX_HEAD_BYTES);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(limits.head_timeout).max_buf_size(MAX_HEAD_BYTES);
+    let open = Arc::new(tokio::sync::Semaphore::new(limits.max));
+    let clients = Arc::new(ClientSlots::default());
+    let stopping = tokio_util::sync::CancellationToken::new();
+    let tracker = tokio_util::task::TaskTracker::new();
+    let mut refused_logged: Option<std::time::Instant> = None;
     tokio::pin!(shutdown);
     loop {
         let (tcp, addr) = tokio::select! {
@@ -115,45 +203,48 @@ async fn serve_http(
             },
             _ = &mut shutdown => break,
         };
+        // Over a cap the connection is closed at once: its descriptor is given back now,
+        // rather than held by a client that would take them all.
+        let permit = open.clone().try_acquire_owned().ok();
+        let slot = clients.take(addr.ip(), limits.per_client);
+        let (Some(permit), Some(slot)) = (permit, slot) else {
+            if !matches!(refused_logged, Some(t) if t.elapsed() < std::time::Duration::from_secs(10)) {
+                refused_logged = Some(std::time::Instant::now());
+                tracing::warn!(client = %addr.ip(), max = limits.max, per_client = limits.per_client, "connection refused: too many open connections");
+            }
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let app = app.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(axum::extract::ConnectInfo(addr));
             app.clone().oneshot(req.map(axum::body::Body::new))
         });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service).into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
+        let conn = http.serve_connection(TokioIo::new(tcp), service).with_upgrades();
+        let stopping = stopping.clone();
+        tracker.spawn(async move {
+            let _held = (permit, slot);
+            tokio::pin!(conn);
+            let ended = tokio::select! {
+                ended = conn.as_mut() => ended,
+                _ = stopping.cancelled() => {
+                    // Requests in flight finish; idle keep-alive connections close now.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(client = %addr, error = %e, "connection ended with an error");
             }
         });
     }
     drop(listener);
-    tokio::select! {
-        _ = graceful.shutdown() => {},
-        _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {
-            tracing::warn!("connections still open after 10 s; closing them");
-        }
+    stopping.cancel();
+    tracker.close();
+    if tokio::time::timeout(std::time::Duration::from_secs(10), tracker.wait()).await.is_err() {
+        tracing::warn!("connections still open after 10 s; closing them");
     }
     Ok(())
 }
 
-/// This data directory's identity on the engine, made once and kept in `server-id`.
-fn server_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
-    use std::io::Read;
-    let path = data_dir.join("server-id");
-    if let Ok(id) = std::fs::read_to_string(&path) {
-        let id = id.trim().to_string();
-        if !id.is_empty() && id.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Ok(id);
-        }
-    }
-    let mut bytes = [0u8; 8];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .context("cannot read /dev/urandom")?;
-    let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::write(&path, &id).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(id)
-}

@@ -2,7 +2,7 @@
 //! engine, with `tests/fixtures/hostile-app`, whose functions each try one attack on the
 //! sandbox and answer `{"attack", "blocked", "detail", ...}` (see tests/fixtures/README.md).
 //!
-//! One test, one deployment (building twelve images is the slow part): a `Victim` function is
+//! One test, one deployment (building eleven images is the slow part): a `Victim` function is
 //! requested every ~50 ms from start to end while the attacks run one after the other. Every
 //! attack is checked and reported even when an earlier one failed; the test fails at the end
 //! with one line per attack that was not contained. Where the fixture's own verdict could be
@@ -10,13 +10,22 @@
 //! and where Docker can tell (OOM kill, CPU usage), the test asks Docker rather than trusting
 //! the function.
 //!
+//! Network probes only target listeners the test itself starts: on each of the host's own
+//! addresses, and in a network namespace it creates next to the host (a link-local and a
+//! private-range address); each answers the host with the test's banner before a function is
+//! sent to it. Nothing outside this machine is ever probed.
+//!
 //! Without a reachable Docker engine the test prints "skipping: ..." and passes, except when
-//! `CI=true`, where it fails. The harness lives in `tests/common/mod.rs`.
+//! `CI=true`, where it fails; the same for the network probes without root or iproute2 (`ip`).
+//! The harness lives in `tests/common/mod.rs`.
 
 #[macro_use]
 mod common;
 
 use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -114,30 +123,28 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 // ---------------------------------------------------------------------------------------------
 // Host facts
 
-/// The host's IPv4 addresses other than loopback: the primary one (the source address of the
-/// default route, by connecting a UDP socket, which sends nothing), `hostname -I`, and the
-/// functions network's gateway.
-async fn host_addresses(d: &Docker) -> Vec<String> {
+/// The host's own IPv4 addresses other than loopback, from `ip -4 -o addr show` (which only
+/// reads the kernel's tables), and the functions network's gateway. Docker's per-network bridges
+/// (`br-…`) other than the functions network's, and other runs' probe links (`esl…`), are left
+/// out: other test runs on this machine create and remove them at any time.
+async fn host_addresses(d: &Docker) -> Result<Vec<Ipv4Addr>, String> {
+    let gateway: Option<Ipv4Addr> = match d.inspect_network(NETWORK, None::<bollard::query_parameters::InspectNetworkOptions>).await {
+        Ok(n) => n.ipam.and_then(|i| i.config).unwrap_or_default().into_iter().filter_map(|c| c.gateway).find_map(|g| g.parse().ok()),
+        Err(e) => return Err(format!("inspect network {NETWORK}: {e}")),
+    };
     let mut out = Vec::new();
-    if let Ok(s) = std::net::UdpSocket::bind("0.0.0.0:0") {
-        if s.connect("8.8.8.8:53").is_ok() {
-            if let Ok(a) = s.local_addr() {
-                out.push(a.ip().to_string());
-            }
+    for line in ip(&["-4", "-o", "addr", "show"])?.lines() {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        let (Some(name), Some(addr)) = (w.get(1), w.iter().position(|x| *x == "inet").and_then(|i| w.get(i + 1))) else { continue };
+        let Ok(addr) = addr.split('/').next().unwrap_or("").parse::<Ipv4Addr>() else { continue };
+        if name.starts_with("br-") && Some(addr) != gateway || name.starts_with("esl") || addr.is_loopback() {
+            continue;
         }
+        out.push(addr);
     }
-    if let Ok(o) = std::process::Command::new("hostname").arg("-I").output() {
-        out.extend(String::from_utf8_lossy(&o.stdout).split_whitespace().map(str::to_string));
-    }
-    if let Ok(n) = d.inspect_network(NETWORK, None::<bollard::query_parameters::InspectNetworkOptions>).await {
-        let configs = n.ipam.and_then(|i| i.config).unwrap_or_default();
-        out.extend(configs.into_iter().filter_map(|c| c.gateway));
-    }
+    out.extend(gateway);
     let mut seen = BTreeSet::new();
-    out.into_iter()
-        .filter(|a| a.parse::<std::net::Ipv4Addr>().map(|ip| !ip.is_loopback() && !ip.is_unspecified()).unwrap_or(false))
-        .filter(|a| seen.insert(a.clone()))
-        .collect()
+    Ok(out.into_iter().filter(|a| seen.insert(*a)).collect())
 }
 
 /// The container's address on the functions network and the port its wrapper listens on
@@ -375,31 +382,64 @@ async fn socket_swap(ctx: &Ctx) -> Check {
     ))
 }
 
-/// Attack 5: the server's port on every host address (and the container's gateway) is unreachable.
-async fn host_port(ctx: &Ctx, hosts: &[String]) -> Check {
-    // The premise: from the host, the server does answer on each of these addresses.
-    for h in hosts {
-        let addr = format!("{h}:{}", ctx.server.port);
-        let ok = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&addr)).await;
-        ensure!(matches!(ok, Ok(Ok(_))), "the server (on 0.0.0.0) is not reachable on {addr} from the host itself: {ok:?}");
+/// Attack 5: nothing on the host's own addresses answers a function: neither the server's port
+/// (the server listens on 0.0.0.0) nor a listener the test puts on each address, including the
+/// link-local and private-range addresses of the host's end of the probe link. The function
+/// must also have no way around: its default gateway is one of the addresses tried.
+async fn host_port(ctx: &Ctx, hosts: &[Ipv4Addr], listeners: &[Listener]) -> Check {
+    // The premise: from the host, each listener greets with its banner and the server answers.
+    let mut targets = Vec::new();
+    for l in listeners {
+        greets(l).await.map_err(|e| format!("the probe proves nothing: {e}"))?;
+        targets.push(l.addr.to_string());
     }
-    let r = ctx.attack("HostPort", &format!("?port={}&hosts={}", ctx.server.port, hosts.join(","))).await?;
-    let tried = r["tries"].as_array().map(Vec::len).unwrap_or(0);
-    ensure!(tried > hosts.len().saturating_sub(1), "the function tried {tried} addresses, fewer than the {} given: {r}", hosts.len());
-    blocked(&r)
+    let probe = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().map_err(|e| e.to_string())?;
+    for h in hosts {
+        let url = format!("http://{h}:{}/healthz", ctx.server.port);
+        let r = probe.get(&url).send().await.map(|r| r.status().as_u16());
+        ensure!(matches!(r, Ok(200)), "the probe proves nothing: the server (on 0.0.0.0) does not answer GET {url} from the host itself: {r:?}");
+        targets.push(format!("{h}:{}", ctx.server.port));
+    }
+    let r = reach(ctx, &targets, listeners).await?;
+    let gateway = r["gateway"].as_str().unwrap_or("");
+    ensure!(
+        hosts.iter().any(|h| h.to_string() == gateway),
+        "the function's default gateway {gateway:?} is not among the host addresses tried ({hosts:?}): {r}"
+    );
+    Ok(format!("{} (the host reads each listener's banner and gets 200 from the server's /healthz on each address)", blocked(&r)?))
 }
 
-/// Attack 5b: the link-local range (cloud metadata) is unreachable.
-async fn metadata(ctx: &Ctx) -> Check {
-    let detail = blocked(&ctx.attack("Metadata", "").await?)?;
-    // Not a premise (most machines have nothing there), only context for the reader.
-    let from_host = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect("169.254.169.254:80")).await;
-    let from_host = match from_host {
-        Ok(Ok(_)) => "it accepts connections from the host".to_string(),
-        Ok(Err(e)) => format!("from the host: {e}"),
-        Err(_) => "from the host: timed out".to_string(),
-    };
-    Ok(format!("{detail} ({from_host})"))
+/// Attack 5b: nothing on the link-local range (where cloud metadata services live) or the
+/// private ranges next to the host answers a function: listeners in the test's network
+/// namespace, on the far end of the probe link, which the host reaches.
+async fn next_to_host(ctx: &Ctx, n: &Neighbour) -> Check {
+    let l = &n.listener;
+    let targets: Vec<String> = n.far.iter().map(|a| format!("{a}:{}", l.addr.port())).collect();
+    for t in &targets {
+        let addr: std::net::SocketAddr = t.parse().map_err(|e| format!("{t}: {e}"))?;
+        greets_at(addr, &l.banner).await.map_err(|e| format!("the probe proves nothing: {e}"))?;
+    }
+    let r = reach(ctx, &targets, std::slice::from_ref(l)).await?;
+    Ok(format!("{} (from the host, both answer with the listener's banner)", blocked(&r)?))
+}
+
+/// Has `Reach` try `targets`; checks it tried each one, and that none of `listeners` accepted
+/// a connection meanwhile (the host's own witness, besides the function's verdict). Returns the
+/// report.
+async fn reach(ctx: &Ctx, targets: &[String], listeners: &[Listener]) -> Result<Value, String> {
+    let before: Vec<usize> = listeners.iter().map(Listener::accepted).collect();
+    let r = ctx.attack("Reach", &format!("?targets={}", targets.join(","))).await?;
+    let tried: BTreeSet<&str> = r["tries"].as_array().into_iter().flatten().filter_map(|t| t["target"].as_str()).collect();
+    let missing: Vec<&String> = targets.iter().filter(|t| !tried.contains(t.as_str())).collect();
+    ensure!(missing.is_empty(), "the function did not try {missing:?}: {r}");
+    let reached: Vec<String> = listeners
+        .iter()
+        .zip(before)
+        .filter(|(l, n)| l.accepted() != *n)
+        .map(|(l, n)| format!("{} ({} connection(s))", l.addr, l.accepted() - n))
+        .collect();
+    ensure!(reached.is_empty(), "NOT BLOCKED: the test's listeners on {} accepted connections while the function tried them: {r}", reached.join(", "));
+    Ok(r)
 }
 
 /// Attack 6: another function's container is unreachable directly (only through the gateway).
@@ -454,6 +494,213 @@ async fn busy_loop(ctx: &Ctx) -> Check {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The network probes' targets: only listeners the test set up, on this machine's own
+// addresses or in its own network namespace (never an address outside the machine, such as a
+// cloud's 169.254.169.254). Each one is first shown to answer from the host: a probe of an
+// address with nothing behind it fails the same with or without the firewall.
+
+/// Runs `ip` (iproute2) and returns its output.
+fn ip(args: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run `ip` (iproute2): {e}"))?;
+    if !out.status.success() {
+        return Err(format!("`ip {}` failed ({}): {}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A TCP listener of the test: greets every connection with its banner (unique to this run), and
+/// counts them.
+struct Listener {
+    addr: SocketAddr,
+    banner: String,
+    accepted: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Listener {
+    fn bind(addr: SocketAddr, tag: &str) -> std::io::Result<Listener> {
+        Listener::serve(std::net::TcpListener::bind(addr)?, tag)
+    }
+
+    fn serve(l: std::net::TcpListener, tag: &str) -> std::io::Result<Listener> {
+        use tokio::io::AsyncWriteExt;
+        l.set_nonblocking(true)?;
+        let l = tokio::net::TcpListener::from_std(l)?;
+        let addr = l.local_addr()?;
+        let banner = format!("eserveless-probe {tag} {addr} pid {}\n", std::process::id());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (count, greeting) = (accepted.clone(), banner.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let greeting = greeting.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), s.write_all(greeting.as_bytes())).await;
+                });
+            }
+        });
+        Ok(Listener { addr, banner, accepted, task })
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// From the host: the listener greets with its banner on its address.
+async fn greets(l: &Listener) -> Result<(), String> {
+    greets_at(l.addr, &l.banner).await
+}
+
+/// From the host: a connection to `addr` reads `banner` first.
+async fn greets_at(addr: SocketAddr, banner: &str) -> Result<(), String> {
+    use tokio::io::AsyncReadExt;
+    let talk = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        let mut got = vec![0u8; banner.len()];
+        s.read_exact(&mut got).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&got).into_owned())
+    };
+    match tokio::time::timeout(Duration::from_secs(3), talk).await {
+        Ok(Ok(got)) if got == banner => Ok(()),
+        Ok(Ok(got)) => Err(format!("{addr} answered the host with {got:?} instead of the test's banner {banner:?}")),
+        Ok(Err(e)) => Err(format!("the test's listener on {addr} does not answer the host: {e}")),
+        Err(_) => Err(format!("the test's listener on {addr} did not greet the host within 3s")),
+    }
+}
+
+/// A machine next to the host, made by the test: a network namespace at the far end of a veth
+/// link from the host, with a link-local and a private-range address on each end (a /24 of
+/// each, free on this host), and a listener on both far addresses. A function reaching it goes
+/// through the host's forwarding path, where the firewall's link-local and private-range rules
+/// are; the host's own (near) end is reached through its input path. Removed on drop, even when
+/// the test fails.
+struct Neighbour {
+    // Dropped in this order: the listener, then the namespace and link.
+    listener: Listener,
+    /// The host's end: `169.254.x.1`, `10.213.x.1`.
+    near: [Ipv4Addr; 2],
+    /// The namespace's end: `169.254.x.2`, `10.213.x.2`.
+    far: [Ipv4Addr; 2],
+    net: ProbeNet,
+}
+
+/// The probe namespace and the host's end of its link, removed on drop.
+struct ProbeNet {
+    ns: String,
+    link: String,
+}
+
+impl Drop for ProbeNet {
+    fn drop(&mut self) {
+        // Deleting one end of a veth pair deletes both.
+        let _ = ip(&["link", "del", &self.link]);
+        if let Err(e) = ip(&["netns", "del", &self.ns]) {
+            eprintln!("removing the probe namespace {}: {e}", self.ns);
+        }
+    }
+}
+
+/// `(net, prefix length)` overlap.
+fn overlaps(a: (Ipv4Addr, u32), b: (Ipv4Addr, u32)) -> bool {
+    let len = a.1.min(b.1);
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    u32::from(a.0) & mask == u32::from(b.0) & mask
+}
+
+/// The third octet `x` of `169.254.x.0/24` and `10.213.x.0/24`, so that no route or address of
+/// this host lies inside either (then the probe link's routes are the most specific ones, and
+/// nothing sent there leaves the machine). Never 169: `169.254.169.254` is not ours.
+fn free_subnet() -> Result<u8, String> {
+    let kinds = ["local", "broadcast", "unicast", "anycast", "multicast", "unreachable", "blackhole", "prohibit", "throw", "nat"];
+    let taken: Vec<(Ipv4Addr, u32)> = ip(&["-4", "-o", "route", "show", "table", "all"])?
+        .lines()
+        .filter_map(|line| {
+            let mut w = line.split_whitespace();
+            let first = w.next()?;
+            let dest = if kinds.contains(&first) { w.next()? } else { first };
+            let (addr, len) = dest.split_once('/').unwrap_or((dest, "32"));
+            Some((addr.parse().ok()?, len.parse().ok()?))
+        })
+        .collect();
+    let start = std::process::id() as usize;
+    (0..253)
+        .map(|i| 1 + ((start + i) % 253) as u8)
+        .filter(|x| *x != 169)
+        .find(|x| {
+            let ours = [(Ipv4Addr::new(169, 254, *x, 0), 24), (Ipv4Addr::new(10, 213, *x, 0), 24)];
+            !taken.iter().any(|t| t.1 >= 24 && ours.iter().any(|o| overlaps(*o, *t)))
+        })
+        .ok_or_else(|| "no free 169.254.x.0/24 and 10.213.x.0/24 on this host".to_string())
+}
+
+/// Binds a TCP listener inside the named network namespace (from a short-lived thread that
+/// enters it; the socket stays in that namespace).
+fn bind_in(ns: &str, addr: SocketAddr) -> Result<std::net::TcpListener, String> {
+    use std::os::fd::AsRawFd;
+    let path = format!("/run/netns/{ns}");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let f = std::fs::File::open(&path).map_err(|e| format!("open {path}: {e}"))?;
+            // SAFETY: a plain syscall on a valid descriptor; it only moves this thread, which
+            // ends right after binding.
+            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(format!("setns into {ns}: {}", std::io::Error::last_os_error()));
+            }
+            std::net::TcpListener::bind(addr).map_err(|e| format!("listen on {addr} in {ns}: {e}"))
+        })
+        .join()
+        .unwrap_or_else(|_| Err(format!("the thread binding in {ns} panicked")))
+    })
+}
+
+impl Neighbour {
+    async fn create() -> Result<Neighbour, String> {
+        // Names unique to this process; leftovers of killed runs (their process is gone) go first.
+        let pid = std::process::id();
+        for ns in ip(&["netns", "list"])?.lines().filter_map(|l| l.split_whitespace().next()) {
+            if let Some(other) = ns.strip_prefix("esl-nb-").and_then(|p| p.parse::<u32>().ok()) {
+                if !Path::new(&format!("/proc/{other}")).exists() {
+                    let _ = ip(&["link", "del", &format!("esln{other}")]);
+                    let _ = ip(&["netns", "del", ns]);
+                }
+            }
+        }
+        let x = free_subnet()?;
+        let (ns, link, far_end) = (format!("esl-nb-{pid}"), format!("esln{pid}"), format!("eslf{pid}"));
+        ip(&["netns", "add", &ns])?;
+        // From here on, dropping `net` removes what was made.
+        let net = ProbeNet { ns: ns.clone(), link: link.clone() };
+        let near = [Ipv4Addr::new(169, 254, x, 1), Ipv4Addr::new(10, 213, x, 1)];
+        let far = [Ipv4Addr::new(169, 254, x, 2), Ipv4Addr::new(10, 213, x, 2)];
+        ip(&["link", "add", &link, "type", "veth", "peer", "name", &far_end, "netns", &ns])?;
+        for a in near {
+            ip(&["addr", "add", &format!("{a}/24"), "dev", &link])?;
+        }
+        ip(&["link", "set", &link, "up"])?;
+        for a in far {
+            ip(&["-n", &ns, "addr", "add", &format!("{a}/24"), "dev", &far_end])?;
+        }
+        ip(&["-n", &ns, "link", "set", &far_end, "up"])?;
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        ip(&["-n", &ns, "route", "add", "default", "via", &near[1].to_string()])?;
+        let l = bind_in(&ns, ([0, 0, 0, 0], 0).into())?;
+        let listener = Listener::serve(l, "neighbour").map_err(|e| format!("serve in {ns}: {e}"))?;
+        Ok(Neighbour { listener, near, far, net })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The test
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -461,6 +708,17 @@ async fn hostile_functions_are_contained() {
     require_docker!();
     let _serial = SERIAL.lock().await;
     let t0 = Instant::now();
+    // First, as it is the quickest thing to fail: the network the probes need.
+    let neighbour = match Neighbour::create().await {
+        Ok(n) => Some(n),
+        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("cannot set up the network probes' targets: {e}\nCI=true requires them (run as root, with iproute2 installed)")
+        }
+        Err(e) => {
+            eprintln!("skipping the network probes (the host's addresses, link-local and private ranges): {e}");
+            None
+        }
+    };
     let project = unique("sec");
     let scene = Scene::new(&[&project]).await;
     let server = Server::start_on("0.0.0.0", &scene.data, &scene.images, &[]).await;
@@ -474,9 +732,22 @@ async fn hostile_functions_are_contained() {
     let v = ctx.invoke("Victim", "").await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(v.status, 200, "the victim: {}", v.raw);
     let victim = ctx.container("Victim", &host_of(&v.body)).await.unwrap_or_else(|e| panic!("{e}"));
-    let hosts = host_addresses(&ctx.docker).await;
-    ctx.log(&format!("victim {victim}; host addresses {hosts:?}; server port {}", ctx.server.port));
-    assert!(!hosts.is_empty(), "no non-loopback IPv4 address of the host found");
+    ctx.log(&format!("victim {victim}; server port {}", ctx.server.port));
+    // The network probes' targets: listeners on the host's addresses and in the neighbour.
+    let probes = match neighbour {
+        Some(n) => {
+            let mut hosts = host_addresses(&ctx.docker).await.unwrap_or_else(|e| panic!("{e}"));
+            hosts.extend(n.near);
+            assert!(hosts.len() > 2, "no IPv4 address of the host found besides the probe link's: {hosts:?}");
+            let mut listeners = Vec::new();
+            for h in &hosts {
+                listeners.push(Listener::bind((*h, 0).into(), "host").unwrap_or_else(|e| panic!("listen on {h}: {e}")));
+            }
+            ctx.log(&format!("host addresses {hosts:?}; neighbour {}: {:?} port {}", n.net.ns, n.far, n.listener.addr.port()));
+            Some((hosts, listeners, n))
+        }
+        None => None,
+    };
 
     // The victim, requested every ~50 ms all along (without a token: /invoke is public).
     let load = RequestLoop::start(vec![ctx.url("Victim", "")], Duration::from_millis(50));
@@ -499,8 +770,10 @@ async fn hostile_functions_are_contained() {
     run!("socket swap (symlink to the host's Docker socket)", socket_swap(&ctx));
     run!("mount", mount(&ctx));
     run!("privileges", privileges(&ctx));
-    run!("host API port", host_port(&ctx, &hosts));
-    run!("metadata (169.254.169.254)", metadata(&ctx));
+    if let Some((hosts, listeners, n)) = &probes {
+        run!("the host's own addresses", host_port(&ctx, hosts, listeners));
+        run!("link-local and private addresses next to the host", next_to_host(&ctx, n));
+    }
     run!("another function", cross_function(&ctx, &victim));
     run!("fork bomb", fork_bomb(&ctx));
     run!("memory", memory(&ctx));
