@@ -54,6 +54,21 @@ pub struct Platform {
     pub source_policy: SourcePolicy,
     pub secrets: crate::secrets::SecretBox,
     project_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Cancelled when the project is removed: its queued and running deployments stop at once
+    /// instead of finishing a build nobody wants (and holding `rm` until they do).
+    project_removals: Mutex<HashMap<String, tokio_util::sync::CancellationToken>>,
+}
+
+/// Why a deployment stopped when its project was removed.
+const REMOVED_DURING_DEPLOY: &str = "the project was removed while this deployment was in progress";
+
+/// Runs `f` unless `cancel` fires first.
+async fn unless_cancelled<T>(cancel: &tokio_util::sync::CancellationToken, f: impl std::future::Future<Output = T>) -> Result<T, String> {
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Err(REMOVED_DURING_DEPLOY.to_string()),
+        r = f => Ok(r),
+    }
 }
 
 /// How often the engine's containers are compared with the pools, events or not.
@@ -98,7 +113,12 @@ impl Platform {
             source_policy,
             secrets,
             project_locks: Mutex::new(HashMap::new()),
+            project_removals: Mutex::new(HashMap::new()),
         }))
+    }
+
+    fn removal_token(&self, project: &str) -> tokio_util::sync::CancellationToken {
+        self.project_removals.lock().unwrap_or_else(|p| p.into_inner()).entry(project.to_string()).or_default().clone()
     }
 
     fn project_lock(&self, project: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -217,11 +237,15 @@ impl Platform {
         let me = self.clone();
         let project = name.to_string();
         let commit_for_build = commit.clone();
+        let removed = self.removal_token(&project);
         tokio::spawn(async move {
             let commit = commit_for_build;
             let lock = me.project_lock(&project);
-            let _one_at_a_time = lock.lock().await;
-            if let Err(message) = me.run_deployment(id, &project, &url, &commit, git_ref.as_ref()).await {
+            let run = async {
+                let _one_at_a_time = unless_cancelled(&removed, lock.lock()).await?;
+                me.run_deployment(id, &project, &url, &commit, git_ref.as_ref(), &removed).await
+            };
+            if let Err(message) = run.await {
                 tracing::warn!(project = %project, deployment = id, error = %message, "deployment failed");
                 if let Err(e) = me.store.fail_deployment(id, &message) {
                     tracing::error!(error = %e, "could not record a failed deployment");
@@ -244,6 +268,7 @@ impl Platform {
         url: &source::RepoUrl,
         commit: &str,
         git_ref: Option<&GitRef>,
+        removed: &tokio_util::sync::CancellationToken,
     ) -> Result<(), String> {
         let store_err = |e: crate::store::StoreError| format!("internal store error: {e}");
         self.store.set_deployment_started(id).map_err(store_err)?;
@@ -254,8 +279,8 @@ impl Platform {
             .tempdir_in(&work_root)
             .map_err(|e| format!("cannot create a work directory: {e}"))?;
         self.log(id, &format!("checking out {} at {commit}", url.as_str()));
-        let (checkout, sha) = source::checkout(url, commit, git_ref, work.path(), &self.source_policy)
-            .await
+        let (checkout, sha) = unless_cancelled(removed, source::checkout(url, commit, git_ref, work.path(), &self.source_policy))
+            .await?
             .map_err(|e| e.to_string())?;
         let facts = SourceFacts::read(&checkout).map_err(|e| e.to_string())?;
         let manifest_path = checkout.join(MANIFEST_FILE);
@@ -372,7 +397,9 @@ impl Platform {
                     ]),
                     timeout: self.config.build_timeout,
                 };
-                let log = self.driver.build_image(req).await.map_err(|e| match e {
+                // Dropping the build's stream on removal makes the engine stop the build.
+                let outcome = unless_cancelled(removed, self.driver.build_image(req)).await.map_err(|m| (m, String::new()))?;
+                let log = outcome.map_err(|e| match e {
                     DriverError::BuildFailed { message, log } => (message, log),
                     DriverError::BuildTimeout(d, log) => {
                         (format!("the build took longer than its limit of {}", humantime::format_duration(d)), log)
@@ -414,6 +441,10 @@ impl Platform {
             }
         }
 
+        // Past this point the deployment goes live as one step: a removal waits for it.
+        if removed.is_cancelled() {
+            return Err(REMOVED_DURING_DEPLOY.to_string());
+        }
         let previous = self.store.project(project).map_err(store_err)?.and_then(|p| p.live_deployment_id);
         self.activate(project, id, true).await.map_err(|e| format!("could not switch to the new deployment: {e}"))?;
         self.store.make_live(id).map_err(store_err)?;
@@ -582,6 +613,11 @@ impl Platform {
     pub async fn delete(self: &Arc<Self>, project: &str) -> Result<serde_json::Value, ApiError> {
         if self.store.project(project)?.is_none() {
             return Err(ApiError::not_found("project_not_found", format!("no project `{project}`")));
+        }
+        // Builds in progress or queued for this project stop now; a deploy after this one
+        // gets a fresh token.
+        if let Some(t) = self.project_removals.lock().unwrap_or_else(|p| p.into_inner()).remove(project) {
+            t.cancel();
         }
         let lock = self.project_lock(project);
         let _held = lock.lock().await;

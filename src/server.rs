@@ -183,7 +183,12 @@ async fn serve_http(
     use tower::ServiceExt;
 
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(limits.head_timeout).max_buf_size(MAX_HEAD_BYTES);
+    // max_header_size is what bounds the head: max_buf_size alone lets a head that arrives in
+    // one read through whole, however large (431 and the connection closed over the limit).
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.head_timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_header_size(MAX_HEAD_BYTES);
     let open = Arc::new(tokio::sync::Semaphore::new(limits.max));
     let clients = Arc::new(ClientSlots::default());
     let stopping = tokio_util::sync::CancellationToken::new();

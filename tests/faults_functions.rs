@@ -1,7 +1,7 @@
 //! Function-level fault tests (issue 10): functions that fail to start, flood their output,
 //! hang or exit at once on a schedule, and projects deployed, removed and raced in ways users
 //! do not plan. The real `eserveless` binary against the real Docker engine, with
-//! `tests/fixtures/faults-app` (each test writes the manifest it needs: every listed function
+//! `tests/fixtures/faults-fn-app` (each test writes the manifest it needs: every listed function
 //! is an image build) and, for Go cron, `tests/fixtures/go-app`.
 //!
 //! One test per fault; each starts its own server and uses its own project names, and its
@@ -25,9 +25,9 @@ use serde_json::{json, Value};
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-/// A git repository with faults-app's code and `manifest` as its `.eserveless.yaml`.
+/// A git repository with faults-fn-app's code and `manifest` as its `.eserveless.yaml`.
 fn faults_repo(manifest: &str) -> tempfile::TempDir {
-    let read = |name: &str| std::fs::read_to_string(fixture("faults-app").join(name)).expect("read faults-app");
+    let read = |name: &str| std::fs::read_to_string(fixture("faults-fn-app").join(name)).expect("read faults-fn-app");
     repo_with(&[
         ("functions.js", read("functions.js")),
         ("package.json", read("package.json")),

@@ -131,16 +131,27 @@ ensure_cmd() {
     fi
 }
 
-# True if a dockerd process exists (pgrep may be absent on minimal systems).
+# True if process $1 exists and is not a zombie: a daemon that exited stays a zombie until
+# its parent reaps it, and `kill -0` and `pgrep` still see it.
+_pid_alive() {
+    local state
+    [[ "${1:-}" =~ ^[0-9]+$ ]] || return 1
+    state="$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)"
+    [[ -n "$state" && "$state" != Z && "$state" != X ]]
+}
+
+# True if a live dockerd process exists (pgrep may be absent on minimal systems).
 _dockerd_running() {
-    if [[ -f /var/run/docker.pid ]] && kill -0 "$(cat /var/run/docker.pid 2>/dev/null)" 2>/dev/null; then
+    if [[ -f /var/run/docker.pid ]] && _pid_alive "$(cat /var/run/docker.pid 2>/dev/null)"; then
         return 0
     fi
     if command -v pgrep >/dev/null 2>&1; then
-        pgrep -x dockerd >/dev/null 2>&1
-    else
-        return 1
+        local pid
+        for pid in $(pgrep -x dockerd 2>/dev/null); do
+            _pid_alive "$pid" && return 0
+        done
     fi
+    return 1
 }
 
 ensure_docker() {
@@ -173,7 +184,7 @@ Start it (e.g. 'sudo dockerd &') or add your user to the docker group."
     mkdir -p "$(dirname "$logf")"
 
     # A stale pid file from a dead daemon makes dockerd refuse to start.
-    if [[ -f /var/run/docker.pid ]] && ! kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; then
+    if [[ -f /var/run/docker.pid ]] && ! _pid_alive "$(cat /var/run/docker.pid 2>/dev/null)"; then
         rm -f /var/run/docker.pid
     fi
 
@@ -182,9 +193,11 @@ Start it (e.g. 'sudo dockerd &') or add your user to the docker group."
     else
         log "starting dockerd in the background (log: $logf)"
         # setsid + nohup: detach from this shell's session and terminal so the
-        # daemon survives the script; no systemd is assumed.
-        setsid nohup dockerd </dev/null >>"$logf" 2>&1 &
-        disown 2>/dev/null || true
+        # daemon survives the script; no systemd is assumed. Started from a subshell
+        # that exits at once, so the daemon's parent is init, which reaps it when it
+        # stops: a child of this shell would stay a zombie under whatever the shell
+        # execs next (scripts/test execs cargo), and block the next start.
+        (setsid nohup dockerd </dev/null >>"$logf" 2>&1 &)
     fi
 
     local i

@@ -591,9 +591,50 @@ pub async fn assert_project_gone(project: &str) {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Process control and the server's containers (fault tests)
+
 impl Server {
-    /// The server process's pid (e.g. to read `/proc/<pid>/status`).
+    /// The server process's id.
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(std::process::Child::id).expect("the server process is running")
+        self.child.as_ref().map(std::process::Child::id).expect("the server process is gone")
     }
+
+    /// Sends `signal` (a kill(1) name: "TERM", "KILL", ...) to the server process; does not wait.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid();
+        let status = std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid} failed");
+    }
+
+    /// Waits at most `within` for the process to end: its exit status, or `None` if it still runs.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let began = Instant::now();
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                return Some(status);
+            }
+            if began.elapsed() >= within {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The identity on the engine of the server of data directory `data` (`<data>/server-id`):
+/// the `eserveless.owner` label of its containers.
+pub fn server_id(data: &Path) -> String {
+    let path = data.join("server-id");
+    let id = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display())).trim().to_string();
+    assert!(!id.is_empty(), "{} is empty", path.display());
+    id
+}
+
+/// Every container (any state) of the server of data directory `data`, by its owner label:
+/// `(id, state)`, sorted.
+pub async fn server_containers(d: &Docker, data: &Path) -> Vec<(String, String)> {
+    let mut all = containers_with(d, &[format!("eserveless.owner={}", server_id(data))]).await;
+    all.sort();
+    all
 }
