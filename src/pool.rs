@@ -423,8 +423,25 @@ fn config_digest(r: &Revision) -> String {
         h.update([0u8]);
         h.update(var.as_bytes());
     }
-    h.update([0u8]);
-    h.update(format!("{:?}", r.limits).as_bytes());
+    // Each limit by name, in a fixed order: a stable encoding, where `Debug` output could
+    // change with a harmless derive or field reorder and replace every container after an
+    // upgrade. A new limit is appended here (and then replaces containers once, as it should).
+    let l = &r.limits;
+    let fields: [(&str, String); 7] = [
+        ("memory_bytes", l.memory_bytes.to_string()),
+        ("nano_cpus", l.nano_cpus.to_string()),
+        ("pids", l.pids.to_string()),
+        ("nofile", l.nofile.to_string()),
+        ("tmpfs_size", l.tmpfs_size.clone()),
+        ("user", l.user.clone()),
+        ("oci_runtime", l.oci_runtime.clone().unwrap_or_default()),
+    ];
+    for (name, value) in fields {
+        h.update([0u8]);
+        h.update(name.as_bytes());
+        h.update(b"=");
+        h.update(value.as_bytes());
+    }
     h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
@@ -964,6 +981,9 @@ mod tests {
         };
         let d = config_digest(&r);
         assert_eq!(d.len(), 32);
+        // Pinned: the encoding is part of the upgrade contract (a changed digest replaces
+        // every running container); change this only on purpose.
+        assert_eq!(d, "f7edc0db09f4763c25535ef62249a5c9", "the digest of a known revision changed");
         assert_eq!(d, config_digest(&r.clone()), "stable");
         let mut secret = r.clone();
         secret.env.0.push("TOKEN=new".into());
@@ -971,6 +991,9 @@ mod tests {
         let mut smaller = r.clone();
         smaller.limits.memory_bytes /= 2;
         assert_ne!(config_digest(&smaller), d, "other limits change it");
+        let mut gvisor = r.clone();
+        gvisor.limits.oci_runtime = Some("runsc".into());
+        assert_ne!(config_digest(&gvisor), d, "the OCI runtime changes it");
         let mut split = r.clone();
         split.env.0 = vec!["A=1B=2".into()];
         let mut two = r.clone();
