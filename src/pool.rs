@@ -1048,7 +1048,7 @@ mod tests {
         let leases = futures_util::future::join_all((0..4).map(|_| pool.acquire(deadline))).await;
         let kinds: Vec<AcquireKind> = leases.iter().map(|l| l.as_ref().expect("every request served").kind).collect();
         assert_eq!(kinds, vec![AcquireKind::Resume; 4], "all four wait for the one resume");
-        assert_eq!(driver.runs.load(Ordering::Acquire), 0, "no cold start while the resuming instance has room");
+        assert_eq!(driver.runs(), 0, "no cold start while the resuming instance has room");
         assert_eq!(driver.unpauses.load(Ordering::Acquire), 1);
         let c = pool.counts();
         assert_eq!((c.ready, c.in_flight, c.starting), (1, 4, 0), "{c:?}");

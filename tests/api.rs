@@ -2,16 +2,13 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{Request, StatusCode};
 use axum::Router;
-use futures_util::stream::BoxStream;
-use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -20,94 +17,10 @@ mod common;
 use common::git;
 
 use eserveless::config::{ServeArgs, ServerConfig};
-use eserveless::driver::{self, BuildRequest, ContainerEvent, ContainerSpec, Driver, ManagedContainer, Started};
+use eserveless::driver::fake::FakeDriver;
 use eserveless::platform::Platform;
 use eserveless::runtime::Templates;
 use eserveless::store::Store;
-
-// ---------------------------------------------------------------------------------------------
-// The fake driver
-
-/// A build context entry: path, link target if a symlink, contents.
-type ContextEntry = (String, Option<String>, Vec<u8>);
-
-#[derive(Default)]
-struct Recorded {
-    builds: Vec<(String, std::collections::HashMap<String, String>)>,
-    /// Every build context's entries.
-    contexts: Vec<Vec<ContextEntry>>,
-    runs: Vec<ContainerSpec>,
-    removed_images: Vec<String>,
-}
-
-#[derive(Default)]
-struct FakeDriver {
-    rec: Mutex<Recorded>,
-}
-
-impl FakeDriver {
-    fn builds(&self) -> Vec<String> {
-        self.rec.lock().expect("lock").builds.iter().map(|(t, _)| t.clone()).collect()
-    }
-}
-
-#[async_trait]
-impl Driver for FakeDriver {
-    async fn ping(&self) -> driver::Result<()> {
-        Ok(())
-    }
-    async fn image_exists(&self, _image: &str) -> driver::Result<bool> {
-        Ok(true)
-    }
-    async fn build_image(&self, req: BuildRequest) -> driver::Result<String> {
-        assert!(!req.context_tar.is_empty(), "a build context is sent");
-        let mut entries = Vec::new();
-        let mut archive = tar::Archive::new(&req.context_tar[..]);
-        for e in archive.entries().expect("a tar context") {
-            let mut e = e.expect("entry");
-            let path = e.path().expect("path").to_string_lossy().into_owned();
-            let link = e.link_name().expect("link").map(|l| l.to_string_lossy().into_owned());
-            let mut bytes = Vec::new();
-            std::io::Read::read_to_end(&mut e, &mut bytes).expect("read entry");
-            entries.push((path, link, bytes));
-        }
-        let mut rec = self.rec.lock().expect("lock");
-        rec.contexts.push(entries);
-        rec.builds.push((req.tag.clone(), req.labels.clone()));
-        Ok("log".to_string())
-    }
-    async fn remove_image(&self, image: &str) -> driver::Result<bool> {
-        self.rec.lock().expect("lock").removed_images.push(image.to_string());
-        Ok(true)
-    }
-    async fn run(&self, spec: ContainerSpec) -> driver::Result<Started> {
-        let mut rec = self.rec.lock().expect("lock");
-        let id = format!("fake-{}", rec.runs.len());
-        rec.runs.push(spec);
-        Ok(Started { id, ip: "127.0.0.1".to_string(), pid: None })
-    }
-    async fn pause(&self, _id: &str) -> driver::Result<()> {
-        Ok(())
-    }
-    async fn unpause(&self, _id: &str) -> driver::Result<()> {
-        Ok(())
-    }
-    async fn remove(&self, _id: &str) -> driver::Result<()> {
-        Ok(())
-    }
-    async fn wait(&self, _id: &str) -> driver::Result<i64> {
-        Ok(0)
-    }
-    async fn logs(&self, _id: &str, _max_bytes: usize) -> driver::Result<String> {
-        Ok(String::new())
-    }
-    async fn list_managed(&self) -> driver::Result<Vec<ManagedContainer>> {
-        Ok(Vec::new())
-    }
-    fn events(&self) -> BoxStream<'static, driver::Result<ContainerEvent>> {
-        futures_util::stream::pending().boxed()
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Harness
@@ -143,7 +56,7 @@ fn harness(allow_local: bool) -> Harness {
         ..Default::default()
     })
     .expect("config");
-    let fake = Arc::new(FakeDriver::default());
+    let fake = Arc::new(FakeDriver::reachable_at("127.0.0.1"));
     let store = Arc::new(Store::in_memory().expect("store"));
     let admin_token = eserveless::auth::bootstrap_admin(&store, data.path()).expect("bootstrap").expect("first start");
     let platform = Platform::new(store.clone(), fake.clone(), Templates::embedded(), config).expect("platform");
@@ -453,7 +366,7 @@ async fn deploy_with_a_fake_engine() {
         ["api", "crash", "hang", "ticker"].iter().map(|f| format!("eserveless/demo-{f}:{short}")).collect();
     want.sort();
     assert_eq!(builds, want);
-    for (_, labels) in h.fake.rec.lock().expect("lock").builds.iter() {
+    for (_, labels) in h.fake.recorded().builds.iter() {
         assert_eq!(labels.get("eserveless.managed").map(String::as_str), Some("true"));
         assert_eq!(labels.get("eserveless.project").map(String::as_str), Some("demo"));
         assert_eq!(labels.get("eserveless.commit").map(String::as_str), Some(head.as_str()));
@@ -707,7 +620,7 @@ async fn users_see_only_their_projects_and_revoked_tokens_stop_at_once() {
     let a = send(&h.raw, invoke_req("/invoke/demo/Closed", Some(&new_key))).await;
     assert!(a.status != StatusCode::UNAUTHORIZED, "{}", a.raw);
     // The key is not forwarded to the function.
-    let runs = h.fake.rec.lock().expect("lock").runs.clone();
+    let runs = h.fake.recorded().runs.clone();
     assert!(!runs.is_empty(), "the keyed requests started instances");
 
     // Memory and CPU from the manifest reach the container; the rest get the defaults.
@@ -759,7 +672,7 @@ async fn secrets_are_sealed_listed_by_name_and_reach_new_instances() {
 
     // A new instance gets them as environment variables; the Debug form shows names only.
     invoke(&h.app, "GET", "/invoke/sec/Open").await;
-    let runs = h.fake.rec.lock().expect("lock").runs.clone();
+    let runs = h.fake.recorded().runs.clone();
     let spec = runs.last().expect("a run");
     assert_eq!(spec.env.get("DB_PASSWORD"), Some("hunter2-very-secret"));
     assert_eq!(spec.env.get("TOKEN"), Some("t0k"));
@@ -770,7 +683,7 @@ async fn secrets_are_sealed_listed_by_name_and_reach_new_instances() {
     let a = delete(&h.app, "/api/projects/sec/secrets/TOKEN").await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.raw);
     invoke(&h.app, "GET", "/invoke/sec/Open").await;
-    let runs = h.fake.rec.lock().expect("lock").runs.clone();
+    let runs = h.fake.recorded().runs.clone();
     let spec = runs.last().expect("a run");
     assert_eq!(spec.env.get("TOKEN"), None);
     assert_eq!(spec.env.get("DB_PASSWORD"), Some("hunter2-very-secret"));
@@ -818,7 +731,7 @@ async fn hostile_repository_leaks_nothing_and_runs_nothing() {
     assert!(!warnings.contains("HOST-SECRET"), "{warnings}");
     assert!(!marker.exists(), "a hook ran during the checkout");
 
-    let contexts = h.fake.rec.lock().expect("lock").contexts.clone();
+    let contexts = h.fake.recorded().contexts.clone();
     assert_eq!(contexts.len(), 1);
     let entries = &contexts[0];
     let names: Vec<&str> = entries.iter().map(|(p, _, _)| p.as_str()).collect();

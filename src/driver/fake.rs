@@ -1,0 +1,136 @@
+//! A recording fake of the engine, shipped in the crate for the unit tests of the pools and
+//! the scheduler and the API tests through the router: one fake, not one per test file.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::stream::BoxStream;
+
+use super::{BuildRequest, ContainerEvent, ContainerSpec, Driver, DriverError, ManagedContainer, Result, Started};
+
+/// A build context entry: path, link target if a symlink, contents.
+pub type ContextEntry = (String, Option<String>, Vec<u8>);
+
+/// What the fake was asked to do.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    /// Tag and labels of every image built.
+    pub builds: Vec<(String, std::collections::HashMap<String, String>)>,
+    /// Every build context's entries.
+    pub contexts: Vec<Vec<ContextEntry>>,
+    /// Every container started, http instances and jobs alike.
+    pub runs: Vec<ContainerSpec>,
+    pub removed_images: Vec<String>,
+}
+
+/// Containers "run" for `run_for`, then exit 0. An http instance gets `address` (none by
+/// default: [`Driver::run`] then fails, as the engine does for a program that has already
+/// exited; jobs start with [`Driver::start_job`], which needs none). The first `outages`
+/// waits find the engine unreachable; `unpause` takes `unpause_for`.
+#[derive(Debug, Default)]
+pub struct FakeDriver {
+    pub address: Option<String>,
+    pub run_for: Duration,
+    pub unpause_for: Duration,
+    pub outages: AtomicU32,
+    /// What `list_managed` answers.
+    pub managed: Mutex<Vec<ManagedContainer>>,
+    pub unpauses: AtomicU32,
+    pub rec: Mutex<Recorded>,
+}
+
+impl FakeDriver {
+    /// A fake whose instances answer at `address`.
+    pub fn reachable_at(address: &str) -> Self {
+        FakeDriver { address: Some(address.to_string()), ..FakeDriver::default() }
+    }
+
+    pub fn recorded(&self) -> std::sync::MutexGuard<'_, Recorded> {
+        self.rec.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Tags of the images built so far.
+    pub fn builds(&self) -> Vec<String> {
+        self.recorded().builds.iter().map(|(t, _)| t.clone()).collect()
+    }
+
+    /// Containers started so far.
+    pub fn runs(&self) -> usize {
+        self.recorded().runs.len()
+    }
+}
+
+#[async_trait]
+impl Driver for FakeDriver {
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
+    async fn image_exists(&self, _: &str) -> Result<bool> {
+        Ok(true)
+    }
+    async fn build_image(&self, req: BuildRequest) -> Result<String> {
+        let mut entries = Vec::new();
+        let mut archive = tar::Archive::new(&req.context_tar[..]);
+        let unreadable = |e: std::io::Error| DriverError::Engine(format!("the build context is not a tar: {e}"));
+        for e in archive.entries().map_err(unreadable)? {
+            let mut e = e.map_err(unreadable)?;
+            let path = e.path().map_err(unreadable)?.to_string_lossy().into_owned();
+            let link = e.link_name().map_err(unreadable)?.map(|l| l.to_string_lossy().into_owned());
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut bytes).map_err(unreadable)?;
+            entries.push((path, link, bytes));
+        }
+        let mut rec = self.recorded();
+        rec.contexts.push(entries);
+        rec.builds.push((req.tag.clone(), req.labels.clone()));
+        Ok("log".to_string())
+    }
+    async fn remove_image(&self, image: &str) -> Result<bool> {
+        self.recorded().removed_images.push(image.to_string());
+        Ok(true)
+    }
+    async fn run(&self, spec: ContainerSpec) -> Result<Started> {
+        let mut rec = self.recorded();
+        let id = format!("fake-{}", rec.runs.len());
+        let name = spec.name.clone();
+        rec.runs.push(spec);
+        match &self.address {
+            Some(ip) => Ok(Started { id, ip: ip.clone(), pid: None }),
+            None => Err(DriverError::Engine(format!("container {name} got no address"))),
+        }
+    }
+    async fn start_job(&self, spec: ContainerSpec) -> Result<String> {
+        let name = spec.name.clone();
+        self.recorded().runs.push(spec);
+        Ok(name)
+    }
+    async fn pause(&self, _: &str) -> Result<()> {
+        Ok(())
+    }
+    async fn unpause(&self, _: &str) -> Result<()> {
+        self.unpauses.fetch_add(1, Ordering::AcqRel);
+        tokio::time::sleep(self.unpause_for).await;
+        Ok(())
+    }
+    async fn remove(&self, _: &str) -> Result<()> {
+        Ok(())
+    }
+    async fn wait(&self, _: &str) -> Result<i64> {
+        if self.outages.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok() {
+            return Err(DriverError::Unreachable("engine restarting".into()));
+        }
+        tokio::time::sleep(self.run_for).await;
+        Ok(0)
+    }
+    async fn logs(&self, id: &str, _: usize) -> Result<String> {
+        Ok(format!("ran {id}\n"))
+    }
+    async fn list_managed(&self) -> Result<Vec<ManagedContainer>> {
+        Ok(self.managed.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+    fn events(&self) -> BoxStream<'static, Result<ContainerEvent>> {
+        Box::pin(futures_util::stream::pending())
+    }
+}
