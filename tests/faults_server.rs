@@ -120,12 +120,11 @@ impl Ctx {
     }
 
     fn url(&self, function: &str, query: &str) -> String {
-        format!("{}/invoke/{}/{function}{query}", self.server.url, self.project)
+        self.server.invoke_url(&self.project, function, query)
     }
 
     async fn invoke(&self, function: &str, query: &str) -> Answer {
-        let url = self.url(function, query);
-        answer(self.http.get(&url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"))).await
+        api_get(&self.http, &self.url(function, query)).await
     }
 
     /// Invokes Echo and expects 200 with its JSON.

@@ -70,7 +70,7 @@ impl Ctx {
     }
 
     fn url(&self, function: &str, query: &str) -> String {
-        format!("{}/invoke/{}/{function}{query}", self.server.url, self.project)
+        self.server.invoke_url(&self.project, function, query)
     }
 
     /// Invokes a function; a transport error is an `Err`.

@@ -638,3 +638,10 @@ pub async fn server_containers(d: &Docker, data: &Path) -> Vec<(String, String)>
     all.sort();
     all
 }
+
+impl Server {
+    /// The gateway URL of `project`'s `function`, with `query` (a path and/or `?...`) appended.
+    pub fn invoke_url(&self, project: &str, function: &str, query: &str) -> String {
+        format!("{}/invoke/{project}/{function}{query}", self.url)
+    }
+}
