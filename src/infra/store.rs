@@ -1,0 +1,884 @@
+//! The embedded SQLite store: schema, migrations and queries for projects, deployments,
+//! functions, cron runs and saved container output.
+//!
+//! Nothing on the request path reads from here; the in-memory route table is rebuilt from it
+//! at start and updated when a deployment goes live.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite_migration::{Migrations, M};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("database migration failed")]
+    Migration(#[from] rusqlite_migration::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// The write failed because the file system holding the database has no room left.
+    pub fn is_storage_full(&self) -> bool {
+        matches!(self, StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DiskFull)
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+fn migrations() -> Migrations<'static> {
+    Migrations::new(vec![M::up(
+        r#"
+        CREATE TABLE projects (
+            name TEXT PRIMARY KEY,
+            repository TEXT NOT NULL,
+            git_ref TEXT,
+            owner TEXT,
+            created_at TEXT NOT NULL,
+            live_deployment_id INTEGER
+        );
+        CREATE TABLE deployments (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            project TEXT NOT NULL REFERENCES projects(name) ON DELETE CASCADE,
+            repository TEXT NOT NULL,
+            git_ref TEXT,
+            commit_sha TEXT NOT NULL,
+            runtime TEXT,
+            status TEXT NOT NULL,
+            error TEXT,
+            warnings TEXT NOT NULL DEFAULT '[]',
+            log TEXT NOT NULL DEFAULT '',
+            created_at TEXT NOT NULL,
+            started_at TEXT,
+            finished_at TEXT
+        );
+        CREATE INDEX deployments_project ON deployments(project, id);
+        CREATE TABLE functions (
+            deployment_id INTEGER NOT NULL REFERENCES deployments(id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            schedule TEXT,
+            env TEXT NOT NULL DEFAULT '{}',
+            timeout_ms INTEGER NOT NULL,
+            scaling TEXT NOT NULL DEFAULT '{}',
+            image TEXT,
+            build_state TEXT NOT NULL,
+            build_log TEXT NOT NULL DEFAULT '',
+            PRIMARY KEY (deployment_id, name)
+        );
+        CREATE TABLE cron_runs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            project TEXT NOT NULL,
+            function TEXT NOT NULL,
+            deployment_id INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            scheduled_at TEXT NOT NULL,
+            started_at TEXT NOT NULL,
+            finished_at TEXT,
+            duration_ms INTEGER,
+            exit_code INTEGER,
+            output TEXT NOT NULL DEFAULT ''
+        );
+        CREATE INDEX cron_runs_fn ON cron_runs(project, function, id);
+        CREATE TABLE function_logs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            project TEXT NOT NULL,
+            function TEXT NOT NULL,
+            container TEXT NOT NULL,
+            at TEXT NOT NULL,
+            output TEXT NOT NULL
+        );
+        CREATE INDEX function_logs_fn ON function_logs(project, function, id);
+        "#,
+    ),
+    M::up(
+        r#"
+        CREATE TABLE users (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL UNIQUE,
+            admin INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL
+        );
+        CREATE TABLE tokens (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            hash BLOB NOT NULL,
+            created_at TEXT NOT NULL,
+            last_used_at TEXT,
+            revoked_at TEXT
+        );
+        CREATE INDEX tokens_user ON tokens(user_id, id);
+        CREATE TABLE secrets (
+            project TEXT NOT NULL REFERENCES projects(name) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            sealed BLOB NOT NULL,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (project, name)
+        );
+        ALTER TABLE projects ADD COLUMN invoke_key_hash BLOB;
+        ALTER TABLE functions ADD COLUMN options TEXT NOT NULL DEFAULT '{}';
+        "#,
+    )])
+}
+
+mod access;
+pub use access::{SecretRow, TokenRow, UserRow};
+
+/// A deployment's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeploymentStatus {
+    Queued,
+    Building,
+    Ready,
+    Failed,
+}
+
+impl DeploymentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Building => "building",
+            Self::Ready => "ready",
+            Self::Failed => "failed",
+        }
+    }
+    fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "queued" => Self::Queued,
+            "building" => Self::Building,
+            "ready" => Self::Ready,
+            "failed" => Self::Failed,
+            other => return Err(StoreError::Corrupt(format!("deployment status `{other}`"))),
+        })
+    }
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Ready | Self::Failed)
+    }
+}
+
+/// A function's build state within a deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BuildState {
+    Queued,
+    Building,
+    Built,
+    Failed,
+    Cancelled,
+}
+
+impl BuildState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Building => "building",
+            Self::Built => "built",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+    fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "queued" => Self::Queued,
+            "building" => Self::Building,
+            "built" => Self::Built,
+            "failed" => Self::Failed,
+            "cancelled" => Self::Cancelled,
+            other => return Err(StoreError::Corrupt(format!("build state `{other}`"))),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProjectRow {
+    pub name: String,
+    pub repository: String,
+    pub git_ref: Option<String>,
+    /// The user who created it (`None` for projects from before users existed: admin's).
+    pub owner: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub live_deployment_id: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeploymentRow {
+    pub id: i64,
+    pub project: String,
+    pub repository: String,
+    pub git_ref: Option<String>,
+    pub commit: String,
+    pub runtime: Option<String>,
+    pub status: DeploymentStatus,
+    pub error: Option<String>,
+    pub warnings: Vec<String>,
+    pub log: String,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionRow {
+    pub deployment_id: i64,
+    pub name: String,
+    pub kind: String,
+    pub schedule: Option<String>,
+    pub env: std::collections::BTreeMap<String, String>,
+    pub timeout_ms: u64,
+    pub scaling: crate::engine::manifest::Scaling,
+    pub options: crate::engine::manifest::FunctionOptions,
+    pub image: Option<String>,
+    pub build_state: BuildState,
+    #[serde(skip)]
+    pub build_log: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CronRunRow {
+    pub id: i64,
+    pub project: String,
+    pub function: String,
+    pub deployment_id: i64,
+    pub status: String,
+    pub scheduled_at: DateTime<Utc>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<i64>,
+    pub exit_code: Option<i64>,
+    pub output: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LogRow {
+    pub container: String,
+    pub at: DateTime<Utc>,
+    pub output: String,
+}
+
+/// The store. Cheap to share behind an `Arc`.
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+fn ts(s: String) -> rusqlite::Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(&s)
+        .map(|d| d.with_timezone(&Utc))
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+}
+
+fn opt_ts(s: Option<String>) -> rusqlite::Result<Option<DateTime<Utc>>> {
+    s.map(ts).transpose()
+}
+
+fn now() -> String {
+    Utc::now().to_rfc3339()
+}
+
+const DEPLOYMENT_COLS: &str =
+    "id, project, repository, git_ref, commit_sha, runtime, status, error, warnings, log, created_at, started_at, finished_at";
+
+fn deployment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(DeploymentRow, String, String)> {
+    Ok((
+        DeploymentRow {
+            id: r.get(0)?,
+            project: r.get(1)?,
+            repository: r.get(2)?,
+            git_ref: r.get(3)?,
+            commit: r.get(4)?,
+            runtime: r.get(5)?,
+            status: DeploymentStatus::Queued,
+            error: r.get(7)?,
+            warnings: Vec::new(),
+            log: r.get(9)?,
+            created_at: ts(r.get(10)?)?,
+            started_at: opt_ts(r.get(11)?)?,
+            finished_at: opt_ts(r.get(12)?)?,
+        },
+        r.get::<_, String>(6)?,
+        r.get::<_, String>(8)?,
+    ))
+}
+
+fn finish_deployment((mut d, status, warnings): (DeploymentRow, String, String)) -> Result<DeploymentRow> {
+    d.status = DeploymentStatus::parse(&status)?;
+    d.warnings = serde_json::from_str(&warnings).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(d)
+}
+
+/// A deployment request, validated and resolved to a commit.
+pub struct EnqueueRequest<'a> {
+    pub project: &'a str,
+    pub repository: &'a str,
+    pub git_ref: Option<&'a str>,
+    pub commit: &'a str,
+    pub owner: &'a str,
+    /// Stored only when this request creates the project.
+    pub new_invoke_key_hash: [u8; 32],
+}
+
+/// What [`Store::enqueue_deployment`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// The project belongs to someone the caller may not act for.
+    NameTaken,
+    /// This commit of this repository is live already.
+    Unchanged(i64),
+    /// The same commit is already queued or building: follow that deployment.
+    Following(i64),
+    Queued { id: i64, created_project: bool },
+}
+
+/// New function record for a deployment.
+pub struct NewFunction<'a> {
+    pub name: &'a str,
+    pub kind: &'a str,
+    pub schedule: Option<&'a str>,
+    pub env: &'a std::collections::BTreeMap<String, String>,
+    pub timeout_ms: u64,
+    pub scaling: &'a crate::engine::manifest::Scaling,
+    pub options: &'a crate::engine::manifest::FunctionOptions,
+    pub image: &'a str,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `dir`, in WAL mode, and migrates it.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let mut conn = Connection::open(dir.join("eserveless.db"))?;
+        Self::setup(&mut conn)?;
+        Ok(Store { conn: Mutex::new(conn) })
+    }
+
+    /// An in-memory store for tests.
+    pub fn in_memory() -> Result<Self> {
+        let mut conn = Connection::open_in_memory()?;
+        Self::setup(&mut conn)?;
+        Ok(Store { conn: Mutex::new(conn) })
+    }
+
+    fn setup(conn: &mut Connection) -> Result<()> {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrations().to_latest(conn)?;
+        Ok(())
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite itself consistent.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Creates the project for `owner`, or updates its source; the owner never changes.
+    pub fn upsert_project(&self, name: &str, repository: &str, git_ref: Option<&str>, owner: &str) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO projects (name, repository, git_ref, created_at, owner) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(name) DO UPDATE SET repository = excluded.repository, git_ref = excluded.git_ref",
+            params![name, repository, git_ref, now(), owner],
+        )?;
+        Ok(())
+    }
+
+    /// Decides and records a deployment request in one transaction, so that two requests
+    /// racing for the same project cannot both create it (and both be shown an invoke key)
+    /// or both queue the same commit.
+    pub fn enqueue_deployment(&self, req: &EnqueueRequest<'_>, may_use: impl Fn(Option<&str>) -> bool) -> Result<Enqueued> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let existing: Option<(Option<i64>, Option<String>)> = tx
+            .query_row("SELECT live_deployment_id, owner FROM projects WHERE name = ?1", [req.project], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        if let Some((live, owner)) = &existing {
+            if !may_use(owner.as_deref()) {
+                return Ok(Enqueued::NameTaken);
+            }
+            let same_source = |d: &DeploymentRow| d.commit == req.commit && d.repository == req.repository;
+            if let Some(live) = live {
+                let row = tx
+                    .query_row(&format!("SELECT {DEPLOYMENT_COLS} FROM deployments WHERE id = ?1"), [live], deployment_from_row)
+                    .optional()?
+                    .map(finish_deployment)
+                    .transpose()?;
+                if let Some(d) = row.filter(|d| same_source(d)) {
+                    return Ok(Enqueued::Unchanged(d.id));
+                }
+            }
+            let latest = tx
+                .query_row(
+                    &format!("SELECT {DEPLOYMENT_COLS} FROM deployments WHERE project = ?1 ORDER BY id DESC LIMIT 1"),
+                    [req.project],
+                    deployment_from_row,
+                )
+                .optional()?
+                .map(finish_deployment)
+                .transpose()?;
+            if let Some(d) = latest.filter(|d| !d.status.is_final() && same_source(d)) {
+                return Ok(Enqueued::Following(d.id));
+            }
+        }
+        tx.execute(
+            "INSERT INTO projects (name, repository, git_ref, created_at, owner, invoke_key_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(name) DO UPDATE SET repository = excluded.repository, git_ref = excluded.git_ref",
+            params![req.project, req.repository, req.git_ref, now(), req.owner, &req.new_invoke_key_hash[..]],
+        )?;
+        tx.execute(
+            "INSERT INTO deployments (project, repository, git_ref, commit_sha, status, created_at)
+             VALUES (?1, ?2, ?3, ?4, 'queued', ?5)",
+            params![req.project, req.repository, req.git_ref, req.commit, now()],
+        )?;
+        let id = tx.last_insert_rowid();
+        tx.commit()?;
+        Ok(Enqueued::Queued { id, created_project: existing.is_none() })
+    }
+
+    pub fn project(&self, name: &str) -> Result<Option<ProjectRow>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT name, repository, git_ref, created_at, live_deployment_id, owner FROM projects WHERE name = ?1",
+                [name],
+                |r| {
+                    Ok(ProjectRow {
+                        name: r.get(0)?,
+                        repository: r.get(1)?,
+                        git_ref: r.get(2)?,
+                        created_at: ts(r.get(3)?)?,
+                        live_deployment_id: r.get(4)?,
+                        owner: r.get(5)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    pub fn projects(&self) -> Result<Vec<ProjectRow>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT name, repository, git_ref, created_at, live_deployment_id, owner FROM projects ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(ProjectRow {
+                name: r.get(0)?,
+                repository: r.get(1)?,
+                git_ref: r.get(2)?,
+                created_at: ts(r.get(3)?)?,
+                live_deployment_id: r.get(4)?,
+                owner: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn delete_project(&self, name: &str) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM cron_runs WHERE project = ?1", [name])?;
+        tx.execute("DELETE FROM function_logs WHERE project = ?1", [name])?;
+        let n = tx.execute("DELETE FROM projects WHERE name = ?1", [name])?;
+        tx.commit()?;
+        Ok(n > 0)
+    }
+
+    pub fn create_deployment(
+        &self,
+        project: &str,
+        repository: &str,
+        git_ref: Option<&str>,
+        commit: &str,
+    ) -> Result<i64> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO deployments (project, repository, git_ref, commit_sha, status, created_at)
+             VALUES (?1, ?2, ?3, ?4, 'queued', ?5)",
+            params![project, repository, git_ref, commit, now()],
+        )?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    pub fn deployment(&self, id: i64) -> Result<Option<DeploymentRow>> {
+        let row = self
+            .conn()
+            .query_row(&format!("SELECT {DEPLOYMENT_COLS} FROM deployments WHERE id = ?1"), [id], deployment_from_row)
+            .optional()?;
+        row.map(finish_deployment).transpose()
+    }
+
+    pub fn latest_deployment(&self, project: &str) -> Result<Option<DeploymentRow>> {
+        let row = self
+            .conn()
+            .query_row(
+                &format!("SELECT {DEPLOYMENT_COLS} FROM deployments WHERE project = ?1 ORDER BY id DESC LIMIT 1"),
+                [project],
+                deployment_from_row,
+            )
+            .optional()?;
+        row.map(finish_deployment).transpose()
+    }
+
+    /// Deployments not yet final (after a crash they are marked failed at start).
+    pub fn unfinished_deployments(&self) -> Result<Vec<i64>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT id FROM deployments WHERE status IN ('queued', 'building')")?;
+        let ids = stmt.query_map([], |r| r.get(0))?;
+        Ok(ids.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn set_deployment_building(&self, id: i64, runtime: &str, warnings: &[String]) -> Result<()> {
+        self.conn().execute(
+            "UPDATE deployments SET status = 'building', runtime = ?2, warnings = ?3, started_at = COALESCE(started_at, ?4) WHERE id = ?1",
+            params![id, runtime, serde_json::to_string(warnings).expect("strings serialize"), now()],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_deployment_started(&self, id: i64) -> Result<()> {
+        self.conn().execute(
+            "UPDATE deployments SET status = 'building', started_at = ?2 WHERE id = ?1",
+            params![id, now()],
+        )?;
+        Ok(())
+    }
+
+    pub fn append_deployment_log(&self, id: i64, line: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE deployments SET log = log || ?2 || char(10) WHERE id = ?1",
+            params![id, line],
+        )?;
+        Ok(())
+    }
+
+    pub fn fail_deployment(&self, id: i64, error: &str) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE deployments SET status = 'failed', error = ?2, finished_at = ?3 WHERE id = ?1",
+            params![id, error, now()],
+        )?;
+        tx.execute(
+            "UPDATE functions SET build_state = 'cancelled' WHERE deployment_id = ?1 AND build_state IN ('queued', 'building')",
+            [id],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Marks the deployment ready and makes it the project's live one, atomically.
+    pub fn make_live(&self, id: i64) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE deployments SET status = 'ready', finished_at = ?2 WHERE id = ?1",
+            params![id, now()],
+        )?;
+        tx.execute(
+            "UPDATE projects SET live_deployment_id = ?1 WHERE name = (SELECT project FROM deployments WHERE id = ?1)",
+            [id],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn add_functions(&self, deployment_id: i64, functions: &[NewFunction<'_>]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        for f in functions {
+            tx.execute(
+                "INSERT INTO functions (deployment_id, name, kind, schedule, env, timeout_ms, scaling, image, options, build_state)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'queued')",
+                params![
+                    deployment_id,
+                    f.name,
+                    f.kind,
+                    f.schedule,
+                    serde_json::to_string(f.env).expect("maps serialize"),
+                    f.timeout_ms as i64,
+                    serde_json::to_string(f.scaling).expect("scaling serializes"),
+                    f.image,
+                    serde_json::to_string(f.options).expect("options serialize"),
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn set_build_state(&self, deployment_id: i64, name: &str, state: BuildState, log: Option<&str>) -> Result<()> {
+        self.conn().execute(
+            "UPDATE functions SET build_state = ?3, build_log = COALESCE(?4, build_log) WHERE deployment_id = ?1 AND name = ?2",
+            params![deployment_id, name, state.as_str(), log],
+        )?;
+        Ok(())
+    }
+
+    pub fn functions(&self, deployment_id: i64) -> Result<Vec<FunctionRow>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT deployment_id, name, kind, schedule, env, timeout_ms, scaling, image, build_state, build_log, options
+             FROM functions WHERE deployment_id = ?1 ORDER BY rowid",
+        )?;
+        let rows = stmt.query_map([deployment_id], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, String>(6)?,
+                r.get::<_, Option<String>>(7)?,
+                r.get::<_, String>(8)?,
+                r.get::<_, String>(9)?,
+                r.get::<_, String>(10)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (deployment_id, name, kind, schedule, env, timeout_ms, scaling, image, state, build_log, options) = row?;
+            out.push(FunctionRow {
+                deployment_id,
+                name,
+                kind,
+                schedule,
+                env: serde_json::from_str(&env).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                timeout_ms: timeout_ms.max(0) as u64,
+                scaling: serde_json::from_str(&scaling).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                options: serde_json::from_str(&options).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                image,
+                build_state: BuildState::parse(&state)?,
+                build_log,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every image any deployment of the project recorded.
+    pub fn project_images(&self, project: &str) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT DISTINCT f.image FROM functions f JOIN deployments d ON d.id = f.deployment_id
+             WHERE d.project = ?1 AND f.image IS NOT NULL",
+        )?;
+        let rows = stmt.query_map([project], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn start_cron_run(
+        &self,
+        project: &str,
+        function: &str,
+        deployment_id: i64,
+        scheduled_at: DateTime<Utc>,
+        status: &str,
+    ) -> Result<i64> {
+        let conn = self.conn();
+        let started = now();
+        let finished = if status == "skipped" { Some(started.clone()) } else { None };
+        conn.execute(
+            "INSERT INTO cron_runs (project, function, deployment_id, status, scheduled_at, started_at, finished_at, duration_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, CASE WHEN ?7 IS NULL THEN NULL ELSE 0 END)",
+            params![project, function, deployment_id, status, scheduled_at.to_rfc3339(), started, finished],
+        )?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    pub fn finish_cron_run(
+        &self,
+        id: i64,
+        status: &str,
+        exit_code: Option<i64>,
+        duration_ms: i64,
+        output: &str,
+    ) -> Result<()> {
+        self.conn().execute(
+            "UPDATE cron_runs SET status = ?2, exit_code = ?3, duration_ms = ?4, output = ?5, finished_at = ?6 WHERE id = ?1",
+            params![id, status, exit_code, duration_ms, output, now()],
+        )?;
+        Ok(())
+    }
+
+    /// Marks runs left `running` by a crash as failed.
+    pub fn abandon_running_cron_runs(&self) -> Result<usize> {
+        Ok(self.conn().execute(
+            "UPDATE cron_runs SET status = 'failed', output = output || 'eserveless: the server stopped during this run' || char(10), finished_at = ?1
+             WHERE status = 'running'",
+            [now()],
+        )?)
+    }
+
+    pub fn cron_runs(&self, project: &str, function: &str, limit: u32) -> Result<Vec<CronRunRow>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, project, function, deployment_id, status, scheduled_at, started_at, finished_at, duration_ms, exit_code, output
+             FROM cron_runs WHERE project = ?1 AND function = ?2 ORDER BY id DESC LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![project, function, limit], |r| {
+            Ok(CronRunRow {
+                id: r.get(0)?,
+                project: r.get(1)?,
+                function: r.get(2)?,
+                deployment_id: r.get(3)?,
+                status: r.get(4)?,
+                scheduled_at: ts(r.get(5)?)?,
+                started_at: ts(r.get(6)?)?,
+                finished_at: opt_ts(r.get(7)?)?,
+                duration_ms: r.get(8)?,
+                exit_code: r.get(9)?,
+                output: r.get(10)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn save_function_log(&self, project: &str, function: &str, container: &str, output: &str) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO function_logs (project, function, container, at, output) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![project, function, container, now(), output],
+        )?;
+        // Keep the newest 50 saved outputs per function.
+        tx.execute(
+            "DELETE FROM function_logs WHERE project = ?1 AND function = ?2 AND id NOT IN
+             (SELECT id FROM function_logs WHERE project = ?1 AND function = ?2 ORDER BY id DESC LIMIT 50)",
+            params![project, function],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn function_logs(&self, project: &str, function: &str) -> Result<Vec<LogRow>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT container, at, output FROM function_logs WHERE project = ?1 AND function = ?2 ORDER BY id",
+        )?;
+        let rows = stmt.query_map(params![project, function], |r| {
+            Ok(LogRow { container: r.get(0)?, at: ts(r.get(1)?)?, output: r.get(2)? })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Keeps the newest `keep` cron runs per function.
+    pub fn prune_cron_runs(&self, project: &str, function: &str, keep: u32) -> Result<()> {
+        self.conn().execute(
+            "DELETE FROM cron_runs WHERE project = ?1 AND function = ?2 AND id NOT IN
+             (SELECT id FROM cron_runs WHERE project = ?1 AND function = ?2 ORDER BY id DESC LIMIT ?3)",
+            params![project, function, keep],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::manifest::Scaling;
+
+    #[test]
+    fn racing_requests_create_a_project_once_and_queue_a_commit_once() {
+        let s = Store::in_memory().expect("store");
+        let req = |commit, owner, key: u8| EnqueueRequest {
+            project: "p",
+            repository: "https://x/y",
+            git_ref: None,
+            commit,
+            owner,
+            new_invoke_key_hash: [key; 32],
+        };
+        let anyone = |_: Option<&str>| true;
+        let first = s.enqueue_deployment(&req("aaa", "bob", 1), anyone).expect("first");
+        let Enqueued::Queued { id, created_project: true } = first else { panic!("{first:?}") };
+        // The same commit again while the first is queued: follow it, create nothing.
+        assert_eq!(s.enqueue_deployment(&req("aaa", "bob", 2), anyone).expect("second"), Enqueued::Following(id));
+        // Only the creator's key is the project's.
+        assert_eq!(s.invoke_key_hash("p").expect("hash").as_deref(), Some(&[1u8; 32][..]));
+        // Another commit queues behind it without creating the project again.
+        let third = s.enqueue_deployment(&req("bbb", "bob", 3), anyone).expect("third");
+        assert!(matches!(third, Enqueued::Queued { created_project: false, .. }), "{third:?}");
+        assert_eq!(s.invoke_key_hash("p").expect("hash").as_deref(), Some(&[1u8; 32][..]));
+        // Someone who may not use the project is refused, and nothing is queued.
+        let taken = s.enqueue_deployment(&req("ccc", "eve", 4), |owner| owner == Some("eve")).expect("taken");
+        assert_eq!(taken, Enqueued::NameTaken);
+        assert_eq!(s.latest_deployment("p").expect("latest").expect("some").commit, "bbb");
+        // A live commit asked for again is unchanged.
+        s.make_live(id).expect("live");
+        assert_eq!(s.enqueue_deployment(&req("aaa", "bob", 5), anyone).expect("again"), Enqueued::Unchanged(id));
+    }
+
+    #[test]
+    fn deployment_lifecycle_and_live_switch() {
+        let s = Store::in_memory().expect("store");
+        s.upsert_project("p", "https://x/y", None, "admin").expect("project");
+        let d1 = s.create_deployment("p", "https://x/y", None, "aaa").expect("d1");
+        let env = std::collections::BTreeMap::from([("ESERVELESS_A".to_string(), "1".to_string())]);
+        let scaling = Scaling::default();
+        s.add_functions(
+            d1,
+            &[NewFunction { name: "API", kind: "http", schedule: None, env: &env, timeout_ms: 30000, scaling: &scaling, options: &Default::default(), image: "img:1" }],
+        )
+        .expect("fns");
+        assert_eq!(s.deployment(d1).expect("get").expect("some").status, DeploymentStatus::Queued);
+        s.set_deployment_building(d1, "node", &["w".into()]).expect("building");
+        s.set_build_state(d1, "API", BuildState::Built, Some("log")).expect("state");
+        s.make_live(d1).expect("live");
+        let p = s.project("p").expect("get").expect("some");
+        assert_eq!(p.live_deployment_id, Some(d1));
+        let d = s.deployment(d1).expect("get").expect("some");
+        assert_eq!(d.status, DeploymentStatus::Ready);
+        assert_eq!(d.warnings, vec!["w".to_string()]);
+        let f = &s.functions(d1).expect("fns")[0];
+        assert_eq!(f.env, env);
+        assert_eq!(f.build_state, BuildState::Built);
+        assert_eq!(f.build_log, "log");
+
+        // A failed deployment never replaces the live one.
+        let d2 = s.create_deployment("p", "https://x/y", None, "bbb").expect("d2");
+        s.fail_deployment(d2, "boom").expect("fail");
+        assert_eq!(s.project("p").expect("get").expect("some").live_deployment_id, Some(d1));
+        assert_eq!(s.latest_deployment("p").expect("get").expect("some").id, d2);
+        assert_eq!(s.project_images("p").expect("imgs"), vec!["img:1".to_string()]);
+
+        assert!(s.delete_project("p").expect("del"));
+        assert!(s.deployment(d1).expect("get").is_none());
+        assert!(!s.delete_project("p").expect("del again"));
+    }
+
+    #[test]
+    fn cron_runs_are_recorded_and_pruned() {
+        let s = Store::in_memory().expect("store");
+        for i in 0..5 {
+            let id = s.start_cron_run("p", "T", 1, Utc::now(), "running").expect("start");
+            s.finish_cron_run(id, "succeeded", Some(0), i, "out").expect("finish");
+        }
+        s.start_cron_run("p", "T", 1, Utc::now(), "skipped").expect("skip");
+        let runs = s.cron_runs("p", "T", 100).expect("runs");
+        assert_eq!(runs.len(), 6);
+        assert_eq!(runs[0].status, "skipped");
+        assert_eq!(runs[0].duration_ms, Some(0));
+        s.prune_cron_runs("p", "T", 3).expect("prune");
+        assert_eq!(s.cron_runs("p", "T", 100).expect("runs").len(), 3);
+        let id = s.start_cron_run("p", "T", 1, Utc::now(), "running").expect("start");
+        assert_eq!(s.abandon_running_cron_runs().expect("abandon"), 1);
+        assert_eq!(s.cron_runs("p", "T", 1).expect("runs")[0].id, id);
+        assert_eq!(s.cron_runs("p", "T", 1).expect("runs")[0].status, "failed");
+    }
+
+    #[test]
+    fn reopen_keeps_data() {
+        let dir = tempfile::tempdir().expect("dir");
+        {
+            let s = Store::open(dir.path()).expect("open");
+            s.upsert_project("p", "r", Some("main"), "admin").expect("p");
+        }
+        let s = Store::open(dir.path()).expect("reopen");
+        assert_eq!(s.project("p").expect("get").expect("some").git_ref.as_deref(), Some("main"));
+    }
+}
