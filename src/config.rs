@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::manifest::Scaling;
+use crate::engine::manifest::Scaling;
 
 /// Connected hosts' defaults; `scripts/offline-images` builds equivalents from Debian packages.
 pub const DEFAULT_NODE_IMAGE: &str = "node:20-bookworm-slim";
@@ -146,11 +146,11 @@ struct FileConfig {
 }
 
 fn parse_memory_arg(s: &str) -> Result<u64, String> {
-    crate::manifest::parse_memory(s)
+    crate::engine::manifest::parse_memory(s)
 }
 
 fn parse_cpu_arg(s: &str) -> Result<u32, String> {
-    crate::manifest::parse_cpu(s)
+    crate::engine::manifest::parse_cpu(s)
 }
 
 fn file_cpu(key: &str, v: Option<toml::Value>) -> anyhow::Result<Option<u32>> {
@@ -161,11 +161,11 @@ fn file_cpu(key: &str, v: Option<toml::Value>) -> anyhow::Result<Option<u32>> {
         Some(toml::Value::Float(f)) => f.to_string(),
         Some(other) => anyhow::bail!("config `{key}` must be a number of CPUs or a string like \"500m\", not {other}"),
     };
-    crate::manifest::parse_cpu(&text).map(Some).map_err(|e| anyhow::anyhow!("config `{key}`: {e}"))
+    crate::engine::manifest::parse_cpu(&text).map(Some).map_err(|e| anyhow::anyhow!("config `{key}`: {e}"))
 }
 
 fn file_memory(key: &str, v: Option<String>) -> anyhow::Result<Option<u64>> {
-    v.map(|t| crate::manifest::parse_memory(&t).map_err(|e| anyhow::anyhow!("config `{key}`: {e}"))).transpose()
+    v.map(|t| crate::engine::manifest::parse_memory(&t).map_err(|e| anyhow::anyhow!("config `{key}`: {e}"))).transpose()
 }
 
 mod opt_duration {
@@ -196,9 +196,9 @@ pub struct ServerConfig {
     pub queue_depth: u32,
     pub queue_timeout: Duration,
     /// Limits of a function that asks for nothing (memory, CPU, pids, OCI runtime, ...).
-    pub limits: crate::driver::Limits,
+    pub limits: crate::infra::driver::Limits,
     /// Ceilings on what a manifest may ask for.
-    pub caps: crate::manifest::ResourceCaps,
+    pub caps: crate::engine::manifest::ResourceCaps,
     pub firewall: bool,
     pub egress: bool,
     /// Time a connection has to send a request head (from accept, and between requests).
@@ -229,12 +229,12 @@ impl ServerConfig {
         if scaling.pause_after > scaling.idle_timeout {
             scaling.pause_after = scaling.idle_timeout;
         }
-        let caps_default = crate::manifest::ResourceCaps::default();
-        let caps = crate::manifest::ResourceCaps {
+        let caps_default = crate::engine::manifest::ResourceCaps::default();
+        let caps = crate::engine::manifest::ResourceCaps {
             max_memory_bytes: args.max_memory.or(file_memory("max_memory", file.max_memory)?).unwrap_or(caps_default.max_memory_bytes),
             max_cpu_millis: args.max_cpu.or(file_cpu("max_cpu", file.max_cpu)?).unwrap_or(caps_default.max_cpu_millis),
         };
-        let mut limits = crate::driver::Limits::default();
+        let mut limits = crate::infra::driver::Limits::default();
         if let Some(m) = args.default_memory.or(file_memory("default_memory", file.default_memory)?) {
             limits.memory_bytes = m as i64;
         }

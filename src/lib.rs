@@ -1,25 +1,19 @@
 //! eserveless: self-hosted serverless functions on a Docker engine, in one binary.
+//!
+//! The folders follow the data path (see `docs/architecture.md`):
+//! - `api/`: the management API: parses requests, calls the engine, formats answers;
+//! - `engine/`: deployments from repository to live revision: source, manifest, build, activation;
+//! - `dataplane/`: what serves traffic and runs schedules: gateway, upstream connections, pools, cron;
+//! - `infra/`: side effects behind narrow types: the Docker driver (and its fake), the SQLite store,
+//!   the host firewall, sealed secrets, metrics, the data directory, backups;
+//! - `cli/`: the `eserveless` command's client side;
+//! - `server.rs` and `config.rs`: `eserveless serve` and its settings.
 
 pub mod api;
-pub mod auth;
-pub mod backup;
-pub mod build;
 pub mod cli;
 pub mod config;
-pub mod datadir;
-pub mod driver;
-pub mod error;
-pub mod firewall;
-pub mod gateway;
-pub mod manifest;
-pub mod metrics;
+pub mod dataplane;
+pub mod engine;
+pub mod infra;
 pub mod names;
-pub mod platform;
-pub mod pool;
-pub mod runtime;
-pub mod scheduler;
-pub mod secrets;
 pub mod server;
-pub mod source;
-pub mod store;
-pub mod upstream;

@@ -6,14 +6,14 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::config::ServerConfig;
-use crate::driver::{DockerDriver, Driver};
-use crate::platform::Platform;
-use crate::runtime::Templates;
-use crate::store::Store;
+use crate::infra::driver::{DockerDriver, Driver};
+use crate::engine::Platform;
+use crate::engine::runtime::Templates;
+use crate::infra::store::Store;
 
 pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     // Before anything else touches the directory: one server per data directory.
-    let data_dir = crate::datadir::DataDir::open(&config.data_dir)?;
+    let data_dir = crate::infra::datadir::DataDir::open(&config.data_dir)?;
     let store = Arc::new(Store::open(&config.data_dir).context("cannot open the database")?);
     let templates = match &config.templates {
         Some(dir) => Templates::with_overrides(dir)?,
@@ -44,12 +44,12 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    if let Some(token) = crate::auth::bootstrap_admin(&store, &config.data_dir)? {
+    if let Some(token) = crate::engine::auth::bootstrap_admin(&store, &config.data_dir)? {
         // Printed once, to the terminal only (not through the log); also in the 0600 file.
         println!(
             "eserveless: first start: created user `admin` with the API token\n\n    {token}\n\n\
              It is also in {} (mode 0600). Use it with `eserveless login --with-token <token>` or ESERVELESS_TOKEN.",
-            config.data_dir.join(crate::auth::ADMIN_TOKEN_FILE).display()
+            config.data_dir.join(crate::engine::auth::ADMIN_TOKEN_FILE).display()
         );
     }
     let limits = ConnLimits::new(&config);
@@ -64,13 +64,13 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
 }
 
 /// Keeps function containers off the host, the metadata address and private ranges (see
-/// [`crate::firewall`]). Fails closed: without the rules the server does not start.
+/// [`crate::infra::firewall`]). Fails closed: without the rules the server does not start.
 async fn isolate_functions_network(docker: &DockerDriver, config: &ServerConfig) -> anyhow::Result<()> {
-    let net = crate::firewall::bridge_interface(docker.docker(), &config.network).await?;
-    let mut policy = crate::firewall::FirewallPolicy::new(net.iface.clone());
+    let net = crate::infra::firewall::bridge_interface(docker.docker(), &config.network).await?;
+    let mut policy = crate::infra::firewall::FirewallPolicy::new(net.iface.clone());
     policy.egress = config.egress;
-    policy.dns_servers = crate::firewall::host_resolvers();
-    crate::firewall::apply(&policy).await.map_err(|e| {
+    policy.dns_servers = crate::infra::firewall::host_resolvers();
+    crate::infra::firewall::apply(&policy).await.map_err(|e| {
         anyhow::anyhow!("{e}\nfunctions would be able to reach this host; fix the cause, or start with --firewall=false to run without the rules")
     })?;
     tracing::info!(bridge = %net.iface, egress = config.egress, "host firewall rules for the functions network in place");

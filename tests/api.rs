@@ -17,10 +17,10 @@ mod common;
 use common::git;
 
 use eserveless::config::{ServeArgs, ServerConfig};
-use eserveless::driver::fake::FakeDriver;
-use eserveless::platform::Platform;
-use eserveless::runtime::Templates;
-use eserveless::store::Store;
+use eserveless::infra::driver::fake::FakeDriver;
+use eserveless::engine::Platform;
+use eserveless::engine::runtime::Templates;
+use eserveless::infra::store::Store;
 
 // ---------------------------------------------------------------------------------------------
 // Harness
@@ -58,7 +58,7 @@ fn harness(allow_local: bool) -> Harness {
     .expect("config");
     let fake = Arc::new(FakeDriver::reachable_at("127.0.0.1"));
     let store = Arc::new(Store::in_memory().expect("store"));
-    let admin_token = eserveless::auth::bootstrap_admin(&store, data.path()).expect("bootstrap").expect("first start");
+    let admin_token = eserveless::engine::auth::bootstrap_admin(&store, data.path()).expect("bootstrap").expect("first start");
     let platform = Platform::new(store.clone(), fake.clone(), Templates::embedded(), config).expect("platform");
     let raw = eserveless::api::app(platform);
     Harness { app: with_token(raw.clone(), &admin_token), raw, admin_token, store, fake, _data: data }

@@ -23,7 +23,7 @@ use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::secrets::KEY_FILE;
+use crate::infra::secrets::KEY_FILE;
 
 /// The archive format this build writes and the newest it reads.
 pub const FORMAT: u32 = 1;
@@ -32,7 +32,7 @@ pub const MANIFEST: &str = "eserveless-backup.json";
 /// The database's name, in the data directory and in the archive.
 pub const DB_FILE: &str = "eserveless.db";
 /// The server's identity on the Docker engine (see `datadir.rs`).
-pub use crate::datadir::SERVER_ID_FILE;
+pub use crate::infra::datadir::SERVER_ID_FILE;
 const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
 const MAX_SERVER_ID_BYTES: u64 = 64;
 /// How long a backup waits for a database that stays busy (only a WAL recovery can do that).
@@ -133,7 +133,7 @@ pub fn backup(data_dir: &Path, file: &Path, force: bool) -> Result<BackupReport>
     let key_src = data_dir.join(KEY_FILE);
     let unopened_secrets = match std::fs::read(&key_src) {
         Ok(key) => {
-            crate::auth::write_private(&stage.path().join(KEY_FILE), &key)
+            crate::engine::auth::write_private(&stage.path().join(KEY_FILE), &key)
                 .with_context(|| format!("cannot write to {}", stage.path().display()))?;
             names.push(KEY_FILE);
             unopened_secrets(&db, stage.path())?
@@ -157,7 +157,7 @@ pub fn backup(data_dir: &Path, file: &Path, force: bool) -> Result<BackupReport>
     let server_id = match std::fs::read_to_string(&id_src) {
         Ok(id) if valid_server_id(id.trim()) => {
             let id = id.trim().to_string();
-            crate::auth::write_private(&stage.path().join(SERVER_ID_FILE), id.as_bytes())?;
+            crate::engine::auth::write_private(&stage.path().join(SERVER_ID_FILE), id.as_bytes())?;
             names.push(SERVER_ID_FILE);
             Some(id)
         }
@@ -219,7 +219,7 @@ pub fn backup(data_dir: &Path, file: &Path, force: bool) -> Result<BackupReport>
     Ok(BackupReport { file: file.to_path_buf(), bytes, manifest, unopened_secrets })
 }
 
-use crate::datadir::valid_server_id;
+use crate::infra::datadir::valid_server_id;
 
 fn check_data_dir(data_dir: &Path) -> Result<()> {
     match std::fs::metadata(data_dir) {
@@ -315,7 +315,7 @@ fn unopened_secrets(db: &Connection, key_dir: &Path) -> Result<Vec<String>> {
     if count(db, "secrets")? == 0 {
         return Ok(Vec::new());
     }
-    let secret_box = crate::secrets::SecretBox::open_dir(key_dir)?;
+    let secret_box = crate::infra::secrets::SecretBox::open_dir(key_dir)?;
     let mut stmt = db.prepare("SELECT project, name, sealed FROM secrets ORDER BY project, name")?;
     let rows: Vec<(String, String, Vec<u8>)> =
         stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<rusqlite::Result<_>>()?;
@@ -438,8 +438,8 @@ pub fn restore(file: &Path, data_dir: &Path, new_identity: bool) -> Result<Resto
         }
     }
     let server_id = if new_identity {
-        let id = crate::datadir::new_server_id()?;
-        crate::auth::write_private(&id_path, id.as_bytes())?;
+        let id = crate::infra::datadir::new_server_id()?;
+        crate::engine::auth::write_private(&id_path, id.as_bytes())?;
         Some(id)
     } else {
         original.clone()
@@ -498,7 +498,7 @@ fn check_target(data_dir: &Path) -> Result<()> {
 /// The schema version this build migrates to: that of a fresh store.
 fn current_schema_version() -> Result<i64> {
     let dir = tempfile::tempdir()?;
-    drop(crate::store::Store::open(dir.path()).context("cannot open a scratch database")?);
+    drop(crate::infra::store::Store::open(dir.path()).context("cannot open a scratch database")?);
     let db = Connection::open(dir.path().join(DB_FILE))?;
     Ok(db.pragma_query_value(None, "user_version", |r| r.get(0))?)
 }
@@ -714,7 +714,7 @@ pub fn run_restore(file: &Path, data_dir: &Path, new_identity: bool) -> Result<i
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Store;
+    use crate::infra::store::Store;
     use std::os::unix::fs::PermissionsExt;
 
     fn mode(p: &Path) -> u32 {
@@ -731,7 +731,7 @@ mod tests {
         store.create_token(admin.id, "bootstrap", &[7u8; 32]).expect("token");
         store.upsert_project("demo", "https://example.com/demo.git", None, "admin").expect("project");
         store.create_deployment("demo", "https://example.com/demo.git", None, "abc").expect("deployment");
-        let key = crate::secrets::SecretBox::open_dir(&data).expect("key");
+        let key = crate::infra::secrets::SecretBox::open_dir(&data).expect("key");
         store.put_secret("demo", "DB_PASSWORD", &key.seal("demo", "DB_PASSWORD", "hunter2")).expect("secret");
         std::fs::write(data.join(SERVER_ID_FILE), "00112233aabbccdd").expect("id");
         std::fs::write(data.join("admin-token"), "esl_1_secret").expect("token");
@@ -788,7 +788,7 @@ mod tests {
         let store = Store::open(&restored).expect("the restored database opens and migrates");
         assert_eq!(store.projects().expect("projects").iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["demo"]);
         let secret = &store.secrets("demo").expect("secrets")[0];
-        let key = crate::secrets::SecretBox::open_dir(&restored).expect("restored key");
+        let key = crate::infra::secrets::SecretBox::open_dir(&restored).expect("restored key");
         assert_eq!(key.open("demo", &secret.name, &secret.sealed).expect("opens"), "hunter2");
 
         let clone = root.path().join("clone");

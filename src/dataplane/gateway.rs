@@ -12,9 +12,9 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use axum::response::IntoResponse;
 
-use crate::error::ApiError;
-use crate::pool::{AcquireError, FunctionPool, Lease};
-use crate::upstream::{callers_fault, AnswerBody};
+use crate::api::error::ApiError;
+use crate::dataplane::pool::{AcquireError, FunctionPool, Lease};
+use crate::dataplane::upstream::{callers_fault, AnswerBody};
 
 /// Where a function's requests go.
 #[derive(Clone)]
@@ -68,12 +68,12 @@ impl RouteTable {
     pub fn invoke_key_matches(&self, project: &str, presented: &[u8]) -> bool {
         let stored = self.invoke_keys.read().unwrap_or_else(|p| p.into_inner()).get(project).copied();
         let presented = std::str::from_utf8(presented).unwrap_or("");
-        crate::auth::hash_matches(presented, stored.as_ref().map_or(&[][..], |h| &h[..]))
+        crate::engine::auth::hash_matches(presented, stored.as_ref().map_or(&[][..], |h| &h[..]))
     }
 }
 
 /// The proxy. Each instance keeps its own keep-alive HTTP/1.1 connections
-/// ([`crate::upstream::Endpoint`]), which live and die with it.
+/// ([`crate::dataplane::upstream::Endpoint`]), which live and die with it.
 #[derive(Clone)]
 pub struct Gateway {
     routes: Arc<RouteTable>,

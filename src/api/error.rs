@@ -52,11 +52,11 @@ impl ApiError {
     }
 }
 
-impl From<crate::store::StoreError> for ApiError {
-    fn from(e: crate::store::StoreError) -> Self {
+impl From<crate::infra::store::StoreError> for ApiError {
+    fn from(e: crate::infra::store::StoreError) -> Self {
         if e.is_storage_full() {
-            crate::datadir::note_storage_full();
-            let dir = crate::datadir::storage_dir_display();
+            crate::infra::datadir::note_storage_full();
+            let dir = crate::infra::datadir::storage_dir_display();
             tracing::error!(data_dir = %dir, "a write failed: database or disk is full");
             return ApiError::new(
                 StatusCode::INSUFFICIENT_STORAGE,

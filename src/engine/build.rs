@@ -2,13 +2,13 @@
 //!
 //! The context holds the checkout without `.git`, without the user's `.dockerignore`, and
 //! without any symlink that points outside the checkout; the rendered runtime template sits
-//! under [`crate::runtime::BUILD_DIR`].
+//! under [`crate::engine::runtime::BUILD_DIR`].
 
 use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
 
 use crate::names::{FunctionName, ProjectName};
-use crate::runtime::BUILD_DIR;
+use crate::engine::runtime::BUILD_DIR;
 
 /// Largest build context accepted.
 pub const MAX_CONTEXT_BYTES: u64 = 256 * 1024 * 1024;
@@ -126,7 +126,7 @@ pub fn check_go_exports(checkout: &Path, functions: &[&FunctionName]) -> Result<
         Err(format!(
             "the code does not export {} named in {}; the root package declares: {}",
             list(&missing),
-            crate::manifest::MANIFEST_FILE,
+            crate::engine::manifest::MANIFEST_FILE,
             if declared.is_empty() { "no functions".to_string() } else { declared.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ") }
         ))
     }

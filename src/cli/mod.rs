@@ -290,8 +290,8 @@ fn s(v: &Value) -> String {
 pub async fn run_client(cmd: Command) -> Result<i32> {
     match cmd {
         Command::Serve(_) => unreachable!("serve is handled by main"),
-        Command::Backup { file, data_dir, force } => crate::backup::run_backup(&data_dir, &file, force),
-        Command::Restore { file, data_dir, new_identity } => crate::backup::run_restore(&file, &data_dir, new_identity),
+        Command::Backup { file, data_dir, force } => crate::infra::backup::run_backup(&data_dir, &file, force),
+        Command::Restore { file, data_dir, new_identity } => crate::infra::backup::run_restore(&file, &data_dir, new_identity),
         Command::Deploy { repository, git_ref, name, client } => deploy(&Client::new(&client)?, repository, git_ref, name).await,
         Command::Ls { client } => {
             let (_, v) = Client::new(&client)?.call(reqwest::Method::GET, "/api/projects", None).await?;
@@ -338,7 +338,7 @@ pub async fn run_client(cmd: Command) -> Result<i32> {
                 .map_err(|_| anyhow!("invalid method `{method}`"))?;
             let mut req = c.http.request(method, format!("{}/invoke/{project}/{function}{path}", c.base));
             if let Some(k) = &key {
-                req = req.header(crate::gateway::INVOKE_KEY_HEADER, k.trim());
+                req = req.header(crate::dataplane::gateway::INVOKE_KEY_HEADER, k.trim());
             }
             for h in &headers {
                 let (k, v) = h.split_once(':').ok_or_else(|| anyhow!("header `{h}` must look like `Name: value`"))?;
@@ -536,7 +536,7 @@ async fn login(args: ClientArgs, with_token: Option<String>) -> Result<i32> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let text = toml::to_string(&SavedLogin { server: Some(c.base.clone()), token: Some(token) })?;
-    crate::auth::write_private(&path, text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+    crate::engine::auth::write_private(&path, text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
     println!("logged in to {} as {}; saved to {}", c.base, s(&v["user"]), path.display());
     Ok(0)
 }

@@ -13,7 +13,7 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::store::{Store, StoreError};
+use crate::infra::store::{Store, StoreError};
 
 /// The user behind a request.
 #[derive(Debug, Clone, PartialEq, Eq)]

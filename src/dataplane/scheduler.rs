@@ -10,8 +10,8 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::task::JoinHandle;
 
-use crate::driver::{labels, ContainerSpec, Driver, Env, Limits};
-use crate::store::Store;
+use crate::infra::driver::{labels, ContainerSpec, Driver, Env, Limits};
+use crate::infra::store::Store;
 
 /// Runs kept per function.
 const RUNS_KEPT: u32 = 200;
@@ -102,7 +102,7 @@ impl Scheduler {
     }
 
     async fn schedule_loop(self, job: CronJob) {
-        let cron = match crate::manifest::parse_schedule(&job.schedule) {
+        let cron = match crate::engine::manifest::parse_schedule(&job.schedule) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(project = %job.project, function = %job.function, error = %e, "stored schedule is invalid");
@@ -202,10 +202,10 @@ impl Scheduler {
 
     /// Waits for a run's container to exit, riding out an engine that is briefly unreachable
     /// (a restarting dockerd stops the container; its exit status is then what counts).
-    async fn wait_through_outages(&self, id: &str) -> crate::driver::Result<i64> {
+    async fn wait_through_outages(&self, id: &str) -> crate::infra::driver::Result<i64> {
         loop {
             match self.inner.driver.wait(id).await {
-                Err(crate::driver::DriverError::Unreachable(e)) => {
+                Err(crate::infra::driver::DriverError::Unreachable(e)) => {
                     tracing::debug!(container = %id, error = %e, "engine unreachable while a cron run goes on; waiting");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
@@ -218,7 +218,7 @@ impl Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::driver::fake::FakeDriver;
+    use crate::infra::driver::fake::FakeDriver;
 
     /// Containers that "run" for `run_for`, then exit 0.
     fn slow(run_for: Duration) -> FakeDriver {

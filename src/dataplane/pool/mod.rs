@@ -14,11 +14,11 @@ use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
-use crate::driver::{labels, ContainerSpec, Driver, Env, Limits};
-use crate::manifest::Scaling;
-use crate::metrics::{FunctionMetrics, Metrics};
-use crate::store::Store;
-use crate::upstream::{Endpoint, SOCKET_IN_CONTAINER};
+use crate::infra::driver::{labels, ContainerSpec, Driver, Env, Limits};
+use crate::engine::manifest::Scaling;
+use crate::infra::metrics::{FunctionMetrics, Metrics};
+use crate::infra::store::Store;
+use crate::dataplane::upstream::{Endpoint, SOCKET_IN_CONTAINER};
 
 /// The port every http function listens on inside its container.
 pub const FUNCTION_PORT: u16 = 8080;
@@ -291,7 +291,7 @@ impl PoolManager {
     }
 
     /// Adopts running containers whose revision has a pool; removes every other managed one.
-    pub async fn adopt(&self) -> Result<(usize, usize), crate::driver::DriverError> {
+    pub async fn adopt(&self) -> Result<(usize, usize), crate::infra::driver::DriverError> {
         let containers = self.shared.driver.list_managed().await?;
         let pools = self.live_pools();
         let (mut adopted, mut removed) = (0, 0);
@@ -394,7 +394,7 @@ impl PoolManager {
     }
 
     /// Saves the output of a managed container that is no longer running, and removes it.
-    pub async fn remove_stopped(&self, c: &crate::driver::ManagedContainer) {
+    pub async fn remove_stopped(&self, c: &crate::infra::driver::ManagedContainer) {
         let get = |k: &str| c.labels.get(k).cloned().unwrap_or_default();
         // A cron run's output belongs in its run record, written by the scheduler.
         let project = if get(labels::ROLE) == "http" { get(labels::PROJECT) } else { String::new() };
@@ -1015,7 +1015,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_burst_at_a_paused_instance_joins_its_resume_instead_of_starting_cold() {
-        use crate::driver::fake::FakeDriver;
+        use crate::infra::driver::fake::FakeDriver;
         let driver = Arc::new(FakeDriver { unpause_for: Duration::from_millis(150), ..FakeDriver::default() });
         let store = Arc::new(Store::in_memory().expect("store"));
         let pools = PoolManager::new(driver.clone(), store, PoolConfig::default(), Arc::new(Metrics::default()));
@@ -1033,7 +1033,7 @@ mod tests {
         let pool = pools.pool(revision.clone());
         let mut l = labels::for_container("p", "API", 7, "http");
         l.insert(labels::CONFIG.to_string(), config_digest(&revision));
-        *driver.managed.lock().expect("lock") = vec![crate::driver::ManagedContainer {
+        *driver.managed.lock().expect("lock") = vec![crate::infra::driver::ManagedContainer {
             id: "paused-one".into(),
             labels: l,
             running: true,

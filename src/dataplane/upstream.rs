@@ -32,7 +32,7 @@ use hyper_util::rt::TokioIo;
 use rustix::fs::{FileType, Mode, OFlags};
 use tokio_util::either::Either;
 
-use crate::metrics::ConnectCounters;
+use crate::infra::metrics::ConnectCounters;
 
 /// Where an instance's runtime binds its Unix socket (given to it as `ESERVELESS_SOCKET`).
 pub const SOCKET_IN_CONTAINER: &str = "/tmp/.eserveless-http.sock";

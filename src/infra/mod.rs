@@ -1,0 +1,10 @@
+//! Side effects behind narrow types: the container engine, the store, the host firewall,
+//! sealed secrets, the metrics registry, the data directory and backups of it.
+
+pub mod backup;
+pub mod datadir;
+pub mod driver;
+pub mod firewall;
+pub mod metrics;
+pub mod secrets;
+pub mod store;
