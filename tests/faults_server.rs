@@ -21,7 +21,6 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use bollard::Docker;
 use common::*;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -58,22 +57,15 @@ impl Drop for Tmpfs {
 struct Ctx {
     // Dropped in this order: the server is killed, the tmpfs (if any) unmounted, and then the
     // scene's cleanup removes what is left on the engine and its temp dir.
-    server: Server,
+    live: Deployed,
     _tmpfs: Option<Tmpfs>,
     scene: Scene,
-    t0: Instant,
-    http: reqwest::Client,
-    docker: Docker,
-    project: String,
-    repo: tempfile::TempDir,
-    args: Vec<String>,
-    /// The live deployment's id.
-    deployment: i64,
     /// Echo's instance (its `host`) after the warm-up request.
     echo_host: String,
 }
 
-/// The cron function a test adds to faults-app's manifest: every second, runs of 60 s.
+deref_to_deployed!(Ctx, live);
+
 const LONG_CRON: &str = "  - name: Long\n    type: cron\n    schedule: \"* * * * * *\"\n    timeout: 2m\n";
 
 impl Ctx {
@@ -85,7 +77,6 @@ impl Ctx {
         let scene = Scene::new(&[&project]).await;
         let tmpfs = tmpfs.then(|| Tmpfs::mount(&scene.data, "128m"));
         let server = Server::start_with_args(&scene.data, &scene.images, args).await;
-        let http = server.http();
         let repo = fixture_repo("faults-app");
         if cron {
             let manifest = repo.path().join(".eserveless.yaml");
@@ -93,38 +84,12 @@ impl Ctx {
             std::fs::write(&manifest, format!("{text}{LONG_CRON}")).expect("write the manifest");
             commit_all(repo.path(), "with the Long cron");
         }
-        let d = deploy_and_wait(&http, &server.url, repo.path(), &project).await;
-        assert_eq!(d["status"], "ready", "faults-app did not deploy: {d:#}");
-        let deployment = d["id"].as_i64().unwrap_or_else(|| panic!("deployment id in {d:#}"));
-        let mut ctx = Ctx {
-            server,
-            _tmpfs: tmpfs,
-            scene,
-            t0,
-            http,
-            docker: docker(),
-            project,
-            repo,
-            args: args.iter().map(|s| s.to_string()).collect(),
-            deployment,
-            echo_host: String::new(),
-        };
+        let live = Deployed::deploy(server, args, repo, project, "faults-app", t0).await;
+        let mut ctx = Ctx { live, _tmpfs: tmpfs, scene, echo_host: String::new() };
         let a = ctx.echo("?tag=warm").await;
         ctx.echo_host = a.body["host"].as_str().unwrap_or("").to_string();
-        ctx.log(&format!("{} live (deployment {deployment}); Echo runs in {}", ctx.project, ctx.echo_host));
+        ctx.log(&format!("{} live (deployment {}); Echo runs in {}", ctx.project, ctx.deployment, ctx.echo_host));
         ctx
-    }
-
-    fn log(&self, msg: &str) {
-        eprintln!("[{:>5.1}s] {msg}", self.t0.elapsed().as_secs_f64());
-    }
-
-    fn url(&self, function: &str, query: &str) -> String {
-        self.server.invoke_url(&self.project, function, query)
-    }
-
-    async fn invoke(&self, function: &str, query: &str) -> Answer {
-        api_get(&self.http, &self.url(function, query)).await
     }
 
     /// Invokes Echo and expects 200 with its JSON.
@@ -138,29 +103,8 @@ impl Ctx {
     /// Starts a new server with the same arguments on the same data directory (the old one
     /// is killed first if it still runs).
     async fn restart(&mut self) {
-        self.server.kill();
-        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        self.server = Server::start_with_args(&self.scene.data, &self.scene.images, &args).await;
-        self.http = self.server.http();
-        self.log("a new server runs on the same data directory");
+        self.live.restart(&self.scene.data, &self.scene.images).await;
     }
-
-    /// Removes the project through the API and waits until none of its containers is left.
-    async fn remove(&self) {
-        let url = format!("{}/api/projects/{}", self.server.url, self.project);
-        let a = answer(self.http.delete(&url).send().await.expect("DELETE the project")).await;
-        assert_eq!(a.status, 200, "removing {}: {}", self.project, a.raw);
-        wait_containers_gone(&self.docker, &self.project, "").await;
-        self.log(&format!("{} removed", self.project));
-    }
-}
-
-async fn run_serial<F: std::future::Future<Output = ()>>(name: &str, test: F) {
-    let _serial = SERIAL.lock().await;
-    let began = Instant::now();
-    eprintln!("==== {name}");
-    test.await;
-    eprintln!("==== {name} passed in {:.1}s", began.elapsed().as_secs_f64());
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -28,20 +28,14 @@ use common::*;
 
 struct Ctx {
     // Dropped in this order: the server is killed before the cleanup removes what is left.
-    server: Server,
+    live: Deployed,
     _cleanup: Cleanup,
-    t0: Instant,
-    http: reqwest::Client,
-    docker: Docker,
-    project: String,
-    repo: tempfile::TempDir,
     data: PathBuf,
     images: Vec<(&'static str, String)>,
-    args: Vec<String>,
-    /// The live deployment's id.
-    deployment: i64,
     _data_root: tempfile::TempDir,
 }
+
+deref_to_deployed!(Ctx, live);
 
 impl Ctx {
     /// Starts a server with `args` and deploys lifecycle-app as a fresh project; waits until live.
@@ -53,39 +47,10 @@ impl Ctx {
         let project = unique(prefix);
         let cleanup = Cleanup { projects: vec![project.clone()] };
         let server = Server::start_with_args(&data, &images, args).await;
-        let http = server.http();
-        let repo = fixture_repo("lifecycle-app");
-        let d = deploy_and_wait(&http, &server.url, repo.path(), &project).await;
-        assert_eq!(d["status"], "ready", "lifecycle-app did not deploy: {d:#}");
-        let deployment = d["id"].as_i64().unwrap_or_else(|| panic!("deployment id in {d:#}"));
-        let ctx = Ctx {
-            server,
-            _cleanup: cleanup,
-            t0,
-            http,
-            docker: docker(),
-            project,
-            repo,
-            data,
-            images,
-            args: args.iter().map(|s| s.to_string()).collect(),
-            deployment,
-            _data_root: data_root,
-        };
-        ctx.log(&format!("{} live (deployment {deployment})", ctx.project));
+        let live = Deployed::deploy(server, args, fixture_repo("lifecycle-app"), project, "lifecycle-app", t0).await;
+        let ctx = Ctx { live, _cleanup: cleanup, data, images, _data_root: data_root };
+        ctx.log(&format!("{} live (deployment {})", ctx.project, ctx.deployment));
         ctx
-    }
-
-    fn log(&self, msg: &str) {
-        eprintln!("[{:>5.1}s] {msg}", self.t0.elapsed().as_secs_f64());
-    }
-
-    fn url(&self, function: &str, query: &str) -> String {
-        self.server.invoke_url(&self.project, function, query)
-    }
-
-    async fn invoke(&self, function: &str, query: &str) -> Answer {
-        api_get(&self.http, &self.url(function, query)).await
     }
 
     /// Invokes and expects 200 with the fixture's JSON; returns the answer.
@@ -98,25 +63,7 @@ impl Ctx {
 
     /// Kills the server (SIGKILL) and starts a new one on the same data directory.
     async fn restart(&mut self) {
-        self.server.kill();
-        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        self.server = Server::start_with_args(&self.data, &self.images, &args).await;
-        self.log("server restarted on the same data directory");
-    }
-
-    /// Removes the project through the API and waits until none of its containers is left.
-    async fn remove(&self) {
-        let a = answer(
-            self.http
-                .delete(format!("{}/api/projects/{}", self.server.url, self.project))
-                .send()
-                .await
-                .expect("DELETE the project"),
-        )
-        .await;
-        assert_eq!(a.status, 200, "removing {}: {}", self.project, a.raw);
-        wait_containers_gone(&self.docker, &self.project, "").await;
-        self.log(&format!("{} removed", self.project));
+        self.live.restart(&self.data, &self.images).await;
     }
 }
 
@@ -175,14 +122,6 @@ async fn wait_docker_state(d: &Docker, id: &str, want: (bool, bool), within: Dur
         assert!(began.elapsed() < within, "{what}: container {id} is {state:?} (running, paused) after {within:?}, expected {want:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-async fn run_serial<F: std::future::Future<Output = ()>>(name: &str, test: F) {
-    let _serial = SERIAL.lock().await;
-    let began = Instant::now();
-    eprintln!("==== {name}");
-    test.await;
-    eprintln!("==== {name} passed in {:.1}s", began.elapsed().as_secs_f64());
 }
 
 // ---------------------------------------------------------------------------------------------

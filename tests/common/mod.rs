@@ -645,3 +645,88 @@ impl Server {
         format!("{}/invoke/{project}/{function}{query}", self.url)
     }
 }
+
+/// A server with one project deployed and live: what the scenario contexts of `lifecycle` and
+/// `faults_server` build on (they add their own fields and reach these through `Deref`).
+pub struct Deployed {
+    // Dropped first among the context's fields: the server dies before cleanups run.
+    pub server: Server,
+    pub t0: Instant,
+    pub http: reqwest::Client,
+    pub docker: Docker,
+    pub project: String,
+    pub repo: tempfile::TempDir,
+    pub args: Vec<String>,
+    /// The live deployment's id.
+    pub deployment: i64,
+}
+
+impl Deployed {
+    /// Deploys `repo` as `project` on `server` (started with `args`) and waits until it is live;
+    /// `what` names the fixture in the failure message.
+    pub async fn deploy(server: Server, args: &[&str], repo: tempfile::TempDir, project: String, what: &str, t0: Instant) -> Deployed {
+        let http = server.http();
+        let d = deploy_and_wait(&http, &server.url, repo.path(), &project).await;
+        assert_eq!(d["status"], "ready", "{what} did not deploy: {d:#}");
+        let deployment = d["id"].as_i64().unwrap_or_else(|| panic!("deployment id in {d:#}"));
+        Deployed { server, t0, http, docker: docker(), project, repo, args: args.iter().map(|s| s.to_string()).collect(), deployment }
+    }
+
+    pub fn log(&self, msg: &str) {
+        eprintln!("[{:>5.1}s] {msg}", self.t0.elapsed().as_secs_f64());
+    }
+
+    pub fn url(&self, function: &str, query: &str) -> String {
+        self.server.invoke_url(&self.project, function, query)
+    }
+
+    pub async fn invoke(&self, function: &str, query: &str) -> Answer {
+        api_get(&self.http, &self.url(function, query)).await
+    }
+
+    /// Kills the server (SIGKILL) and starts a new one with the same arguments on `data_dir`.
+    pub async fn restart(&mut self, data_dir: &Path, images: &[(&'static str, String)]) {
+        self.server.kill();
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.server = Server::start_with_args(data_dir, images, &args).await;
+        self.http = self.server.http();
+        self.log("a new server runs on the same data directory");
+    }
+
+    /// Removes the project through the API and waits until none of its containers is left.
+    pub async fn remove(&self) {
+        let url = format!("{}/api/projects/{}", self.server.url, self.project);
+        let a = answer(self.http.delete(&url).send().await.expect("DELETE the project")).await;
+        assert_eq!(a.status, 200, "removing {}: {}", self.project, a.raw);
+        wait_containers_gone(&self.docker, &self.project, "").await;
+        self.log(&format!("{} removed", self.project));
+    }
+}
+
+/// `impl Deref<Target = Deployed>` (and `DerefMut`) for a scenario context holding its
+/// [`Deployed`] in the field `$field`.
+#[allow(unused_macros)]
+macro_rules! deref_to_deployed {
+    ($ctx:ty, $field:ident) => {
+        impl std::ops::Deref for $ctx {
+            type Target = Deployed;
+            fn deref(&self) -> &Deployed {
+                &self.$field
+            }
+        }
+        impl std::ops::DerefMut for $ctx {
+            fn deref_mut(&mut self) -> &mut Deployed {
+                &mut self.$field
+            }
+        }
+    };
+}
+
+/// Runs one scenario of a test binary under [`SERIAL`], framed by its name and duration.
+pub async fn run_serial<F: std::future::Future<Output = ()>>(name: &str, test: F) {
+    let _serial = SERIAL.lock().await;
+    let began = Instant::now();
+    eprintln!("==== {name}");
+    test.await;
+    eprintln!("==== {name} passed in {:.1}s", began.elapsed().as_secs_f64());
+}
