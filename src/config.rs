@@ -1,7 +1,7 @@
 //! Server configuration: flags win over environment variables, which win over an optional
 //! TOML config file, which wins over built-in defaults. The settings are declared once, in
-//! [`settings`]; [`file`] is the config file layer; this module composes them for `serve`
-//! and checks the combination.
+//! `config/settings.rs`; `config/file.rs` is the config file layer; this module composes them
+//! for `serve` and checks the combination.
 
 mod file;
 mod settings;

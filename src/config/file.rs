@@ -25,7 +25,12 @@ pub enum ConfigFileError {
     #[error("invalid config file {}: unknown setting `{key}`{hint}; keys are the `serve` flags with `_`, e.g. `idle_timeout`", path.display())]
     UnknownKey { path: PathBuf, key: String, hint: String },
     #[error("invalid config file {}: `{key} = {value}`: {reason}", path.display())]
-    BadValue { path: PathBuf, key: String, value: String, reason: String },
+    BadValue {
+        path: PathBuf,
+        key: String,
+        value: String,
+        reason: String,
+    },
 }
 
 /// `T::augment_args` without environment variables and defaults, so a parse yields exactly
@@ -37,19 +42,16 @@ fn bare_command<T: Args>(name: &'static str) -> Command {
 /// `T` holding the defaults declared on its args, whatever the environment says.
 pub(crate) fn declared_defaults<T: Args + FromArgMatches>() -> T {
     let cmd = T::augment_args(Command::new("defaults")).mut_args(|a| a.env(None));
-    let matches = cmd.try_get_matches_from(["defaults"]).expect("every setting has a default or is optional");
+    let matches = cmd
+        .try_get_matches_from(["defaults"])
+        .expect("every setting has a default or is optional");
     T::from_arg_matches(&matches).expect("the declared defaults parse")
 }
 
 /// Fills `settings` (as clap parsed them into `matches`) from the TOML file at `path`, for the
 /// settings no flag or environment variable set. Keys must be arg ids of `T`, except `skip`
 /// (the arg naming the file itself).
-pub fn apply<T: Args + FromArgMatches>(
-    settings: &mut T,
-    matches: &ArgMatches,
-    path: &Path,
-    skip: &str,
-) -> Result<(), ConfigFileError> {
+pub fn apply<T: Args + FromArgMatches>(settings: &mut T, matches: &ArgMatches, path: &Path, skip: &str) -> Result<(), ConfigFileError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read { path: path.into(), source })?;
     let table: toml::Table = toml::from_str(&text).map_err(|source| ConfigFileError::Syntax { path: path.into(), source })?;
     let cmd = bare_command::<T>("config");
@@ -60,12 +62,21 @@ pub fn apply<T: Args + FromArgMatches>(
         .collect();
     for (key, value) in &table {
         let Some(&(id, long)) = known.iter().find(|(id, _)| id == key) else {
-            return Err(ConfigFileError::UnknownKey { path: path.into(), key: key.clone(), hint: suggestion(key, &known) });
+            return Err(ConfigFileError::UnknownKey {
+                path: path.into(),
+                key: key.clone(),
+                hint: suggestion(key, &known),
+            });
         };
         if matches!(matches.value_source(id), Some(ValueSource::CommandLine | ValueSource::EnvVariable)) {
             continue;
         }
-        let bad = |reason: String| ConfigFileError::BadValue { path: path.into(), key: key.clone(), value: value.to_string(), reason };
+        let bad = |reason: String| ConfigFileError::BadValue {
+            path: path.into(),
+            key: key.clone(),
+            value: value.to_string(),
+            reason,
+        };
         let text = match value {
             toml::Value::String(s) => s.clone(),
             toml::Value::Integer(i) => i.to_string(),
@@ -74,7 +85,10 @@ pub fn apply<T: Args + FromArgMatches>(
             _ => return Err(bad("must be a string, number or boolean".into())),
         };
         // One key per parse, so a parse error belongs to this key.
-        let one = cmd.clone().try_get_matches_from(["config".to_string(), format!("--{long}={text}")]).map_err(|e| bad(reason(&e)))?;
+        let one = cmd
+            .clone()
+            .try_get_matches_from(["config".to_string(), format!("--{long}={text}")])
+            .map_err(|e| bad(reason(&e)))?;
         settings.update_from_arg_matches(&one).map_err(|e| bad(reason(&e)))?;
     }
     Ok(())
@@ -146,15 +160,23 @@ mod tests {
         let (_d, path) = file("wiat = \"2m\"\n");
         let (mut demo, m) = parse(&["demo"]);
         let e = apply(&mut demo, &m, &path, "config").expect_err("unknown").to_string();
-        assert!(e.contains("`wiat`") && e.contains("did you mean `wait`") && e.contains("settings.toml"), "{e}");
+        assert!(
+            e.contains("`wiat`") && e.contains("did you mean `wait`") && e.contains("settings.toml"),
+            "{e}"
+        );
 
         let (_d, path) = file("config = \"other.toml\"\n");
-        let e = apply(&mut demo, &m, &path, "config").expect_err("the file names no other file").to_string();
+        let e = apply(&mut demo, &m, &path, "config")
+            .expect_err("the file names no other file")
+            .to_string();
         assert!(e.contains("unknown setting `config`"), "{e}");
 
         let (_d, path) = file("wait = \"2 fortnights\"\n");
         let e = apply(&mut demo, &m, &path, "config").expect_err("bad duration").to_string();
-        assert!(e.contains("`wait = \"2 fortnights\"`") && e.contains("settings.toml") && e.contains("unknown time unit"), "{e}");
+        assert!(
+            e.contains("`wait = \"2 fortnights\"`") && e.contains("settings.toml") && e.contains("unknown time unit"),
+            "{e}"
+        );
 
         let (_d, path) = file("on = \"maybe\"\n");
         let e = apply(&mut demo, &m, &path, "config").expect_err("bad bool").to_string();
