@@ -1,179 +1,50 @@
 //! Server configuration: flags win over environment variables, which win over an optional
-//! TOML config file, which wins over built-in defaults.
+//! TOML config file, which wins over built-in defaults. The settings are declared once, in
+//! `config/settings.rs`; `config/file.rs` is the config file layer; this module composes them
+//! for `serve` and checks the combination.
+
+mod file;
+mod settings;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use clap::ArgMatches;
 
 use crate::engine::manifest::Scaling;
 
-/// Connected hosts' defaults; `scripts/offline-images` builds equivalents from Debian packages.
-pub const DEFAULT_NODE_IMAGE: &str = "node:20-bookworm-slim";
-pub const DEFAULT_GO_IMAGE: &str = "golang:1.22-bookworm";
-pub const DEFAULT_RUN_IMAGE: &str = "debian:bookworm-slim";
+pub use file::ConfigFileError;
+pub use settings::{
+    BuildSettings, ListenerSettings, PoolSettings, SandboxSettings, SourceSettings, DEFAULT_GO_IMAGE, DEFAULT_NODE_IMAGE,
+    DEFAULT_RUN_IMAGE,
+};
 
 /// `eserveless serve` flags; each may also come from the environment or the config file.
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
-    /// Address to listen on [default: 127.0.0.1:8000]
-    #[arg(long, env = "ESERVELESS_LISTEN")]
-    pub listen: Option<SocketAddr>,
-    /// Where the SQLite database and working files live [default: ./.eserveless]
-    #[arg(long, env = "ESERVELESS_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Accept file:// URLs and absolute paths as repositories
-    #[arg(long, env = "ESERVELESS_ALLOW_LOCAL_REPOS", num_args = 0..=1, default_missing_value = "true")]
-    pub allow_local_repos: Option<bool>,
-    /// Accept http(s) repositories on loopback, private or link-local addresses
-    #[arg(long, env = "ESERVELESS_ALLOW_PRIVATE_REPOS", num_args = 0..=1, default_missing_value = "true")]
-    pub allow_private_repos: Option<bool>,
-    /// Fetch git submodules of deployed repositories (https/ssh URLs of public hosts only)
-    #[arg(long, env = "ESERVELESS_ALLOW_SUBMODULES", num_args = 0..=1, default_missing_value = "true")]
-    pub allow_submodules: Option<bool>,
-    /// A directory of runtime templates (DIR/<runtime>/<http|cron>/) overriding or adding to the embedded ones
-    #[arg(long, env = "ESERVELESS_TEMPLATES")]
-    pub templates: Option<PathBuf>,
-    /// Base image for Node functions
-    #[arg(long, env = "ESERVELESS_NODE_IMAGE")]
-    pub node_image: Option<String>,
-    /// Builder image with the Go toolchain
-    #[arg(long, env = "ESERVELESS_GO_IMAGE")]
-    pub go_image: Option<String>,
-    /// Minimal run stage for compiled functions
-    #[arg(long, env = "ESERVELESS_RUN_IMAGE")]
-    pub run_image: Option<String>,
-    /// Default idle time before an http instance is removed, e.g. 5m
-    #[arg(long, env = "ESERVELESS_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
-    pub idle_timeout: Option<Duration>,
-    /// Default idle time before an http instance is paused, e.g. 30s
-    #[arg(long, env = "ESERVELESS_PAUSE_AFTER", value_parser = humantime::parse_duration)]
-    pub pause_after: Option<Duration>,
-    /// Docker network the function containers join
-    #[arg(long, env = "ESERVELESS_NETWORK")]
-    pub network: Option<String>,
-    /// Longest one image build may take, e.g. 10m
-    #[arg(long, env = "ESERVELESS_BUILD_TIMEOUT", value_parser = humantime::parse_duration)]
-    pub build_timeout: Option<Duration>,
-    /// Longest a git clone or lookup may take, e.g. 2m
-    #[arg(long, env = "ESERVELESS_CLONE_TIMEOUT", value_parser = humantime::parse_duration)]
-    pub clone_timeout: Option<Duration>,
-    /// Requests allowed to wait per function when every instance is busy (more get 429)
-    #[arg(long, env = "ESERVELESS_QUEUE_DEPTH")]
-    pub queue_depth: Option<u32>,
-    /// Longest a request waits for a busy function's capacity before 503, e.g. 10s
-    #[arg(long, env = "ESERVELESS_QUEUE_TIMEOUT", value_parser = humantime::parse_duration)]
-    pub queue_timeout: Option<Duration>,
-    /// Memory limit of a function that does not set `memory`, e.g. 256Mi
-    #[arg(long, env = "ESERVELESS_DEFAULT_MEMORY", value_parser = parse_memory_arg)]
-    pub default_memory: Option<u64>,
-    /// Most memory a manifest may ask for, e.g. 2Gi
-    #[arg(long, env = "ESERVELESS_MAX_MEMORY", value_parser = parse_memory_arg)]
-    pub max_memory: Option<u64>,
-    /// CPU share of a function that does not set `cpu`, e.g. 1 or 500m
-    #[arg(long, env = "ESERVELESS_DEFAULT_CPU", value_parser = parse_cpu_arg)]
-    pub default_cpu: Option<u32>,
-    /// Most CPU a manifest may ask for, e.g. 2
-    #[arg(long, env = "ESERVELESS_MAX_CPU", value_parser = parse_cpu_arg)]
-    pub max_cpu: Option<u32>,
-    /// Most processes (threads included) in one function container
-    #[arg(long, env = "ESERVELESS_PIDS_LIMIT")]
-    pub pids_limit: Option<i64>,
-    /// OCI runtime for function containers, as registered with Docker (e.g. runsc)
-    #[arg(long, env = "ESERVELESS_OCI_RUNTIME")]
-    pub oci_runtime: Option<String>,
-    /// Install host firewall rules that keep functions off the host and link-local addresses
-    #[arg(long, env = "ESERVELESS_FIREWALL", num_args = 0..=1, default_missing_value = "true")]
-    pub firewall: Option<bool>,
-    /// Let functions open connections to the internet
-    #[arg(long, env = "ESERVELESS_EGRESS", num_args = 0..=1, default_missing_value = "true")]
-    pub egress: Option<bool>,
-    /// Time a client connection has to send a request head, from accept and between keep-alive requests, e.g. 10s
-    #[arg(long, env = "ESERVELESS_HEAD_TIMEOUT", value_parser = humantime::parse_duration)]
-    pub head_timeout: Option<Duration>,
-    /// Most open client connections (all clients together); more are closed at once
-    #[arg(long, env = "ESERVELESS_MAX_CONNECTIONS")]
-    pub max_connections: Option<usize>,
-    /// Most open connections from one client address; more are closed at once
-    #[arg(long, env = "ESERVELESS_MAX_CLIENT_CONNECTIONS")]
-    pub max_client_connections: Option<u32>,
-    /// Output kept per instance and per cron run, and most returned per log entry, e.g. 64Ki
-    #[arg(long, env = "ESERVELESS_LOG_BYTES", value_parser = parse_memory_arg)]
-    pub log_bytes: Option<u64>,
+    #[command(flatten)]
+    pub listener: ListenerSettings,
+    #[command(flatten)]
+    pub source: SourceSettings,
+    #[command(flatten)]
+    pub build: BuildSettings,
+    #[command(flatten)]
+    pub pools: PoolSettings,
+    #[command(flatten)]
+    pub sandbox: SandboxSettings,
     /// A TOML file with any of the settings above (keys as in the flags, with `_`)
     #[arg(long, env = "ESERVELESS_CONFIG")]
     pub config: Option<PathBuf>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    listen: Option<SocketAddr>,
-    data_dir: Option<PathBuf>,
-    allow_local_repos: Option<bool>,
-    allow_private_repos: Option<bool>,
-    allow_submodules: Option<bool>,
-    templates: Option<PathBuf>,
-    node_image: Option<String>,
-    go_image: Option<String>,
-    run_image: Option<String>,
-    #[serde(default, with = "opt_duration")]
-    idle_timeout: Option<Duration>,
-    #[serde(default, with = "opt_duration")]
-    pause_after: Option<Duration>,
-    network: Option<String>,
-    #[serde(default, with = "opt_duration")]
-    build_timeout: Option<Duration>,
-    #[serde(default, with = "opt_duration")]
-    clone_timeout: Option<Duration>,
-    queue_depth: Option<u32>,
-    #[serde(default, with = "opt_duration")]
-    queue_timeout: Option<Duration>,
-    default_memory: Option<String>,
-    max_memory: Option<String>,
-    default_cpu: Option<toml::Value>,
-    max_cpu: Option<toml::Value>,
-    pids_limit: Option<i64>,
-    oci_runtime: Option<String>,
-    firewall: Option<bool>,
-    egress: Option<bool>,
-    #[serde(default, with = "opt_duration")]
-    head_timeout: Option<Duration>,
-    max_connections: Option<usize>,
-    max_client_connections: Option<u32>,
-    log_bytes: Option<String>,
-}
+/// The arg id of `--config`; the file may not name another file.
+const CONFIG_ARG: &str = "config";
 
-fn parse_memory_arg(s: &str) -> Result<u64, String> {
-    crate::engine::manifest::parse_memory(s)
-}
-
-fn parse_cpu_arg(s: &str) -> Result<u32, String> {
-    crate::engine::manifest::parse_cpu(s)
-}
-
-fn file_cpu(key: &str, v: Option<toml::Value>) -> anyhow::Result<Option<u32>> {
-    let text = match v {
-        None => return Ok(None),
-        Some(toml::Value::String(s)) => s,
-        Some(toml::Value::Integer(i)) => i.to_string(),
-        Some(toml::Value::Float(f)) => f.to_string(),
-        Some(other) => anyhow::bail!("config `{key}` must be a number of CPUs or a string like \"500m\", not {other}"),
-    };
-    crate::engine::manifest::parse_cpu(&text).map(Some).map_err(|e| anyhow::anyhow!("config `{key}`: {e}"))
-}
-
-fn file_memory(key: &str, v: Option<String>) -> anyhow::Result<Option<u64>> {
-    v.map(|t| crate::engine::manifest::parse_memory(&t).map_err(|e| anyhow::anyhow!("config `{key}`: {e}"))).transpose()
-}
-
-mod opt_duration {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        let s: Option<String> = Option::deserialize(d)?;
-        s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom)).transpose()
+impl Default for ServeArgs {
+    /// The declared defaults: `serve` with no flags, environment or file.
+    fn default() -> Self {
+        file::declared_defaults()
     }
 }
 
@@ -210,20 +81,23 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
+    /// The settings `serve` runs with: `args` and `matches` as clap parsed them (flags,
+    /// environment, defaults), with the `--config` file filling what no flag or variable set.
+    pub fn load(mut args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<Self> {
+        if let Some(path) = args.config.clone() {
+            file::apply(&mut args, matches, &path, CONFIG_ARG)?;
+        }
+        Self::resolve(&args)
+    }
+
+    /// Checks the settings together and derives what the rest of the crate reads.
     pub fn resolve(args: &ServeArgs) -> anyhow::Result<Self> {
-        let file: FileConfig = match &args.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
-                toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid config file {}: {e}", path.display()))?
-            }
-            None => FileConfig::default(),
-        };
+        let ServeArgs { listener, source, build, pools, sandbox, config: _ } = args;
         let mut scaling = Scaling::default();
-        if let Some(d) = args.idle_timeout.or(file.idle_timeout) {
+        if let Some(d) = pools.idle_timeout {
             scaling.idle_timeout = d;
         }
-        if let Some(d) = args.pause_after.or(file.pause_after) {
+        if let Some(d) = pools.pause_after {
             scaling.pause_after = d;
         }
         if scaling.pause_after > scaling.idle_timeout {
@@ -231,21 +105,21 @@ impl ServerConfig {
         }
         let caps_default = crate::engine::manifest::ResourceCaps::default();
         let caps = crate::engine::manifest::ResourceCaps {
-            max_memory_bytes: args.max_memory.or(file_memory("max_memory", file.max_memory)?).unwrap_or(caps_default.max_memory_bytes),
-            max_cpu_millis: args.max_cpu.or(file_cpu("max_cpu", file.max_cpu)?).unwrap_or(caps_default.max_cpu_millis),
+            max_memory_bytes: sandbox.max_memory.unwrap_or(caps_default.max_memory_bytes),
+            max_cpu_millis: sandbox.max_cpu.unwrap_or(caps_default.max_cpu_millis),
         };
         let mut limits = crate::infra::driver::Limits::default();
-        if let Some(m) = args.default_memory.or(file_memory("default_memory", file.default_memory)?) {
+        if let Some(m) = sandbox.default_memory {
             limits.memory_bytes = m as i64;
         }
-        if let Some(c) = args.default_cpu.or(file_cpu("default_cpu", file.default_cpu)?) {
+        if let Some(c) = sandbox.default_cpu {
             limits.nano_cpus = i64::from(c) * 1_000_000;
         }
-        if let Some(p) = args.pids_limit.or(file.pids_limit) {
+        if let Some(p) = sandbox.pids_limit {
             anyhow::ensure!((16..=100_000).contains(&p), "pids_limit must be between 16 and 100000, got {p}");
             limits.pids = p;
         }
-        limits.oci_runtime = args.oci_runtime.clone().or(file.oci_runtime).filter(|r| !r.trim().is_empty());
+        limits.oci_runtime = sandbox.oci_runtime.clone().filter(|r| !r.trim().is_empty());
         anyhow::ensure!(
             limits.memory_bytes as u64 <= caps.max_memory_bytes && (limits.nano_cpus / 1_000_000) as u32 <= caps.max_cpu_millis,
             "the default memory/CPU ({} bytes, {}m) is above the maximum ({} bytes, {}m); lower the default or raise the maximum",
@@ -254,43 +128,42 @@ impl ServerConfig {
             caps.max_memory_bytes,
             caps.max_cpu_millis
         );
-        let head_timeout = args.head_timeout.or(file.head_timeout).unwrap_or(Duration::from_secs(10));
+        let head_timeout = listener.head_timeout;
         anyhow::ensure!(
             (Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&head_timeout),
             "head_timeout must be between 100ms and 1h, got {}",
             humantime::format_duration(head_timeout)
         );
-        let max_connections = args.max_connections.or(file.max_connections).unwrap_or(4096);
-        let max_client_connections = args.max_client_connections.or(file.max_client_connections).unwrap_or(256);
+        let (max_connections, max_client_connections) = (listener.max_connections, listener.max_client_connections);
         anyhow::ensure!(
             max_connections >= 1 && max_client_connections >= 1,
             "max_connections and max_client_connections must be at least 1 (got {max_connections} and {max_client_connections})"
         );
-        let log_bytes = args.log_bytes.or(file_memory("log_bytes", file.log_bytes)?).unwrap_or(64 << 10);
+        let log_bytes = pools.log_bytes;
         anyhow::ensure!(
             (1024..=(64 << 20)).contains(&log_bytes),
             "log_bytes must be between 1Ki and 64Mi (output kept per instance and per cron run), got {log_bytes}"
         );
         Ok(ServerConfig {
-            listen: args.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8000))),
-            data_dir: args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from(".eserveless")),
-            allow_local_repos: args.allow_local_repos.or(file.allow_local_repos).unwrap_or(false),
-            allow_private_repos: args.allow_private_repos.or(file.allow_private_repos).unwrap_or(false),
-            allow_submodules: args.allow_submodules.or(file.allow_submodules).unwrap_or(false),
-            templates: args.templates.clone().or(file.templates),
-            node_image: args.node_image.clone().or(file.node_image).unwrap_or_else(|| DEFAULT_NODE_IMAGE.into()),
-            go_image: args.go_image.clone().or(file.go_image).unwrap_or_else(|| DEFAULT_GO_IMAGE.into()),
-            run_image: args.run_image.clone().or(file.run_image).unwrap_or_else(|| DEFAULT_RUN_IMAGE.into()),
+            listen: listener.listen,
+            data_dir: listener.data_dir.clone(),
+            allow_local_repos: source.allow_local_repos,
+            allow_private_repos: source.allow_private_repos,
+            allow_submodules: source.allow_submodules,
+            templates: build.templates.clone(),
+            node_image: build.node_image.clone(),
+            go_image: build.go_image.clone(),
+            run_image: build.run_image.clone(),
             scaling,
-            network: args.network.clone().or(file.network).unwrap_or_else(|| "eserveless".into()),
-            build_timeout: args.build_timeout.or(file.build_timeout).unwrap_or(Duration::from_secs(600)),
-            clone_timeout: args.clone_timeout.or(file.clone_timeout).unwrap_or(Duration::from_secs(120)),
-            queue_depth: args.queue_depth.or(file.queue_depth).unwrap_or(100),
-            queue_timeout: args.queue_timeout.or(file.queue_timeout).unwrap_or(Duration::from_secs(30)),
+            network: sandbox.network.clone(),
+            build_timeout: build.build_timeout,
+            clone_timeout: source.clone_timeout,
+            queue_depth: pools.queue_depth,
+            queue_timeout: pools.queue_timeout,
             limits,
             caps,
-            firewall: args.firewall.or(file.firewall).unwrap_or(true),
-            egress: args.egress.or(file.egress).unwrap_or(true),
+            firewall: sandbox.firewall,
+            egress: sandbox.egress,
             head_timeout,
             max_connections,
             max_client_connections,
@@ -302,18 +175,26 @@ impl ServerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::{Args, FromArgMatches};
+
+    /// `serve ARGV` as main parses it, the environment ignored unless `with_env`, then the file.
+    fn load(argv: &[&str], with_env: bool) -> anyhow::Result<ServerConfig> {
+        let mut cmd = ServeArgs::augment_args(clap::Command::new("serve"));
+        if !with_env {
+            cmd = cmd.mut_args(|a| a.env(None));
+        }
+        let matches = cmd.try_get_matches_from(std::iter::once("serve").chain(argv.iter().copied()))?;
+        ServerConfig::load(ServeArgs::from_arg_matches(&matches)?, &matches)
+    }
 
     #[test]
     fn flags_win_over_file_and_defaults_fill_the_rest() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("c.toml");
+        let config = path.to_str().expect("utf8");
         std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nnode_image = \"from-file\"\nidle_timeout = \"2m\"\n").expect("w");
-        let args = ServeArgs {
-            config: Some(path.clone()),
-            node_image: Some("from-flag".into()),
-            ..Default::default()
-        };
-        let c = ServerConfig::resolve(&args).expect("resolve");
+        let args = ["--config", config, "--node-image", "from-flag"];
+        let c = load(&args, false).expect("resolve");
         assert_eq!(c.node_image, "from-flag");
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.scaling.idle_timeout, Duration::from_secs(120));
@@ -324,16 +205,101 @@ mod tests {
         assert!(c.firewall && c.egress);
 
         std::fs::write(&path, "max_memory = \"1Gi\"\ndefault_cpu = 0.5\noci_runtime = \"runsc\"\negress = false\n").expect("w");
-        let c = ServerConfig::resolve(&ServeArgs { config: Some(path.clone()), ..Default::default() }).expect("resolve");
+        let c = load(&["--config", config], false).expect("resolve");
         assert_eq!((c.caps.max_memory_bytes, c.limits.nano_cpus), (1 << 30, 500_000_000));
         assert_eq!(c.limits.oci_runtime.as_deref(), Some("runsc"));
         assert!(!c.egress);
         std::fs::write(&path, "max_memory = \"64Mi\"\n").expect("w");
-        let e = ServerConfig::resolve(&ServeArgs { config: Some(path.clone()), ..Default::default() }).expect_err("default above max");
+        let e = load(&["--config", config], false).expect_err("default above max");
         assert!(e.to_string().contains("above the maximum"), "{e}");
 
         std::fs::write(&path, "lisen = \"x\"\n").expect("w");
-        let e = ServerConfig::resolve(&args).expect_err("unknown key");
+        let e = load(&args, false).expect_err("unknown key");
         assert!(e.to_string().contains("lisen"), "{e}");
+    }
+
+    #[test]
+    fn defaults_are_the_ones_documented() {
+        let c = ServerConfig::resolve(&ServeArgs::default()).expect("defaults resolve");
+        assert_eq!(c.listen, SocketAddr::from(([127, 0, 0, 1], 8000)));
+        assert_eq!(c.data_dir, PathBuf::from(".eserveless"));
+        assert_eq!((c.build_timeout, c.clone_timeout, c.queue_timeout), (Duration::from_secs(600), Duration::from_secs(120), Duration::from_secs(30)));
+        assert_eq!((c.queue_depth, c.log_bytes, c.head_timeout), (100, 64 << 10, Duration::from_secs(10)));
+        assert_eq!((c.max_connections, c.max_client_connections, c.network.as_str()), (4096, 256, "eserveless"));
+        assert_eq!((c.node_image.as_str(), c.run_image.as_str()), (DEFAULT_NODE_IMAGE, DEFAULT_RUN_IMAGE));
+        assert!(!c.allow_local_repos && !c.allow_private_repos && !c.allow_submodules && c.firewall && c.egress);
+        assert_eq!(c.scaling, Scaling::default());
+        assert_eq!(c.caps, crate::engine::manifest::ResourceCaps::default());
+    }
+
+    #[test]
+    fn flag_beats_file_beats_default_and_file_values_are_checked() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("layers.toml");
+        let config = path.to_str().expect("utf8");
+        std::fs::write(&path, "queue_timeout = \"1m\"\nbuild_timeout = \"1m\"\nlog_bytes = \"1Ki\"\nmax_memory = \"1Gi\"\nallow_local_repos = true\nfirewall = false\n").expect("w");
+        let c = load(&["--config", config, "--queue-timeout", "3m", "--log-bytes", "3Ki", "--firewall"], false).expect("resolve");
+        assert_eq!((c.queue_timeout, c.build_timeout, c.clone_timeout), (Duration::from_secs(180), Duration::from_secs(60), Duration::from_secs(120)));
+        assert_eq!((c.log_bytes, c.caps.max_memory_bytes, c.limits.memory_bytes), (3 << 10, 1 << 30, 256 << 20));
+        assert!(c.firewall && c.allow_local_repos && !c.allow_private_repos);
+
+        std::fs::write(&path, "max_memory = \"1Gx\"\n").expect("w");
+        let e = load(&["--config", config], false).expect_err("bad size").to_string();
+        assert!(e.contains("layers.toml") && e.contains("`max_memory = \"1Gx\"`") && e.contains("unknown unit"), "{e}");
+        // Validation that spans settings still runs on file values.
+        std::fs::write(&path, "pids_limit = 2\n").expect("w");
+        let e = load(&["--config", config], false).expect_err("pids").to_string();
+        assert!(e.contains("pids_limit must be between 16 and 100000, got 2"), "{e}");
+    }
+
+    /// Environment variables are process-wide, so this runs in a child process of its own:
+    /// [`env_layer_child`] with the variables set.
+    #[test]
+    fn flag_beats_env_beats_file() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("layers.toml");
+        std::fs::write(
+            &path,
+            "queue_timeout = \"1m\"\nbuild_timeout = \"1m\"\nclone_timeout = \"1m\"\n\
+             log_bytes = \"1Ki\"\nmax_memory = \"1Gi\"\ndefault_memory = \"128Mi\"\n\
+             allow_local_repos = false\nallow_private_repos = true\nallow_submodules = true\n",
+        )
+        .expect("w");
+        let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"));
+        child.args(["--exact", "config::tests::env_layer_child", "--nocapture", "--test-threads=1"]);
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("ESERVELESS_") {
+                child.env_remove(name);
+            }
+        }
+        child
+            .env("ESERVELESS_TEST_ENV_LAYER", "1")
+            .env("ESERVELESS_CONFIG", &path)
+            .env("ESERVELESS_QUEUE_TIMEOUT", "2m")
+            .env("ESERVELESS_BUILD_TIMEOUT", "2m")
+            .env("ESERVELESS_LOG_BYTES", "2Ki")
+            .env("ESERVELESS_MAX_MEMORY", "2Gi")
+            .env("ESERVELESS_ALLOW_LOCAL_REPOS", "false")
+            .env("ESERVELESS_ALLOW_PRIVATE_REPOS", "false");
+        let out = child.output().expect("run the child test");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && text.contains("1 passed"), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    #[test]
+    fn env_layer_child() {
+        if std::env::var_os("ESERVELESS_TEST_ENV_LAYER").is_none() {
+            return;
+        }
+        let c = load(&["--queue-timeout", "3m", "--log-bytes", "3Ki", "--allow-local-repos"], true).expect("resolve");
+        // Durations: flag over env over file; env over file; file over default; default.
+        assert_eq!(
+            (c.queue_timeout, c.build_timeout, c.clone_timeout, c.head_timeout),
+            (Duration::from_secs(180), Duration::from_secs(120), Duration::from_secs(60), Duration::from_secs(10))
+        );
+        // Sizes: flag over env over file; env over file; file over default.
+        assert_eq!((c.log_bytes, c.caps.max_memory_bytes, c.limits.memory_bytes), (3 << 10, 2 << 30, 128 << 20));
+        // Bools: flag over env; env over file; file over default; default.
+        assert!(c.allow_local_repos && !c.allow_private_repos && c.allow_submodules && c.egress);
     }
 }

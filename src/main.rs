@@ -1,4 +1,4 @@
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use eserveless::cli::{run_client, Cli, Command};
 use eserveless::config::ServerConfig;
 
@@ -7,7 +7,10 @@ use eserveless::config::ServerConfig;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() {
-    let cli = Cli::parse();
+    // The matches, not only the parsed `Cli`: `serve` needs to know which settings a flag or
+    // an environment variable set, so that its config file fills only the others.
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut Cli::command()).exit());
     let code = match cli.command {
         Command::Serve(args) => {
             tracing_subscriber::fmt()
@@ -16,7 +19,8 @@ async fn main() {
                         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
                 )
                 .init();
-            match ServerConfig::resolve(&args) {
+            let serve_matches = matches.subcommand_matches("serve").expect("clap parsed the serve command");
+            match ServerConfig::load(args, serve_matches) {
                 Ok(config) => match eserveless::server::serve(config).await {
                     Ok(()) => 0,
                     Err(e) => {

@@ -50,12 +50,10 @@ fn with_token(app: Router, token: &str) -> Router {
 
 fn harness(allow_local: bool) -> Harness {
     let data = tempfile::tempdir().expect("data dir");
-    let config = ServerConfig::resolve(&ServeArgs {
-        allow_local_repos: Some(allow_local),
-        data_dir: Some(data.path().to_path_buf()),
-        ..Default::default()
-    })
-    .expect("config");
+    let mut args = ServeArgs::default();
+    args.source.allow_local_repos = allow_local;
+    args.listener.data_dir = data.path().to_path_buf();
+    let config = ServerConfig::resolve(&args).expect("config");
     let fake = Arc::new(FakeDriver::reachable_at("127.0.0.1"));
     let store = Arc::new(Store::in_memory().expect("store"));
     let admin_token = eserveless::engine::auth::bootstrap_admin(&store, data.path()).expect("bootstrap").expect("first start");

@@ -176,12 +176,14 @@ pub struct PoolConfig {
 
 impl Default for PoolConfig {
     fn default() -> Self {
+        // The operator-facing defaults are declared once, on the `serve` settings.
+        let settings = crate::config::PoolSettings::default();
         PoolConfig {
             start_timeout: Duration::from_secs(30),
-            queue_depth: 100,
-            queue_timeout: Duration::from_secs(30),
+            queue_depth: settings.queue_depth,
+            queue_timeout: settings.queue_timeout,
             reap_interval: Duration::from_millis(500),
-            log_bytes: 64 * 1024,
+            log_bytes: settings.log_bytes as usize,
         }
     }
 }
