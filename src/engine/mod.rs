@@ -1,32 +1,41 @@
 //! The engine: accepts deployments, runs them (checkout → manifest → build → go live),
 //! switches routes and schedules, restores everything at start, and deletes projects.
+//! It speaks no HTTP: methods return typed results or an [`EngineError`].
+//!
+//! One type, [`Platform`], split by operation: `deploy` (running a deployment), `activate`
+//! (going live), `delete`, `access` (users, tokens, authentication), `views` (read-only answers).
 
+pub mod access;
+mod activate;
 pub mod auth;
 pub mod build;
+mod delete;
+mod deploy;
+pub mod error;
 pub mod manifest;
 pub mod runtime;
 pub mod source;
+pub mod views;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use axum::http::StatusCode;
-
-use crate::engine::build::{SourceFacts};
 use crate::config::ServerConfig;
-use crate::infra::driver::{labels, BuildRequest, Driver, DriverError, Env, Limits};
-use crate::api::error::ApiError;
-use crate::dataplane::gateway::{Route, RouteTable};
-use crate::engine::manifest::{Access, FunctionOptions, Manifest, ParseContext, MANIFEST_FILE};
-use crate::names::{FunctionName, GitRef, ProjectName};
-use crate::dataplane::pool::{PoolConfig, PoolManager, Revision};
-use crate::engine::runtime::{TemplateVars, Templates, BUILD_DIR};
-use crate::dataplane::scheduler::{CronJob, Scheduler};
-use crate::engine::source::{SourceError, SourcePolicy};
-use crate::infra::store::{BuildState, Enqueued, NewFunction, Store};
+use crate::dataplane::gateway::{Gateway, RouteTable};
+use crate::dataplane::pool::{PoolConfig, PoolManager};
+use crate::dataplane::scheduler::Scheduler;
+use crate::engine::runtime::Templates;
+use crate::engine::source::SourcePolicy;
+use crate::infra::driver::{Driver, DriverError};
+use crate::infra::store::{Enqueued, Store};
+use crate::names::{GitRef, ProjectName};
+
+pub use crate::engine::auth::Principal;
+pub use crate::engine::delete::Deleted;
+pub use crate::engine::error::EngineError;
 
 /// A deployment request, as received.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeployRequest {
     pub repository: String,
@@ -57,25 +66,19 @@ pub enum SubmitStatus {
     Unchanged,
 }
 
-fn name_taken(name: &ProjectName) -> ApiError {
-    ApiError::new(
-        StatusCode::CONFLICT,
-        "name_taken",
-        format!("the project name `{name}` is taken by another user; deploy under another `name`"),
-    )
-}
-
+/// The engine. Opaque: the API asks it to act and reads typed answers, and never reaches
+/// the store, the driver, the pools or the routes itself.
 pub struct Platform {
-    pub metrics: Arc<crate::infra::metrics::Metrics>,
-    pub store: Arc<Store>,
-    pub driver: Arc<dyn Driver>,
-    pub pools: PoolManager,
-    pub routes: Arc<RouteTable>,
-    pub scheduler: Scheduler,
-    pub templates: Templates,
-    pub config: ServerConfig,
-    pub source_policy: SourcePolicy,
-    pub secrets: crate::infra::secrets::SecretBox,
+    metrics: Arc<crate::infra::metrics::Metrics>,
+    store: Arc<Store>,
+    driver: Arc<dyn Driver>,
+    pools: PoolManager,
+    routes: Arc<RouteTable>,
+    scheduler: Scheduler,
+    templates: Templates,
+    config: ServerConfig,
+    source_policy: SourcePolicy,
+    secrets: crate::infra::secrets::SecretBox,
     project_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Cancelled when the project is removed: its queued and running deployments stop at once
     /// instead of finishing a build nobody wants (and holding `rm` until they do).
@@ -96,15 +99,6 @@ async fn unless_cancelled<T>(cancel: &tokio_util::sync::CancellationToken, f: im
 
 /// How often the engine's containers are compared with the pools, events or not.
 const RECONCILE_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
-
-fn source_error(e: SourceError) -> ApiError {
-    match e {
-        SourceError::BadUrl(m) => ApiError::unprocessable("invalid_repository", m),
-        SourceError::Timeout(..) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "repository_timeout", e.to_string()),
-        SourceError::NoSuchRef { .. } => ApiError::unprocessable("ref_not_found", e.to_string()),
-        _ => ApiError::unprocessable("repository_unreachable", e.to_string()),
-    }
-}
 
 impl Platform {
     pub fn new(store: Arc<Store>, driver: Arc<dyn Driver>, templates: Templates, config: ServerConfig) -> anyhow::Result<Arc<Self>> {
@@ -211,26 +205,26 @@ impl Platform {
     }
 
     /// Validates a request, resolves the commit, and queues the build unless it is live already.
-    pub async fn submit(self: &Arc<Self>, req: DeployRequest, who: &crate::engine::auth::Principal) -> Result<Submitted, ApiError> {
-        let url = source::parse_repository(&req.repository, &self.source_policy).map_err(source_error)?;
+    pub async fn submit(self: &Arc<Self>, req: DeployRequest, who: &Principal) -> error::Result<Submitted> {
+        let url = source::parse_repository(&req.repository, &self.source_policy)?;
         let git_ref = req
             .git_ref
             .as_deref()
             .map(GitRef::parse)
             .transpose()
-            .map_err(|e| ApiError::unprocessable("invalid_ref", e.to_string()))?;
+            .map_err(|e| EngineError::invalid("invalid_ref", e.to_string()))?;
         let name = match req.name.as_deref() {
             Some(n) => ProjectName::parse(n),
             None => ProjectName::from_repository(url.as_str()),
         }
-        .map_err(|e| ApiError::unprocessable("invalid_name", e.to_string()))?;
+        .map_err(|e| EngineError::invalid("invalid_name", e.to_string()))?;
         let existing = self.store.project(name.as_str())?;
         if let Some(p) = &existing {
             if !who.owns(p.owner.as_deref()) {
-                return Err(name_taken(&name));
+                return Err(EngineError::NameTaken { project: name.to_string() });
             }
         }
-        let commit = source::resolve_commit(&url, git_ref.as_ref(), &self.source_policy).await.map_err(source_error)?;
+        let commit = source::resolve_commit(&url, git_ref.as_ref(), &self.source_policy).await?;
 
         // Decided in one store transaction: two requests racing for a new project must not
         // both create it (only one invoke key can be the project's) or both queue one commit.
@@ -249,7 +243,7 @@ impl Platform {
         )?;
         let submitted = |deployment_id, status, invoke_key| Submitted { project: name.to_string(), deployment_id, commit: commit.clone(), status, invoke_key };
         let (id, invoke_key) = match decided {
-            Enqueued::NameTaken => return Err(name_taken(&name)),
+            Enqueued::NameTaken => return Err(EngineError::NameTaken { project: name.to_string() }),
             Enqueued::Unchanged(id) => return Ok(submitted(id, SubmitStatus::Unchanged, None)),
             Enqueued::Following(id) => return Ok(submitted(id, SubmitStatus::Queued, None)),
             Enqueued::Queued { id, created_project } => {
@@ -281,330 +275,27 @@ impl Platform {
         Ok(Submitted { project: name.to_string(), deployment_id: id, commit, status: SubmitStatus::Queued, invoke_key })
     }
 
-    fn log(&self, id: i64, line: &str) {
-        if let Err(e) = self.store.append_deployment_log(id, line) {
-            tracing::warn!(error = %e, "could not append to a deployment log");
-        }
-    }
-
-    async fn run_deployment(
-        self: &Arc<Self>,
-        id: i64,
-        project: &str,
-        url: &source::RepoUrl,
-        commit: &str,
-        git_ref: Option<&GitRef>,
-        removed: &tokio_util::sync::CancellationToken,
-    ) -> Result<(), String> {
-        let store_err = |e: crate::infra::store::StoreError| format!("internal store error: {e}");
-        self.store.set_deployment_started(id).map_err(store_err)?;
-        let work_root = self.config.data_dir.join("work");
-        std::fs::create_dir_all(&work_root).map_err(|e| format!("cannot create {}: {e}", work_root.display()))?;
-        let work = tempfile::Builder::new()
-            .prefix(&format!("deploy-{id}-"))
-            .tempdir_in(&work_root)
-            .map_err(|e| format!("cannot create a work directory: {e}"))?;
-        self.log(id, &format!("checking out {} at {commit}", url.as_str()));
-        let (checkout, sha) = unless_cancelled(removed, source::checkout(url, commit, git_ref, work.path(), &self.source_policy))
-            .await?
-            .map_err(|e| e.to_string())?;
-        let facts = SourceFacts::read(&checkout).map_err(|e| e.to_string())?;
-        let manifest_path = checkout.join(MANIFEST_FILE);
-        let text = match std::fs::symlink_metadata(&manifest_path) {
-            Ok(m) if m.is_file() && m.len() <= 256 * 1024 => {
-                std::fs::read_to_string(&manifest_path).map_err(|e| format!("cannot read {MANIFEST_FILE}: {e}"))?
-            }
-            Ok(m) if m.is_file() => return Err(format!("{MANIFEST_FILE} is larger than 256 KiB")),
-            Ok(_) => return Err(format!("{MANIFEST_FILE} must be a regular file, not a link or directory")),
-            Err(_) => {
-                return Err(format!(
-                    "the repository has no {MANIFEST_FILE} at its root (commit {}); add one that lists the functions, see the README",
-                    &sha[..sha.len().min(12)]
-                ))
-            }
-        };
-        let runtimes = self.templates.runtimes();
-        let manifest: Manifest = manifest::parse(
-            &text,
-            &ParseContext {
-                known_runtimes: &runtimes,
-                root_files: &facts.root_files,
-                defaults: &self.config.scaling,
-                caps: self.config.caps,
-            },
-        )
-        .map_err(|e| e.to_string())?;
-        let mut warnings = manifest.warnings.clone();
-        self.store.set_deployment_building(id, &manifest.runtime, &warnings).map_err(store_err)?;
-        for w in &warnings {
-            self.log(id, &format!("warning: {w}"));
-        }
-
-        if manifest.runtime == "golang" {
-            let names: Vec<&FunctionName> = manifest.functions.iter().map(|f| &f.name).collect();
-            build::check_go_exports(&checkout, &names)?;
-        }
-        let base_images: Vec<&str> = match manifest.runtime.as_str() {
-            "node" => vec![&self.config.node_image],
-            "golang" => vec![&self.config.go_image, &self.config.run_image],
-            _ => vec![],
-        };
-        for image in base_images {
-            if !self.driver.image_exists(image).await.map_err(|e| e.to_string())? {
-                return Err(DriverError::MissingImage(image.to_string()).to_string());
-            }
-        }
-
-        let project_name = ProjectName::parse(project).map_err(|e| e.to_string())?;
-        let images: Vec<String> =
-            manifest.functions.iter().map(|f| build::image_tag(&project_name, &f.name, &sha)).collect();
-        let scalings: Vec<_> = manifest.functions.iter().map(|f| f.scaling.clone()).collect();
-        let rows: Vec<NewFunction<'_>> = manifest
-            .functions
-            .iter()
-            .zip(&images)
-            .zip(&scalings)
-            .map(|((f, image), scaling)| NewFunction {
-                name: f.name.as_str(),
-                kind: f.kind.as_str(),
-                schedule: f.kind.schedule(),
-                env: &f.env,
-                timeout_ms: f.timeout.as_millis() as u64,
-                scaling,
-                options: &f.options,
-                image,
-            })
-            .collect();
-        self.store.add_functions(id, &rows).map_err(store_err)?;
-
-        let go_module = facts.go_module().unwrap_or_else(|| "eserveless.local/function".to_string());
-        let mut built = Vec::new();
-        for (f, image) in manifest.functions.iter().zip(&images) {
-            let name = f.name.as_str();
-            self.store.set_build_state(id, name, BuildState::Building, None).map_err(store_err)?;
-            self.log(id, &format!("building {name} ({}) as {image}", f.kind.as_str()));
-            let vars = TemplateVars {
-                function: name.to_string(),
-                kind: f.kind.as_str().to_string(),
-                project: project.to_string(),
-                commit: sha.clone(),
-                node_image: self.config.node_image.clone(),
-                go_image: self.config.go_image.clone(),
-                run_image: self.config.run_image.clone(),
-                port: crate::dataplane::pool::FUNCTION_PORT,
-                has_package_json: facts.has_package_json,
-                has_package_lock: facts.has_package_lock,
-                has_go_mod: facts.go_mod.is_some(),
-                go_module: go_module.clone(),
-            };
-            let result = async {
-                let rendered = self.templates.render(&manifest.runtime, f.kind.as_str(), &vars).map_err(|e| {
-                    let mut m = e.to_string();
-                    if let Some(s) = std::error::Error::source(&e) {
-                        m.push_str(&format!(": {s}"));
-                    }
-                    (m, String::new())
-                })?;
-                let checkout = checkout.clone();
-                let (tar, ctx_warnings) = tokio::task::spawn_blocking(move || build::build_context(&checkout, &rendered))
-                    .await
-                    .map_err(|e| (e.to_string(), String::new()))?
-                    .map_err(|e| (e.to_string(), String::new()))?;
-                let req = BuildRequest {
-                    context_tar: tar,
-                    dockerfile: format!("{BUILD_DIR}/Dockerfile"),
-                    tag: image.clone(),
-                    labels: HashMap::from([
-                        (labels::MANAGED.to_string(), "true".to_string()),
-                        (labels::PROJECT.to_string(), project.to_string()),
-                        (labels::FUNCTION.to_string(), name.to_string()),
-                        (labels::REVISION.to_string(), id.to_string()),
-                        (labels::COMMIT.to_string(), sha.clone()),
-                    ]),
-                    timeout: self.config.build_timeout,
-                };
-                // Dropping the build's stream on removal makes the engine stop the build.
-                let outcome = unless_cancelled(removed, self.driver.build_image(req)).await.map_err(|m| (m, String::new()))?;
-                let log = outcome.map_err(|e| match e {
-                    DriverError::BuildFailed { message, log } => (message, log),
-                    DriverError::BuildTimeout(d, log) => {
-                        (format!("the build took longer than its limit of {}", humantime::format_duration(d)), log)
-                    }
-                    other => (other.to_string(), String::new()),
-                })?;
-                Ok::<_, (String, String)>((log, ctx_warnings))
-            }
-            .await;
-            match result {
-                Ok((log, ctx_warnings)) => {
-                    self.store.set_build_state(id, name, BuildState::Built, Some(&log)).map_err(store_err)?;
-                    built.push(image.clone());
-                    if !ctx_warnings.is_empty() {
-                        for w in &ctx_warnings {
-                            if !warnings.contains(w) {
-                                warnings.push(w.clone());
-                            }
-                        }
-                        self.store.set_deployment_building(id, &manifest.runtime, &warnings).map_err(store_err)?;
-                    }
-                }
-                Err((message, log)) => {
-                    let full_log = if log.is_empty() { message.clone() } else { log };
-                    self.store.set_build_state(id, name, BuildState::Failed, Some(&full_log)).map_err(store_err)?;
-                    self.log(id, &format!("{name} failed to build"));
-                    // Images of a failed deployment are never used: remove them.
-                    for image in &built {
-                        let _ = self.driver.remove_image(image).await;
-                    }
-                    let user_line = full_log
-                        .lines()
-                        .rev()
-                        .find(|l| l.starts_with("eserveless:"))
-                        .map(|l| format!("{message}\n{l}"))
-                        .unwrap_or(message);
-                    return Err(format!("function `{name}` failed to build: {user_line}"));
-                }
-            }
-        }
-
-        // Past this point the deployment goes live as one step: a removal waits for it.
-        if removed.is_cancelled() {
-            return Err(REMOVED_DURING_DEPLOY.to_string());
-        }
-        let previous = self.store.project(project).map_err(store_err)?.and_then(|p| p.live_deployment_id);
-        self.activate(project, id, true).await.map_err(|e| format!("could not switch to the new deployment: {e}"))?;
-        self.store.make_live(id).map_err(store_err)?;
-        self.log(id, "live");
-        tracing::info!(project, deployment = id, commit = %sha, "deployment live");
-        // Keep the previous deployment's images for a rollback; remove older ones.
-        if let Some(prev) = previous {
-            self.remove_old_images(project, &[id, prev]).await;
-        }
-        Ok(())
-    }
-
-    async fn remove_old_images(&self, project: &str, keep: &[i64]) {
-        let mut keep_images = Vec::new();
-        for d in keep {
-            if let Ok(fns) = self.store.functions(*d) {
-                keep_images.extend(fns.into_iter().filter_map(|f| f.image));
-            }
-        }
-        if let Ok(all) = self.store.project_images(project) {
-            for image in all.into_iter().filter(|i| !keep_images.contains(i)) {
-                let _ = self.driver.remove_image(&image).await;
-            }
-        }
-    }
-
-    /// Makes `deployment_id` the serving revision of `project`. With `prewarm`, functions that
-    /// had live instances get one ready instance of the new revision before routes switch.
-    pub async fn activate(self: &Arc<Self>, project: &str, deployment_id: i64, prewarm: bool) -> anyhow::Result<()> {
-        let functions = self.store.functions(deployment_id)?;
-        let secrets = self.secret_env(project)?;
-        let old = self.routes.project(project);
-        let mut routes = HashMap::new();
-        let mut jobs = Vec::new();
-        for f in functions {
-            let image = f.image.clone().ok_or_else(|| anyhow::anyhow!("function {} has no image", f.name))?;
-            // Secrets last: an operator's secret wins over a repository's `meta` of the same name.
-            let mut env: Vec<String> = f.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            env.extend(secrets.iter().cloned());
-            let env = Env(env);
-            let limits = self.function_limits(&f.options);
-            let timeout = std::time::Duration::from_millis(f.timeout_ms);
-            if f.kind == "cron" {
-                jobs.push(CronJob {
-                    project: project.to_string(),
-                    function: f.name.clone(),
-                    deployment_id,
-                    image,
-                    env,
-                    limits,
-                    timeout,
-                    schedule: f.schedule.clone().unwrap_or_default(),
-                });
-                routes.insert(f.name.clone(), Route::Cron);
-            } else {
-                let pool = self.pools.pool(Revision {
-                    project: project.to_string(),
-                    function: f.name.clone(),
-                    deployment_id,
-                    image,
-                    env,
-                    limits,
-                    private: f.options.auth == Access::Private,
-                    timeout,
-                    scaling: f.scaling.clone(),
-                });
-                let had_instances = matches!(
-                    old.as_ref().and_then(|o| o.get(&f.name)),
-                    Some(Route::Http(p)) if p.has_instances()
-                );
-                if prewarm && had_instances {
-                    if let Err(e) = pool.prewarm().await {
-                        tracing::warn!(project, function = %f.name, error = %e, "new revision failed to start ahead of traffic");
-                    }
-                }
-                routes.insert(f.name.clone(), Route::Http(pool));
-            }
-        }
-        if let Some(h) = self.store.invoke_key_hash(project)? {
-            self.routes.set_invoke_key(project, &h);
-        }
-        let old = self.routes.set_project(project, routes);
-        for route in old.iter().flat_map(|o| o.values()) {
-            if let Route::Http(pool) = route {
-                pool.retire();
-            }
-        }
-        self.scheduler.set_project(project, jobs);
-        Ok(())
-    }
-
-    /// The project's secrets as `KEY=VALUE`, opened for a container's environment.
-    fn secret_env(&self, project: &str) -> anyhow::Result<Vec<String>> {
-        self.store
-            .secrets(project)?
-            .into_iter()
-            .map(|s| Ok(format!("{}={}", s.name, self.secrets.open(project, &s.name, &s.sealed)?)))
-            .collect()
-    }
-
-    /// A function's container limits: its manifest's asks, within the operator's ceilings
-    /// (which may have been lowered since it was deployed).
-    fn function_limits(&self, o: &FunctionOptions) -> Limits {
-        let mut l = self.config.limits.clone();
-        if let Some(m) = o.memory_bytes {
-            l.memory_bytes = m.min(self.config.caps.max_memory_bytes) as i64;
-        }
-        if let Some(c) = o.cpu_millis {
-            l.nano_cpus = i64::from(c.min(self.config.caps.max_cpu_millis)) * 1_000_000;
-        }
-        l
-    }
-
     /// Sets and removes secrets of a project, then recycles its running instances so they
     /// see the change: new instances start first where old ones were serving, and the old ones
     /// finish their requests before they go (as in a redeploy).
-    pub async fn change_secrets(self: &Arc<Self>, project: &str, set: &[(String, String)], remove: &[String]) -> Result<(), ApiError> {
+    pub async fn change_secrets(self: &Arc<Self>, project: &str, set: &[(String, String)], remove: &[String]) -> error::Result<()> {
         for (name, value) in set {
-            crate::infra::secrets::validate_name(name).map_err(|m| ApiError::unprocessable("invalid_secret", m))?;
-            crate::infra::secrets::validate_value(name, value).map_err(|m| ApiError::unprocessable("invalid_secret", m))?;
+            crate::infra::secrets::validate_name(name).map_err(|m| EngineError::invalid("invalid_secret", m.to_string()))?;
+            crate::infra::secrets::validate_value(name, value).map_err(|m| EngineError::invalid("invalid_secret", m.to_string()))?;
         }
         let lock = self.project_lock(project);
         let _held = lock.lock().await;
         let existing: Vec<String> = self.store.secrets(project)?.into_iter().map(|s| s.name).collect();
         let after = existing.iter().chain(set.iter().map(|(n, _)| n)).collect::<std::collections::BTreeSet<_>>().len();
         if after > crate::infra::secrets::MAX_PER_PROJECT {
-            return Err(ApiError::unprocessable(
+            return Err(EngineError::invalid(
                 "too_many_secrets",
                 format!("a project may hold at most {} secrets; remove some first", crate::infra::secrets::MAX_PER_PROJECT),
             ));
         }
         for name in remove {
             if !self.store.delete_secret(project, name)? {
-                return Err(ApiError::not_found("secret_not_found", format!("project `{project}` has no secret `{name}`")));
+                return Err(EngineError::SecretNotFound { project: project.to_string(), secret: name.clone() });
             }
         }
         for (name, value) in set {
@@ -613,70 +304,50 @@ impl Platform {
         if let Some(live) = self.store.project(project)?.and_then(|p| p.live_deployment_id) {
             self.activate(project, live, true)
                 .await
-                .map_err(|e| {
-                    ApiError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "restart_failed",
-                        format!("the secrets are saved, but the functions could not be restarted with them: {e}"),
-                    )
-                })?;
+                .map_err(|e| EngineError::RestartFailed(e.into()))?;
         }
         tracing::info!(project, set = set.len(), removed = remove.len(), "secrets changed; instances recycled");
         Ok(())
     }
 
     /// Makes a new invoke key for the project (replacing any old one at once) and returns it.
-    pub fn rotate_invoke_key(&self, project: &str) -> Result<String, ApiError> {
+    pub fn rotate_invoke_key(&self, project: &str) -> error::Result<String> {
         let (key, hash) = crate::engine::auth::new_invoke_key();
         if !self.store.set_invoke_key_hash(project, &hash)? {
-            return Err(ApiError::not_found("project_not_found", format!("no project `{project}`")));
+            return Err(EngineError::project_not_found(project));
         }
         self.routes.set_invoke_key(project, &hash);
         Ok(key)
     }
 
-    /// Removes a project's containers, images, schedules and records.
-    pub async fn delete(self: &Arc<Self>, project: &str) -> Result<serde_json::Value, ApiError> {
-        if self.store.project(project)?.is_none() {
-            return Err(ApiError::not_found("project_not_found", format!("no project `{project}`")));
+    /// The gateway that serves this engine's routes.
+    pub fn gateway(&self) -> Gateway {
+        Gateway::new(self.routes.clone())
+    }
+
+    /// The metrics in the OpenMetrics text format.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.render(&self.pools)
+    }
+
+    /// Whether the container engine answers and the data directory has room.
+    pub async fn health(&self) -> Health {
+        Health {
+            docker: self.driver.ping().await.err().map(|e| e.to_string()),
+            storage: crate::infra::datadir::storage_problem(&self.config.data_dir),
         }
-        // Builds in progress or queued for this project stop now; a deploy after this one
-        // gets a fresh token.
-        if let Some(t) = self.project_removals.lock().unwrap_or_else(|p| p.into_inner()).remove(project) {
-            t.cancel();
-        }
-        let lock = self.project_lock(project);
-        let _held = lock.lock().await;
-        self.scheduler.remove_project(project);
-        let mut containers = 0;
-        if let Some(old) = self.routes.remove_project(project) {
-            for route in old.values() {
-                if let Route::Http(pool) = route {
-                    containers += pool.shutdown().await;
-                }
-            }
-        }
-        match self.driver.list_managed().await {
-            Ok(list) => {
-                for c in list.into_iter().filter(|c| c.labels.get(labels::PROJECT).map(String::as_str) == Some(project)) {
-                    if self.driver.remove(&c.id).await.is_ok() {
-                        containers += 1;
-                    }
-                }
-            }
-            Err(e) => return Err(ApiError::unavailable("docker_unavailable", e.to_string())),
-        }
-        let images = self.store.project_images(project)?;
-        let mut removed_images = 0;
-        for image in &images {
-            match self.driver.remove_image(image).await {
-                Ok(true) => removed_images += 1,
-                Ok(false) => {}
-                Err(e) => tracing::warn!(image, error = %e, "could not remove an image"),
-            }
-        }
-        self.store.delete_project(project)?;
-        tracing::info!(project, containers, images = removed_images, "project deleted");
-        Ok(serde_json::json!({ "deleted": project, "containers_removed": containers, "images_removed": removed_images }))
+    }
+}
+
+/// What is wrong with the server's dependencies; `None` where all is well.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    pub docker: Option<String>,
+    pub storage: Option<String>,
+}
+
+impl Health {
+    pub fn ok(&self) -> bool {
+        self.docker.is_none() && self.storage.is_none()
     }
 }

@@ -1,0 +1,114 @@
+//! `/api/projects`: deploy (create or update), list, show and remove projects.
+
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+
+use crate::api::error::ApiError;
+use crate::api::types::{
+    DeployAnswer, DeployRequest, DeploymentSummary, InstanceCounts, Links, LiveDeployment, ProjectAnswer, ProjectDeleted,
+    ProjectFunction, ProjectList, ProjectListItem, SubmitStatus,
+};
+use crate::api::{json_body, AppState};
+use crate::engine::views::{DeploymentRow, LiveFunction};
+use crate::engine::Principal;
+
+/// Where a function is invoked, for http functions.
+pub(super) fn invoke_path(project: &str, function: &str, kind: &str) -> Option<String> {
+    (kind == "http").then(|| format!("/invoke/{project}/{function}"))
+}
+
+fn summary(d: &DeploymentRow) -> DeploymentSummary {
+    DeploymentSummary {
+        id: d.id,
+        commit: d.commit.clone(),
+        git_ref: d.git_ref.clone(),
+        status: d.status,
+        error: d.error.clone(),
+        created_at: d.created_at,
+        finished_at: d.finished_at,
+    }
+}
+
+pub(super) async fn create_project(State(s): State<AppState>, Extension(who): Extension<Principal>, req: Request) -> Result<Response, ApiError> {
+    let body: DeployRequest = json_body(req.into_body()).await?;
+    let submitted = s.platform.submit(body, &who).await?;
+    let status = if submitted.status == SubmitStatus::Unchanged { StatusCode::OK } else { StatusCode::ACCEPTED };
+    let location = format!("/api/projects/{}/deployments/{}", submitted.project, submitted.deployment_id);
+    let answer = DeployAnswer {
+        links: Links { deployment: location.clone(), project: format!("/api/projects/{}", submitted.project) },
+        project: submitted.project,
+        deployment: submitted.deployment_id,
+        commit: submitted.commit,
+        status: submitted.status,
+        invoke_key: submitted.invoke_key,
+    };
+    let mut resp = (status, Json(answer)).into_response();
+    if let Ok(v) = location.parse() {
+        resp.headers_mut().insert(axum::http::header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+pub(super) async fn list_projects(State(s): State<AppState>, Extension(who): Extension<Principal>) -> Result<Json<ProjectList>, ApiError> {
+    let projects = s
+        .platform
+        .projects(&who)?
+        .into_iter()
+        .map(|p| ProjectListItem {
+            latest_deployment: p.latest.as_ref().map(summary),
+            name: p.project.name,
+            owner: p.project.owner,
+            repository: p.project.repository,
+            live_commit: p.live_commit,
+        })
+        .collect();
+    Ok(Json(ProjectList { projects }))
+}
+
+fn project_function(project: &str, f: LiveFunction) -> ProjectFunction {
+    let LiveFunction { function: f, memory_bytes, cpu_millis, instances } = f;
+    let http = f.kind == "http";
+    ProjectFunction {
+        invoke_path: invoke_path(project, &f.name, &f.kind),
+        scaling: http.then_some(f.scaling),
+        auth: http.then_some(f.options.auth),
+        name: f.name,
+        kind: f.kind,
+        schedule: f.schedule,
+        timeout_ms: f.timeout_ms,
+        memory_bytes,
+        cpu_millis,
+        image: f.image,
+        instances: instances.map(|c| InstanceCounts {
+            starting: c.starting,
+            ready: c.ready,
+            paused: c.paused,
+            draining: c.draining,
+            in_flight: c.in_flight,
+            waiting: c.waiting,
+        }),
+    }
+}
+
+pub(super) async fn show_project(State(s): State<AppState>, Extension(who): Extension<Principal>, Path(name): Path<String>) -> Result<Json<ProjectAnswer>, ApiError> {
+    let d = s.platform.project(&who, &name)?;
+    let functions = d.functions.into_iter().map(|f| project_function(&name, f)).collect();
+    Ok(Json(ProjectAnswer {
+        name: d.project.name,
+        owner: d.project.owner,
+        repository: d.project.repository,
+        git_ref: d.project.git_ref,
+        created_at: d.project.created_at,
+        live: d.live.map(|l| LiveDeployment { deployment: l.id, commit: l.commit, runtime: l.runtime, warnings: l.warnings }),
+        latest_deployment: d.latest.as_ref().map(summary),
+        functions,
+    }))
+}
+
+pub(super) async fn delete_project(State(s): State<AppState>, Extension(who): Extension<Principal>, Path(name): Path<String>) -> Result<Json<ProjectDeleted>, ApiError> {
+    s.platform.owned_project(&who, &name)?;
+    let d = s.platform.delete(&name).await?;
+    Ok(Json(ProjectDeleted { deleted: d.project, containers_removed: d.containers_removed, images_removed: d.images_removed }))
+}

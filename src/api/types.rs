@@ -1,0 +1,409 @@
+//! The API's request and answer bodies, typed. Field names are the wire format: the CLI
+//! and other clients deserialize the same structs, so a renamed field fails to compile or
+//! to parse instead of silently reading as missing.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub use crate::engine::manifest::{Access, Scaling};
+pub use crate::engine::views::{BuildState, DeploymentStatus};
+pub use crate::engine::{DeployRequest, SubmitStatus};
+
+/// The header that carries an invoke key.
+pub const INVOKE_KEY_HEADER: &str = "X-Eserveless-Key";
+
+// --- server -------------------------------------------------------------------------------
+
+/// `GET /`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    pub name: String,
+    pub version: String,
+}
+
+/// `GET /healthz`: `ok` or the problem, for the engine and the data directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthAnswer {
+    /// `ok` or `degraded`.
+    pub status: String,
+    pub docker: String,
+    pub storage: String,
+}
+
+// --- users and tokens ---------------------------------------------------------------------
+
+/// `GET /api/whoami`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhoAmI {
+    pub user: String,
+    pub admin: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserAnswer {
+    pub name: String,
+    pub admin: bool,
+    pub created_at: DateTime<Utc>,
+    pub projects: Vec<String>,
+}
+
+/// `GET /api/users`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserList {
+    pub users: Vec<UserAnswer>,
+}
+
+/// `POST /api/users`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    pub name: String,
+    #[serde(default)]
+    pub admin: bool,
+}
+
+/// A token just made: the only answer that carries its text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenCreated {
+    pub id: i64,
+    pub name: String,
+    pub token: String,
+}
+
+/// `POST /api/users` answer: the user and its first token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserCreated {
+    pub name: String,
+    pub admin: bool,
+    pub token: TokenCreated,
+}
+
+/// A removed user or secret: `{"deleted": name}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deleted {
+    pub deleted: String,
+}
+
+/// `GET /api/tokens` query.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokensQuery {
+    pub user: Option<String>,
+    #[serde(default)]
+    pub all: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenAnswer {
+    pub id: i64,
+    pub user: String,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// `GET /api/tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenList {
+    pub tokens: Vec<TokenAnswer>,
+}
+
+/// `POST /api/tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    pub name: String,
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// `DELETE /api/tokens/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revoked {
+    pub revoked: i64,
+}
+
+// --- projects and deployments -------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Links {
+    pub deployment: String,
+    pub project: String,
+}
+
+/// `POST /api/projects` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployAnswer {
+    pub project: String,
+    pub deployment: i64,
+    pub commit: String,
+    pub status: SubmitStatus,
+    /// Only when this request created the project: the one time the key is shown.
+    pub invoke_key: Option<String>,
+    pub links: Links,
+}
+
+/// A deployment in a project's listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentSummary {
+    pub id: i64,
+    pub commit: String,
+    #[serde(rename = "ref")]
+    pub git_ref: Option<String>,
+    pub status: DeploymentStatus,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectListItem {
+    pub name: String,
+    pub owner: Option<String>,
+    pub repository: String,
+    pub live_commit: Option<String>,
+    pub latest_deployment: Option<DeploymentSummary>,
+}
+
+/// `GET /api/projects`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectList {
+    pub projects: Vec<ProjectListItem>,
+}
+
+/// The live deployment of a project.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveDeployment {
+    pub deployment: i64,
+    pub commit: String,
+    pub runtime: Option<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Instances of an http function by state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceCounts {
+    pub starting: u32,
+    pub ready: u32,
+    pub paused: u32,
+    pub draining: u32,
+    pub in_flight: u32,
+    pub waiting: u32,
+}
+
+/// A live function of a project.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectFunction {
+    pub name: String,
+    /// `http` or `cron`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub schedule: Option<String>,
+    pub invoke_path: Option<String>,
+    pub timeout_ms: u64,
+    pub scaling: Option<Scaling>,
+    pub auth: Option<Access>,
+    pub memory_bytes: u64,
+    pub cpu_millis: u32,
+    pub image: Option<String>,
+    pub instances: Option<InstanceCounts>,
+}
+
+/// `GET /api/projects/{name}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectAnswer {
+    pub name: String,
+    pub owner: Option<String>,
+    pub repository: String,
+    #[serde(rename = "ref")]
+    pub git_ref: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub live: Option<LiveDeployment>,
+    pub latest_deployment: Option<DeploymentSummary>,
+    pub functions: Vec<ProjectFunction>,
+}
+
+/// `DELETE /api/projects/{name}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectDeleted {
+    pub deleted: String,
+    pub containers_removed: usize,
+    pub images_removed: usize,
+}
+
+/// `POST /api/projects/{name}/invoke-key`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvokeKey {
+    pub project: String,
+    pub invoke_key: String,
+    /// The header to send it in.
+    pub header: String,
+}
+
+/// A function of a deployment, with its build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentFunction {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub schedule: Option<String>,
+    pub image: Option<String>,
+    pub build_state: BuildState,
+    pub build_log: String,
+    pub invoke_path: Option<String>,
+}
+
+/// `GET /api/projects/{name}/deployments/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentAnswer {
+    pub id: i64,
+    pub project: String,
+    pub repository: String,
+    #[serde(rename = "ref")]
+    pub git_ref: Option<String>,
+    pub commit: String,
+    pub runtime: Option<String>,
+    pub status: DeploymentStatus,
+    pub live: bool,
+    pub error: Option<String>,
+    pub warnings: Vec<String>,
+    pub log: String,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub functions: Vec<DeploymentFunction>,
+}
+
+// --- functions ----------------------------------------------------------------------------
+
+/// `GET .../runs` query.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunsQuery {
+    pub limit: Option<u32>,
+}
+
+/// One run of a cron function.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CronRun {
+    pub id: i64,
+    pub project: String,
+    pub function: String,
+    pub deployment_id: i64,
+    pub status: String,
+    pub scheduled_at: DateTime<Utc>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<i64>,
+    pub exit_code: Option<i64>,
+    pub output: String,
+}
+
+/// `GET .../runs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunList {
+    pub runs: Vec<CronRun>,
+}
+
+/// One piece of a function's output: an instance's (`container`) or a cron run's (`run`, `status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// `instance` or `cron`.
+    pub source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<i64>,
+    pub at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    pub output: String,
+    /// Read from a container still running as the answer was sent.
+    pub running: bool,
+}
+
+/// `GET .../logs` (streamed entry by entry, but one JSON document).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionLogsAnswer {
+    pub entries: Vec<LogEntry>,
+}
+
+// --- secrets ------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretAnswer {
+    pub name: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// `GET /api/projects/{name}/secrets`: names only, never values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretList {
+    pub secrets: Vec<SecretAnswer>,
+}
+
+/// `POST /api/projects/{name}/secrets`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsChange {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+}
+
+/// `POST /api/projects/{name}/secrets` answer: the names set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretsSet {
+    pub set: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn keys(v: &serde_json::Value) -> Vec<&str> {
+        let mut k: Vec<&str> = v.as_object().expect("object").keys().map(String::as_str).collect();
+        k.sort_unstable();
+        k
+    }
+
+    /// An instance's entry has no `run` or `status`, a cron run's no `container`: the shapes
+    /// the logs answer had when it was built by hand.
+    #[test]
+    fn log_entries_carry_only_their_fields() {
+        let at = DateTime::<Utc>::from_timestamp(0, 0).expect("epoch");
+        let instance = LogEntry {
+            source: "instance".into(),
+            container: Some("c1".into()),
+            run: None,
+            at,
+            status: None,
+            output: "hi".into(),
+            running: false,
+        };
+        let v = serde_json::to_value(&instance).expect("json");
+        assert_eq!(keys(&v), ["at", "container", "output", "running", "source"]);
+        let run = LogEntry { source: "cron".into(), container: None, run: Some(3), status: Some("ok".into()), ..instance };
+        let v = serde_json::to_value(&run).expect("json");
+        assert_eq!(keys(&v), ["at", "output", "run", "running", "source", "status"]);
+        assert_eq!(serde_json::from_value::<LogEntry>(v).expect("back"), run);
+    }
+
+    /// Absent optional values are sent as `null` (clients test for it), and read back.
+    #[test]
+    fn deploy_answer_round_trips_with_null_key() {
+        let a = DeployAnswer {
+            project: "p".into(),
+            deployment: 1,
+            commit: "abc".into(),
+            status: SubmitStatus::Queued,
+            invoke_key: None,
+            links: Links { deployment: "/api/projects/p/deployments/1".into(), project: "/api/projects/p".into() },
+        };
+        let v = serde_json::to_value(&a).expect("json");
+        assert_eq!(v["invoke_key"], json!(null));
+        assert_eq!(v["status"], json!("queued"));
+        assert_eq!(serde_json::from_value::<DeployAnswer>(v).expect("back"), a);
+    }
+}

@@ -1,0 +1,328 @@
+//! Running one deployment, step by step: check out the commit, read its manifest, record its
+//! functions, build their images, then go live. Each step's failure is the message recorded
+//! on the deployment (what the user reads with `eserveless status`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::build::{self, SourceFacts};
+use crate::engine::manifest::{self, FunctionSpec, Manifest, ParseContext, MANIFEST_FILE};
+use crate::engine::runtime::{TemplateVars, BUILD_DIR};
+use crate::engine::source::{self, RepoUrl};
+use crate::engine::{unless_cancelled, Platform, REMOVED_DURING_DEPLOY};
+use crate::infra::driver::{labels, BuildRequest, DriverError};
+use crate::infra::store::{BuildState, NewFunction, StoreError};
+use crate::names::{FunctionName, GitRef, ProjectName};
+
+/// The message recorded when the store fails mid-deployment.
+fn store_err(e: StoreError) -> String {
+    format!("internal store error: {e}")
+}
+
+/// The largest manifest read: a manifest is a short list of functions.
+const MAX_MANIFEST_BYTES: u64 = 256 * 1024;
+
+/// A checked-out commit.
+struct Checkout {
+    dir: PathBuf,
+    sha: String,
+    facts: SourceFacts,
+}
+
+/// A function's image build failed: the short message and the build's log (may be empty).
+struct BuildFailure {
+    message: String,
+    log: String,
+}
+
+impl BuildFailure {
+    fn message(message: impl Into<String>) -> Self {
+        BuildFailure { message: message.into(), log: String::new() }
+    }
+}
+
+impl Platform {
+    pub(super) fn log(&self, id: i64, line: &str) {
+        if let Err(e) = self.store.append_deployment_log(id, line) {
+            tracing::warn!(error = %e, "could not append to a deployment log");
+        }
+    }
+
+    pub(super) async fn run_deployment(
+        self: &Arc<Self>,
+        id: i64,
+        project: &str,
+        url: &RepoUrl,
+        commit: &str,
+        git_ref: Option<&GitRef>,
+        removed: &CancellationToken,
+    ) -> Result<(), String> {
+        self.store.set_deployment_started(id).map_err(store_err)?;
+        let work_root = self.config.data_dir.join("work");
+        std::fs::create_dir_all(&work_root).map_err(|e| format!("cannot create {}: {e}", work_root.display()))?;
+        // Removed when this function returns, whatever the outcome.
+        let work = tempfile::Builder::new()
+            .prefix(&format!("deploy-{id}-"))
+            .tempdir_in(&work_root)
+            .map_err(|e| format!("cannot create a work directory: {e}"))?;
+        let checkout = self.checkout(id, url, commit, git_ref, work.path(), removed).await?;
+        let manifest = self.read_manifest(&checkout)?;
+        let mut warnings = manifest.warnings.clone();
+        self.store.set_deployment_building(id, &manifest.runtime, &warnings).map_err(store_err)?;
+        for w in &warnings {
+            self.log(id, &format!("warning: {w}"));
+        }
+        if manifest.runtime == "golang" {
+            let names: Vec<&FunctionName> = manifest.functions.iter().map(|f| &f.name).collect();
+            build::check_go_exports(&checkout.dir, &names)?;
+        }
+        self.check_base_images(&manifest).await?;
+        let images = self.record_functions(id, project, &checkout.sha, &manifest)?;
+        self.build_functions(id, project, &checkout, &manifest, &images, &mut warnings, removed).await?;
+        self.go_live(id, project, &checkout.sha, removed).await
+    }
+
+    /// Checks out `commit` under `work` (stopped at once if the project is removed).
+    async fn checkout(
+        &self,
+        id: i64,
+        url: &RepoUrl,
+        commit: &str,
+        git_ref: Option<&GitRef>,
+        work: &Path,
+        removed: &CancellationToken,
+    ) -> Result<Checkout, String> {
+        self.log(id, &format!("checking out {} at {commit}", url.as_str()));
+        let (dir, sha) = unless_cancelled(removed, source::checkout(url, commit, git_ref, work, &self.source_policy))
+            .await?
+            .map_err(|e| e.to_string())?;
+        let facts = SourceFacts::read(&dir).map_err(|e| e.to_string())?;
+        Ok(Checkout { dir, sha, facts })
+    }
+
+    /// Reads and parses the manifest at the checkout's root.
+    fn read_manifest(&self, checkout: &Checkout) -> Result<Manifest, String> {
+        let manifest_path = checkout.dir.join(MANIFEST_FILE);
+        let sha = &checkout.sha;
+        // Not followed if a link: the repository must not make the server read outside the checkout.
+        let text = match std::fs::symlink_metadata(&manifest_path) {
+            Ok(m) if m.is_file() && m.len() <= MAX_MANIFEST_BYTES => {
+                std::fs::read_to_string(&manifest_path).map_err(|e| format!("cannot read {MANIFEST_FILE}: {e}"))?
+            }
+            Ok(m) if m.is_file() => return Err(format!("{MANIFEST_FILE} is larger than 256 KiB")),
+            Ok(_) => return Err(format!("{MANIFEST_FILE} must be a regular file, not a link or directory")),
+            Err(_) => {
+                return Err(format!(
+                    "the repository has no {MANIFEST_FILE} at its root (commit {}); add one that lists the functions, see the README",
+                    &sha[..sha.len().min(12)]
+                ))
+            }
+        };
+        let runtimes = self.templates.runtimes();
+        manifest::parse(
+            &text,
+            &ParseContext {
+                known_runtimes: &runtimes,
+                root_files: &checkout.facts.root_files,
+                defaults: &self.config.scaling,
+                caps: self.config.caps,
+            },
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    /// Fails early, before any build, when a base image the runtime needs is missing.
+    async fn check_base_images(&self, manifest: &Manifest) -> Result<(), String> {
+        let base_images: Vec<&str> = match manifest.runtime.as_str() {
+            "node" => vec![&self.config.node_image],
+            "golang" => vec![&self.config.go_image, &self.config.run_image],
+            _ => vec![],
+        };
+        for image in base_images {
+            if !self.driver.image_exists(image).await.map_err(|e| e.to_string())? {
+                return Err(DriverError::MissingImage(image.to_string()).to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the deployment's functions with their image tags; returns the tags in manifest order.
+    fn record_functions(&self, id: i64, project: &str, sha: &str, manifest: &Manifest) -> Result<Vec<String>, String> {
+        let project_name = ProjectName::parse(project).map_err(|e| e.to_string())?;
+        let images: Vec<String> =
+            manifest.functions.iter().map(|f| build::image_tag(&project_name, &f.name, sha)).collect();
+        let scalings: Vec<_> = manifest.functions.iter().map(|f| f.scaling.clone()).collect();
+        let rows: Vec<NewFunction<'_>> = manifest
+            .functions
+            .iter()
+            .zip(&images)
+            .zip(&scalings)
+            .map(|((f, image), scaling)| NewFunction {
+                name: f.name.as_str(),
+                kind: f.kind.as_str(),
+                schedule: f.kind.schedule(),
+                env: &f.env,
+                timeout_ms: f.timeout.as_millis() as u64,
+                scaling,
+                options: &f.options,
+                image,
+            })
+            .collect();
+        self.store.add_functions(id, &rows).map_err(store_err)?;
+        Ok(images)
+    }
+
+    /// Builds every function's image in order; on the first failure removes the images built
+    /// so far and fails the deployment with the build's own last line for the user.
+    #[allow(clippy::too_many_arguments)]
+    async fn build_functions(
+        &self,
+        id: i64,
+        project: &str,
+        checkout: &Checkout,
+        manifest: &Manifest,
+        images: &[String],
+        warnings: &mut Vec<String>,
+        removed: &CancellationToken,
+    ) -> Result<(), String> {
+        let go_module = checkout.facts.go_module().unwrap_or_else(|| "eserveless.local/function".to_string());
+        let mut built = Vec::new();
+        for (f, image) in manifest.functions.iter().zip(images) {
+            let name = f.name.as_str();
+            self.store.set_build_state(id, name, BuildState::Building, None).map_err(store_err)?;
+            self.log(id, &format!("building {name} ({}) as {image}", f.kind.as_str()));
+            let vars = TemplateVars {
+                function: name.to_string(),
+                kind: f.kind.as_str().to_string(),
+                project: project.to_string(),
+                commit: checkout.sha.clone(),
+                node_image: self.config.node_image.clone(),
+                go_image: self.config.go_image.clone(),
+                run_image: self.config.run_image.clone(),
+                port: crate::dataplane::pool::FUNCTION_PORT,
+                has_package_json: checkout.facts.has_package_json,
+                has_package_lock: checkout.facts.has_package_lock,
+                has_go_mod: checkout.facts.go_mod.is_some(),
+                go_module: go_module.clone(),
+            };
+            match self.build_function(id, project, checkout, manifest, f, image, &vars, removed).await {
+                Ok((log, ctx_warnings)) => {
+                    self.store.set_build_state(id, name, BuildState::Built, Some(&log)).map_err(store_err)?;
+                    built.push(image.clone());
+                    if !ctx_warnings.is_empty() {
+                        for w in &ctx_warnings {
+                            if !warnings.contains(w) {
+                                warnings.push(w.clone());
+                            }
+                        }
+                        self.store.set_deployment_building(id, &manifest.runtime, warnings).map_err(store_err)?;
+                    }
+                }
+                Err(BuildFailure { message, log }) => {
+                    let full_log = if log.is_empty() { message.clone() } else { log };
+                    self.store.set_build_state(id, name, BuildState::Failed, Some(&full_log)).map_err(store_err)?;
+                    self.log(id, &format!("{name} failed to build"));
+                    // Images of a failed deployment are never used: remove them.
+                    for image in &built {
+                        let _ = self.driver.remove_image(image).await;
+                    }
+                    let user_line = full_log
+                        .lines()
+                        .rev()
+                        .find(|l| l.starts_with("eserveless:"))
+                        .map(|l| format!("{message}\n{l}"))
+                        .unwrap_or(message);
+                    return Err(format!("function `{name}` failed to build: {user_line}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds one function's image; returns the build log and the build context's warnings.
+    #[allow(clippy::too_many_arguments)]
+    async fn build_function(
+        &self,
+        id: i64,
+        project: &str,
+        checkout: &Checkout,
+        manifest: &Manifest,
+        f: &FunctionSpec,
+        image: &str,
+        vars: &TemplateVars,
+        removed: &CancellationToken,
+    ) -> Result<(String, Vec<String>), BuildFailure> {
+        let name = f.name.as_str();
+        let rendered = self.templates.render(&manifest.runtime, f.kind.as_str(), vars).map_err(|e| {
+            let mut m = e.to_string();
+            if let Some(s) = std::error::Error::source(&e) {
+                m.push_str(&format!(": {s}"));
+            }
+            BuildFailure::message(m)
+        })?;
+        let dir = checkout.dir.clone();
+        let (tar, ctx_warnings) = tokio::task::spawn_blocking(move || build::build_context(&dir, &rendered))
+            .await
+            .map_err(|e| BuildFailure::message(e.to_string()))?
+            .map_err(|e| BuildFailure::message(e.to_string()))?;
+        let req = BuildRequest {
+            context_tar: tar,
+            dockerfile: format!("{BUILD_DIR}/Dockerfile"),
+            tag: image.to_string(),
+            labels: HashMap::from([
+                (labels::MANAGED.to_string(), "true".to_string()),
+                (labels::PROJECT.to_string(), project.to_string()),
+                (labels::FUNCTION.to_string(), name.to_string()),
+                (labels::REVISION.to_string(), id.to_string()),
+                (labels::COMMIT.to_string(), checkout.sha.clone()),
+            ]),
+            timeout: self.config.build_timeout,
+        };
+        // Dropping the build's stream on removal makes the engine stop the build.
+        let outcome = unless_cancelled(removed, self.driver.build_image(req)).await.map_err(BuildFailure::message)?;
+        let log = outcome.map_err(|e| match e {
+            DriverError::BuildFailed { message, log } => BuildFailure { message, log },
+            DriverError::BuildTimeout(d, log) => BuildFailure {
+                message: format!("the build took longer than its limit of {}", humantime::format_duration(d)),
+                log,
+            },
+            other => BuildFailure::message(other.to_string()),
+        })?;
+        Ok((log, ctx_warnings))
+    }
+
+    /// Switches the project to the built deployment, then removes images no rollback needs.
+    async fn go_live(self: &Arc<Self>, id: i64, project: &str, sha: &str, removed: &CancellationToken) -> Result<(), String> {
+        // Past this point the deployment goes live as one step: a removal waits for it.
+        if removed.is_cancelled() {
+            return Err(REMOVED_DURING_DEPLOY.to_string());
+        }
+        let previous = self.store.project(project).map_err(store_err)?.and_then(|p| p.live_deployment_id);
+        self.activate(project, id, true).await.map_err(|e| format!("could not switch to the new deployment: {e}"))?;
+        self.store.make_live(id).map_err(store_err)?;
+        self.log(id, "live");
+        tracing::info!(project, deployment = id, commit = %sha, "deployment live");
+        // Keep the previous deployment's images for a rollback; remove older ones.
+        if let Some(prev) = previous {
+            self.remove_old_images(project, &[id, prev]).await;
+        }
+        Ok(())
+    }
+
+    async fn remove_old_images(&self, project: &str, keep: &[i64]) {
+        let mut keep_images = Vec::new();
+        for d in keep {
+            if let Ok(fns) = self.store.functions(*d) {
+                keep_images.extend(fns.into_iter().filter_map(|f| f.image));
+            }
+        }
+        if let Ok(all) = self.store.project_images(project) {
+            for image in all.into_iter().filter(|i| !keep_images.contains(i)) {
+                let _ = self.driver.remove_image(&image).await;
+            }
+        }
+    }
+}
