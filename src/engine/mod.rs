@@ -39,9 +39,9 @@ pub use crate::engine::error::EngineError;
 #[serde(deny_unknown_fields)]
 pub struct DeployRequest {
     pub repository: String,
-    #[serde(default, rename = "ref")]
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
     pub git_ref: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
 }
 

@@ -1,0 +1,60 @@
+//! `invoke`: calls an http function through the gateway, as any client would.
+
+use std::io::{IsTerminal, Write};
+
+use anyhow::{anyhow, Context, Result};
+
+use super::client::{split_target, Client, ClientArgs};
+use crate::api::types::INVOKE_KEY_HEADER;
+
+/// Invoke an http function: PROJECT/FUNCTION [PATH]
+#[derive(Debug, clap::Args)]
+pub struct Invoke {
+    pub target: String,
+    pub path: Option<String>,
+    #[arg(short = 'X', long = "request", default_value = "GET")]
+    pub method: String,
+    #[arg(short = 'd', long = "data")]
+    pub data: Option<String>,
+    #[arg(short = 'H', long = "header")]
+    pub headers: Vec<String>,
+    /// The project's invoke key, for `auth: private` functions
+    #[arg(long, env = "ESERVELESS_INVOKE_KEY", hide_env_values = true)]
+    pub key: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+impl Invoke {
+    pub async fn run(self) -> Result<i32> {
+        let (project, function) = split_target(&self.target)?;
+        let c = Client::new(&self.client)?;
+        let path = self.path.map(|p| if p.starts_with('/') { p } else { format!("/{p}") }).unwrap_or_default();
+        let method = reqwest::Method::from_bytes(self.method.to_ascii_uppercase().as_bytes())
+            .map_err(|_| anyhow!("invalid method `{}`", self.method))?;
+        // The API token is never sent here: functions must not see it.
+        let mut req = c.http.request(method, format!("{}/invoke/{project}/{function}{path}", c.base));
+        if let Some(k) = &self.key {
+            req = req.header(INVOKE_KEY_HEADER, k.trim());
+        }
+        for h in &self.headers {
+            let (k, v) = h.split_once(':').ok_or_else(|| anyhow!("header `{h}` must look like `Name: value`"))?;
+            req = req.header(k.trim(), v.trim());
+        }
+        if let Some(d) = self.data {
+            req = req.body(d);
+        }
+        let resp = req.send().await.with_context(|| format!("cannot reach the server at {}", c.base))?;
+        let status = resp.status();
+        let body = resp.bytes().await?;
+        std::io::stdout().write_all(&body)?;
+        if !body.ends_with(b"\n") && std::io::stdout().is_terminal() {
+            println!();
+        }
+        if !status.is_success() {
+            eprintln!("HTTP {status}");
+            return Ok(1);
+        }
+        Ok(0)
+    }
+}
