@@ -129,7 +129,7 @@ struct NewUser {
 async fn create_user(State(s): State<AppState>, Extension(who): Extension<Principal>, req: Request) -> Result<Response, ApiError> {
     admin_only(&who)?;
     let body: NewUser = json_body(req.into_body()).await?;
-    crate::engine::auth::validate_user_name(&body.name).map_err(|m| ApiError::unprocessable("invalid_name", m))?;
+    crate::engine::auth::validate_user_name(&body.name).map_err(|e| ApiError::unprocessable(e.code(), e.to_string()))?;
     let store = &s.platform.store;
     let user = store.create_user(&body.name, body.admin)?.ok_or_else(|| {
         ApiError::new(StatusCode::CONFLICT, "user_exists", format!("user `{}` exists already", body.name))
@@ -192,7 +192,7 @@ struct NewToken {
 
 async fn create_token(State(s): State<AppState>, Extension(who): Extension<Principal>, req: Request) -> Result<Response, ApiError> {
     let body: NewToken = json_body(req.into_body()).await?;
-    crate::engine::auth::validate_token_name(&body.name).map_err(|m| ApiError::unprocessable("invalid_name", m))?;
+    crate::engine::auth::validate_token_name(&body.name).map_err(|e| ApiError::unprocessable(e.code(), e.to_string()))?;
     let store = &s.platform.store;
     let user_id = match &body.user {
         Some(u) if *u != who.name => {
@@ -375,10 +375,10 @@ async fn show_project(State(s): State<AppState>, Extension(who): Extension<Princ
                     "name": f.name,
                     "type": f.kind,
                     "schedule": f.schedule,
-                    "invoke_path": (f.kind == "http").then(|| format!("/invoke/{}/{}", name, f.name)),
+                    "invoke_path": (f.kind == crate::engine::manifest::FunctionType::Http).then(|| format!("/invoke/{}/{}", name, f.name)),
                     "timeout_ms": f.timeout_ms,
-                    "scaling": (f.kind == "http").then_some(&f.scaling),
-                    "auth": (f.kind == "http").then_some(f.options.auth),
+                    "scaling": (f.kind == crate::engine::manifest::FunctionType::Http).then_some(&f.scaling),
+                    "auth": (f.kind == crate::engine::manifest::FunctionType::Http).then_some(f.options.auth),
                     "memory_bytes": f.options.memory_bytes.unwrap_or(s.platform.config.limits.memory_bytes as u64),
                     "cpu_millis": f.options.cpu_millis.unwrap_or((s.platform.config.limits.nano_cpus / 1_000_000) as u32),
                     "image": f.image,
@@ -426,7 +426,7 @@ async fn show_deployment(
                 "image": f.image,
                 "build_state": f.build_state,
                 "build_log": f.build_log,
-                "invoke_path": (f.kind == "http").then(|| format!("/invoke/{}/{}", name, f.name)),
+                "invoke_path": (f.kind == crate::engine::manifest::FunctionType::Http).then(|| format!("/invoke/{}/{}", name, f.name)),
             })
         })
         .collect();
@@ -503,7 +503,7 @@ async fn function_logs(
         .map(|l| json!({ "source": "instance", "container": l.container, "at": l.at, "output": l.output, "running": false }))
         .collect();
     for run in platform.store.cron_runs(&name, &function, 20)?.into_iter().rev() {
-        if run.status == "skipped" {
+        if run.status == crate::infra::store::RunStatus::Skipped {
             continue;
         }
         saved.push(json!({ "source": "cron", "run": run.id, "at": run.started_at, "status": run.status, "output": run.output, "running": false }));

@@ -42,9 +42,13 @@ pub enum FunctionKind {
 
 impl FunctionKind {
     pub fn as_str(&self) -> &'static str {
+        self.function_type().as_str()
+    }
+    /// The kind without its settings: what the store and the API record.
+    pub fn function_type(&self) -> FunctionType {
         match self {
-            FunctionKind::Http => "http",
-            FunctionKind::Cron { .. } => "cron",
+            FunctionKind::Http => FunctionType::Http,
+            FunctionKind::Cron { .. } => FunctionType::Cron,
         }
     }
     pub fn schedule(&self) -> Option<&str> {
@@ -52,6 +56,38 @@ impl FunctionKind {
             FunctionKind::Http => None,
             FunctionKind::Cron { schedule } => Some(schedule),
         }
+    }
+}
+
+/// A function's `type`, as the manifest, the store (`functions.kind`) and the API's `type`
+/// field spell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FunctionType {
+    Http,
+    Cron,
+}
+
+impl FunctionType {
+    pub const ALL: [FunctionType; 2] = [FunctionType::Http, FunctionType::Cron];
+
+    /// The text stored in SQL, used as template set name and in container labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FunctionType::Http => "http",
+            FunctionType::Cron => "cron",
+        }
+    }
+
+    /// The inverse of [`FunctionType::as_str`]; `None` for any other text.
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == text)
+    }
+}
+
+impl fmt::Display for FunctionType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -193,26 +229,19 @@ pub struct Manifest {
 }
 
 /// Every problem found in a manifest, one per line.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {MANIFEST_FILE}: {}", list_problems(.problems))]
 pub struct ManifestError {
     pub problems: Vec<String>,
 }
 
-impl fmt::Display for ManifestError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid {MANIFEST_FILE}: ")?;
-        if self.problems.len() == 1 {
-            write!(f, "{}", self.problems[0])
-        } else {
-            for p in &self.problems {
-                write!(f, "\n  - {p}")?;
-            }
-            Ok(())
-        }
+/// One problem inline; several as an indented list, one per line.
+fn list_problems(problems: &[String]) -> String {
+    match problems {
+        [one] => one.clone(),
+        many => many.iter().map(|p| format!("\n  - {p}")).collect(),
     }
 }
-
-impl std::error::Error for ManifestError {}
 
 /// What the parser needs to know about its surroundings.
 pub struct ParseContext<'a> {

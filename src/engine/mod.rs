@@ -17,7 +17,7 @@ use crate::config::ServerConfig;
 use crate::infra::driver::{labels, BuildRequest, Driver, DriverError, Env, Limits};
 use crate::api::error::ApiError;
 use crate::dataplane::gateway::{Route, RouteTable};
-use crate::engine::manifest::{Access, FunctionOptions, Manifest, ParseContext, MANIFEST_FILE};
+use crate::engine::manifest::{Access, FunctionOptions, FunctionType, Manifest, ParseContext, MANIFEST_FILE};
 use crate::names::{FunctionName, GitRef, ProjectName};
 use crate::dataplane::pool::{PoolConfig, PoolManager, Revision};
 use crate::engine::runtime::{TemplateVars, Templates, BUILD_DIR};
@@ -366,7 +366,7 @@ impl Platform {
             .zip(&scalings)
             .map(|((f, image), scaling)| NewFunction {
                 name: f.name.as_str(),
-                kind: f.kind.as_str(),
+                kind: f.kind.function_type(),
                 schedule: f.kind.schedule(),
                 env: &f.env,
                 timeout_ms: f.timeout.as_millis() as u64,
@@ -513,7 +513,7 @@ impl Platform {
             let env = Env(env);
             let limits = self.function_limits(&f.options);
             let timeout = std::time::Duration::from_millis(f.timeout_ms);
-            if f.kind == "cron" {
+            if f.kind == FunctionType::Cron {
                 jobs.push(CronJob {
                     project: project.to_string(),
                     function: f.name.clone(),
@@ -589,8 +589,8 @@ impl Platform {
     /// finish their requests before they go (as in a redeploy).
     pub async fn change_secrets(self: &Arc<Self>, project: &str, set: &[(String, String)], remove: &[String]) -> Result<(), ApiError> {
         for (name, value) in set {
-            crate::infra::secrets::validate_name(name).map_err(|m| ApiError::unprocessable("invalid_secret", m))?;
-            crate::infra::secrets::validate_value(name, value).map_err(|m| ApiError::unprocessable("invalid_secret", m))?;
+            crate::infra::secrets::validate_name(name).map_err(|e| ApiError::unprocessable(e.code(), e.to_string()))?;
+            crate::infra::secrets::validate_value(name, value).map_err(|e| ApiError::unprocessable(e.code(), e.to_string()))?;
         }
         let lock = self.project_lock(project);
         let _held = lock.lock().await;
