@@ -385,7 +385,7 @@ impl Platform {
             self.log(id, &format!("building {name} ({}) as {image}", f.kind.as_str()));
             let vars = TemplateVars {
                 function: name.to_string(),
-                kind: f.kind.as_str().to_string(),
+                kind: f.kind.function_type(),
                 project: project.to_string(),
                 commit: sha.clone(),
                 node_image: self.config.node_image.clone(),
