@@ -19,7 +19,7 @@ pub(super) async fn show_deployment(
         .functions
         .into_iter()
         .map(|f| DeploymentFunction {
-            invoke_path: invoke_path(&name, &f.name, &f.kind),
+            invoke_path: invoke_path(&name, &f.name, f.kind),
             name: f.name,
             kind: f.kind,
             schedule: f.schedule,

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
 use crate::api::error::ApiError;
-use crate::api::types::{
+use crate::api::types::{FunctionType, 
     DeployAnswer, DeployRequest, DeploymentSummary, InstanceCounts, Links, LiveDeployment, ProjectAnswer, ProjectDeleted,
     ProjectFunction, ProjectList, ProjectListItem, SubmitStatus,
 };
@@ -15,8 +15,8 @@ use crate::engine::views::{DeploymentRow, LiveFunction};
 use crate::engine::Principal;
 
 /// Where a function is invoked, for http functions.
-pub(super) fn invoke_path(project: &str, function: &str, kind: &str) -> Option<String> {
-    (kind == "http").then(|| format!("/invoke/{project}/{function}"))
+pub(super) fn invoke_path(project: &str, function: &str, kind: FunctionType) -> Option<String> {
+    (kind == FunctionType::Http).then(|| format!("/invoke/{project}/{function}"))
 }
 
 fn summary(d: &DeploymentRow) -> DeploymentSummary {
@@ -69,9 +69,9 @@ pub(super) async fn list_projects(State(s): State<AppState>, Extension(who): Ext
 
 fn project_function(project: &str, f: LiveFunction) -> ProjectFunction {
     let LiveFunction { function: f, memory_bytes, cpu_millis, instances } = f;
-    let http = f.kind == "http";
+    let http = f.kind == FunctionType::Http;
     ProjectFunction {
-        invoke_path: invoke_path(project, &f.name, &f.kind),
+        invoke_path: invoke_path(project, &f.name, f.kind),
         scaling: http.then_some(f.scaling),
         auth: http.then_some(f.options.auth),
         name: f.name,

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use crate::engine::manifest::{Access, Scaling};
-pub use crate::engine::views::{BuildState, DeploymentStatus};
+pub use crate::engine::views::{BuildState, DeploymentStatus, FunctionType, RunStatus};
 pub use crate::engine::{DeployRequest, SubmitStatus};
 
 /// The header that carries an invoke key.
@@ -197,9 +197,8 @@ pub struct InstanceCounts {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProjectFunction {
     pub name: String,
-    /// `http` or `cron`.
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: FunctionType,
     pub schedule: Option<String>,
     pub invoke_path: Option<String>,
     pub timeout_ms: u64,
@@ -247,7 +246,7 @@ pub struct InvokeKey {
 pub struct DeploymentFunction {
     pub name: String,
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: FunctionType,
     pub schedule: Option<String>,
     pub image: Option<String>,
     pub build_state: BuildState,
@@ -291,7 +290,7 @@ pub struct CronRun {
     pub project: String,
     pub function: String,
     pub deployment_id: i64,
-    pub status: String,
+    pub status: RunStatus,
     pub scheduled_at: DateTime<Utc>,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -317,7 +316,7 @@ pub struct LogEntry {
     pub run: Option<i64>,
     pub at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<String>,
+    pub status: Option<RunStatus>,
     pub output: String,
     /// Read from a container still running as the answer was sent.
     pub running: bool,
@@ -384,7 +383,7 @@ mod tests {
         };
         let v = serde_json::to_value(&instance).expect("json");
         assert_eq!(keys(&v), ["at", "container", "output", "running", "source"]);
-        let run = LogEntry { source: "cron".into(), container: None, run: Some(3), status: Some("ok".into()), ..instance };
+        let run = LogEntry { source: "cron".into(), container: None, run: Some(3), status: Some(RunStatus::Succeeded), ..instance };
         let v = serde_json::to_value(&run).expect("json");
         assert_eq!(keys(&v), ["at", "output", "run", "running", "source", "status"]);
         assert_eq!(serde_json::from_value::<LogEntry>(v).expect("back"), run);

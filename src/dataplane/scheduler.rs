@@ -11,7 +11,8 @@ use chrono::Utc;
 use tokio::task::JoinHandle;
 
 use crate::infra::driver::{labels, ContainerSpec, Driver, Env, Limits};
-use crate::infra::store::Store;
+use crate::engine::manifest::FunctionType;
+use crate::infra::store::{RunStatus, Store};
 
 /// Runs kept per function.
 const RUNS_KEPT: u32 = 200;
@@ -125,7 +126,7 @@ impl Scheduler {
                 tracing::info!(project = %job.project, function = %job.function, "previous run still going; firing skipped");
                 let store = self.inner.store.clone();
                 let j = job.clone();
-                let _ = tokio::task::spawn_blocking(move || store.start_cron_run(&j.project, &j.function, j.deployment_id, next, "skipped")).await;
+                let _ = tokio::task::spawn_blocking(move || store.start_cron_run(&j.project, &j.function, j.deployment_id, next, RunStatus::Skipped)).await;
                 continue;
             }
             let me = self.clone();
@@ -140,15 +141,15 @@ impl Scheduler {
     }
 
     /// Runs the function once, records the run, and returns its status.
-    pub async fn run_once(&self, job: &CronJob, scheduled: chrono::DateTime<Utc>) -> String {
+    pub async fn run_once(&self, job: &CronJob, scheduled: chrono::DateTime<Utc>) -> RunStatus {
         let inner = &self.inner;
         let store = inner.store.clone();
         let (p, f, d) = (job.project.clone(), job.function.clone(), job.deployment_id);
-        let run_id = match tokio::task::spawn_blocking(move || store.start_cron_run(&p, &f, d, scheduled, "running")).await {
+        let run_id = match tokio::task::spawn_blocking(move || store.start_cron_run(&p, &f, d, scheduled, RunStatus::Running)).await {
             Ok(Ok(id)) => id,
             other => {
                 tracing::error!(?other, "cannot record a cron run");
-                return "failed".into();
+                return RunStatus::Failed;
             }
         };
         let began = std::time::Instant::now();
@@ -157,21 +158,21 @@ impl Scheduler {
             name: format!("esl-{}-{}-run{}", job.project, fn_part, run_id),
             image: job.image.clone(),
             env: job.env.clone(),
-            labels: labels::for_container(&job.project, &job.function, job.deployment_id, "cron"),
+            labels: labels::for_container(&job.project, &job.function, job.deployment_id, FunctionType::Cron.as_str()),
             limits: job.limits.clone(),
         };
         // A run needs no address: start it, wait for it, keep its output and exit code,
         // however quickly it ends.
         let (status, exit_code, output) = match inner.driver.start_job(spec).await {
-            Err(e) => ("failed", None, format!("eserveless: could not start the run: {e}\n")),
+            Err(e) => (RunStatus::Failed, None, format!("eserveless: could not start the run: {e}\n")),
             Ok(id) => {
                 inner.active.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone());
                 let (status, code, note) = match tokio::time::timeout(job.timeout, self.wait_through_outages(&id)).await {
-                    Ok(Ok(0)) => ("succeeded", Some(0), String::new()),
-                    Ok(Ok(code)) => ("failed", Some(code), format!("eserveless: the function exited with status {code}\n")),
-                    Ok(Err(e)) => ("failed", None, format!("eserveless: lost track of the run: {e}\n")),
+                    Ok(Ok(0)) => (RunStatus::Succeeded, Some(0), String::new()),
+                    Ok(Ok(code)) => (RunStatus::Failed, Some(code), format!("eserveless: the function exited with status {code}\n")),
+                    Ok(Err(e)) => (RunStatus::Failed, None, format!("eserveless: lost track of the run: {e}\n")),
                     Err(_) => (
-                        "timed_out",
+                        RunStatus::TimedOut,
                         None,
                         format!("eserveless: killed after its timeout of {}\n", humantime::format_duration(job.timeout)),
                     ),
@@ -188,16 +189,15 @@ impl Scheduler {
             }
         };
         let duration = began.elapsed().as_millis() as i64;
-        tracing::info!(project = %job.project, function = %job.function, status, duration_ms = duration, "cron run finished");
+        tracing::info!(project = %job.project, function = %job.function, status = status.as_str(), duration_ms = duration, "cron run finished");
         let store = inner.store.clone();
         let (p, f) = (job.project.clone(), job.function.clone());
-        let st = status.to_string();
         let _ = tokio::task::spawn_blocking(move || {
-            store.finish_cron_run(run_id, &st, exit_code, duration, &output)?;
+            store.finish_cron_run(run_id, status, exit_code, duration, &output)?;
             store.prune_cron_runs(&p, &f, RUNS_KEPT)
         })
         .await;
-        status.to_string()
+        status
     }
 
     /// Waits for a run's container to exit, riding out an engine that is briefly unreachable
@@ -246,11 +246,11 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(4200)).await;
         s.remove_project("p");
         let runs = store.cron_runs("p", "Tick", 100).expect("runs");
-        let started = runs.iter().filter(|r| r.status != "skipped").count();
-        let skipped = runs.iter().filter(|r| r.status == "skipped").count();
+        let started = runs.iter().filter(|r| r.status != RunStatus::Skipped).count();
+        let skipped = runs.iter().filter(|r| r.status == RunStatus::Skipped).count();
         assert!(started <= 2, "runs overlapped: {runs:?}");
         assert!(skipped >= 1, "a firing during a run is recorded as skipped: {runs:?}");
-        let done = runs.iter().find(|r| r.status == "succeeded").expect("one run finished");
+        let done = runs.iter().find(|r| r.status == RunStatus::Succeeded).expect("one run finished");
         assert_eq!(done.exit_code, Some(0));
         assert!(done.output.starts_with("ran esl-p-tick-run"), "{:?}", done.output);
         assert!(done.duration_ms.unwrap_or(0) >= 2500, "{done:?}");
@@ -261,9 +261,9 @@ mod tests {
         let store = Arc::new(Store::in_memory().expect("store"));
         let s = Scheduler::new(Arc::new(slow(Duration::from_secs(60))), store.clone(), 64 * 1024);
         let status = s.run_once(&job(Duration::from_millis(200)), Utc::now()).await;
-        assert_eq!(status, "timed_out");
+        assert_eq!(status, RunStatus::TimedOut);
         let run = &store.cron_runs("p", "Tick", 1).expect("runs")[0];
-        assert_eq!(run.status, "timed_out");
+        assert_eq!(run.status, RunStatus::TimedOut);
         assert!(run.output.contains("killed after its timeout of 200ms"), "{:?}", run.output);
     }
 
@@ -274,9 +274,9 @@ mod tests {
         driver.outages.store(2, Ordering::Release);
         let s = Scheduler::new(Arc::new(driver), store.clone(), 64 * 1024);
         let status = s.run_once(&job(Duration::from_secs(30)), Utc::now()).await;
-        assert_eq!(status, "succeeded");
+        assert_eq!(status, RunStatus::Succeeded);
         let run = &store.cron_runs("p", "Tick", 1).expect("runs")[0];
-        assert_eq!((run.status.as_str(), run.exit_code), ("succeeded", Some(0)), "{run:?}");
+        assert_eq!((run.status, run.exit_code), (RunStatus::Succeeded, Some(0)), "{run:?}");
         assert!(s.active_containers().is_empty(), "a finished run is no longer claimed");
     }
 }

@@ -81,7 +81,7 @@ impl Platform {
     /// Creates a user with a first token named `initial` (admins only).
     pub fn create_user(&self, who: &Principal, name: &str, admin: bool) -> Result<CreatedUser> {
         admin_only(who)?;
-        auth::validate_user_name(name).map_err(|m| EngineError::invalid("invalid_name", m.to_string()))?;
+        auth::validate_user_name(name).map_err(|m| EngineError::invalid(m.code(), m.to_string()))?;
         let user = self.store.create_user(name, admin)?.ok_or_else(|| EngineError::UserExists { user: name.to_string() })?;
         let (id, token) = auth::issue_token(&self.store, user.id, "initial")?;
         tracing::info!(user = %user.name, admin = user.admin, by = %who.name, "user created");
@@ -133,7 +133,7 @@ impl Platform {
 
     /// Makes a token for `who`, or for `user` (admins only).
     pub fn create_token(&self, who: &Principal, name: &str, user: Option<&str>) -> Result<IssuedToken> {
-        auth::validate_token_name(name).map_err(|m| EngineError::invalid("invalid_name", m.to_string()))?;
+        auth::validate_token_name(name).map_err(|m| EngineError::invalid(m.code(), m.to_string()))?;
         let user_id = match user {
             Some(u) if u != who.name => {
                 admin_only(who)?;

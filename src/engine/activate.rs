@@ -28,7 +28,7 @@ impl Platform {
             let env = Env(env);
             let limits = self.function_limits(&f.options);
             let timeout = std::time::Duration::from_millis(f.timeout_ms);
-            if f.kind == "cron" {
+            if f.kind == crate::engine::manifest::FunctionType::Cron {
                 jobs.push(CronJob {
                     project: project.to_string(),
                     function: f.name.clone(),

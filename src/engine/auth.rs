@@ -98,27 +98,43 @@ pub fn authenticate(store: &Store, authorization: Option<&[u8]>) -> Result<Princ
     }
 }
 
+/// A user or token name that cannot be accepted; the API answers it with [`NameError::code`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error(
+        "user name `{}` is not valid; use 1-32 lower-case letters, digits, `-` or `_`, starting with a letter",
+        .0.escape_debug()
+    )]
+    User(String),
+    #[error("token name `{}` must be 1-64 printable characters", .0.escape_debug())]
+    Token(String),
+}
+
+impl NameError {
+    /// The stable `error.code` of the API answer.
+    pub fn code(&self) -> &'static str {
+        "invalid_name"
+    }
+}
+
 /// Checks a user name: 1–32 of `a-z`, `0-9`, `-`, `_`, starting with a letter.
-pub fn validate_user_name(name: &str) -> Result<(), String> {
+pub fn validate_user_name(name: &str) -> Result<(), NameError> {
     let ok = (1..=32).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "user name `{}` is not valid; use 1-32 lower-case letters, digits, `-` or `_`, starting with a letter",
-            name.escape_debug()
-        ))
+        Err(NameError::User(name.to_string()))
     }
 }
 
 /// Checks a token's label: 1–64 printable characters.
-pub fn validate_token_name(name: &str) -> Result<(), String> {
+pub fn validate_token_name(name: &str) -> Result<(), NameError> {
     if (1..=64).contains(&name.chars().count()) && !name.chars().any(char::is_control) {
         Ok(())
     } else {
-        Err(format!("token name `{}` must be 1-64 printable characters", name.escape_debug()))
+        Err(NameError::Token(name.to_string()))
     }
 }
 
@@ -203,5 +219,21 @@ mod tests {
         assert!(hash_matches(&key, &h));
         assert!(!hash_matches(&format!("{key}x"), &h));
         assert!(!hash_matches(&key, &[]), "an empty stored hash matches nothing");
+    }
+
+    #[test]
+    fn name_errors_keep_their_messages() {
+        assert_eq!(validate_user_name("bob-2"), Ok(()));
+        let e = validate_user_name("Bob\n").expect_err("upper case and a newline");
+        assert_eq!(e, NameError::User("Bob\n".into()));
+        assert_eq!(
+            e.to_string(),
+            "user name `Bob\\n` is not valid; use 1-32 lower-case letters, digits, `-` or `_`, starting with a letter"
+        );
+        assert!(validate_user_name(&"a".repeat(33)).is_err());
+        assert_eq!(validate_token_name("laptop"), Ok(()));
+        let e = validate_token_name("").expect_err("empty");
+        assert_eq!((e.code(), e.to_string().as_str()), ("invalid_name", "token name `` must be 1-64 printable characters"));
+        assert!(matches!(validate_token_name("a\tb"), Err(NameError::Token(_))));
     }
 }

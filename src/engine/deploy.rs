@@ -162,7 +162,7 @@ impl Platform {
             .zip(&scalings)
             .map(|((f, image), scaling)| NewFunction {
                 name: f.name.as_str(),
-                kind: f.kind.as_str(),
+                kind: f.kind.function_type(),
                 schedule: f.kind.schedule(),
                 env: &f.env,
                 timeout_ms: f.timeout.as_millis() as u64,
@@ -196,7 +196,7 @@ impl Platform {
             self.log(id, &format!("building {name} ({}) as {image}", f.kind.as_str()));
             let vars = TemplateVars {
                 function: name.to_string(),
-                kind: f.kind.as_str().to_string(),
+                kind: f.kind.function_type(),
                 project: project.to_string(),
                 commit: checkout.sha.clone(),
                 node_image: self.config.node_image.clone(),

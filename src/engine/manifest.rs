@@ -42,9 +42,13 @@ pub enum FunctionKind {
 
 impl FunctionKind {
     pub fn as_str(&self) -> &'static str {
+        self.function_type().as_str()
+    }
+    /// The kind without its settings: what the store and the API record.
+    pub fn function_type(&self) -> FunctionType {
         match self {
-            FunctionKind::Http => "http",
-            FunctionKind::Cron { .. } => "cron",
+            FunctionKind::Http => FunctionType::Http,
+            FunctionKind::Cron { .. } => FunctionType::Cron,
         }
     }
     pub fn schedule(&self) -> Option<&str> {
@@ -52,6 +56,38 @@ impl FunctionKind {
             FunctionKind::Http => None,
             FunctionKind::Cron { schedule } => Some(schedule),
         }
+    }
+}
+
+/// A function's `type`, as the manifest, the store (`functions.kind`) and the API's `type`
+/// field spell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FunctionType {
+    Http,
+    Cron,
+}
+
+impl FunctionType {
+    pub const ALL: [FunctionType; 2] = [FunctionType::Http, FunctionType::Cron];
+
+    /// The text stored in SQL, used as template set name and in container labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FunctionType::Http => "http",
+            FunctionType::Cron => "cron",
+        }
+    }
+
+    /// The inverse of [`FunctionType::as_str`]; `None` for any other text.
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == text)
+    }
+}
+
+impl fmt::Display for FunctionType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -193,26 +229,19 @@ pub struct Manifest {
 }
 
 /// Every problem found in a manifest, one per line.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {MANIFEST_FILE}: {}", list_problems(.problems))]
 pub struct ManifestError {
     pub problems: Vec<String>,
 }
 
-impl fmt::Display for ManifestError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid {MANIFEST_FILE}: ")?;
-        if self.problems.len() == 1 {
-            write!(f, "{}", self.problems[0])
-        } else {
-            for p in &self.problems {
-                write!(f, "\n  - {p}")?;
-            }
-            Ok(())
-        }
+/// One problem inline; several as an indented list, one per line.
+fn list_problems(problems: &[String]) -> String {
+    match problems {
+        [one] => one.clone(),
+        many => many.iter().map(|p| format!("\n  - {p}")).collect(),
     }
 }
-
-impl std::error::Error for ManifestError {}
 
 /// What the parser needs to know about its surroundings.
 pub struct ParseContext<'a> {
@@ -403,8 +432,43 @@ fn unknown_key_warnings(doc: &Value, warnings: &mut Vec<String>) {
     }
 }
 
-/// Parses and validates a manifest.
+/// What the checks found so far: problems make the manifest invalid, warnings do not.
+#[derive(Default)]
+struct Findings {
+    warnings: Vec<String>,
+    problems: Vec<String>,
+}
+
+/// Parses and validates a manifest. Every check runs, so one answer names every problem;
+/// the problems keep the order of the file (top level first, then each function in turn).
 pub fn parse(text: &str, ctx: &ParseContext<'_>) -> Result<Manifest, ManifestError> {
+    let (doc, raw) = read_document(text)?;
+    let mut found = Findings::default();
+    unknown_key_warnings(&doc, &mut found.warnings);
+    let runtime = resolve_runtime(raw.runtime.as_deref(), ctx, &mut found);
+    let raw_functions = function_list(raw.functions, &mut found.problems);
+
+    let mut functions = Vec::new();
+    // Lower-cased name → the name as first written, to refuse names differing only in case.
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    for (i, rf) in raw_functions.into_iter().enumerate() {
+        if let Some(f) = parse_function(i, rf, runtime.as_deref(), &mut seen, ctx, &mut found) {
+            functions.push(f);
+        }
+    }
+
+    if !found.problems.is_empty() {
+        return Err(ManifestError { problems: found.problems });
+    }
+    Ok(Manifest {
+        runtime: runtime.expect("a missing runtime is reported as a problem above"),
+        functions,
+        warnings: found.warnings,
+    })
+}
+
+/// The YAML document, and its typed reading; a file that is not a mapping stops here.
+fn read_document(text: &str) -> Result<(Value, RawManifest), ManifestError> {
     let fail = |p: String| ManifestError { problems: vec![p] };
     let doc: Value = serde_yaml_ng::from_str(text).map_err(|e| fail(format!("malformed YAML: {}", yaml_error_message(&e))))?;
     if doc.is_null() {
@@ -414,12 +478,12 @@ pub fn parse(text: &str, ctx: &ParseContext<'_>) -> Result<Manifest, ManifestErr
         return Err(fail("the top level must be a mapping with a `functions` list".into()));
     }
     let raw: RawManifest = serde_yaml_ng::from_str(text).map_err(|e| fail(yaml_error_message(&e)))?;
+    Ok((doc, raw))
+}
 
-    let mut warnings = Vec::new();
-    let mut problems = Vec::new();
-    unknown_key_warnings(&doc, &mut warnings);
-
-    let runtime = match raw.runtime.as_deref().map(str::trim) {
+/// The `runtime` key if it names a known runtime, else the one detected from the root files.
+fn resolve_runtime(declared: Option<&str>, ctx: &ParseContext<'_>, found: &mut Findings) -> Option<String> {
+    match declared.map(str::trim) {
         Some(r) if ctx.known_runtimes.iter().any(|k| k == r) => Some(r.to_string()),
         Some(r) => {
             let mut known: Vec<&str> = ctx.known_runtimes.iter().map(String::as_str).collect();
@@ -429,16 +493,18 @@ pub fn parse(text: &str, ctx: &ParseContext<'_>) -> Result<Manifest, ManifestErr
                 "nodejs" | "javascript" | "js" => "; did you mean `node`?".to_string(),
                 _ => did_you_mean(r, known.iter().copied()),
             };
-            problems.push(format!("unknown runtime `{r}`{hint} (known runtimes: {})", known.join(", ")));
+            found.problems.push(format!("unknown runtime `{r}`{hint} (known runtimes: {})", known.join(", ")));
             None
         }
         None => match detect_runtime(ctx.root_files) {
             Some((rt, file)) => {
-                warnings.push(format!("no `runtime` key; detected `{rt}` from `{file}`; add `runtime: {rt}` to silence this"));
+                found
+                    .warnings
+                    .push(format!("no `runtime` key; detected `{rt}` from `{file}`; add `runtime: {rt}` to silence this"));
                 Some(rt.to_string())
             }
             None => {
-                problems.push(
+                found.problems.push(
                     "no `runtime` key, and none could be detected (no package.json, functions.js or go.mod at the root); \
                      add `runtime: node` or `runtime: golang`"
                         .into(),
@@ -446,9 +512,12 @@ pub fn parse(text: &str, ctx: &ParseContext<'_>) -> Result<Manifest, ManifestErr
                 None
             }
         },
-    };
+    }
+}
 
-    let raw_functions = match raw.functions {
+/// The `functions` list, which must hold at least one function.
+fn function_list(functions: Option<Vec<RawFunction>>, problems: &mut Vec<String>) -> Vec<RawFunction> {
+    match functions {
         None => {
             problems.push("no `functions` list; add at least one function, e.g. `functions: [{name: API, type: http}]`".into());
             Vec::new()
@@ -458,214 +527,253 @@ pub fn parse(text: &str, ctx: &ParseContext<'_>) -> Result<Manifest, ManifestErr
             Vec::new()
         }
         Some(f) => f,
-    };
+    }
+}
 
-    let mut functions = Vec::new();
-    let mut seen: BTreeMap<String, String> = BTreeMap::new();
-    for (i, rf) in raw_functions.into_iter().enumerate() {
-        let position = format!("function #{}", i + 1);
-        let Some(name_text) = rf.name.as_deref() else {
-            problems.push(format!("{position} has no `name`; add the exported function's name, e.g. `name: API`"));
-            continue;
-        };
-        let who = format!("function `{name_text}`");
-        let name = match FunctionName::parse(name_text) {
-            Ok(n) => Some(n),
-            Err(e) => {
-                problems.push(format!("{position}: {e}"));
+/// Checks the function at `index` (0-based); `None` if any part of it is invalid.
+fn parse_function(
+    index: usize,
+    rf: RawFunction,
+    runtime: Option<&str>,
+    seen: &mut BTreeMap<String, String>,
+    ctx: &ParseContext<'_>,
+    found: &mut Findings,
+) -> Option<FunctionSpec> {
+    let position = format!("function #{}", index + 1);
+    let Some(name_text) = rf.name.as_deref() else {
+        // Without a name the other problems could not say which function they are about.
+        found.problems.push(format!("{position} has no `name`; add the exported function's name, e.g. `name: API`"));
+        return None;
+    };
+    let who = format!("function `{name_text}`");
+    let name = function_name(&position, &who, name_text, runtime, seen, &mut found.problems);
+    let kind = function_kind(&who, rf.kind.as_deref(), rf.schedule.as_deref(), found);
+    let env = meta_env(&who, rf.meta.as_ref(), &mut found.problems);
+    let timeout = function_timeout(&who, rf.timeout.as_deref(), &mut found.problems);
+    let scaling = function_scaling(&who, &rf, kind.as_ref(), ctx.defaults, found);
+    let mut options = FunctionOptions { auth: function_access(&who, rf.auth.as_deref(), kind.as_ref(), found), ..Default::default() };
+    if let Some(v) = &rf.memory {
+        options.memory_bytes = function_memory(&who, v, ctx.caps, &mut found.problems);
+    }
+    if let Some(v) = &rf.cpu {
+        options.cpu_millis = function_cpu(&who, v, ctx.caps, &mut found.problems);
+    }
+    Some(FunctionSpec { name: name?, kind: kind?, env, timeout, scaling, options })
+}
+
+/// The function's name: valid, exported for Go, and unique ignoring case.
+fn function_name(
+    position: &str,
+    who: &str,
+    text: &str,
+    runtime: Option<&str>,
+    seen: &mut BTreeMap<String, String>,
+    problems: &mut Vec<String>,
+) -> Option<FunctionName> {
+    let name = match FunctionName::parse(text) {
+        Ok(n) => n,
+        Err(e) => {
+            problems.push(format!("{position}: {e}"));
+            return None;
+        }
+    };
+    if runtime == Some("golang") && !name.as_str().starts_with(|c: char| c.is_ascii_uppercase()) {
+        let mut fixed = name.as_str().to_string();
+        fixed[..1].make_ascii_uppercase();
+        problems.push(format!(
+            "{who}: Go only exports names that start with an upper-case letter; rename it to `{fixed}` in the code and the manifest"
+        ));
+    }
+    let folded = name.as_str().to_ascii_lowercase();
+    if let Some(prev) = seen.insert(folded, name.as_str().to_string()) {
+        problems.push(format!("duplicate function name `{text}` (already used by `{prev}`; names must be unique, ignoring case)"));
+    }
+    Some(name)
+}
+
+/// The `type`, with the `schedule` a cron function needs.
+fn function_kind(who: &str, kind: Option<&str>, schedule: Option<&str>, found: &mut Findings) -> Option<FunctionKind> {
+    match kind.map(str::trim) {
+        Some("http") => {
+            if schedule.is_some() {
+                found.warnings.push(format!("{who}: `schedule` is ignored for http functions"));
+            }
+            Some(FunctionKind::Http)
+        }
+        Some("cron") => match schedule {
+            None => {
+                found.problems.push(format!("{who}: cron functions need a `schedule`, e.g. `schedule: \"*/5 * * * *\"`"));
                 None
             }
-        };
-        if let Some(n) = &name {
-            if runtime.as_deref() == Some("golang") && !n.as_str().starts_with(|c: char| c.is_ascii_uppercase()) {
-                let mut fixed = n.as_str().to_string();
-                fixed[..1].make_ascii_uppercase();
-                problems.push(format!(
-                    "{who}: Go only exports names that start with an upper-case letter; rename it to `{fixed}` in the code and the manifest"
-                ));
-            }
-            let folded = n.as_str().to_ascii_lowercase();
-            if let Some(prev) = seen.insert(folded, n.as_str().to_string()) {
-                problems.push(format!(
-                    "duplicate function name `{name_text}` (already used by `{prev}`; names must be unique, ignoring case)"
-                ));
-            }
-        }
-
-        let kind = match rf.kind.as_deref().map(str::trim) {
-            Some("http") => {
-                if rf.schedule.is_some() {
-                    warnings.push(format!("{who}: `schedule` is ignored for http functions"));
-                }
-                Some(FunctionKind::Http)
-            }
-            Some("cron") => match rf.schedule.as_deref() {
-                None => {
-                    problems.push(format!("{who}: cron functions need a `schedule`, e.g. `schedule: \"*/5 * * * *\"`"));
+            Some(s) => match parse_schedule(s) {
+                Ok(_) => Some(FunctionKind::Cron { schedule: s.trim().to_string() }),
+                Err(e) => {
+                    found.problems.push(format!("{who}: invalid schedule `{s}`: {e}"));
                     None
                 }
-                Some(s) => match parse_schedule(s) {
-                    Ok(_) => Some(FunctionKind::Cron { schedule: s.trim().to_string() }),
-                    Err(e) => {
-                        problems.push(format!("{who}: invalid schedule `{s}`: {e}"));
-                        None
-                    }
-                },
             },
-            Some(other) => {
-                problems.push(format!(
-                    "{who}: unknown type `{other}`{}; expected `http` or `cron`",
-                    did_you_mean(other, ["http", "cron"])
-                ));
-                None
-            }
-            None => {
-                problems.push(format!("{who} has no `type`; add `type: http` or `type: cron`"));
-                None
-            }
+        },
+        Some(other) => {
+            found.problems.push(format!(
+                "{who}: unknown type `{other}`{}; expected `http` or `cron`",
+                did_you_mean(other, FunctionType::ALL.map(FunctionType::as_str))
+            ));
+            None
+        }
+        None => {
+            found.problems.push(format!("{who} has no `type`; add `type: http` or `type: cron`"));
+            None
+        }
+    }
+}
+
+/// `meta` as `ESERVELESS_*` environment variables; two keys may not become the same variable.
+fn meta_env(who: &str, meta: Option<&BTreeMap<String, Value>>, problems: &mut Vec<String>) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    let mut env_sources: BTreeMap<String, String> = BTreeMap::new();
+    for (key, value) in meta.into_iter().flatten() {
+        if key.trim().is_empty() {
+            problems.push(format!("{who}: `meta` has an empty key"));
+            continue;
+        }
+        let var = meta_env_name(key);
+        let Some(value) = scalar_to_string(value) else {
+            problems.push(format!("{who}: `meta.{key}` must be a string, number or boolean, not a list or mapping"));
+            continue;
         };
+        if value.contains('\0') {
+            problems.push(format!("{who}: `meta.{key}` contains a NUL character"));
+            continue;
+        }
+        if let Some(prev) = env_sources.insert(var.clone(), key.clone()) {
+            problems.push(format!("{who}: `meta` keys `{prev}` and `{key}` both become `{var}`; rename one of them"));
+        }
+        env.insert(var, value);
+    }
+    env
+}
 
-        let mut env = BTreeMap::new();
-        let mut env_sources: BTreeMap<String, String> = BTreeMap::new();
-        for (key, value) in rf.meta.unwrap_or_default() {
-            if key.trim().is_empty() {
-                problems.push(format!("{who}: `meta` has an empty key"));
-                continue;
-            }
-            let var = meta_env_name(&key);
-            let Some(value) = scalar_to_string(&value) else {
-                problems.push(format!(
-                    "{who}: `meta.{key}` must be a string, number or boolean, not a list or mapping"
-                ));
-                continue;
-            };
-            if value.contains('\0') {
-                problems.push(format!("{who}: `meta.{key}` contains a NUL character"));
-                continue;
-            }
-            if let Some(prev) = env_sources.insert(var.clone(), key.clone()) {
-                problems.push(format!(
-                    "{who}: `meta` keys `{prev}` and `{key}` both become `{var}`; rename one of them"
-                ));
-            }
-            env.insert(var, value);
+/// The per-request / per-run timeout, at most [`MAX_TIMEOUT`].
+fn function_timeout(who: &str, text: Option<&str>, problems: &mut Vec<String>) -> Duration {
+    let Some(t) = text else { return DEFAULT_TIMEOUT };
+    match parse_duration("timeout", who, t, problems) {
+        Some(d) if d > MAX_TIMEOUT => {
+            problems.push(format!("{who}: `timeout` `{t}` is longer than the maximum of 15m"));
+            DEFAULT_TIMEOUT
         }
+        Some(d) => d,
+        None => DEFAULT_TIMEOUT,
+    }
+}
 
-        let timeout = match rf.timeout.as_deref() {
-            None => DEFAULT_TIMEOUT,
-            Some(t) => match parse_duration("timeout", &who, t, &mut problems) {
-                Some(d) if d > MAX_TIMEOUT => {
-                    problems.push(format!("{who}: `timeout` `{t}` is longer than the maximum of 15m"));
-                    DEFAULT_TIMEOUT
-                }
-                Some(d) => d,
-                None => DEFAULT_TIMEOUT,
-            },
-        };
+/// The operator's scaling defaults with the function's own settings applied.
+fn function_scaling(
+    who: &str,
+    rf: &RawFunction,
+    kind: Option<&FunctionKind>,
+    defaults: &Scaling,
+    found: &mut Findings,
+) -> Scaling {
+    let problems = &mut found.problems;
+    let mut scaling = defaults.clone();
+    if let Some(c) = rf.concurrency {
+        if c == 0 || c > 1000 {
+            problems.push(format!("{who}: `concurrency` must be between 1 and 1000, got {c}"));
+        } else {
+            scaling.concurrency = c;
+        }
+    }
+    if let Some(m) = rf.max_instances {
+        if m == 0 || m > LIMIT_MAX_INSTANCES {
+            problems.push(format!("{who}: `max_instances` must be between 1 and {LIMIT_MAX_INSTANCES}, got {m}"));
+        } else {
+            scaling.max_instances = m;
+        }
+    }
+    if let Some(m) = rf.min_instances {
+        if m > scaling.max_instances {
+            problems.push(format!(
+                "{who}: `min_instances` ({m}) is larger than `max_instances` ({}); lower it or raise `max_instances`",
+                scaling.max_instances
+            ));
+        } else {
+            scaling.min_instances = m;
+        }
+    }
+    if let Some(p) = rf.pause_after.as_deref() {
+        if let Some(d) = parse_duration("pause_after", who, p, problems) {
+            scaling.pause_after = d;
+        }
+    }
+    if let Some(p) = rf.idle_timeout.as_deref() {
+        if let Some(d) = parse_duration("idle_timeout", who, p, problems) {
+            scaling.idle_timeout = d;
+        }
+    }
+    if scaling.pause_after > scaling.idle_timeout {
+        // Pausing later than removal is pointless; pause never happens.
+        scaling.pause_after = scaling.idle_timeout;
+    }
+    let scaling_set = rf.concurrency.is_some() || rf.min_instances.is_some() || rf.max_instances.is_some();
+    if matches!(kind, Some(FunctionKind::Cron { .. })) && scaling_set {
+        found.warnings.push(format!("{who}: scaling settings are ignored for cron functions"));
+    }
+    scaling
+}
 
-        let mut scaling = ctx.defaults.clone();
-        if let Some(c) = rf.concurrency {
-            if c == 0 || c > 1000 {
-                problems.push(format!("{who}: `concurrency` must be between 1 and 1000, got {c}"));
-            } else {
-                scaling.concurrency = c;
+/// `auth`: who may invoke the function.
+fn function_access(who: &str, auth: Option<&str>, kind: Option<&FunctionKind>, found: &mut Findings) -> Access {
+    match auth.map(str::trim) {
+        None | Some("public") => Access::Public,
+        Some("private") => {
+            if matches!(kind, Some(FunctionKind::Cron { .. })) {
+                found.warnings.push(format!("{who}: `auth` is ignored for cron functions, which are never reachable over HTTP"));
             }
+            Access::Private
         }
-        if let Some(m) = rf.max_instances {
-            if m == 0 || m > LIMIT_MAX_INSTANCES {
-                problems.push(format!("{who}: `max_instances` must be between 1 and {LIMIT_MAX_INSTANCES}, got {m}"));
-            } else {
-                scaling.max_instances = m;
-            }
-        }
-        if let Some(m) = rf.min_instances {
-            if m > scaling.max_instances {
-                problems.push(format!(
-                    "{who}: `min_instances` ({m}) is larger than `max_instances` ({}); lower it or raise `max_instances`",
-                    scaling.max_instances
-                ));
-            } else {
-                scaling.min_instances = m;
-            }
-        }
-        if let Some(p) = rf.pause_after.as_deref() {
-            if let Some(d) = parse_duration("pause_after", &who, p, &mut problems) {
-                scaling.pause_after = d;
-            }
-        }
-        if let Some(p) = rf.idle_timeout.as_deref() {
-            if let Some(d) = parse_duration("idle_timeout", &who, p, &mut problems) {
-                scaling.idle_timeout = d;
-            }
-        }
-        if scaling.pause_after > scaling.idle_timeout {
-            // Pausing later than removal is pointless; pause never happens.
-            scaling.pause_after = scaling.idle_timeout;
-        }
-        if let (Some(FunctionKind::Cron { .. }), true) = (
-            &kind,
-            rf.concurrency.is_some() || rf.min_instances.is_some() || rf.max_instances.is_some(),
-        ) {
-            warnings.push(format!("{who}: scaling settings are ignored for cron functions"));
-        }
-
-        let mut options = FunctionOptions::default();
-        match rf.auth.as_deref().map(str::trim) {
-            None | Some("public") => {}
-            Some("private") => {
-                if matches!(kind, Some(FunctionKind::Cron { .. })) {
-                    warnings.push(format!("{who}: `auth` is ignored for cron functions, which are never reachable over HTTP"));
-                }
-                options.auth = Access::Private;
-            }
-            Some(other) => problems.push(format!(
+        Some(other) => {
+            found.problems.push(format!(
                 "{who}: unknown `auth` `{other}`{}; expected `public` (anyone may invoke) or `private` (needs the project's invoke key)",
                 did_you_mean(other, ["public", "private"])
-            )),
-        }
-        if let Some(v) = &rf.memory {
-            let text = scalar_to_string(v).unwrap_or_default();
-            match parse_memory(&text) {
-                Err(e) => problems.push(format!("{who}: `memory` {e}")),
-                Ok(b) if b < MIN_MEMORY_BYTES => problems.push(format!(
-                    "{who}: `memory` `{text}` is below the minimum of {}; ask for at least that",
-                    format_bytes(MIN_MEMORY_BYTES)
-                )),
-                Ok(b) if b > ctx.caps.max_memory_bytes => problems.push(format!(
-                    "{who}: `memory` `{text}` is above this server's maximum of {}; ask for less, or have the operator raise `max_memory`",
-                    format_bytes(ctx.caps.max_memory_bytes)
-                )),
-                Ok(b) => options.memory_bytes = Some(b),
-            }
-        }
-        if let Some(v) = &rf.cpu {
-            let text = scalar_to_string(v).unwrap_or_default();
-            match parse_cpu(&text) {
-                Err(e) => problems.push(format!("{who}: `cpu` {e}")),
-                Ok(m) if m < MIN_CPU_MILLIS => {
-                    problems.push(format!("{who}: `cpu` `{text}` is below the minimum of {MIN_CPU_MILLIS}m (0.05 CPU)"))
-                }
-                Ok(m) if m > ctx.caps.max_cpu_millis => problems.push(format!(
-                    "{who}: `cpu` `{text}` is above this server's maximum of {}m; ask for less, or have the operator raise `max_cpu`",
-                    ctx.caps.max_cpu_millis
-                )),
-                Ok(m) => options.cpu_millis = Some(m),
-            }
-        }
-
-        if let (Some(name), Some(kind)) = (name, kind) {
-            functions.push(FunctionSpec { name, kind, env, timeout, scaling, options });
+            ));
+            Access::Public
         }
     }
+}
 
-    if !problems.is_empty() {
-        return Err(ManifestError { problems });
+/// `memory`, within [`MIN_MEMORY_BYTES`] and the operator's ceiling.
+fn function_memory(who: &str, value: &Value, caps: ResourceCaps, problems: &mut Vec<String>) -> Option<u64> {
+    let text = scalar_to_string(value).unwrap_or_default();
+    match parse_memory(&text) {
+        Err(e) => problems.push(format!("{who}: `memory` {e}")),
+        Ok(b) if b < MIN_MEMORY_BYTES => problems.push(format!(
+            "{who}: `memory` `{text}` is below the minimum of {}; ask for at least that",
+            format_bytes(MIN_MEMORY_BYTES)
+        )),
+        Ok(b) if b > caps.max_memory_bytes => problems.push(format!(
+            "{who}: `memory` `{text}` is above this server's maximum of {}; ask for less, or have the operator raise `max_memory`",
+            format_bytes(caps.max_memory_bytes)
+        )),
+        Ok(b) => return Some(b),
     }
-    Ok(Manifest {
-        runtime: runtime.expect("a missing runtime is reported as a problem above"),
-        functions,
-        warnings,
-    })
+    None
+}
+
+/// `cpu`, within [`MIN_CPU_MILLIS`] and the operator's ceiling.
+fn function_cpu(who: &str, value: &Value, caps: ResourceCaps, problems: &mut Vec<String>) -> Option<u32> {
+    let text = scalar_to_string(value).unwrap_or_default();
+    match parse_cpu(&text) {
+        Err(e) => problems.push(format!("{who}: `cpu` {e}")),
+        Ok(m) if m < MIN_CPU_MILLIS => {
+            problems.push(format!("{who}: `cpu` `{text}` is below the minimum of {MIN_CPU_MILLIS}m (0.05 CPU)"))
+        }
+        Ok(m) if m > caps.max_cpu_millis => problems.push(format!(
+            "{who}: `cpu` `{text}` is above this server's maximum of {}m; ask for less, or have the operator raise `max_cpu`",
+            caps.max_cpu_millis
+        )),
+        Ok(m) => return Some(m),
+    }
+    None
 }
 
 #[cfg(test)]
@@ -893,6 +1001,52 @@ functions:
         assert_eq!(
             e.to_string(),
             "invalid .eserveless.yaml: no `runtime` key, and none could be detected (no package.json, functions.js or go.mod at the root); add `runtime: node` or `runtime: golang`"
+        );
+    }
+    // Every check of one function runs, and the problems keep the file's order: top level,
+    // then name, type, meta, timeout, scaling, auth, memory, cpu; warnings likewise.
+    #[test]
+    fn golden_problem_order_within_one_function() {
+        let text = "runtime: golang\nfunctions:\n  - {name: api, type: cron, meta: {\" \": 1, a.b: x, a_b: y, l: [1]}, timeout: soon, concurrency: 0, max_instances: 99, pause_after: 0s, idle_timeout: never, auth: secret, memory: lots, cpu: 1m}\n  - {name: Api, type: http, timeout: 1h}\n";
+        let (rt, files) = ctx_files(&["go.mod"]);
+        let e = parse(
+            text,
+            &ParseContext { known_runtimes: &rt, root_files: &files, defaults: &Scaling::default(), caps: ResourceCaps::default() },
+        )
+        .expect_err("many problems");
+        assert_eq!(
+            e.problems,
+            vec![
+                "function `api`: Go only exports names that start with an upper-case letter; rename it to `Api` in the code and the manifest",
+                "function `api`: cron functions need a `schedule`, e.g. `schedule: \"*/5 * * * *\"`",
+                "function `api`: `meta` has an empty key",
+                "function `api`: `meta` keys `a.b` and `a_b` both become `ESERVELESS_A_B`; rename one of them",
+                "function `api`: `meta.l` must be a string, number or boolean, not a list or mapping",
+                "function `api`: `timeout` value `soon` is not a duration (expected number at 0); write it like `10s`, `500ms` or `5m`",
+                "function `api`: `concurrency` must be between 1 and 1000, got 0",
+                "function `api`: `max_instances` must be between 1 and 64, got 99",
+                "function `api`: `pause_after` must be greater than zero, got `0s`",
+                "function `api`: `idle_timeout` value `never` is not a duration (expected number at 0); write it like `10s`, `500ms` or `5m`",
+                "function `api`: unknown `auth` `secret`; expected `public` (anyone may invoke) or `private` (needs the project's invoke key)",
+                "function `api`: `memory` `lots` is not a size; write e.g. `256Mi` or `1Gi`",
+                "function `api`: `cpu` `1m` is below the minimum of 50m (0.05 CPU)",
+                "duplicate function name `Api` (already used by `api`; names must be unique, ignoring case)",
+                "function `Api`: `timeout` `1h` is longer than the maximum of 15m",
+            ]
+        );
+        let m = parse_with(
+            "functions:\n  - {name: T, type: cron, schedule: \"* * * * *\", max_instances: 2, auth: private}\n  - {name: H, type: http, schedule: x}\n",
+            &["package.json"],
+        )
+        .expect("warnings only");
+        assert_eq!(
+            m.warnings,
+            vec![
+                "no `runtime` key; detected `node` from `package.json`; add `runtime: node` to silence this",
+                "function `T`: scaling settings are ignored for cron functions",
+                "function `T`: `auth` is ignored for cron functions, which are never reachable over HTTP",
+                "function `H`: `schedule` is ignored for http functions",
+            ]
         );
     }
 }

@@ -280,8 +280,8 @@ impl Platform {
     /// finish their requests before they go (as in a redeploy).
     pub async fn change_secrets(self: &Arc<Self>, project: &str, set: &[(String, String)], remove: &[String]) -> error::Result<()> {
         for (name, value) in set {
-            crate::infra::secrets::validate_name(name).map_err(|m| EngineError::invalid("invalid_secret", m.to_string()))?;
-            crate::infra::secrets::validate_value(name, value).map_err(|m| EngineError::invalid("invalid_secret", m.to_string()))?;
+            crate::infra::secrets::validate_name(name).map_err(|m| EngineError::invalid(m.code(), m.to_string()))?;
+            crate::infra::secrets::validate_value(name, value).map_err(|m| EngineError::invalid(m.code(), m.to_string()))?;
         }
         let lock = self.project_lock(project);
         let _held = lock.lock().await;

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use include_dir::{include_dir, Dir};
 use serde::Serialize;
 
+use crate::engine::manifest::FunctionType;
+
 static EMBEDDED: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/runtimes");
 
 /// A runtime's directory of files common to all its kinds.
@@ -29,7 +31,8 @@ pub enum TemplateError {
 #[derive(Debug, Clone, Serialize)]
 pub struct TemplateVars {
     pub function: String,
-    pub kind: String,
+    /// Serialized as the manifest spells it (`http`, `cron`), which the templates compare with.
+    pub kind: FunctionType,
     pub project: String,
     pub commit: String,
     pub node_image: String,
@@ -163,7 +166,7 @@ mod tests {
     fn vars(function: &str, kind: &str) -> TemplateVars {
         TemplateVars {
             function: function.into(),
-            kind: kind.into(),
+            kind: FunctionType::parse(kind).expect("tests name a real kind"),
             project: "p".into(),
             commit: "abc".into(),
             node_image: "node-img".into(),
@@ -229,6 +232,8 @@ mod tests {
         assert!(c.contains(r#"CMD ["node", "/app/.eserveless-build/cron.cjs"]"#) && !c.contains("snapshot") && !c.contains("server.cjs"), "{c}");
         assert!(h.contains("ENV NODE_EXTRA_CA_CERTS=\n") && c.contains("ENV NODE_EXTRA_CA_CERTS=\n"), "both kinds skip the CA bundle parse");
         assert!(http.iter().any(|(p, _)| p == Path::new("loader.cjs")), "shared loader included");
+        // The typed kind reaches the templates as the manifest's text.
+        assert!(h.contains(r#"eserveless.kind="http""#) && c.contains(r#"eserveless.kind="cron""#), "{h}\n{c}");
         assert!(t.render("node", "shared", &vars("API", "http")).is_err(), "shared is not a kind");
     }
 

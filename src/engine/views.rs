@@ -10,7 +10,8 @@ use crate::engine::error::{EngineError, Result};
 use crate::engine::Platform;
 use crate::infra::driver::labels;
 
-pub use crate::infra::store::{BuildState, CronRunRow, DeploymentRow, DeploymentStatus, FunctionRow, LogRow, ProjectRow};
+pub use crate::engine::manifest::FunctionType;
+pub use crate::infra::store::{BuildState, CronRunRow, DeploymentRow, DeploymentStatus, FunctionRow, LogRow, ProjectRow, RunStatus};
 
 /// A project in a listing.
 #[derive(Debug, Clone)]
@@ -157,7 +158,7 @@ impl Platform {
     pub async fn function_logs(&self, who: &Principal, project: &str, function: &str) -> Result<FunctionLogs> {
         self.known_function(who, project, function)?;
         let instances = self.store.function_logs(project, function)?;
-        let runs = self.store.cron_runs(project, function, 20)?.into_iter().rev().filter(|r| r.status != "skipped").collect();
+        let runs = self.store.cron_runs(project, function, 20)?.into_iter().rev().filter(|r| r.status != RunStatus::Skipped).collect();
         let running = match self.driver.list_managed().await {
             Ok(list) => list
                 .into_iter()

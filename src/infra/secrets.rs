@@ -78,31 +78,54 @@ impl SecretBox {
     }
 }
 
+/// A secret name or value that cannot be stored; the API answers it with [`SecretError::code`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    #[error(
+        "secret name `{}` is not an environment variable name; use letters, digits and `_`, not starting with a digit (at most 128)",
+        .0.escape_debug()
+    )]
+    InvalidName(String),
+    #[error("secret name `{0}` is reserved by the platform; choose another name")]
+    ReservedName(String),
+    #[error("secret `{name}` is {len} bytes; the limit is {}", MAX_VALUE_BYTES)]
+    TooLong { name: String, len: usize },
+    #[error("secret `{0}` contains a NUL character, which an environment variable cannot hold")]
+    NulInValue(String),
+}
+
+impl SecretError {
+    /// The stable `error.code` of the API answer.
+    pub fn code(&self) -> &'static str {
+        "invalid_secret"
+    }
+}
+
+/// Names the platform sets itself (besides `ESERVELESS_*`), so a secret may not replace them.
+const RESERVED_NAMES: &[&str] = &["PORT", "HOME", "PATH", "NODE_ENV", "NODE_OPTIONS", "LD_PRELOAD", "LD_LIBRARY_PATH"];
+
 /// Checks a secret's name: an environment variable name that the platform does not set itself.
-pub fn validate_name(name: &str) -> Result<(), String> {
+pub fn validate_name(name: &str) -> Result<(), SecretError> {
     let valid = !name.is_empty()
         && name.len() <= 128
         && name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
     if !valid {
-        return Err(format!(
-            "secret name `{}` is not an environment variable name; use letters, digits and `_`, not starting with a digit (at most 128)",
-            name.escape_debug()
-        ));
+        return Err(SecretError::InvalidName(name.to_string()));
     }
     let upper = name.to_ascii_uppercase();
-    if upper.starts_with("ESERVELESS_") || ["PORT", "HOME", "PATH", "NODE_ENV", "NODE_OPTIONS", "LD_PRELOAD", "LD_LIBRARY_PATH"].contains(&upper.as_str()) {
-        return Err(format!("secret name `{name}` is reserved by the platform; choose another name"));
+    if upper.starts_with("ESERVELESS_") || RESERVED_NAMES.contains(&upper.as_str()) {
+        return Err(SecretError::ReservedName(name.to_string()));
     }
     Ok(())
 }
 
-pub fn validate_value(name: &str, value: &str) -> Result<(), String> {
+pub fn validate_value(name: &str, value: &str) -> Result<(), SecretError> {
     if value.len() > MAX_VALUE_BYTES {
-        return Err(format!("secret `{name}` is {} bytes; the limit is {MAX_VALUE_BYTES}", value.len()));
+        return Err(SecretError::TooLong { name: name.to_string(), len: value.len() });
     }
     if value.contains('\0') {
-        return Err(format!("secret `{name}` contains a NUL character, which an environment variable cannot hold"));
+        return Err(SecretError::NulInValue(name.to_string()));
     }
     Ok(())
 }
@@ -143,10 +166,30 @@ mod tests {
             assert!(validate_name(bad).is_err(), "{bad:?}");
         }
         for reserved in ["PORT", "home", "ESERVELESS_FUNCTION", "NODE_OPTIONS"] {
-            assert!(validate_name(reserved).expect_err(reserved).contains("reserved"), "{reserved}");
+            assert!(validate_name(reserved).expect_err(reserved).to_string().contains("reserved"), "{reserved}");
         }
         assert!(validate_value("X", "a\0b").is_err());
         assert!(validate_value("X", &"a".repeat(MAX_VALUE_BYTES + 1)).is_err());
         assert!(validate_value("X", "fine").is_ok());
+    }
+
+    #[test]
+    fn errors_keep_their_messages() {
+        let cases = [
+            (
+                validate_name("1X"),
+                "secret name `1X` is not an environment variable name; use letters, digits and `_`, not starting with a digit (at most 128)",
+            ),
+            (validate_name("a\nb"), "secret name `a\\nb` is not an environment variable name; use letters, digits and `_`, not starting with a digit (at most 128)"),
+            (validate_name("Path"), "secret name `Path` is reserved by the platform; choose another name"),
+            (validate_value("X", &"a".repeat(MAX_VALUE_BYTES + 1)), "secret `X` is 32769 bytes; the limit is 32768"),
+            (validate_value("X", "a\0b"), "secret `X` contains a NUL character, which an environment variable cannot hold"),
+        ];
+        for (got, want) in cases {
+            let e = got.expect_err(want);
+            assert_eq!((e.code(), e.to_string().as_str()), ("invalid_secret", want));
+        }
+        assert!(matches!(validate_name("ESERVELESS_X"), Err(SecretError::ReservedName(_))));
+        assert!(matches!(validate_value("X", "\0"), Err(SecretError::NulInValue(_))));
     }
 }

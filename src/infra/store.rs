@@ -12,6 +12,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use rusqlite_migration::{Migrations, M};
 use serde::{Deserialize, Serialize};
 
+use crate::engine::manifest::FunctionType;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error")]
@@ -196,6 +198,53 @@ impl BuildState {
     }
 }
 
+/// How a cron run went; `running` until it ends, `skipped` when a firing found the previous
+/// run still going.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Running,
+    Succeeded,
+    Failed,
+    TimedOut,
+    Skipped,
+}
+
+impl RunStatus {
+    pub const ALL: [RunStatus; 5] = [Self::Running, Self::Succeeded, Self::Failed, Self::TimedOut, Self::Skipped];
+
+    /// The text stored in `cron_runs.status` and shown in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::TimedOut => "timed_out",
+            Self::Skipped => "skipped",
+        }
+    }
+    fn parse(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| StoreError::Corrupt(format!("cron run status `{s}`")))
+    }
+    /// Whether the run has ended (a skipped firing never started).
+    pub fn is_final(self) -> bool {
+        self != Self::Running
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+fn function_type(s: &str) -> Result<FunctionType> {
+    FunctionType::parse(s).ok_or_else(|| StoreError::Corrupt(format!("function kind `{s}`")))
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ProjectRow {
     pub name: String,
@@ -228,7 +277,7 @@ pub struct DeploymentRow {
 pub struct FunctionRow {
     pub deployment_id: i64,
     pub name: String,
-    pub kind: String,
+    pub kind: FunctionType,
     pub schedule: Option<String>,
     pub env: std::collections::BTreeMap<String, String>,
     pub timeout_ms: u64,
@@ -246,7 +295,7 @@ pub struct CronRunRow {
     pub project: String,
     pub function: String,
     pub deployment_id: i64,
-    pub status: String,
+    pub status: RunStatus,
     pub scheduled_at: DateTime<Utc>,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -338,7 +387,7 @@ pub enum Enqueued {
 /// New function record for a deployment.
 pub struct NewFunction<'a> {
     pub name: &'a str,
-    pub kind: &'a str,
+    pub kind: FunctionType,
     pub schedule: Option<&'a str>,
     pub env: &'a std::collections::BTreeMap<String, String>,
     pub timeout_ms: u64,
@@ -597,7 +646,7 @@ impl Store {
                 params![
                     deployment_id,
                     f.name,
-                    f.kind,
+                    f.kind.as_str(),
                     f.schedule,
                     serde_json::to_string(f.env).expect("maps serialize"),
                     f.timeout_ms as i64,
@@ -646,7 +695,7 @@ impl Store {
             out.push(FunctionRow {
                 deployment_id,
                 name,
-                kind,
+                kind: function_type(&kind)?,
                 schedule,
                 env: serde_json::from_str(&env).map_err(|e| StoreError::Corrupt(e.to_string()))?,
                 timeout_ms: timeout_ms.max(0) as u64,
@@ -677,15 +726,15 @@ impl Store {
         function: &str,
         deployment_id: i64,
         scheduled_at: DateTime<Utc>,
-        status: &str,
+        status: RunStatus,
     ) -> Result<i64> {
         let conn = self.conn();
         let started = now();
-        let finished = if status == "skipped" { Some(started.clone()) } else { None };
+        let finished = if status == RunStatus::Skipped { Some(started.clone()) } else { None };
         conn.execute(
             "INSERT INTO cron_runs (project, function, deployment_id, status, scheduled_at, started_at, finished_at, duration_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, CASE WHEN ?7 IS NULL THEN NULL ELSE 0 END)",
-            params![project, function, deployment_id, status, scheduled_at.to_rfc3339(), started, finished],
+            params![project, function, deployment_id, status.as_str(), scheduled_at.to_rfc3339(), started, finished],
         )?;
         Ok(conn.last_insert_rowid())
     }
@@ -693,14 +742,14 @@ impl Store {
     pub fn finish_cron_run(
         &self,
         id: i64,
-        status: &str,
+        status: RunStatus,
         exit_code: Option<i64>,
         duration_ms: i64,
         output: &str,
     ) -> Result<()> {
         self.conn().execute(
             "UPDATE cron_runs SET status = ?2, exit_code = ?3, duration_ms = ?4, output = ?5, finished_at = ?6 WHERE id = ?1",
-            params![id, status, exit_code, duration_ms, output, now()],
+            params![id, status.as_str(), exit_code, duration_ms, output, now()],
         )?;
         Ok(())
     }
@@ -721,21 +770,32 @@ impl Store {
              FROM cron_runs WHERE project = ?1 AND function = ?2 ORDER BY id DESC LIMIT ?3",
         )?;
         let rows = stmt.query_map(params![project, function, limit], |r| {
-            Ok(CronRunRow {
-                id: r.get(0)?,
-                project: r.get(1)?,
-                function: r.get(2)?,
-                deployment_id: r.get(3)?,
-                status: r.get(4)?,
-                scheduled_at: ts(r.get(5)?)?,
-                started_at: ts(r.get(6)?)?,
-                finished_at: opt_ts(r.get(7)?)?,
-                duration_ms: r.get(8)?,
-                exit_code: r.get(9)?,
-                output: r.get(10)?,
-            })
+            Ok((
+                CronRunRow {
+                    id: r.get(0)?,
+                    project: r.get(1)?,
+                    function: r.get(2)?,
+                    deployment_id: r.get(3)?,
+                    // Replaced below by the stored text, which can only be checked outside
+                    // this closure (it returns rusqlite's error type).
+                    status: RunStatus::Running,
+                    scheduled_at: ts(r.get(5)?)?,
+                    started_at: ts(r.get(6)?)?,
+                    finished_at: opt_ts(r.get(7)?)?,
+                    duration_ms: r.get(8)?,
+                    exit_code: r.get(9)?,
+                    output: r.get(10)?,
+                },
+                r.get::<_, String>(4)?,
+            ))
         })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let mut out = Vec::new();
+        for row in rows {
+            let (mut run, status) = row?;
+            run.status = RunStatus::parse(&status)?;
+            out.push(run);
+        }
+        Ok(out)
     }
 
     pub fn save_function_log(&self, project: &str, function: &str, container: &str, output: &str) -> Result<()> {
@@ -822,7 +882,7 @@ mod tests {
         let scaling = Scaling::default();
         s.add_functions(
             d1,
-            &[NewFunction { name: "API", kind: "http", schedule: None, env: &env, timeout_ms: 30000, scaling: &scaling, options: &Default::default(), image: "img:1" }],
+            &[NewFunction { name: "API", kind: FunctionType::Http, schedule: None, env: &env, timeout_ms: 30000, scaling: &scaling, options: &Default::default(), image: "img:1" }],
         )
         .expect("fns");
         assert_eq!(s.deployment(d1).expect("get").expect("some").status, DeploymentStatus::Queued);
@@ -855,20 +915,20 @@ mod tests {
     fn cron_runs_are_recorded_and_pruned() {
         let s = Store::in_memory().expect("store");
         for i in 0..5 {
-            let id = s.start_cron_run("p", "T", 1, Utc::now(), "running").expect("start");
-            s.finish_cron_run(id, "succeeded", Some(0), i, "out").expect("finish");
+            let id = s.start_cron_run("p", "T", 1, Utc::now(), RunStatus::Running).expect("start");
+            s.finish_cron_run(id, RunStatus::Succeeded, Some(0), i, "out").expect("finish");
         }
-        s.start_cron_run("p", "T", 1, Utc::now(), "skipped").expect("skip");
+        s.start_cron_run("p", "T", 1, Utc::now(), RunStatus::Skipped).expect("skip");
         let runs = s.cron_runs("p", "T", 100).expect("runs");
         assert_eq!(runs.len(), 6);
-        assert_eq!(runs[0].status, "skipped");
+        assert_eq!(runs[0].status, RunStatus::Skipped);
         assert_eq!(runs[0].duration_ms, Some(0));
         s.prune_cron_runs("p", "T", 3).expect("prune");
         assert_eq!(s.cron_runs("p", "T", 100).expect("runs").len(), 3);
-        let id = s.start_cron_run("p", "T", 1, Utc::now(), "running").expect("start");
+        let id = s.start_cron_run("p", "T", 1, Utc::now(), RunStatus::Running).expect("start");
         assert_eq!(s.abandon_running_cron_runs().expect("abandon"), 1);
         assert_eq!(s.cron_runs("p", "T", 1).expect("runs")[0].id, id);
-        assert_eq!(s.cron_runs("p", "T", 1).expect("runs")[0].status, "failed");
+        assert_eq!(s.cron_runs("p", "T", 1).expect("runs")[0].status, RunStatus::Failed);
     }
 
     #[test]
@@ -880,5 +940,55 @@ mod tests {
         }
         let s = Store::open(dir.path()).expect("reopen");
         assert_eq!(s.project("p").expect("get").expect("some").git_ref.as_deref(), Some("main"));
+    }
+
+    #[test]
+    fn run_status_and_function_type_text_forms_round_trip() {
+        let texts: Vec<&str> = RunStatus::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(texts, ["running", "succeeded", "failed", "timed_out", "skipped"]);
+        for r in RunStatus::ALL {
+            assert_eq!(RunStatus::parse(r.as_str()).expect("parses"), r);
+            // The API's JSON carries the same text as the database.
+            assert_eq!(serde_json::to_value(r).expect("json"), serde_json::json!(r.as_str()));
+            assert_eq!(r.to_string(), r.as_str());
+        }
+        for t in FunctionType::ALL {
+            assert_eq!(function_type(t.as_str()).expect("parses"), t);
+            assert_eq!(serde_json::to_value(t).expect("json"), serde_json::json!(t.as_str()));
+        }
+        assert_eq!(serde_json::to_value(FunctionType::Http).expect("json"), serde_json::json!("http"));
+        assert_eq!(serde_json::to_value(FunctionType::Cron).expect("json"), serde_json::json!("cron"));
+    }
+
+    #[test]
+    fn unknown_stored_kinds_and_statuses_are_corrupt() {
+        let s = Store::in_memory().expect("store");
+        let id = s.start_cron_run("p", "T", 1, Utc::now(), RunStatus::Running).expect("start");
+        s.conn().execute("UPDATE cron_runs SET status = 'exploded' WHERE id = ?1", [id]).expect("tamper");
+        let e = s.cron_runs("p", "T", 10).expect_err("unknown status");
+        assert!(matches!(&e, StoreError::Corrupt(m) if m == "cron run status `exploded`"), "{e:?}");
+
+        s.upsert_project("p", "https://x/y", None, "admin").expect("project");
+        let d = s.create_deployment("p", "https://x/y", None, "aaa").expect("d");
+        let env = std::collections::BTreeMap::new();
+        let scaling = Scaling::default();
+        let f = NewFunction {
+            name: "T",
+            kind: FunctionType::Cron,
+            schedule: Some("* * * * *"),
+            env: &env,
+            timeout_ms: 1000,
+            scaling: &scaling,
+            options: &Default::default(),
+            image: "img:1",
+        };
+        s.add_functions(d, &[f]).expect("fns");
+        let stored: String = s.conn().query_row("SELECT kind FROM functions", [], |r| r.get(0)).expect("kind");
+        assert_eq!(stored, "cron", "the stored text is unchanged");
+        assert_eq!(s.functions(d).expect("fns")[0].kind, FunctionType::Cron);
+        s.conn().execute("UPDATE functions SET kind = 'grpc'", []).expect("tamper");
+        let e = s.functions(d).expect_err("unknown kind");
+        assert!(matches!(&e, StoreError::Corrupt(m) if m == "function kind `grpc`"), "{e:?}");
+        assert_eq!(e.to_string(), "stored data is corrupt: function kind `grpc`");
     }
 }
