@@ -33,5 +33,8 @@ mod tests {
         let t = DateTime::<Utc>::from_timestamp(1_700_000_000, 5_000_000).expect("time");
         // The same text the API answered with, which the tables printed before they were typed.
         assert_eq!(serde_json::to_value(t).expect("json"), serde_json::Value::String(time(&t)));
+        // Typed states keep the tables' column widths (their Display pads).
+        use crate::api::types::{FunctionType, RunStatus};
+        assert_eq!(format!("{:<6}|{:<10}|", FunctionType::Http, RunStatus::Failed), "http  |failed    |");
     }
 }
