@@ -110,7 +110,8 @@ impl ServerConfig {
         };
         let mut limits = crate::infra::driver::Limits::default();
         if let Some(m) = sandbox.default_memory {
-            limits.memory_bytes = m as i64;
+            // Sizes are checked to at most 2^50 bytes when parsed, so this never saturates.
+            limits.memory_bytes = i64::try_from(m).unwrap_or(i64::MAX);
         }
         if let Some(c) = sandbox.default_cpu {
             limits.nano_cpus = i64::from(c) * 1_000_000;
@@ -121,7 +122,7 @@ impl ServerConfig {
         }
         limits.oci_runtime = sandbox.oci_runtime.clone().filter(|r| !r.trim().is_empty());
         anyhow::ensure!(
-            limits.memory_bytes as u64 <= caps.max_memory_bytes && (limits.nano_cpus / 1_000_000) as u32 <= caps.max_cpu_millis,
+            limits.memory_bytes() <= caps.max_memory_bytes && limits.cpu_millis() <= caps.max_cpu_millis,
             "the default memory/CPU ({} bytes, {}m) is above the maximum ({} bytes, {}m); lower the default or raise the maximum",
             limits.memory_bytes,
             limits.nano_cpus / 1_000_000,
@@ -167,7 +168,7 @@ impl ServerConfig {
             head_timeout,
             max_connections,
             max_client_connections,
-            log_bytes: log_bytes as usize,
+            log_bytes: usize::try_from(log_bytes).unwrap_or(usize::MAX),
         })
     }
 }

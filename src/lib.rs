@@ -9,7 +9,11 @@
 //! - `cli/`: the `eserveless` command's client side;
 //! - `server.rs` and `config.rs`: `eserveless serve` and its settings.
 
+// Only the CLI talks to people on stdout/stderr; the server logs through tracing.
+#![warn(clippy::print_stdout, clippy::print_stderr)]
+
 pub mod api;
+#[allow(clippy::print_stdout, clippy::print_stderr)]
 pub mod cli;
 pub mod config;
 pub mod dataplane;

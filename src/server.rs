@@ -45,12 +45,7 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     if let Some(token) = crate::engine::auth::bootstrap_admin(&store, &config.data_dir)? {
-        // Printed once, to the terminal only (not through the log); also in the 0600 file.
-        println!(
-            "eserveless: first start: created user `admin` with the API token\n\n    {token}\n\n\
-             It is also in {} (mode 0600). Use it with `eserveless login --with-token <token>` or ESERVELESS_TOKEN.",
-            config.data_dir.join(crate::engine::auth::ADMIN_TOKEN_FILE).display()
-        );
+        announce_admin_token(&token, &config.data_dir);
     }
     let limits = ConnLimits::new(&config);
     let platform = Platform::new(store, driver, templates, config)?;
@@ -108,7 +103,7 @@ impl ConnLimits {
         let fds = raise_fd_limit();
         let mut max = config.max_connections;
         if let Some(fds) = fds {
-            let room = fds.saturating_sub(RESERVED_FDS).max(64) as usize;
+            let room = usize::try_from(fds.saturating_sub(RESERVED_FDS).max(64)).unwrap_or(usize::MAX);
             if max > room {
                 tracing::warn!(max_connections = max, fd_limit = fds, using = room, "--max-connections is above what the open-file limit allows; lowered");
                 max = room;
@@ -253,3 +248,14 @@ async fn serve_http(
     Ok(())
 }
 
+
+/// Prints the first admin token once, to the terminal only (not through the log, which may be
+/// shipped elsewhere); it is also in the 0600 file.
+#[allow(clippy::print_stdout)]
+fn announce_admin_token(token: &str, data_dir: &std::path::Path) {
+    println!(
+        "eserveless: first start: created user `admin` with the API token\n\n    {token}\n\n\
+         It is also in {} (mode 0600). Use it with `eserveless login --with-token <token>` or ESERVELESS_TOKEN.",
+        data_dir.join(crate::engine::auth::ADMIN_TOKEN_FILE).display()
+    );
+}

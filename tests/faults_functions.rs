@@ -283,7 +283,7 @@ async fn flooded_output_is_cut_and_reading_it_keeps_memory_bounded() {
                 .and_then(|m| m.split_once(" earlier bytes not kept; the last "))
                 .and_then(|(n, m)| Some((n.parse::<u64>().ok()?, m.parse::<u64>().ok()?)));
             match counts {
-                Some((n, m)) if n > 0 && m as usize == rest.len() && m <= 64 * 1024 => {}
+                Some((n, m)) if n > 0 && usize::try_from(m) == Ok(rest.len()) && m <= 64 * 1024 => {}
                 Some(nm) => faults.push(format!("marker `{marker}` {nm:?} does not fit the {} bytes below it", rest.len())),
                 None if out.len() > 64 * 1024 => faults.push(format!("an entry of {} bytes (over 64 KiB)", out.len())),
                 None if e["running"] == true => {

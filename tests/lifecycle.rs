@@ -565,7 +565,7 @@ async fn assert_sized_answer(ctx: &Ctx, size: usize) {
     let length = r.headers().get(reqwest::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).map(str::to_string);
     assert_eq!(length.as_deref(), Some(size.to_string().as_str()), "Content-Length of ?size={size}");
     let body = r.bytes().await.unwrap_or_else(|e| panic!("the body of ?size={size}: {e}"));
-    let want: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    let want: Vec<u8> = (0..size).map(|i| u8::try_from(i % 251).expect("below 251")).collect();
     if let Some(i) = first_difference(&body, &want) {
         panic!("?size={size}: {} bytes arrived, and they differ from the expected ones at byte {i}", body.len());
     }

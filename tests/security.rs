@@ -18,6 +18,7 @@
 //! Without a reachable Docker engine the test prints "skipping: ..." and passes, except when
 //! `CI=true`, where it fails; the same for the network probes without root or iproute2 (`ip`).
 //! The harness lives in `tests/common/mod.rs`.
+#![allow(unsafe_code)] // setns(2) into the namespaces the test creates: libc has no safe wrapper
 
 #[macro_use]
 mod common;
@@ -116,6 +117,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // p is in 0..=1
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
 }
@@ -635,7 +637,7 @@ fn free_subnet() -> Result<u8, String> {
         .collect();
     let start = std::process::id() as usize;
     (0..253)
-        .map(|i| 1 + ((start + i) % 253) as u8)
+        .map(|i| 1 + u8::try_from((start + i) % 253).expect("below 253"))
         .filter(|x| *x != 169)
         .find(|x| {
             let ours = [(Ipv4Addr::new(169, 254, *x, 0), 24), (Ipv4Addr::new(10, 213, *x, 0), 24)];

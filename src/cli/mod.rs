@@ -26,6 +26,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// `serve`'s settings make that variant large; the enum is built once per process.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server

@@ -188,7 +188,7 @@ impl Scheduler {
                 (status, code, format!("{logs}{note}"))
             }
         };
-        let duration = began.elapsed().as_millis() as i64;
+        let duration = i64::try_from(began.elapsed().as_millis()).unwrap_or(i64::MAX);
         tracing::info!(project = %job.project, function = %job.function, status = status.as_str(), duration_ms = duration, "cron run finished");
         let store = inner.store.clone();
         let (p, f) = (job.project.clone(), job.function.clone());

@@ -91,7 +91,7 @@ impl Platform {
     fn function_limits(&self, o: &FunctionOptions) -> Limits {
         let mut l = self.config.limits.clone();
         if let Some(m) = o.memory_bytes {
-            l.memory_bytes = m.min(self.config.caps.max_memory_bytes) as i64;
+            l.memory_bytes = i64::try_from(m.min(self.config.caps.max_memory_bytes)).unwrap_or(i64::MAX);
         }
         if let Some(c) = o.cpu_millis {
             l.nano_cpus = i64::from(c.min(self.config.caps.max_cpu_millis)) * 1_000_000;

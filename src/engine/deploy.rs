@@ -165,7 +165,7 @@ impl Platform {
                 kind: f.kind.function_type(),
                 schedule: f.kind.schedule(),
                 env: &f.env,
-                timeout_ms: f.timeout.as_millis() as u64,
+                timeout_ms: u64::try_from(f.timeout.as_millis()).unwrap_or(u64::MAX),
                 scaling,
                 options: &f.options,
                 image,

@@ -197,6 +197,8 @@ pub fn parse_memory(text: &str) -> Result<u64, String> {
     if !bytes.is_finite() || bytes < 1.0 || bytes > (1u64 << 50) as f64 {
         return Err(format!("`{text}` is not a sensible size; write e.g. `256Mi`"));
     }
+    // In range and finite (checked above): the conversion is exact up to f64's precision.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     Ok(bytes as u64)
 }
 
@@ -209,6 +211,8 @@ pub fn parse_cpu(text: &str) -> Result<u32, String> {
     }
     .filter(|m| m.is_finite() && *m > 0.0 && *m < 1e6)
     .ok_or_else(|| format!("`{text}` is not a CPU amount; write a number of CPUs like `0.5` or thousandths like `500m`"))?;
+    // Positive, finite and below 1e6 (checked above), so it fits.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     Ok(millis.round() as u32)
 }
 
@@ -318,7 +322,7 @@ fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -
 /// Parses a cron schedule: 5 standard fields, or 6 with seconds first.
 pub fn parse_schedule(expr: &str) -> Result<croner::Cron, String> {
     let fields = expr.split_whitespace().count();
-    if !(fields == 5 || fields == 6) && !expr.trim_start().starts_with('@') {
+    if fields != 5 && fields != 6 && !expr.trim_start().starts_with('@') {
         return Err(format!(
             "has {fields} fields; use 5 fields (minute hour day-of-month month day-of-week) \
              or 6 with seconds first, e.g. \"*/10 * * * * *\""

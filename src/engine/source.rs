@@ -256,8 +256,7 @@ async fn run_git(mut cmd: Command, what: &str, timeout: Duration) -> Result<Stri
         let err = String::from_utf8_lossy(&out.stderr);
         let detail = err
             .lines()
-            .filter(|l| !l.trim().is_empty())
-            .last()
+            .rfind(|l| !l.trim().is_empty())
             .unwrap_or("unknown error")
             .trim_start_matches("fatal: ")
             .to_string();

@@ -111,8 +111,8 @@ impl Platform {
                         _ => None,
                     };
                     LiveFunction {
-                        memory_bytes: f.options.memory_bytes.unwrap_or(self.config.limits.memory_bytes as u64),
-                        cpu_millis: f.options.cpu_millis.unwrap_or((self.config.limits.nano_cpus / 1_000_000) as u32),
+                        memory_bytes: f.options.memory_bytes.unwrap_or(self.config.limits.memory_bytes()),
+                        cpu_millis: f.options.cpu_millis.unwrap_or(self.config.limits.cpu_millis()),
                         instances,
                         function: f,
                     }

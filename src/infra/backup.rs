@@ -191,7 +191,7 @@ pub fn backup(data_dir: &Path, file: &Path, force: bool) -> Result<BackupReport>
         .tempfile_in(&parent)
         .with_context(|| format!("cannot create a temporary file in {}", parent.display()))?;
     let mut builder = tar::Builder::new(std::io::BufWriter::new(tmp.as_file()));
-    let mtime = chrono::Utc::now().timestamp().max(0) as u64;
+    let mtime = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
     let manifest_json = serde_json::to_vec_pretty(&manifest)?;
     append(&mut builder, MANIFEST, manifest_json.len() as u64, mtime, &manifest_json[..])?;
     for f in &manifest.files {

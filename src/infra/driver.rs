@@ -177,6 +177,18 @@ pub struct Limits {
     pub oci_runtime: Option<String>,
 }
 
+impl Limits {
+    /// The memory limit as the manifest and the API count it (Docker's i64, never negative here).
+    pub fn memory_bytes(&self) -> u64 {
+        u64::try_from(self.memory_bytes).unwrap_or(0)
+    }
+
+    /// The CPU share in thousandths of a CPU.
+    pub fn cpu_millis(&self) -> u32 {
+        u32::try_from(self.nano_cpus / 1_000_000).unwrap_or(u32::MAX)
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
