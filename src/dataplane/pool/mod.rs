@@ -16,9 +16,14 @@ use tokio::time::Instant;
 
 use crate::infra::driver::{labels, ContainerSpec, Driver, Env, Limits};
 use crate::engine::manifest::Scaling;
-use crate::infra::metrics::{FunctionMetrics, Metrics};
+use crate::infra::metrics::Metrics;
 use crate::infra::store::Store;
 use crate::dataplane::upstream::{Endpoint, SOCKET_IN_CONTAINER};
+
+mod metrics;
+
+pub use metrics::FunctionMetrics;
+use metrics::PoolMetrics;
 
 /// The port every http function listens on inside its container.
 pub const FUNCTION_PORT: u16 = 8080;
@@ -187,7 +192,7 @@ impl Default for PoolConfig {
 }
 
 struct Shared {
-    metrics: Arc<Metrics>,
+    metrics: PoolMetrics,
     driver: Arc<dyn Driver>,
     store: Arc<Store>,
     config: PoolConfig,
@@ -247,9 +252,8 @@ fn lock(m: &Mutex<PoolInner>) -> MutexGuard<'_, PoolInner> {
 
 impl PoolManager {
     pub fn new(driver: Arc<dyn Driver>, store: Arc<Store>, config: PoolConfig, metrics: Arc<Metrics>) -> Self {
-        PoolManager {
-            shared: Arc::new(Shared {
-                metrics,
+        let shared = Arc::new(Shared {
+                metrics: PoolMetrics::register(&metrics),
                 driver,
                 store,
                 config,
@@ -257,8 +261,17 @@ impl PoolManager {
                 probing: Mutex::new(HashMap::new()),
                 reconnected: Arc::new(Notify::new()),
                 seq: AtomicU64::new(0),
-            }),
-        }
+            });
+        // Instances by state and queue depth are read from the pools at each scrape.
+        let weak = Arc::downgrade(&shared);
+        metrics.on_scrape(move || {
+            if let Some(shared) = weak.upgrade() {
+                let pools = PoolManager { shared };
+                let counts = pools.counts();
+                pools.shared.metrics.set_counts(counts.iter().map(|(r, c)| (r.project.as_str(), r.function.as_str(), c.clone())));
+            }
+        });
+        PoolManager { shared }
     }
 
     pub fn driver(&self) -> &Arc<dyn Driver> {
