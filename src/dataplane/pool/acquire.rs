@@ -1,6 +1,7 @@
 //! Acquiring an instance for one request: the decision ([`choose`]: which instance serves
 //! it, or how it waits), and carrying it out (resume, join a resume, start, queue).
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
@@ -10,7 +11,6 @@ use super::state::{live, InstanceState, InstanceView};
 use super::{lock, AcquireError, AcquireKind, FunctionPool, Lease, PoolInner};
 use crate::dataplane::upstream::Endpoint;
 use crate::engine::manifest::Scaling;
-use std::sync::atomic::Ordering;
 
 /// What a request does next, decided from the pool's bookkeeping alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
