@@ -225,6 +225,7 @@ impl Gateway {
         resp
     }
 
+    /// One invocation, in steps: route lookup, invoke key check, acquire, forward, answer.
     async fn try_invoke(
         &self,
         req: Request<Body>,
@@ -235,7 +236,23 @@ impl Gateway {
         let uri = req.uri().clone();
         let (project, function, rest) = split_invoke_path(uri.path())
             .ok_or_else(|| ApiError::not_found("not_found", "use /invoke/<project>/<function>[/path]"))?;
-        let route_for = |routes: &RouteTable| match routes.get(project, function) {
+        let pool = self.route(project, function)?;
+        *known = Some(pool.clone());
+        if pool.revision().private {
+            self.check_invoke_key(project, function, req.headers())?;
+        }
+        let timeout = pool.revision().timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (pool, lease) = self.acquire(pool, project, function, deadline, timeout).await?;
+        pool.metrics().acquired(lease.kind, lease.took);
+        let up = upstream_request(req, &uri, rest, client_addr, pool.forwarded_prefix())?;
+        let call = Call { project, function, timeout, deadline };
+        call.forward(up, lease).await
+    }
+
+    /// The pool serving `project`/`function` now.
+    fn route(&self, project: &str, function: &str) -> Result<Arc<FunctionPool>, ApiError> {
+        match self.routes.get(project, function) {
             Some(Route::Http(pool)) => Ok(pool),
             Some(Route::Cron) => Err(ApiError::not_found(
                 "not_http",
@@ -245,131 +262,136 @@ impl Gateway {
                 "function_not_found",
                 format!("no live function `{function}` in project `{project}`; `eserveless show {project}` lists its functions"),
             )),
-        };
-        let mut pool = route_for(&self.routes)?;
-        *known = Some(pool.clone());
-        if pool.revision().private {
-            match req.headers().get(INVOKE_KEY_HEADER) {
-                None => {
-                    return Err(ApiError::unauthorized(
-                        "invoke_key_required",
-                        format!("function `{function}` is private: send the project's invoke key in the `X-Eserveless-Key` header (`eserveless keys rotate {project}` makes a new one)"),
-                    ))
-                }
-                Some(k) if !self.routes.invoke_key_matches(project, k.as_bytes()) => {
-                    return Err(ApiError::unauthorized(
-                        "invoke_key_invalid",
-                        format!("the invoke key is not project `{project}`'s current key; it may have been rotated"),
-                    ))
-                }
-                Some(_) => {}
-            }
         }
-        let timeout = pool.revision().timeout;
-        let started = tokio::time::Instant::now();
-        let deadline = started + timeout;
+    }
+
+    /// A private function needs the project's current invoke key.
+    fn check_invoke_key(&self, project: &str, function: &str, headers: &HeaderMap) -> Result<(), ApiError> {
+        match headers.get(INVOKE_KEY_HEADER) {
+            None => Err(ApiError::unauthorized(
+                "invoke_key_required",
+                format!("function `{function}` is private: send the project's invoke key in the `X-Eserveless-Key` header (`eserveless keys rotate {project}` makes a new one)"),
+            )),
+            Some(k) if !self.routes.invoke_key_matches(project, k.as_bytes()) => Err(ApiError::unauthorized(
+                "invoke_key_invalid",
+                format!("the invoke key is not project `{project}`'s current key; it may have been rotated"),
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// An instance for the request, following the route if a redeploy switched it meanwhile;
+    /// with the pool that gave it.
+    async fn acquire(
+        &self,
+        mut pool: Arc<FunctionPool>,
+        project: &str,
+        function: &str,
+        deadline: tokio::time::Instant,
+        timeout: std::time::Duration,
+    ) -> Result<(Arc<FunctionPool>, Lease), ApiError> {
         let mut attempts = 0;
-        let lease = loop {
+        loop {
             match pool.acquire(deadline).await {
-                Ok(lease) => break lease,
+                Ok(lease) => return Ok((pool, lease)),
                 // A redeploy switched the route between lookup and acquire: follow it.
                 Err(AcquireError::Retired) if attempts < 3 => {
                     attempts += 1;
-                    pool = route_for(&self.routes)?;
+                    pool = self.route(project, function)?;
                 }
-                Err(e) => {
-                    return Err(match e {
-                        AcquireError::QueueFull(_) => {
-                            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", e.to_string()).with_retry_after(1)
-                        }
-                        AcquireError::Deadline(_) => ApiError::unavailable("no_capacity", e.to_string()).with_retry_after(1),
-                        AcquireError::StartDeadline(_) => ApiError::new(
-                            StatusCode::GATEWAY_TIMEOUT,
-                            "function_timeout",
-                            format!(
-                                "function `{function}` did not answer within its timeout of {} (its instance was still starting)",
-                                humantime::format_duration(timeout)
-                            ),
-                        ),
-                        AcquireError::StartFailed { .. } => {
-                            ApiError::new(StatusCode::BAD_GATEWAY, "start_failed", e.to_string())
-                        }
-                        AcquireError::Retired => ApiError::unavailable("redeploying", "the function is being redeployed; retry"),
-                    })
-                }
+                Err(e) => return Err(acquire_error(e, function, timeout)),
             }
-        };
-        pool.metrics().acquired(lease.kind, lease.took);
+        }
+    }
+}
 
-        let (mut parts, body) = req.into_parts();
-        let pq = match uri.query() {
-            Some(q) => format!("{rest}?{q}"),
-            None => rest.to_string(),
-        };
-        // Origin-form: the connection already says which instance this is.
-        parts.uri = Uri::try_from(pq).map_err(|e| ApiError::bad_request("bad_path", format!("cannot forward this path: {e}")))?;
-        parts.version = axum::http::Version::HTTP_11;
-        let original_host = parts.headers.get(header::HOST).cloned();
-        if original_host.is_none() {
-            parts.headers.insert(header::HOST, HeaderValue::from_static("localhost"));
-        }
-        strip_hop_by_hop(&mut parts.headers);
-        // The key proves the caller to us; the function has no use for it.
-        parts.headers.remove(INVOKE_KEY_HEADER);
-        let h = &mut parts.headers;
-        if let Some(addr) = client_addr {
-            let ip = addr.ip().to_string();
-            let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-                Some(prev) => format!("{prev}, {ip}"),
-                None => ip,
-            };
-            if let Ok(v) = HeaderValue::from_str(&xff) {
-                h.insert("x-forwarded-for", v);
-            }
-        }
-        h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-        if let Some(host) = original_host {
-            h.insert("x-forwarded-host", host);
-        }
-        h.insert("x-forwarded-prefix", pool.forwarded_prefix().clone());
-        let up = Request::from_parts(parts, body);
+/// The answer to a request that got no instance.
+fn acquire_error(e: AcquireError, function: &str, timeout: std::time::Duration) -> ApiError {
+    match e {
+        AcquireError::QueueFull(_) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", e.to_string()).with_retry_after(1),
+        AcquireError::Deadline(_) => ApiError::unavailable("no_capacity", e.to_string()).with_retry_after(1),
+        AcquireError::StartDeadline(_) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "function_timeout",
+            format!(
+                "function `{function}` did not answer within its timeout of {} (its instance was still starting)",
+                humantime::format_duration(timeout)
+            ),
+        ),
+        AcquireError::StartFailed { .. } => ApiError::new(StatusCode::BAD_GATEWAY, "start_failed", e.to_string()),
+        AcquireError::Retired => ApiError::unavailable("redeploying", "the function is being redeployed; retry"),
+    }
+}
 
-        let timed_out = || {
-            ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "function_timeout",
-                format!("function `{function}` did not answer within its timeout of {}", humantime::format_duration(timeout)),
-            )
+/// The request as the instance gets it: origin-form path, no hop-by-hop headers nor invoke
+/// key, and the forwarded headers.
+fn upstream_request(
+    req: Request<Body>,
+    uri: &Uri,
+    rest: &str,
+    client_addr: Option<SocketAddr>,
+    forwarded_prefix: &HeaderValue,
+) -> Result<Request<Body>, ApiError> {
+    let (mut parts, body) = req.into_parts();
+    let pq = match uri.query() {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest.to_string(),
+    };
+    // Origin-form: the connection already says which instance this is.
+    parts.uri = Uri::try_from(pq).map_err(|e| ApiError::bad_request("bad_path", format!("cannot forward this path: {e}")))?;
+    parts.version = axum::http::Version::HTTP_11;
+    let original_host = parts.headers.get(header::HOST).cloned();
+    if original_host.is_none() {
+        parts.headers.insert(header::HOST, HeaderValue::from_static("localhost"));
+    }
+    strip_hop_by_hop(&mut parts.headers);
+    // The key proves the caller to us; the function has no use for it.
+    parts.headers.remove(INVOKE_KEY_HEADER);
+    let h = &mut parts.headers;
+    if let Some(addr) = client_addr {
+        let ip = addr.ip().to_string();
+        let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip,
         };
-        // Whose fault a failed exchange was. The instance was already marked broken where it
-        // was to blame (below for the head, in `LeasedBody` for the body).
-        let failed = |callers: bool, e: &dyn std::fmt::Display| {
-            if callers {
-                // A client that abandons its upload says nothing about the instance: it stays.
-                tracing::debug!(project, function, error = %e, "request not forwarded whole");
-                ApiError::bad_request(
-                    "request_incomplete",
-                    format!("the request to `{function}` could not be forwarded whole ({e}); send it again with a complete body"),
-                )
-            } else {
-                tracing::warn!(project, function, error = %e, "instance failed mid-request");
-                ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "function_failed",
-                    format!("function `{function}` closed the connection without a complete answer (it may have crashed); the next request gets a fresh instance"),
-                )
-            }
-        };
-        let resp = match tokio::time::timeout_at(deadline, lease.endpoint.send(up)).await {
-            Err(_) => return Err(timed_out()),
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            h.insert("x-forwarded-for", v);
+        }
+    }
+    h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if let Some(host) = original_host {
+        h.insert("x-forwarded-host", host);
+    }
+    h.insert("x-forwarded-prefix", forwarded_prefix.clone());
+    Ok(Request::from_parts(parts, body))
+}
+
+/// One request on its way through an instance: what its answers and errors need.
+struct Call<'a> {
+    project: &'a str,
+    function: &'a str,
+    timeout: std::time::Duration,
+    deadline: tokio::time::Instant,
+}
+
+impl Call<'_> {
+    /// Sends the request to the leased instance and answers with its response.
+    async fn forward(&self, up: Request<Body>, lease: Lease) -> Result<Response<Body>, ApiError> {
+        let resp = match tokio::time::timeout_at(self.deadline, lease.endpoint.send(up)).await {
+            Err(_) => return Err(self.timed_out()),
             Ok(Err(e)) => {
                 if !e.is_callers() {
                     lease.mark_broken();
                 }
-                return Err(failed(e.is_callers(), &e));
+                return Err(self.failed(e.is_callers(), &e));
             }
             Ok(Ok(resp)) => resp,
         };
+        self.answer(resp, lease).await
+    }
+
+    /// The instance's response, with the lease going along with its body.
+    async fn answer(&self, resp: Response<AnswerBody>, lease: Lease) -> Result<Response<Body>, ApiError> {
         let (mut parts, answer) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         let timing = format!("{};dur={}", lease.kind.as_str(), lease.took.as_millis());
@@ -389,14 +411,43 @@ impl Gateway {
             use http_body_util::BodyExt;
             // The lease goes with the body: released at its end, the instance marked broken if
             // the answer fails half-way.
-            return match tokio::time::timeout_at(deadline, LeasedBody::new(answer, lease).collect()).await {
+            return match tokio::time::timeout_at(self.deadline, LeasedBody::new(answer, lease).collect()).await {
                 Ok(Ok(collected)) => Ok(Response::from_parts(parts, Body::from(collected.to_bytes()))),
-                Ok(Err(e)) => Err(failed(callers_fault(&e), &e)),
-                Err(_) => Err(timed_out()),
+                Ok(Err(e)) => Err(self.failed(callers_fault(&e), &e)),
+                Err(_) => Err(self.timed_out()),
             };
         }
         let body = Body::new(LeasedBody::new(answer, lease));
         Ok(Response::from_parts(parts, body))
+    }
+
+    fn timed_out(&self) -> ApiError {
+        ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "function_timeout",
+            format!("function `{}` did not answer within its timeout of {}", self.function, humantime::format_duration(self.timeout)),
+        )
+    }
+
+    /// Whose fault a failed exchange was. The instance was already marked broken where it
+    /// was to blame (in `forward` for the head, in `LeasedBody` for the body).
+    fn failed(&self, callers: bool, e: &dyn std::fmt::Display) -> ApiError {
+        let (project, function) = (self.project, self.function);
+        if callers {
+            // A client that abandons its upload says nothing about the instance: it stays.
+            tracing::debug!(project, function, error = %e, "request not forwarded whole");
+            ApiError::bad_request(
+                "request_incomplete",
+                format!("the request to `{function}` could not be forwarded whole ({e}); send it again with a complete body"),
+            )
+        } else {
+            tracing::warn!(project, function, error = %e, "instance failed mid-request");
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "function_failed",
+                format!("function `{function}` closed the connection without a complete answer (it may have crashed); the next request gets a fresh instance"),
+            )
+        }
     }
 }
 
@@ -425,6 +476,27 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert_eq!(h.get("x-kept").and_then(|v| v.to_str().ok()), Some("yes"));
+    }
+
+    #[test]
+    fn a_request_without_an_instance_gets_the_status_of_why() {
+        let timeout = std::time::Duration::from_secs(2);
+        let failed = AcquireError::StartFailed { function: "f".into(), detail: "exit 1".into() };
+        #[rustfmt::skip]
+        let cases = [
+            (AcquireError::QueueFull("f".into()), StatusCode::TOO_MANY_REQUESTS, "queue_full", Some(1)),
+            (AcquireError::Deadline("f".into()), StatusCode::SERVICE_UNAVAILABLE, "no_capacity", Some(1)),
+            (AcquireError::StartDeadline("f".into()), StatusCode::GATEWAY_TIMEOUT, "function_timeout", None),
+            (failed, StatusCode::BAD_GATEWAY, "start_failed", None),
+            (AcquireError::Retired, StatusCode::SERVICE_UNAVAILABLE, "redeploying", None),
+        ];
+        for (e, status, code, retry_after) in cases {
+            let what = format!("{e:?}");
+            let a = acquire_error(e, "f", timeout);
+            assert_eq!((a.status, a.code, a.retry_after), (status, code, retry_after), "{what}");
+        }
+        let slow = acquire_error(AcquireError::StartDeadline("f".into()), "f", timeout);
+        assert!(slow.message.contains("timeout of 2s"), "names the timeout: {}", slow.message);
     }
 
     #[test]

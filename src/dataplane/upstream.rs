@@ -32,13 +32,58 @@ use hyper_util::rt::TokioIo;
 use rustix::fs::{FileType, Mode, OFlags};
 use tokio_util::either::Either;
 
-use crate::infra::metrics::ConnectCounters;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
+use crate::infra::metrics::Metrics;
 
 /// Where an instance's runtime binds its Unix socket (given to it as `ESERVELESS_SOCKET`).
 pub const SOCKET_IN_CONTAINER: &str = "/tmp/.eserveless-http.sock";
 const SOCKET_DIR_IN_CONTAINER: &str = "tmp";
 const SOCKET_NAME: &str = ".eserveless-http.sock";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransportLabels {
+    project: String,
+    function: String,
+    transport: String,
+}
+
+/// The connections the gateway opens to instances, by function and transport.
+#[derive(Clone)]
+pub struct UpstreamMetrics {
+    connects: Family<TransportLabels, Counter>,
+}
+
+impl UpstreamMetrics {
+    pub fn register(metrics: &Metrics) -> Self {
+        let connects = Family::<TransportLabels, Counter>::default();
+        metrics.register(
+            "upstream_connections",
+            "Connections the gateway opened to instances, by transport (unix socket or tcp); kept alive and reused",
+            connects.clone(),
+        );
+        UpstreamMetrics { connects }
+    }
+
+    /// One function's counters, looked up once when its pool is made.
+    pub fn for_function(&self, project: &str, function: &str) -> ConnectCounters {
+        let transport = |t: &str| {
+            let l = TransportLabels { project: project.to_string(), function: function.to_string(), transport: t.into() };
+            self.connects.get_or_create(&l).clone()
+        };
+        ConnectCounters { unix: transport("unix"), tcp: transport("tcp") }
+    }
+}
+
+/// Counts the gateway's new connections to one function's instances.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectCounters {
+    pub unix: Counter,
+    pub tcp: Counter,
+}
 
 /// How the gateway reaches one instance, and its idle keep-alive connections.
 pub struct Endpoint {

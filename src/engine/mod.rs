@@ -327,7 +327,7 @@ impl Platform {
 
     /// The metrics in the OpenMetrics text format.
     pub fn metrics_text(&self) -> String {
-        self.metrics.render(&self.pools)
+        self.metrics.render()
     }
 
     /// Whether the container engine answers and the data directory has room.

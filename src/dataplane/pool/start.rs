@@ -1,0 +1,109 @@
+//! Starting an instance: the container's name, environment and labels, running it, and
+//! waiting until it accepts connections (or saving why it did not).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::state::{Instance, InstanceState};
+use super::{lock, remove_container, FunctionPool, FUNCTION_PORT};
+use crate::dataplane::upstream::{Endpoint, SOCKET_IN_CONTAINER};
+use crate::infra::driver::{labels, ContainerSpec};
+
+impl FunctionPool {
+    /// Starts one container and waits for readiness. `claimed` counts the caller's request
+    /// as in flight on it. The caller has already counted it in `starting`.
+    pub(super) async fn start_instance(self: &Arc<Self>, claimed: bool) -> Result<(String, Arc<Endpoint>), String> {
+        let r = &self.revision;
+        let seq = self.shared.seq.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let fn_part = crate::names::FunctionName::parse(&r.function).map(|f| f.docker_part()).unwrap_or_else(|_| "fn".into());
+        let name = format!("esl-{}-{}-{}-{:x}{:x}", r.project, fn_part, r.deployment_id, nanos, seq);
+        let mut env = r.env.clone();
+        env.0.push(format!("PORT={FUNCTION_PORT}"));
+        env.0.push(format!("ESERVELESS_SOCKET={SOCKET_IN_CONTAINER}"));
+        let spec = ContainerSpec {
+            name,
+            image: r.image.clone(),
+            env,
+            labels: {
+                let mut l = labels::for_container(&r.project, &r.function, r.deployment_id, "http");
+                l.insert(labels::CONFIG.to_string(), self.config.clone());
+                l
+            },
+            limits: r.limits.clone(),
+        };
+        let result = async {
+            let t0 = Instant::now();
+            let started = self.shared.driver.run(spec).await.map_err(|e| e.to_string())?;
+            let engine_ms = t0.elapsed().as_millis();
+            let ip: std::net::IpAddr =
+                started.ip.parse().map_err(|_| format!("container address `{}` is not an IP", started.ip))?;
+            let addr = SocketAddr::new(ip, FUNCTION_PORT);
+            let dead = Arc::new(AtomicBool::new(false));
+            self.shared.probing.lock().unwrap_or_else(|p| p.into_inner()).insert(started.id.clone(), dead.clone());
+            let probed = probe_ready(addr, &dead, Instant::now() + self.shared.config.start_timeout).await;
+            self.shared.probing.lock().unwrap_or_else(|p| p.into_inner()).remove(&started.id);
+            tracing::debug!(container = %started.id, engine_ms, ready_ms = t0.elapsed().as_millis(), "cold start timings");
+            if let Err(why) = probed {
+                let logs = self.shared.driver.logs(&started.id, 4096).await.unwrap_or_default();
+                remove_container(&self.shared, &r.project, &r.function, &started.id).await;
+                let tail: String = logs.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+                return Err(if tail.is_empty() { why.to_string() } else { format!("{why}; its output ends with:\n{tail}") });
+            }
+            // Opened only now that the container is known to run (and was not seen to die).
+            let endpoint = Arc::new(Endpoint::for_container(addr, started.pid, self.metrics.connects.clone()));
+            Ok((started.id, endpoint))
+        }
+        .await;
+        let mut g = lock(&self.inner);
+        g.starting = g.starting.saturating_sub(1);
+        if let Ok((id, endpoint)) = &result {
+            tracing::info!(container = %id, project = %r.project, function = %r.function, "instance started");
+            g.instances.push(Instance {
+                id: Arc::from(id.as_str()),
+                endpoint: endpoint.clone(),
+                state: InstanceState::Ready,
+                in_flight: u32::from(claimed),
+                last_used: Instant::now(),
+            });
+        }
+        drop(g);
+        self.changed.notify_waiters();
+        // Started for a revision that was replaced meanwhile: it serves its one request, then goes.
+        if let Ok((id, _)) = &result {
+            if self.retired.load(Ordering::Acquire) {
+                self.evict(id, "revision retired during start");
+            }
+        }
+        result
+    }
+
+    /// Starts an instance ahead of traffic (used before a revision goes live).
+    pub async fn prewarm(self: &Arc<Self>) -> Result<(), String> {
+        {
+            let mut g = lock(&self.inner);
+            g.starting += 1;
+        }
+        self.start_instance(false).await.map(|_| ())
+    }
+}
+
+async fn probe_ready(addr: SocketAddr, dead: &AtomicBool, until: Instant) -> Result<(), &'static str> {
+    loop {
+        if dead.load(Ordering::Acquire) {
+            return Err("the container exited before it accepted connections");
+        }
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(addr)).await {
+            return Ok(());
+        }
+        if Instant::now() >= until {
+            return Err("the container did not accept connections in time");
+        }
+        // A short pause between probes; readiness is observed, not assumed.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
