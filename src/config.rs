@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::ArgMatches;
 
-use crate::engine::manifest::Scaling;
+use crate::manifest::Scaling;
 
 pub use file::ConfigFileError;
 pub use settings::{
@@ -69,7 +69,7 @@ pub struct ServerConfig {
     /// Limits of a function that asks for nothing (memory, CPU, pids, OCI runtime, ...).
     pub limits: crate::infra::driver::Limits,
     /// Ceilings on what a manifest may ask for.
-    pub caps: crate::engine::manifest::ResourceCaps,
+    pub caps: crate::manifest::ResourceCaps,
     pub firewall: bool,
     pub egress: bool,
     /// Time a connection has to send a request head (from accept, and between requests).
@@ -103,8 +103,8 @@ impl ServerConfig {
         if scaling.pause_after > scaling.idle_timeout {
             scaling.pause_after = scaling.idle_timeout;
         }
-        let caps_default = crate::engine::manifest::ResourceCaps::default();
-        let caps = crate::engine::manifest::ResourceCaps {
+        let caps_default = crate::manifest::ResourceCaps::default();
+        let caps = crate::manifest::ResourceCaps {
             max_memory_bytes: sandbox.max_memory.unwrap_or(caps_default.max_memory_bytes),
             max_cpu_millis: sandbox.max_cpu.unwrap_or(caps_default.max_cpu_millis),
         };
@@ -230,7 +230,7 @@ mod tests {
         assert_eq!((c.node_image.as_str(), c.run_image.as_str()), (DEFAULT_NODE_IMAGE, DEFAULT_RUN_IMAGE));
         assert!(!c.allow_local_repos && !c.allow_private_repos && !c.allow_submodules && c.firewall && c.egress);
         assert_eq!(c.scaling, Scaling::default());
-        assert_eq!(c.caps, crate::engine::manifest::ResourceCaps::default());
+        assert_eq!(c.caps, crate::manifest::ResourceCaps::default());
     }
 
     #[test]

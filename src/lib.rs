@@ -18,6 +18,8 @@ pub mod cli;
 pub mod config;
 pub mod dataplane;
 pub mod engine;
+pub mod http_error;
 pub mod infra;
+pub mod manifest;
 pub mod names;
 pub mod server;

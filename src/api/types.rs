@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-pub use crate::engine::manifest::{Access, Scaling};
+pub use crate::manifest::{Access, Scaling};
 pub use crate::engine::views::{BuildState, DeploymentStatus, FunctionType, RunStatus};
 pub use crate::engine::{DeployRequest, SubmitStatus};
 

@@ -41,7 +41,7 @@ impl Login {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
         let text = toml::to_string(&SavedLogin { server: Some(c.base.clone()), token: Some(token) })?;
-        crate::engine::auth::write_private(&path, text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+        crate::infra::datadir::write_private(&path, text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
         println!("logged in to {} as {}; saved to {}", c.base, v.user, path.display());
         Ok(0)
     }

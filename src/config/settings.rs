@@ -153,10 +153,10 @@ impl Default for SandboxSettings {
 
 /// Sizes like `256Mi`, the same syntax as a manifest's `memory`; used by flag, env and file.
 fn parse_memory_arg(s: &str) -> Result<u64, String> {
-    crate::engine::manifest::parse_memory(s)
+    crate::manifest::parse_memory(s)
 }
 
 /// CPU shares like `0.5` or `500m`, the same syntax as a manifest's `cpu`.
 fn parse_cpu_arg(s: &str) -> Result<u32, String> {
-    crate::engine::manifest::parse_cpu(s)
+    crate::manifest::parse_cpu(s)
 }

@@ -12,7 +12,7 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use axum::response::IntoResponse;
 
-use crate::api::error::ApiError;
+use crate::http_error::ApiError;
 use crate::dataplane::pool::{AcquireError, FunctionPool, Lease};
 use crate::dataplane::upstream::{callers_fault, AnswerBody};
 
@@ -68,7 +68,7 @@ impl RouteTable {
     pub fn invoke_key_matches(&self, project: &str, presented: &[u8]) -> bool {
         let stored = self.invoke_keys.read().unwrap_or_else(|p| p.into_inner()).get(project).copied();
         let presented = std::str::from_utf8(presented).unwrap_or("");
-        crate::engine::auth::hash_matches(presented, stored.as_ref().map_or(&[][..], |h| &h[..]))
+        crate::infra::keys::hash_matches(presented, stored.as_ref().map_or(&[][..], |h| &h[..]))
     }
 }
 

@@ -11,7 +11,7 @@ use chrono::Utc;
 use tokio::task::JoinHandle;
 
 use crate::infra::driver::{labels, ContainerSpec, Driver, Env, Limits};
-use crate::engine::manifest::FunctionType;
+use crate::manifest::FunctionType;
 use crate::infra::store::{RunStatus, Store};
 
 /// Runs kept per function.
@@ -103,7 +103,7 @@ impl Scheduler {
     }
 
     async fn schedule_loop(self, job: CronJob) {
-        let cron = match crate::engine::manifest::parse_schedule(&job.schedule) {
+        let cron = match crate::manifest::parse_schedule(&job.schedule) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(project = %job.project, function = %job.function, error = %e, "stored schedule is invalid");

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::dataplane::gateway::Route;
 use crate::dataplane::pool::Revision;
 use crate::dataplane::scheduler::CronJob;
-use crate::engine::manifest::{Access, FunctionOptions};
+use crate::manifest::{Access, FunctionOptions};
 use crate::engine::Platform;
 use crate::infra::driver::{Env, Limits};
 
@@ -28,7 +28,7 @@ impl Platform {
             let env = Env(env);
             let limits = self.function_limits(&f.options);
             let timeout = std::time::Duration::from_millis(f.timeout_ms);
-            if f.kind == crate::engine::manifest::FunctionType::Cron {
+            if f.kind == crate::manifest::FunctionType::Cron {
                 jobs.push(CronJob {
                     project: project.to_string(),
                     function: f.name.clone(),

@@ -6,12 +6,9 @@
 //! The secrets carry 256 bits of entropy, so a fast hash is the right one (there is nothing to
 //! brute-force as there would be with a password).
 
-use std::io::Write;
 use std::path::Path;
 
-use base64::Engine;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
+use crate::infra::datadir::write_private;
 
 use crate::infra::store::{Store, StoreError};
 
@@ -47,20 +44,8 @@ const INVOKE_KEY_PREFIX: &str = "eik_";
 /// File in the data directory that receives the first admin token.
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 
-fn random_secret() -> String {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).expect("the OS random source works");
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-pub fn hash(secret: &str) -> [u8; 32] {
-    Sha256::digest(secret.as_bytes()).into()
-}
-
-/// Constant-time equality of a presented secret's hash and a stored hash.
-pub fn hash_matches(presented: &str, stored: &[u8]) -> bool {
-    bool::from(hash(presented).as_slice().ct_eq(stored))
-}
+pub use crate::infra::keys::{hash, hash_matches};
+use crate::infra::keys::random_secret;
 
 /// Creates a token for a user; returns its id and the token text (the only time it exists).
 pub fn issue_token(store: &Store, user_id: i64, name: &str) -> Result<(i64, String), StoreError> {
@@ -157,15 +142,6 @@ pub fn bootstrap_admin(store: &Store, data_dir: &Path) -> anyhow::Result<Option<
     let path = data_dir.join(ADMIN_TOKEN_FILE);
     write_private(&path, token.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(Some(token))
-}
-
-/// Writes a file only its owner can read (created 0600, never world-readable in between).
-pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    f.write_all(bytes)?;
-    f.sync_all()
 }
 
 #[cfg(test)]

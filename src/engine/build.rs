@@ -126,7 +126,7 @@ pub fn check_go_exports(checkout: &Path, functions: &[&FunctionName]) -> Result<
         Err(format!(
             "the code does not export {} named in {}; the root package declares: {}",
             list(&missing),
-            crate::engine::manifest::MANIFEST_FILE,
+            crate::manifest::MANIFEST_FILE,
             if declared.is_empty() { "no functions".to_string() } else { declared.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ") }
         ))
     }

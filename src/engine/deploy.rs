@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::build::{self, SourceFacts};
-use crate::engine::manifest::{self, FunctionSpec, Manifest, ParseContext, MANIFEST_FILE};
+use crate::manifest::{self, FunctionSpec, Manifest, ParseContext, MANIFEST_FILE};
 use crate::engine::runtime::{TemplateVars, BUILD_DIR};
 use crate::engine::source::{self, RepoUrl};
 use crate::engine::{unless_cancelled, Platform, REMOVED_DURING_DEPLOY};

@@ -52,8 +52,13 @@ pub enum EngineError {
     #[error("the container engine is unavailable")]
     EngineUnavailable(#[source] DriverError),
     /// The data directory is full: nothing can be recorded until space is freed.
-    #[error("the data directory is out of space")]
-    StorageFull(#[source] StoreError),
+    #[error("the data directory {dir} is out of space")]
+    StorageFull {
+        /// The data directory, for the message.
+        dir: String,
+        #[source]
+        source: StoreError,
+    },
     /// Secrets were saved but the live functions could not be restarted with them.
     #[error("the secrets are saved, but the functions could not be restarted with them")]
     RestartFailed(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -84,7 +89,11 @@ impl EngineError {
 impl From<StoreError> for EngineError {
     fn from(e: StoreError) -> Self {
         if e.is_storage_full() {
-            EngineError::StorageFull(e)
+            // /healthz reports the data directory degraded for a while (while free space stays low).
+            crate::infra::datadir::note_storage_full();
+            let dir = crate::infra::datadir::storage_dir_display();
+            tracing::error!(data_dir = %dir, "a write failed: database or disk is full");
+            EngineError::StorageFull { dir, source: e }
         } else {
             EngineError::internal("the store failed", e)
         }

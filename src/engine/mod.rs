@@ -12,7 +12,6 @@ pub mod build;
 mod delete;
 mod deploy;
 pub mod error;
-pub mod manifest;
 pub mod runtime;
 pub mod source;
 pub mod views;

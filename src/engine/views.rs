@@ -10,7 +10,7 @@ use crate::engine::error::{EngineError, Result};
 use crate::engine::Platform;
 use crate::infra::driver::labels;
 
-pub use crate::engine::manifest::FunctionType;
+pub use crate::manifest::FunctionType;
 pub use crate::infra::store::{BuildState, CronRunRow, DeploymentRow, DeploymentStatus, FunctionRow, LogRow, ProjectRow, RunStatus};
 
 /// A project in a listing.

@@ -133,7 +133,7 @@ pub fn backup(data_dir: &Path, file: &Path, force: bool) -> Result<BackupReport>
     let key_src = data_dir.join(KEY_FILE);
     let unopened_secrets = match std::fs::read(&key_src) {
         Ok(key) => {
-            crate::engine::auth::write_private(&stage.path().join(KEY_FILE), &key)
+            crate::infra::datadir::write_private(&stage.path().join(KEY_FILE), &key)
                 .with_context(|| format!("cannot write to {}", stage.path().display()))?;
             names.push(KEY_FILE);
             unopened_secrets(&db, stage.path())?
@@ -157,7 +157,7 @@ pub fn backup(data_dir: &Path, file: &Path, force: bool) -> Result<BackupReport>
     let server_id = match std::fs::read_to_string(&id_src) {
         Ok(id) if valid_server_id(id.trim()) => {
             let id = id.trim().to_string();
-            crate::engine::auth::write_private(&stage.path().join(SERVER_ID_FILE), id.as_bytes())?;
+            crate::infra::datadir::write_private(&stage.path().join(SERVER_ID_FILE), id.as_bytes())?;
             names.push(SERVER_ID_FILE);
             Some(id)
         }
@@ -439,7 +439,7 @@ pub fn restore(file: &Path, data_dir: &Path, new_identity: bool) -> Result<Resto
     }
     let server_id = if new_identity {
         let id = crate::infra::datadir::new_server_id()?;
-        crate::engine::auth::write_private(&id_path, id.as_bytes())?;
+        crate::infra::datadir::write_private(&id_path, id.as_bytes())?;
         Some(id)
     } else {
         original.clone()

@@ -7,6 +7,7 @@ pub mod backup;
 pub mod datadir;
 pub mod driver;
 pub mod firewall;
+pub mod keys;
 pub mod metrics;
 pub mod secrets;
 pub mod store;

@@ -43,7 +43,7 @@ impl SecretBox {
                 std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
                 let mut k = vec![0u8; 32];
                 getrandom::fill(&mut k).expect("the OS random source works");
-                crate::engine::auth::write_private(&path, &k).with_context(|| format!("cannot write {}", path.display()))?;
+                crate::infra::datadir::write_private(&path, &k).with_context(|| format!("cannot write {}", path.display()))?;
                 k
             }
             Err(e) => return Err(e).with_context(|| format!("cannot read the secrets key {}", path.display())),

@@ -12,7 +12,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use rusqlite_migration::{Migrations, M};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::manifest::FunctionType;
+use crate::manifest::FunctionType;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -281,8 +281,8 @@ pub struct FunctionRow {
     pub schedule: Option<String>,
     pub env: std::collections::BTreeMap<String, String>,
     pub timeout_ms: u64,
-    pub scaling: crate::engine::manifest::Scaling,
-    pub options: crate::engine::manifest::FunctionOptions,
+    pub scaling: crate::manifest::Scaling,
+    pub options: crate::manifest::FunctionOptions,
     pub image: Option<String>,
     pub build_state: BuildState,
     #[serde(skip)]
@@ -391,8 +391,8 @@ pub struct NewFunction<'a> {
     pub schedule: Option<&'a str>,
     pub env: &'a std::collections::BTreeMap<String, String>,
     pub timeout_ms: u64,
-    pub scaling: &'a crate::engine::manifest::Scaling,
-    pub options: &'a crate::engine::manifest::FunctionOptions,
+    pub scaling: &'a crate::manifest::Scaling,
+    pub options: &'a crate::manifest::FunctionOptions,
     pub image: &'a str,
 }
 
@@ -840,7 +840,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::manifest::Scaling;
+    use crate::manifest::Scaling;
 
     #[test]
     fn racing_requests_create_a_project_once_and_queue_a_commit_once() {

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::state::{live, InstanceState, InstanceView};
 use super::{lock, AcquireError, AcquireKind, FunctionPool, Lease, PoolInner};
 use crate::dataplane::upstream::Endpoint;
-use crate::engine::manifest::Scaling;
+use crate::manifest::Scaling;
 
 /// What a request does next, decided from the pool's bookkeeping alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

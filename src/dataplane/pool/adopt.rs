@@ -107,7 +107,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::engine::manifest::Scaling;
+    use crate::manifest::Scaling;
     use crate::infra::driver::{Env, Limits};
 
     #[test]

@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::infra::driver::{labels, Driver, Env, Limits};
-use crate::engine::manifest::Scaling;
+use crate::manifest::Scaling;
 use crate::infra::metrics::Metrics;
 use crate::infra::store::Store;
 use crate::dataplane::upstream::Endpoint;

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use super::state::{live, InstanceState, InstanceView};
 use super::{lock, remove_container, FunctionPool};
-use crate::engine::manifest::Scaling;
+use crate::manifest::Scaling;
 
 /// What one reaper pass does to a pool, decided from its bookkeeping alone.
 #[derive(Debug, Default, PartialEq, Eq)]
