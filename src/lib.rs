@@ -16,10 +16,10 @@ pub mod api;
 #[allow(clippy::print_stdout, clippy::print_stderr)]
 pub mod cli;
 pub mod config;
-pub mod dataplane;
+pub(crate) mod dataplane;
 pub mod engine;
-pub mod http_error;
+pub(crate) mod http_error;
 pub mod infra;
-pub mod manifest;
-pub mod names;
+pub(crate) mod manifest;
+pub(crate) mod names;
 pub mod server;

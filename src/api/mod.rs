@@ -2,7 +2,7 @@
 //! Errors all leave through [`ApiError`].
 
 mod deployments;
-pub mod error;
+pub(crate) mod error;
 mod functions;
 mod health;
 mod projects;

@@ -82,11 +82,6 @@ impl Scheduler {
         }
     }
 
-    /// Number of scheduled functions of a project.
-    pub fn scheduled(&self, project: &str) -> usize {
-        self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()).get(project).map_or(0, Vec::len)
-    }
-
     /// Containers of cron runs in progress.
     pub fn active_containers(&self) -> std::collections::HashSet<String> {
         self.inner.active.lock().unwrap_or_else(|p| p.into_inner()).clone()

@@ -5,16 +5,16 @@
 //! One type, [`Platform`], split by operation: `deploy` (running a deployment), `activate`
 //! (going live), `delete`, `access` (users, tokens, authentication), `views` (read-only answers).
 
-pub mod access;
+pub(crate) mod access;
 mod activate;
 pub mod auth;
-pub mod build;
+pub(crate) mod build;
 mod delete;
 mod deploy;
-pub mod error;
+pub(crate) mod error;
 pub mod runtime;
-pub mod source;
-pub mod views;
+pub(crate) mod source;
+pub(crate) mod views;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -38,6 +38,7 @@ impl RepoUrl {
     pub fn as_str(&self) -> &str {
         &self.url
     }
+    #[cfg(test)]
     pub fn is_local(&self) -> bool {
         self.local
     }

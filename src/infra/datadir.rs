@@ -66,10 +66,6 @@ impl DataDir {
         Ok(DataDir { path: path.to_path_buf(), _lock: file })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// This data directory's identity on the engine, made once and kept in `server-id`.
     pub fn server_id(&self) -> anyhow::Result<String> {
         let path = self.path.join(SERVER_ID_FILE);

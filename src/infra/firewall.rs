@@ -223,24 +223,6 @@ pub async fn apply(p: &FirewallPolicy) -> Result<(), FirewallError> {
     Ok(())
 }
 
-/// Removes every jump to our chains and the chains themselves. Idempotent.
-pub async fn remove() -> Result<(), FirewallError> {
-    for (parent, target) in [("INPUT", INPUT_CHAIN), ("DOCKER-USER", FORWARD_CHAIN)] {
-        if probe(&argv(&["-n", "-L", parent])).await? {
-            for spec in list(parent).await?.into_iter().filter(|r| jumps_to(r, target)) {
-                check(&[argv(&["-D", parent]), spec].concat()).await?;
-            }
-        }
-    }
-    for chain in [INPUT_CHAIN, FORWARD_CHAIN] {
-        if probe(&argv(&["-n", "-L", chain])).await? {
-            check(&argv(&["-F", chain])).await?;
-            check(&argv(&["-X", chain])).await?;
-        }
-    }
-    Ok(())
-}
-
 /// Rule specs (after `-A parent`) of the rules in `parent`, in order.
 async fn list(parent: &str) -> Result<Vec<Vec<String>>, FirewallError> {
     let out = check(&argv(&["-S", parent])).await?;

@@ -3,11 +3,11 @@
 
 // `eserveless backup` and `restore` are commands: they report to the person running them.
 #[allow(clippy::print_stdout, clippy::print_stderr)]
-pub mod backup;
-pub mod datadir;
+pub(crate) mod backup;
+pub(crate) mod datadir;
 pub mod driver;
-pub mod firewall;
-pub mod keys;
-pub mod metrics;
-pub mod secrets;
+pub(crate) mod firewall;
+pub(crate) mod keys;
+pub(crate) mod metrics;
+pub(crate) mod secrets;
 pub mod store;

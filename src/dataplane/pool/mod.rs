@@ -224,10 +224,6 @@ impl PoolManager {
         PoolManager { shared }
     }
 
-    pub fn driver(&self) -> &Arc<dyn Driver> {
-        &self.shared.driver
-    }
-
     /// A new, empty pool for a revision.
     pub fn pool(&self, revision: Revision) -> Arc<FunctionPool> {
         let forwarded_prefix = http::HeaderValue::from_str(&format!("/invoke/{}/{}", revision.project, revision.function))
