@@ -51,12 +51,7 @@ fn read(p: &Path) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_while_serving_then_restore_and_serve_beside_the_original() {
     require_docker!();
-    let _serial = SERIAL.lock().await;
-    let t0 = Instant::now();
-    let project = unique("bak");
-    let scene = Scene::new(&[&project]).await;
-    let server = Server::start(&scene.data, &scene.images).await;
-    let http = server.http();
+    let Stage { _serial, t0, project, scene, server, http } = stage("bak").await;
     std::fs::create_dir_all(&scene.scratch).expect("scratch dir");
 
     let repo = echo_repo();

@@ -225,12 +225,7 @@ async fn node_project_end_to_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn go_project_end_to_end() {
     require_docker!();
-    let _serial = SERIAL.lock().await;
-    let t0 = Instant::now();
-    let project = unique("e2e-go");
-    let scene = Scene::new(&[&project]).await;
-    let server = Server::start(&scene.data, &scene.images).await;
-    let http = server.http();
+    let Stage { _serial, t0, project, scene: _scene, server, http } = stage("e2e-go").await;
     let repo = fixture_repo("go-app");
 
     let d = deploy_and_wait(&http, &server.url, repo.path(), &project).await;

@@ -160,11 +160,7 @@ async fn networks() -> BTreeSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn functions_that_cannot_start_fail_fast_and_pile_nothing_up() {
     require_docker!();
-    let _serial = SERIAL.lock().await;
-    let t0 = Instant::now();
-    let project = unique("ff-nostart");
-    let scene = Scene::new(&[&project]).await;
-    let server = Server::start(&scene.data, &scene.images).await;
+    let Stage { _serial, t0, project, scene: _scene, server, http: _ } = stage("ff-nostart").await;
     let repo = faults_repo(
         "runtime: node\nfunctions:\n  - name: Throws\n    type: http\n    timeout: 3s\n    meta: { fault: throw }\n  \
          - name: Deaf\n    type: http\n    timeout: 3s\n    meta: { fault: never-listen }\n",
@@ -203,11 +199,7 @@ async fn functions_that_cannot_start_fail_fast_and_pile_nothing_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flooded_output_is_cut_and_reading_it_keeps_memory_bounded() {
     require_docker!();
-    let _serial = SERIAL.lock().await;
-    let t0 = Instant::now();
-    let project = unique("ff-flood");
-    let scene = Scene::new(&[&project]).await;
-    let server = Server::start(&scene.data, &scene.images).await;
+    let Stage { _serial, t0, project, scene: _scene, server, http: _ } = stage("ff-flood").await;
     let repo = faults_repo(
         "runtime: node\nfunctions:\n  - name: Loud\n    type: http\n    timeout: 2m\n    pause_after: 10m\n  \
          - name: Sleep\n    type: http\n    pause_after: 10m\n",
@@ -311,11 +303,7 @@ async fn flooded_output_is_cut_and_reading_it_keeps_memory_bounded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hung_cron_runs_are_killed_and_never_overlap() {
     require_docker!();
-    let _serial = SERIAL.lock().await;
-    let t0 = Instant::now();
-    let project = unique("ff-hang");
-    let scene = Scene::new(&[&project]).await;
-    let server = Server::start(&scene.data, &scene.images).await;
+    let Stage { _serial, t0, project, scene: _scene, server, http: _ } = stage("ff-hang").await;
     let repo = faults_repo("runtime: node\nfunctions:\n  - name: Hang\n    type: cron\n    schedule: \"*/2 * * * * *\"\n    timeout: 2s\n");
     deploy_live(&server, repo.path(), &project).await;
 
@@ -429,12 +417,7 @@ async fn quick_cron_runs_succeed_with_their_output() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_deploys_leave_one_live_revision() {
     require_docker!();
-    let _serial = SERIAL.lock().await;
-    let t0 = Instant::now();
-    let project = unique("ff-race");
-    let scene = Scene::new(&[&project]).await;
-    let server = Server::start(&scene.data, &scene.images).await;
-    let http = server.http();
+    let Stage { _serial, t0, project, scene: _scene, server, http } = stage("ff-race").await;
     let repo = faults_repo("runtime: node\nfunctions:\n  - name: Sleep\n    type: http\n");
 
     // --- two first deploys
@@ -524,12 +507,7 @@ async fn racing_deploys_leave_one_live_revision() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_invoke_rm_cycles_leave_nothing() {
     require_docker!();
-    let _serial = SERIAL.lock().await;
-    let t0 = Instant::now();
-    let project = unique("ff-cycle");
-    let scene = Scene::new(&[&project]).await;
-    let server = Server::start(&scene.data, &scene.images).await;
-    let http = server.http();
+    let Stage { _serial, t0, project, scene: _scene, server, http } = stage("ff-cycle").await;
     let repo = faults_repo("runtime: node\nfunctions:\n  - name: Sleep\n    type: http\n");
     let nets = networks().await;
 
@@ -582,11 +560,7 @@ async fn deploy_live_id(server: &Server, project: &str, id: i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rm_with_a_request_in_flight_ends_it() {
     require_docker!();
-    let _serial = SERIAL.lock().await;
-    let t0 = Instant::now();
-    let project = unique("ff-rmflight");
-    let scene = Scene::new(&[&project]).await;
-    let server = Server::start(&scene.data, &scene.images).await;
+    let Stage { _serial, t0, project, scene: _scene, server, http: _ } = stage("ff-rmflight").await;
     let repo = faults_repo("runtime: node\nfunctions:\n  - name: Sleep\n    type: http\n    timeout: 30s\n");
     deploy_live(&server, repo.path(), &project).await;
     assert_eq!(invoke(&server, &project, "Sleep", "").await.status, 200, "warm-up");
@@ -617,11 +591,7 @@ async fn rm_with_a_request_in_flight_ends_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn burst_at_a_paused_function_resumes_its_instance() {
     require_docker!();
-    let _serial = SERIAL.lock().await;
-    let t0 = Instant::now();
-    let project = unique("ff-burst");
-    let scene = Scene::new(&[&project]).await;
-    let server = Server::start(&scene.data, &scene.images).await;
+    let Stage { _serial, t0, project, scene: _scene, server, http: _ } = stage("ff-burst").await;
     let repo = faults_repo("runtime: node\nfunctions:\n  - name: Sleep\n    type: http\n    concurrency: 16\n    pause_after: 1s\n    idle_timeout: 10m\n");
     deploy_live(&server, repo.path(), &project).await;
     let warm = invoke(&server, &project, "Sleep", "").await;

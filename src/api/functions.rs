@@ -6,26 +6,9 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
 use crate::api::error::ApiError;
-use crate::api::types::{CronRun, LogEntry, RunList, RunsQuery};
+use crate::api::types::{LogEntry, RunList, RunsQuery};
 use crate::api::AppState;
-use crate::engine::views::CronRunRow;
 use crate::engine::Principal;
-
-fn cron_run(r: CronRunRow) -> CronRun {
-    CronRun {
-        id: r.id,
-        project: r.project,
-        function: r.function,
-        deployment_id: r.deployment_id,
-        status: r.status,
-        scheduled_at: r.scheduled_at,
-        started_at: r.started_at,
-        finished_at: r.finished_at,
-        duration_ms: r.duration_ms,
-        exit_code: r.exit_code,
-        output: r.output,
-    }
-}
 
 pub(super) async fn function_runs(
     State(s): State<AppState>,
@@ -34,7 +17,7 @@ pub(super) async fn function_runs(
     Query(q): Query<RunsQuery>,
 ) -> Result<Json<RunList>, ApiError> {
     let runs = s.platform.function_runs(&who, &name, &function, q.limit.unwrap_or(50).min(500))?;
-    Ok(Json(RunList { runs: runs.into_iter().map(cron_run).collect() }))
+    Ok(Json(RunList { runs }))
 }
 
 /// A function's output: saved output of removed instances, running containers (read from the

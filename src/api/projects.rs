@@ -7,7 +7,7 @@ use axum::{Extension, Json};
 
 use crate::api::error::ApiError;
 use crate::api::types::{FunctionType, 
-    DeployAnswer, DeployRequest, DeploymentSummary, InstanceCounts, Links, LiveDeployment, ProjectAnswer, ProjectDeleted,
+    DeployAnswer, DeployRequest, DeploymentSummary, Links, LiveDeployment, ProjectAnswer, ProjectDeleted,
     ProjectFunction, ProjectList, ProjectListItem, SubmitStatus,
 };
 use crate::api::{json_body, AppState};
@@ -81,14 +81,7 @@ fn project_function(project: &str, f: LiveFunction) -> ProjectFunction {
         memory_bytes,
         cpu_millis,
         image: f.image,
-        instances: instances.map(|c| InstanceCounts {
-            starting: c.starting,
-            ready: c.ready,
-            paused: c.paused,
-            draining: c.draining,
-            in_flight: c.in_flight,
-            waiting: c.waiting,
-        }),
+        instances,
     }
 }
 

@@ -6,25 +6,13 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
 use crate::api::error::ApiError;
-use crate::api::types::{NewToken, Revoked, TokenAnswer, TokenCreated, TokenList, TokensQuery};
+use crate::api::types::{NewToken, Revoked, TokenCreated, TokenList, TokensQuery};
 use crate::api::{json_body, AppState};
 use crate::engine::Principal;
 
 pub(super) async fn list_tokens(State(s): State<AppState>, Extension(who): Extension<Principal>, Query(q): Query<TokensQuery>) -> Result<Json<TokenList>, ApiError> {
     let tokens = s.platform.tokens(&who, q.user.as_deref(), q.all)?;
-    Ok(Json(TokenList {
-        tokens: tokens
-            .into_iter()
-            .map(|t| TokenAnswer {
-                id: t.id,
-                user: t.user,
-                name: t.name,
-                created_at: t.created_at,
-                last_used_at: t.last_used_at,
-                revoked_at: t.revoked_at,
-            })
-            .collect(),
-    }))
+    Ok(Json(TokenList { tokens }))
 }
 
 pub(super) async fn create_token(State(s): State<AppState>, Extension(who): Extension<Principal>, req: Request) -> Result<Response, ApiError> {

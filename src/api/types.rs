@@ -8,7 +8,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use crate::manifest::{Access, Scaling};
-pub use crate::engine::views::{BuildState, DeploymentStatus, FunctionType, RunStatus};
+pub use crate::engine::views::{BuildState, CronRunRow as CronRun, DeploymentStatus, FunctionType, PoolCounts as InstanceCounts, RunStatus};
+pub use crate::engine::access::TokenInfo as TokenAnswer;
 pub use crate::engine::{DeployRequest, SubmitStatus};
 
 /// The header that carries an invoke key.
@@ -94,16 +95,6 @@ pub struct TokensQuery {
     pub all: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TokenAnswer {
-    pub id: i64,
-    pub user: String,
-    pub name: String,
-    pub created_at: DateTime<Utc>,
-    pub last_used_at: Option<DateTime<Utc>>,
-    pub revoked_at: Option<DateTime<Utc>>,
-}
-
 /// `GET /api/tokens`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenList {
@@ -180,17 +171,6 @@ pub struct LiveDeployment {
     pub commit: String,
     pub runtime: Option<String>,
     pub warnings: Vec<String>,
-}
-
-/// Instances of an http function by state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InstanceCounts {
-    pub starting: u32,
-    pub ready: u32,
-    pub paused: u32,
-    pub draining: u32,
-    pub in_flight: u32,
-    pub waiting: u32,
 }
 
 /// A live function of a project.
@@ -281,22 +261,6 @@ pub struct DeploymentAnswer {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunsQuery {
     pub limit: Option<u32>,
-}
-
-/// One run of a cron function.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CronRun {
-    pub id: i64,
-    pub project: String,
-    pub function: String,
-    pub deployment_id: i64,
-    pub status: RunStatus,
-    pub scheduled_at: DateTime<Utc>,
-    pub started_at: DateTime<Utc>,
-    pub finished_at: Option<DateTime<Utc>>,
-    pub duration_ms: Option<i64>,
-    pub exit_code: Option<i64>,
-    pub output: String,
 }
 
 /// `GET .../runs`.

@@ -10,7 +10,8 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::task::JoinHandle;
 
-use crate::infra::driver::{labels, ContainerSpec, Driver, Env, Limits};
+use crate::dataplane::Workload;
+use crate::infra::driver::{labels, ContainerSpec, Driver};
 use crate::manifest::FunctionType;
 use crate::infra::store::{RunStatus, Store};
 
@@ -20,15 +21,11 @@ const RUNS_KEPT: u32 = 200;
 /// One cron function of a live revision.
 #[derive(Debug, Clone)]
 pub struct CronJob {
-    pub project: String,
-    pub function: String,
-    pub deployment_id: i64,
-    pub image: String,
-    pub env: Env,
-    pub limits: Limits,
-    pub timeout: Duration,
+    pub workload: Workload,
     pub schedule: String,
 }
+
+super::deref_workload!(CronJob);
 
 struct Inner {
     driver: Arc<dyn Driver>,
@@ -213,6 +210,7 @@ impl Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::infra::driver::{Env, Limits};
     use crate::infra::driver::fake::FakeDriver;
 
     /// Containers that "run" for `run_for`, then exit 0.
@@ -222,13 +220,15 @@ mod tests {
 
     fn job(timeout: Duration) -> CronJob {
         CronJob {
-            project: "p".into(),
-            function: "Tick".into(),
-            deployment_id: 1,
-            image: "img".into(),
-            env: Env(vec!["ESERVELESS_A=1".into()]),
-            limits: Limits::default(),
-            timeout,
+            workload: Workload {
+                project: "p".into(),
+                function: "Tick".into(),
+                deployment_id: 1,
+                image: "img".into(),
+                env: Env(vec!["ESERVELESS_A=1".into()]),
+                limits: Limits::default(),
+                timeout,
+            },
             schedule: "* * * * * *".into(),
         }
     }

@@ -16,8 +16,8 @@ pub struct UserInfo {
     pub projects: Vec<String>,
 }
 
-/// A token as listed: never its secret.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A token as listed (and answered): never its secret.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TokenInfo {
     pub id: i64,
     pub user: String,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::dataplane::gateway::Route;
 use crate::dataplane::pool::Revision;
 use crate::dataplane::scheduler::CronJob;
+use crate::dataplane::Workload;
 use crate::manifest::{Access, FunctionOptions};
 use crate::engine::Platform;
 use crate::infra::driver::{Env, Limits};
@@ -28,30 +29,12 @@ impl Platform {
             let env = Env(env);
             let limits = self.function_limits(&f.options);
             let timeout = std::time::Duration::from_millis(f.timeout_ms);
+            let workload = Workload { project: project.to_string(), function: f.name.clone(), deployment_id, image, env, limits, timeout };
             if f.kind == crate::manifest::FunctionType::Cron {
-                jobs.push(CronJob {
-                    project: project.to_string(),
-                    function: f.name.clone(),
-                    deployment_id,
-                    image,
-                    env,
-                    limits,
-                    timeout,
-                    schedule: f.schedule.clone().unwrap_or_default(),
-                });
+                jobs.push(CronJob { workload, schedule: f.schedule.clone().unwrap_or_default() });
                 routes.insert(f.name.clone(), Route::Cron);
             } else {
-                let pool = self.pools.pool(Revision {
-                    project: project.to_string(),
-                    function: f.name.clone(),
-                    deployment_id,
-                    image,
-                    env,
-                    limits,
-                    private: f.options.auth == Access::Private,
-                    timeout,
-                    scaling: f.scaling.clone(),
-                });
+                let pool = self.pools.pool(Revision { workload, private: f.options.auth == Access::Private, scaling: f.scaling.clone() });
                 let had_instances = matches!(
                     old.as_ref().and_then(|o| o.get(&f.name)),
                     Some(Route::Http(p)) if p.has_instances()

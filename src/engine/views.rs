@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::dataplane::gateway::Route;
-use crate::dataplane::pool::PoolCounts;
+pub use crate::dataplane::pool::PoolCounts;
 use crate::engine::auth::Principal;
 use crate::engine::error::{EngineError, Result};
 use crate::engine::Platform;

@@ -289,7 +289,8 @@ pub struct FunctionRow {
     pub build_log: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// A cron run as recorded (and as the API answers it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CronRunRow {
     pub id: i64,
     pub project: String,

@@ -730,3 +730,26 @@ pub async fn run_serial<F: std::future::Future<Output = ()>>(name: &str, test: F
     test.await;
     eprintln!("==== {name} passed in {:.1}s", began.elapsed().as_secs_f64());
 }
+
+/// The start of most scenarios: this file's serial lock, a clock, a fresh project name in a
+/// new [`Scene`], and a server on it. Bind it with `let Stage { _serial, t0, project, scene,
+/// server, http } = stage("prefix").await;`: bindings drop in reverse order, so the server
+/// dies before the scene cleans up and the lock is released last.
+pub struct Stage {
+    pub _serial: tokio::sync::MutexGuard<'static, ()>,
+    pub t0: Instant,
+    pub project: String,
+    pub scene: Scene,
+    pub server: Server,
+    pub http: reqwest::Client,
+}
+
+pub async fn stage(prefix: &str) -> Stage {
+    let _serial = SERIAL.lock().await;
+    let t0 = Instant::now();
+    let project = unique(prefix);
+    let scene = Scene::new(&[&project]).await;
+    let server = Server::start(&scene.data, &scene.images).await;
+    let http = server.http();
+    Stage { _serial, t0, project, scene, server, http }
+}

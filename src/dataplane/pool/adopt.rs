@@ -108,19 +108,22 @@ mod tests {
 
     use super::*;
     use crate::manifest::Scaling;
+    use crate::dataplane::Workload;
     use crate::infra::driver::{Env, Limits};
 
     #[test]
     fn config_digest_follows_env_and_limits() {
         let r = Revision {
-            project: "p".into(),
-            function: "f".into(),
-            deployment_id: 1,
-            image: "img".into(),
-            env: Env(vec!["A=1".into()]),
-            limits: Limits::default(),
+            workload: Workload {
+                project: "p".into(),
+                function: "f".into(),
+                deployment_id: 1,
+                image: "img".into(),
+                env: Env(vec!["A=1".into()]),
+                limits: Limits::default(),
+                timeout: Duration::from_secs(1),
+            },
             private: false,
-            timeout: Duration::from_secs(1),
             scaling: Scaling::default(),
         };
         let d = config_digest(&r);
@@ -147,14 +150,16 @@ mod tests {
 
     fn revision() -> Revision {
         Revision {
-            project: "p".into(),
-            function: "f".into(),
-            deployment_id: 3,
-            image: "img".into(),
-            env: Env::default(),
-            limits: Limits::default(),
+            workload: Workload {
+                project: "p".into(),
+                function: "f".into(),
+                deployment_id: 3,
+                image: "img".into(),
+                env: Env::default(),
+                limits: Limits::default(),
+                timeout: Duration::from_secs(1),
+            },
             private: false,
-            timeout: Duration::from_secs(1),
             scaling: Scaling::default(),
         }
     }

@@ -19,7 +19,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::infra::driver::{labels, Driver, Env, Limits};
+use crate::dataplane::Workload;
+use crate::infra::driver::{labels, Driver};
 use crate::manifest::Scaling;
 use crate::infra::metrics::Metrics;
 use crate::infra::store::Store;
@@ -44,19 +45,13 @@ pub const FUNCTION_PORT: u16 = 8080;
 /// One deployed revision of an http function.
 #[derive(Debug, Clone)]
 pub struct Revision {
-    pub project: String,
-    pub function: String,
-    pub deployment_id: i64,
-    pub image: String,
-    /// Environment for the container: `meta` and the project's secrets.
-    pub env: Env,
-    /// Memory, CPU and the other container limits.
-    pub limits: Limits,
+    pub workload: Workload,
     /// Needs the project's invoke key.
     pub private: bool,
-    pub timeout: Duration,
     pub scaling: Scaling,
 }
+
+super::deref_workload!(Revision);
 
 /// How a request's instance was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,8 +96,8 @@ struct PoolInner {
     joining: u32,
 }
 
-/// Counts of instances by state, for status and metrics.
-#[derive(Debug, Clone, Default, serde::Serialize, PartialEq, Eq)]
+/// Counts of instances by state, for status and metrics (and the API's `instances`).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct PoolCounts {
     pub starting: u32,
     pub ready: u32,
@@ -468,6 +463,7 @@ impl FunctionPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::infra::driver::{Env, Limits};
 
     #[tokio::test]
     async fn a_burst_at_a_paused_instance_joins_its_resume_instead_of_starting_cold() {
@@ -476,14 +472,16 @@ mod tests {
         let store = Arc::new(Store::in_memory().expect("store"));
         let pools = PoolManager::new(driver.clone(), store, PoolConfig::default(), Arc::new(Metrics::default()));
         let revision = Revision {
-            project: "p".into(),
-            function: "API".into(),
-            deployment_id: 7,
-            image: "img".into(),
-            env: Env::default(),
-            limits: Limits::default(),
+            workload: Workload {
+                project: "p".into(),
+                function: "API".into(),
+                deployment_id: 7,
+                image: "img".into(),
+                env: Env::default(),
+                limits: Limits::default(),
+                timeout: Duration::from_secs(5),
+            },
             private: false,
-            timeout: Duration::from_secs(5),
             scaling: Scaling { concurrency: 16, ..Scaling::default() },
         };
         let pool = pools.pool(revision.clone());

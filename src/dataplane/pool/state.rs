@@ -79,17 +79,24 @@ pub(super) trait InstanceView {
     fn last_used(&self) -> Instant;
 }
 
-impl InstanceView for Instance {
-    fn state(&self) -> InstanceState {
-        self.state
-    }
-    fn in_flight(&self) -> u32 {
-        self.in_flight
-    }
-    fn last_used(&self) -> Instant {
-        self.last_used
-    }
+/// The view of anything with `state`, `in_flight` and `last_used` fields.
+macro_rules! instance_view {
+    ($t:ty) => {
+        impl InstanceView for $t {
+            fn state(&self) -> InstanceState {
+                self.state
+            }
+            fn in_flight(&self) -> u32 {
+                self.in_flight
+            }
+            fn last_used(&self) -> Instant {
+                self.last_used
+            }
+        }
+    };
 }
+
+instance_view!(Instance);
 
 /// Instances that count against `max_instances`: all but those draining.
 pub(super) fn live(instances: &[impl InstanceView]) -> u32 {
@@ -106,17 +113,7 @@ pub(super) struct Sketch {
 }
 
 #[cfg(test)]
-impl InstanceView for Sketch {
-    fn state(&self) -> InstanceState {
-        self.state
-    }
-    fn in_flight(&self) -> u32 {
-        self.in_flight
-    }
-    fn last_used(&self) -> Instant {
-        self.last_used
-    }
-}
+instance_view!(Sketch);
 
 #[cfg(test)]
 mod tests {
