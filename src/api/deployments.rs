@@ -29,21 +29,5 @@ pub(super) async fn show_deployment(
         })
         .collect();
     let d = detail.deployment;
-    Ok(Json(DeploymentAnswer {
-        id: d.id,
-        project: d.project,
-        repository: d.repository,
-        git_ref: d.git_ref,
-        commit: d.commit,
-        runtime: d.runtime,
-        status: d.status,
-        live: detail.live,
-        error: d.error,
-        warnings: d.warnings,
-        log: d.log,
-        created_at: d.created_at,
-        started_at: d.started_at,
-        finished_at: d.finished_at,
-        functions,
-    }))
+    Ok(Json(DeploymentAnswer { deployment: d, live: detail.live, functions }))
 }

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use crate::manifest::{Access, Scaling};
-pub use crate::engine::views::{BuildState, CronRunRow as CronRun, DeploymentStatus, FunctionType, PoolCounts as InstanceCounts, RunStatus};
+pub use crate::engine::views::{BuildState, CronRunRow as CronRun, DeploymentRow, DeploymentStatus, FunctionType, PoolCounts as InstanceCounts, RunStatus};
 pub use crate::engine::access::TokenInfo as TokenAnswer;
 pub use crate::engine::{DeployRequest, SubmitStatus};
 
@@ -237,21 +237,9 @@ pub struct DeploymentFunction {
 /// `GET /api/projects/{name}/deployments/{id}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeploymentAnswer {
-    pub id: i64,
-    pub project: String,
-    pub repository: String,
-    #[serde(rename = "ref")]
-    pub git_ref: Option<String>,
-    pub commit: String,
-    pub runtime: Option<String>,
-    pub status: DeploymentStatus,
+    #[serde(flatten)]
+    pub deployment: DeploymentRow,
     pub live: bool,
-    pub error: Option<String>,
-    pub warnings: Vec<String>,
-    pub log: String,
-    pub created_at: DateTime<Utc>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
     pub functions: Vec<DeploymentFunction>,
 }
 
@@ -368,5 +356,38 @@ mod tests {
         assert_eq!(v["invoke_key"], json!(null));
         assert_eq!(v["status"], json!("queued"));
         assert_eq!(serde_json::from_value::<DeployAnswer>(v).expect("back"), a);
+    }
+
+    /// A deployment's answer is its record flattened, with `ref` (not `git_ref`), `live` and
+    /// `functions` beside it: the shape clients read.
+    #[test]
+    fn deployment_answer_is_the_record_flattened() {
+        let at = DateTime::<Utc>::from_timestamp(0, 0).expect("epoch");
+        let a = DeploymentAnswer {
+            deployment: DeploymentRow {
+                id: 4,
+                project: "p".into(),
+                repository: "https://example.com/r.git".into(),
+                git_ref: Some("main".into()),
+                commit: "abc".into(),
+                runtime: Some("node".into()),
+                status: DeploymentStatus::Ready,
+                error: None,
+                warnings: vec![],
+                log: String::new(),
+                created_at: at,
+                started_at: None,
+                finished_at: None,
+            },
+            live: true,
+            functions: vec![],
+        };
+        let v = serde_json::to_value(&a).expect("json");
+        assert_eq!(
+            keys(&v),
+            ["commit", "created_at", "error", "finished_at", "functions", "id", "live", "log", "project", "ref", "repository", "runtime", "started_at", "status", "warnings"]
+        );
+        assert_eq!((&v["ref"], &v["status"], &v["live"]), (&json!("main"), &json!("ready"), &json!(true)));
+        assert_eq!(serde_json::from_value::<DeploymentAnswer>(v).expect("back"), a);
     }
 }

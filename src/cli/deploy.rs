@@ -52,11 +52,11 @@ impl Deploy {
             println!("{project}: invoke key for its `auth: private` functions (shown once; `eserveless keys rotate {project}` makes a new one):\n  {key}");
         }
         let d = follow(&c, project, id).await?;
-        for w in &d.warnings {
+        for w in &d.deployment.warnings {
             println!("warning: {w}");
         }
-        if d.status == DeploymentStatus::Failed {
-            eprintln!("deployment {id} failed: {}", d.error.as_deref().unwrap_or("-"));
+        if d.deployment.status == DeploymentStatus::Failed {
+            eprintln!("deployment {id} failed: {}", d.deployment.error.as_deref().unwrap_or("-"));
             for f in d.functions.iter().filter(|f| f.build_state == BuildState::Failed) {
                 let tail: Vec<&str> = f.build_log.lines().rev().take(20).collect();
                 eprintln!("--- build log of {} (last lines) ---", f.name);
@@ -92,17 +92,17 @@ async fn follow(c: &Client, project: &str, id: i64) -> Result<DeploymentAnswer> 
                 seen.insert(f.name.clone(), f.build_state);
             }
         }
-        if last_status != Some(d.status) {
-            progress.line(format!("deployment {id}: {}", d.status.as_str()));
-            last_status = Some(d.status);
+        if last_status != Some(d.deployment.status) {
+            progress.line(format!("deployment {id}: {}", d.deployment.status.as_str()));
+            last_status = Some(d.deployment.status);
         }
         if let Some(pb) = &progress.0 {
-            pb.set_message(format!("{} ({}s)", d.status.as_str(), started.elapsed().as_secs()));
+            pb.set_message(format!("{} ({}s)", d.deployment.status.as_str(), started.elapsed().as_secs()));
         } else if !slow_note && started.elapsed() > Duration::from_secs(60) {
             println!("this is taking a while (builds can take minutes the first time)…");
             slow_note = true;
         }
-        if d.status.is_final() {
+        if d.deployment.status.is_final() {
             break d;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

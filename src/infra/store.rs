@@ -256,11 +256,13 @@ pub struct ProjectRow {
     pub live_deployment_id: Option<i64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// A deployment as recorded (and, flattened, as the API answers it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeploymentRow {
     pub id: i64,
     pub project: String,
     pub repository: String,
+    #[serde(rename = "ref")]
     pub git_ref: Option<String>,
     pub commit: String,
     pub runtime: Option<String>,
