@@ -135,6 +135,16 @@ pub enum DriverError {
     BuildTimeout(Duration, String),
     #[error("docker: {0}")]
     Engine(String),
+    /// Swarm mode: no node has the resources (or is eligible) for what was asked; the message
+    /// names what was asked and the scheduler's reason.
+    #[error("no node of the swarm can take {0}")]
+    NoCapacity(String),
+    /// Swarm mode on an engine that cannot drive a swarm; the message says how to fix it.
+    #[error("{0}")]
+    NotSwarmManager(String),
+    /// An operation the engine cannot do (e.g. pause in swarm mode); the message says why.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl From<bollard::errors::Error> for DriverError {
@@ -302,6 +312,116 @@ pub trait Driver: Send + Sync + 'static {
     fn events(&self) -> BoxStream<'static, Result<ContainerEvent>>;
 }
 
+/// Connects to the engine named by DOCKER_HOST (or the default socket), negotiating the API
+/// version. Shared by the single-host and the swarm drivers.
+pub(crate) async fn connect_engine() -> Result<Docker> {
+    let docker = Docker::connect_with_defaults().map_err(|e| DriverError::Unreachable(e.to_string()))?;
+    docker
+        .with_timeout(Duration::from_secs(120))
+        .negotiate_version()
+        .await
+        .map_err(|e| DriverError::Unreachable(e.to_string()))
+}
+
+/// Makes sure the engine-local bridge network `name` exists: the functions network of the
+/// single-host engine, the build network of the swarm engine.
+pub(crate) async fn ensure_bridge_network(docker: &Docker, name: &str) -> Result<()> {
+    match docker.inspect_network(name, None::<bollard::query_parameters::InspectNetworkOptions>).await {
+        Ok(_) => return Ok(()),
+        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let req = NetworkCreateRequest {
+        name: name.to_string(),
+        driver: Some("bridge".into()),
+        // Functions must not reach one another: no inter-container traffic on this bridge.
+        options: Some(HashMap::from([("com.docker.network.bridge.enable_icc".to_string(), "false".to_string())])),
+        labels: Some(HashMap::from([(labels::MANAGED.to_string(), "true".to_string())])),
+        ..Default::default()
+    };
+    match docker.create_network(req).await {
+        Ok(_) => Ok(()),
+        // Another server created it at the same time.
+        Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(crate) async fn image_exists_on(docker: &Docker, image: &str) -> Result<bool> {
+    match docker.inspect_image(image).await {
+        Ok(_) => Ok(true),
+        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(crate) async fn remove_image_on(docker: &Docker, image: &str) -> Result<bool> {
+    let opts = RemoveImageOptionsBuilder::default().force(true).build();
+    match docker.remove_image(image, Some(opts), None).await {
+        Ok(_) => Ok(true),
+        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Builds an image on `docker` with the classic builder; its steps run on the bridge `network`
+/// with memory and CPU capped. Returns the whole log. Shared by both drivers: the swarm engine
+/// builds on its manager.
+pub(crate) async fn build_image_on(docker: &Docker, network: &str, req: BuildRequest) -> Result<String> {
+    let options = BuildImageOptionsBuilder::default()
+        .dockerfile(&req.dockerfile)
+        .t(&req.tag)
+        .labels(&req.labels)
+        .rm(true)
+        .forcerm(true)
+        // Build steps run untrusted code too (install scripts, the load check): on the
+        // functions network, behind its firewall rules, with memory and CPU capped.
+        .networkmode(network)
+        .memory(BUILD_MEMORY_BYTES)
+        .memswap(BUILD_MEMORY_BYTES)
+        .cpuperiod(100_000)
+        .cpuquota(BUILD_CPU_QUOTA)
+        .build();
+    let mut stream =
+        docker.build_image(options, None, Some(bollard::body_full(bytes::Bytes::from(req.context_tar))));
+    let mut log = String::new();
+    let run = async {
+        while let Some(item) = stream.next().await {
+            let info = match item {
+                Ok(info) => info,
+                // The engine reports a failing build step as a stream error.
+                Err(bollard::errors::Error::DockerStreamError { error }) => {
+                    let error = strip_ansi(&error);
+                    log.push_str(&error);
+                    log.push('\n');
+                    return Err(DriverError::BuildFailed { message: error, log: std::mem::take(&mut log) });
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if let Some(text) = info.stream.as_deref().or(info.status.as_deref()) {
+                let text = strip_ansi(text);
+                let text = text.as_str();
+                log.push_str(text);
+                if !text.ends_with('\n') {
+                    log.push('\n');
+                }
+            }
+            if let Some(detail) = info.error_detail {
+                let message = detail.message.unwrap_or_else(|| "unknown build error".into());
+                log.push_str(&message);
+                log.push('\n');
+                return Err(DriverError::BuildFailed { message, log: std::mem::take(&mut log) });
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(req.timeout, run).await {
+        Ok(Ok(())) => Ok(log),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(DriverError::BuildTimeout(req.timeout, log)),
+    }
+}
+
 /// The Docker Engine driver.
 pub struct DockerDriver {
     docker: Docker,
@@ -313,40 +433,9 @@ impl DockerDriver {
     /// Connects to the local engine (DOCKER_HOST or the default socket), negotiating the API
     /// version, and makes sure the functions network exists.
     pub async fn connect(network: &str, owner: &str) -> Result<Self> {
-        let docker = Docker::connect_with_defaults().map_err(|e| DriverError::Unreachable(e.to_string()))?;
-        let docker = docker
-            .with_timeout(Duration::from_secs(120))
-            .negotiate_version()
-            .await
-            .map_err(|e| DriverError::Unreachable(e.to_string()))?;
-        let driver = DockerDriver { docker, network: network.to_string(), owner: owner.to_string() };
-        driver.ensure_network().await?;
-        Ok(driver)
-    }
-
-    async fn ensure_network(&self) -> Result<()> {
-        match self.docker.inspect_network(&self.network, None::<bollard::query_parameters::InspectNetworkOptions>).await {
-            Ok(_) => return Ok(()),
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
-        let req = NetworkCreateRequest {
-            name: self.network.clone(),
-            driver: Some("bridge".into()),
-            // Functions must not reach one another: no inter-container traffic on this bridge.
-            options: Some(HashMap::from([(
-                "com.docker.network.bridge.enable_icc".to_string(),
-                "false".to_string(),
-            )])),
-            labels: Some(HashMap::from([(labels::MANAGED.to_string(), "true".to_string())])),
-            ..Default::default()
-        };
-        match self.docker.create_network(req).await {
-            Ok(_) => Ok(()),
-            // Another server created it at the same time.
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        let docker = connect_engine().await?;
+        ensure_bridge_network(&docker, network).await?;
+        Ok(DockerDriver { docker, network: network.to_string(), owner: owner.to_string() })
     }
 
     /// The OCI runtimes registered with the engine (`runc`, and e.g. `runsc` when configured).
@@ -438,75 +527,15 @@ impl Driver for DockerDriver {
     }
 
     async fn image_exists(&self, image: &str) -> Result<bool> {
-        match self.docker.inspect_image(image).await {
-            Ok(_) => Ok(true),
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+        image_exists_on(&self.docker, image).await
     }
 
     async fn build_image(&self, req: BuildRequest) -> Result<String> {
-        let options = BuildImageOptionsBuilder::default()
-            .dockerfile(&req.dockerfile)
-            .t(&req.tag)
-            .labels(&req.labels)
-            .rm(true)
-            .forcerm(true)
-            // Build steps run untrusted code too (install scripts, the load check): on the
-            // functions network, behind its firewall rules, with memory and CPU capped.
-            .networkmode(&self.network)
-            .memory(BUILD_MEMORY_BYTES)
-            .memswap(BUILD_MEMORY_BYTES)
-            .cpuperiod(100_000)
-            .cpuquota(BUILD_CPU_QUOTA)
-            .build();
-        let mut stream =
-            self.docker.build_image(options, None, Some(bollard::body_full(bytes::Bytes::from(req.context_tar))));
-        let mut log = String::new();
-        let run = async {
-            while let Some(item) = stream.next().await {
-                let info = match item {
-                    Ok(info) => info,
-                    // The engine reports a failing build step as a stream error.
-                    Err(bollard::errors::Error::DockerStreamError { error }) => {
-                        let error = strip_ansi(&error);
-                        log.push_str(&error);
-                        log.push('\n');
-                        return Err(DriverError::BuildFailed { message: error, log: std::mem::take(&mut log) });
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                if let Some(text) = info.stream.as_deref().or(info.status.as_deref()) {
-                    let text = strip_ansi(text);
-                    let text = text.as_str();
-                    log.push_str(text);
-                    if !text.ends_with('\n') {
-                        log.push('\n');
-                    }
-                }
-                if let Some(detail) = info.error_detail {
-                    let message = detail.message.unwrap_or_else(|| "unknown build error".into());
-                    log.push_str(&message);
-                    log.push('\n');
-                    return Err(DriverError::BuildFailed { message, log: std::mem::take(&mut log) });
-                }
-            }
-            Ok(())
-        };
-        match tokio::time::timeout(req.timeout, run).await {
-            Ok(Ok(())) => Ok(log),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(DriverError::BuildTimeout(req.timeout, log)),
-        }
+        build_image_on(&self.docker, &self.network, req).await
     }
 
     async fn remove_image(&self, image: &str) -> Result<bool> {
-        let opts = RemoveImageOptionsBuilder::default().force(true).build();
-        match self.docker.remove_image(image, Some(opts), None).await {
-            Ok(_) => Ok(true),
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+        remove_image_on(&self.docker, image).await
     }
 
     async fn run(&self, spec: ContainerSpec) -> Result<Started> {
@@ -634,6 +663,7 @@ impl Driver for DockerDriver {
 }
 
 pub mod fake;
+pub mod swarm;
 
 #[cfg(test)]
 mod tests {
