@@ -418,6 +418,11 @@ pub fn service_spec(spec: &ContainerSpec, owner: &str, network: &str, kind: Kind
         // As the single-host engine: the function's own process is PID 1, whatever the
         // daemon's default.
         init: Some(false),
+        // Removal kills at once, as the single-host engine's forced removal does (the pool
+        // drains an instance before removing it; a run past its timeout is killed). Swarm's
+        // default of 10 s kept a removed instance's memory reserved on its node for 10 s in
+        // the lab (a PID 1 without a SIGTERM handler ignores it).
+        stop_grace_period: Some(0),
         ulimits: Some(vec![ResourcesUlimits { name: Some("nofile".into()), soft: Some(l.nofile), hard: Some(l.nofile) }]),
         ..Default::default()
     };
@@ -529,6 +534,12 @@ impl SwarmTask {
         matches!(self.status.state.as_str(), "complete" | "failed" | "rejected" | "shutdown" | "orphaned" | "remove")
     }
 
+    /// Told to stop (its service removed, its node drained): still running for a moment, but
+    /// gone for the pool, as a container is once a forced removal starts.
+    pub fn is_going(&self) -> bool {
+        matches!(self.desired_state.as_str(), "shutdown" | "remove")
+    }
+
     /// The task's address on `network` (a name or an id), or on its first non-ingress network.
     pub fn address_on(&self, network: Option<&str>) -> Option<String> {
         let usable = |a: &&NetworkAttachmentRaw| !a.network.spec.ingress && !a.addresses.is_empty();
@@ -570,7 +581,11 @@ impl SwarmTask {
     fn never_ran(&self, image: &str) -> DriverError {
         let err = self.status.err.to_ascii_lowercase();
         if err.contains("no such image") || err.contains("image not found") || err.contains("pull access denied") {
-            return DriverError::MissingImage(format!("{image} (on the task's node: {})", self.status.err));
+            // Not MissingImage: the manager may well hold it; the node the task went to does not.
+            return DriverError::Engine(format!(
+                "image `{image}` is not on the node the task was placed on ({}): in swarm mode every node needs it, from a registry",
+                self.status.err
+            ));
         }
         DriverError::Engine(format!("the task did not run ({})", self.describe()))
     }
@@ -664,7 +679,7 @@ pub fn liveness(tasks: &[SwarmTask], ready_nodes: &HashSet<String>) -> HashMap<S
         .filter_map(|(service, tasks)| {
             let t = current_task(&tasks)?;
             let node_down = !t.node_id.is_empty() && !ready_nodes.contains(&t.node_id);
-            let dead = t.is_final() || (node_down && !t.is_final() && t.status.state != "pending");
+            let dead = t.is_final() || t.is_going() || (node_down && t.status.state != "pending");
             Some((service.to_string(), if dead { Liveness::Dead } else { Liveness::Alive }))
         })
         .collect()
@@ -699,8 +714,8 @@ pub fn managed_containers(
             let mine: Vec<SwarmTask> = tasks.iter().filter(|t| t.service_id == id).cloned().collect();
             let task = current_task(&mine);
             let node_down = task.is_some_and(|t| !t.node_id.is_empty() && !ready_nodes.contains(&t.node_id));
-            let running = task.is_some_and(|t| t.status.state == "running") && !node_down;
-            let stopped = task.is_some_and(|t| t.is_final() || (node_down && t.status.state != "pending"));
+            let running = task.is_some_and(|t| t.status.state == "running" && !t.is_going()) && !node_down;
+            let stopped = task.is_some_and(|t| t.is_final() || t.is_going() || (node_down && t.status.state != "pending"));
             let network = labels.get(labels::PROJECT).map(|p| overlay_name(owner, p));
             let ip = task.and_then(|t| t.address_on(network.as_deref()));
             ManagedContainer { id, labels, running, paused: false, stopped, ip }
@@ -1035,6 +1050,7 @@ mod tests {
         assert_eq!(c.capability_drop.as_deref(), Some(&["ALL".to_string()][..]));
         assert!(c.capability_add.is_none());
         assert_eq!(c.init, Some(false));
+        assert_eq!(c.stop_grace_period, Some(0), "removal kills at once");
         let m = &c.mounts.as_ref().expect("mounts")[0];
         assert_eq!(m.target.as_deref(), Some("/tmp"));
         assert_eq!(m.typ, Some(MountType::TMPFS));
@@ -1179,8 +1195,11 @@ mod tests {
     fn a_task_that_never_ran_or_exited_at_once_fails_the_start() {
         let rejected = task(serde_json::json!({"ID": "t", "Status": {"State": "rejected", "Message": "preparing",
             "Err": "No such image: eserveless/fn:abc"}}));
-        assert!(matches!(start_progress(Some(&rejected), "n", ASKED, "img"), Progress::Failed(DriverError::MissingImage(_))));
-        assert!(matches!(job_progress(Some(&rejected), ASKED, "img"), Progress::Failed(DriverError::MissingImage(_))));
+        match start_progress(Some(&rejected), "n", ASKED, "img") {
+            Progress::Failed(DriverError::Engine(m)) => assert!(m.contains("`img`") && m.contains("every node"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(job_progress(Some(&rejected), ASKED, "img"), Progress::Failed(DriverError::Engine(_))));
         let exited = task(serde_json::json!({"ID": "t", "Status": {"State": "failed", "Message": "started",
             "Err": "task: non-zero exit (1)", "ContainerStatus": {"ContainerID": "c", "ExitCode": 1}}}));
         match start_progress(Some(&exited), "n", ASKED, "img") {
@@ -1224,13 +1243,16 @@ mod tests {
         let finished = task(serde_json::json!({"ID": "t2", "ServiceID": "s2", "NodeID": "n1",
             "Status": {"State": "complete", "ContainerStatus": {"ExitCode": 0}}}));
         let pending = task(serde_json::json!({"ID": "t4", "ServiceID": "s4", "Status": {"State": "pending"}}));
+        let mut going = running("t6", "s6", "n1", "2026-12-01T15:00:01Z");
+        going.desired_state = "shutdown".into();
         let tasks = vec![
             running("t1", "s1", "n1", "2026-12-01T15:00:01Z"),
             finished,
             running("t3", "s3", "n-down", "2026-12-01T15:00:01Z"),
             pending,
+            going,
         ];
-        let services = ["s1", "s2", "s3", "s4", "s5"].iter().map(|s| (s.to_string(), l.clone())).collect();
+        let services = ["s1", "s2", "s3", "s4", "s5", "s6"].iter().map(|s| (s.to_string(), l.clone())).collect();
         let got = managed_containers(services, &tasks, &ready, owner);
         let by: HashMap<&str, &ManagedContainer> = got.iter().map(|c| (c.id.as_str(), c)).collect();
         let s1 = by["s1"];
@@ -1241,6 +1263,7 @@ mod tests {
         assert!(!by["s3"].running && by["s3"].stopped, "a task on a down node");
         assert!(!by["s4"].running && !by["s4"].stopped, "pending: neither");
         assert!(!by["s5"].running && !by["s5"].stopped && by["s5"].ip.is_none(), "no task yet");
+        assert!(!by["s6"].running && by["s6"].stopped, "told to shut down");
     }
 
     #[test]
@@ -1260,6 +1283,11 @@ mod tests {
         let ev: Vec<(String, String)> = diff_liveness(&t0, &t1).into_iter().map(|e| (e.action, e.id)).collect();
         assert_eq!(ev, vec![("die".into(), "sa".into()), ("die".into(), "sb".into()), ("die".into(), "sc".into())]);
         assert!(diff_liveness(&t1, &t1).is_empty(), "reported once");
+        // A removed service's task runs on while its node stops it: dead for the pool already.
+        let mut b_going = b.clone();
+        b_going.desired_state = "remove".into();
+        let t_going = liveness(&[b_going], &ready);
+        assert_eq!(t_going.get("sb"), Some(&Liveness::Dead));
         let t2 = liveness(&[a_done, b], &only_n1);
         let ev: Vec<(String, String)> = diff_liveness(&t1, &t2).into_iter().map(|e| (e.action, e.id)).collect();
         assert_eq!(ev, vec![("destroy".into(), "sc".into())]);
