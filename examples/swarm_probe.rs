@@ -204,6 +204,29 @@ async fn steps(driver: &Arc<SwarmDriver>, image: &str, created: &mut Vec<String>
     let left = driver.list_managed().await?.into_iter().filter(|c| c.labels.get(labels::FUNCTION).is_some_and(|f| f == "huge")).count();
     println!("services left by the refusals: {left}");
 
+    println!("\n== reservations add up: instances of 45% of a node's memory, until one does not fit");
+    let share = Limits { memory_bytes: most / 100 * 45, ..Limits::default() };
+    let mut fill = Vec::new();
+    for i in 0..=2 * nodes.len() {
+        let t = Instant::now();
+        match driver.run(spec(&format!("esl-probe-fill-1-{i}"), "fill", "http", image, program(ECHO, vec![]), share.clone())).await {
+            Ok(s) => {
+                created.push(s.id.clone());
+                let node = driver.placement(&s.id).await?.map(|p| p.node).unwrap_or_default();
+                println!("fill {i}: on {node} at {} after {} ms", s.ip, t.elapsed().as_millis());
+                fill.push(s.id);
+            }
+            Err(e @ DriverError::NoCapacity(_)) => {
+                println!("fill {i}: NoCapacity after {} ms: {e}", t.elapsed().as_millis());
+                break;
+            }
+            Err(e) => anyhow::bail!("fill {i}: {e}"),
+        }
+    }
+    for id in fill {
+        driver.remove(&id).await?;
+    }
+
     println!("\n== an image only the manager has (eserveless/node:bookworm)");
     let t = Instant::now();
     match driver
