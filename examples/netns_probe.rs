@@ -8,6 +8,8 @@
 //!                                          connector (a thread living in NS), connect_in (a thread
 //!                                          per connect) and, with PLAIN (not "-"), a plain connect
 //!                                          from this process's own namespace to PLAIN
+//! netns_probe loop  NS ADDR SECONDS       one connect + request every 0.5 s through one connector,
+//!                                          printing each outcome (the namespace replaced meanwhile)
 //! ```
 //!
 //! The echo server answers each line with the line (the lab runs one in perl).
@@ -130,6 +132,19 @@ async fn main() -> Result<()> {
             report("connect_in", &mut b);
             if let Some(p) = plain {
                 report(&format!("plain {p}"), &mut c);
+            }
+        }
+        "loop" => {
+            let secs: u64 = arg(3).map_or(Ok(10), str::parse).context("SECONDS")?;
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(secs) {
+                let outcome = match tokio::time::timeout(Duration::from_secs(1), connector.connect(addr)).await {
+                    Ok(Ok(s)) => ping(&mut BufReader::new(s)).await.map(|_| "ping".to_string()).unwrap_or_else(|e| format!("{e:#}")),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "connect timed out".into(),
+                };
+                println!("{:6.1} s {outcome}", t0.elapsed().as_secs_f64());
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
         m => bail!("unknown mode {m}"),
