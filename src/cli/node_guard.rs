@@ -101,8 +101,9 @@ impl NodeGuard {
     pub async fn run(self) -> Result<i32> {
         let filter = tracing_subscriber::EnvFilter::try_from_env("ESERVELESS_LOG")
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-        // Fails only when a subscriber is set already (tests): logging goes there then.
-        let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+        // Plain text: the output goes to the service's logs, not to a terminal. Fails only
+        // when a subscriber is set already (tests): logging goes there then.
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).try_init();
         let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
         let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
         let policy = self.policy().await;

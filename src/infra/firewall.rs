@@ -209,7 +209,8 @@ fn jump_spec(bridge: &str, target: &str) -> Vec<String> {
 ///
 /// Two kinds of entries are not run blindly by [`apply`], so that it is idempotent:
 /// `-N chain` is skipped when the chain exists, and `-I parent 1 spec…` is skipped
-/// when `-C parent spec…` says the rule is already there.
+/// when that jump is already the parent's first rule and its only jump to the chain
+/// (otherwise it is inserted, then the other jumps to the chain are deleted).
 pub fn rules(p: &FirewallPolicy) -> Vec<Vec<String>> {
     let br = p.bridge.as_str();
     let (input, forward) = (p.chains.input, p.chains.forward);
@@ -270,22 +271,23 @@ pub async fn apply(p: &FirewallPolicy) -> Result<(), FirewallError> {
     if !probe(ipt, &argv(&["-n", "-L", "DOCKER-USER"])).await? {
         return Err(FirewallError::NoDockerUser);
     }
-    // Drop jumps left from another bridge name, duplicates, or ours when it is
-    // no longer first; the `-I parent 1` below puts it back on top.
-    for (parent, target) in parents(p) {
-        let existing = list(ipt, parent).await?;
-        for spec in stale_jumps(&existing, &jump_spec(&p.bridge, target), target) {
-            check(ipt, &[argv(&["-D", parent]), spec].concat()).await?;
-        }
-    }
     for a in rules(p) {
         match a.get(1).map(String::as_str) {
             Some("-N") if probe(ipt, &argv(&["-n", "-L", &a[2]])).await? => continue,
-            Some("-I")
-                if a.get(3).map(String::as_str) == Some("1")
-                    && probe(ipt, &[argv(&["-C", &a[2]]), a[4..].to_vec()].concat()).await? =>
-            {
-                continue
+            Some("-I") if a.get(3).map(String::as_str) == Some("1") => {
+                let (parent, spec) = (a[2].as_str(), &a[4..]);
+                let target = spec.last().map(String::as_str).unwrap_or_default();
+                if jump_in_place(&list(ipt, parent).await?, spec, target) {
+                    continue;
+                }
+                // The new jump goes on top first, then the others (left from another
+                // bridge name, duplicates, ours when something was put above it) go, by
+                // number: the chain is never without its jump meanwhile.
+                check(ipt, &a).await?;
+                for n in extra_jumps(&list(ipt, parent).await?, target) {
+                    check(ipt, &argv(&["-D", parent, &n.to_string()])).await?;
+                }
+                continue;
             }
             _ => {}
         }
@@ -379,14 +381,12 @@ fn jumps_to(spec: &[String], target: &str) -> bool {
     spec.windows(2).any(|p| p[0] == "-j" && p[1] == target)
 }
 
-/// The jumps to `target` to delete (`-D` by spec, one call each) so that at most
-/// one remains, `keep`, as the first rule of the chain: nothing when that is
-/// already the case, else every jump to `target`.
-fn stale_jumps(rules: &[Vec<String>], keep: &[String], target: &str) -> Vec<Vec<String>> {
-    if jump_in_place(rules, keep, target) {
-        return Vec::new();
-    }
-    rules.iter().filter(|r| jumps_to(r, target)).cloned().collect()
+/// The rule numbers (1-based, highest first, so that deleting one does not renumber the
+/// next) of the jumps to `target` other than the chain's first rule.
+fn extra_jumps(rules: &[Vec<String>], target: &str) -> Vec<usize> {
+    let mut n: Vec<usize> = rules.iter().enumerate().skip(1).filter(|(_, r)| jumps_to(r, target)).map(|(i, _)| i + 1).collect();
+    n.reverse();
+    n
 }
 
 /// Exactly one jump to `target`, `keep`, first in the chain.
@@ -636,22 +636,24 @@ mod tests {
     }
 
     #[test]
-    fn stale_jumps_keep_single_top_jump_only() {
+    fn the_jump_is_in_place_once_and_first_and_extra_ones_go_by_number() {
         let t = FORWARD_CHAIN;
         let keep = jump_spec("br-new", t);
         let ret = spec("-j RETURN");
         let other = spec("-i br-new -j ESERVELESS-FWDX");
-        // Already right: nothing to do.
-        assert!(stale_jumps(&[keep.clone(), other.clone(), ret.clone()], &keep, t).is_empty());
-        // None yet.
-        assert!(stale_jumps(std::slice::from_ref(&ret), &keep, t).is_empty());
-        // Left from an older bridge name.
         let old = jump_spec("br-old", t);
-        assert_eq!(stale_jumps(&[keep.clone(), old.clone(), ret.clone()], &keep, t), vec![keep.clone(), old]);
-        // Duplicate, one of them after Docker's RETURN: both go (-D removes the first match).
-        assert_eq!(stale_jumps(&[keep.clone(), ret.clone(), keep.clone()], &keep, t), vec![keep.clone(), keep.clone()]);
-        // Not first any more.
-        assert_eq!(stale_jumps(&[other, keep.clone(), ret], &keep, t), vec![keep]);
+        // Already right.
+        assert!(jump_in_place(&[keep.clone(), other.clone(), ret.clone()], &keep, t));
+        assert!(extra_jumps(&[keep.clone(), other.clone(), ret.clone()], t).is_empty());
+        // None yet, left from an older bridge name, duplicated, not first: not in place.
+        assert!(!jump_in_place(std::slice::from_ref(&ret), &keep, t));
+        assert!(!jump_in_place(&[keep.clone(), old.clone(), ret.clone()], &keep, t));
+        assert!(!jump_in_place(&[keep.clone(), ret.clone(), keep.clone()], &keep, t));
+        assert!(!jump_in_place(&[other.clone(), keep.clone(), ret.clone()], &keep, t));
+        // After the new jump was inserted on top: every other jump to the chain goes,
+        // highest number first.
+        assert_eq!(extra_jumps(&[keep.clone(), other.clone(), old.clone(), ret.clone(), keep.clone()], t), vec![5, 3]);
+        assert_eq!(extra_jumps(&[keep.clone(), other, keep], t), vec![3]);
     }
 
     fn guard() -> FirewallPolicy {

@@ -264,8 +264,9 @@ pub struct Uncovered {
     pub why: String,
 }
 
-/// The ready, active nodes without a running guard task of `image_ref` (pure, for tests).
-pub fn uncovered(nodes: &[Node], tasks: &[Task], image_ref: &str) -> Vec<Uncovered> {
+/// The ready, active nodes without a running guard task of the spec whose `config` label is
+/// `config` (image and policy: after an update the old guards run on for a moment).
+pub fn uncovered(nodes: &[Node], tasks: &[Task], config: &str) -> Vec<Uncovered> {
     let mut out = Vec::new();
     for n in nodes {
         let ready = n.status.as_ref().and_then(|s| s.state) == Some(NodeState::READY);
@@ -275,12 +276,14 @@ pub fn uncovered(nodes: &[Node], tasks: &[Task], image_ref: &str) -> Vec<Uncover
             continue;
         }
         let mine: Vec<&Task> = tasks.iter().filter(|t| t.node_id.as_deref() == Some(id.as_str())).collect();
-        let image = |t: &Task| t.spec.as_ref().and_then(|s| s.container_spec.as_ref()).and_then(|c| c.image.clone());
+        let config_of = |t: &Task| {
+            t.spec.as_ref().and_then(|s| s.container_spec.as_ref()).and_then(|c| c.labels.as_ref()).and_then(|l| l.get(labels::CONFIG).cloned())
+        };
         let state = |t: &Task| t.status.as_ref().and_then(|s| s.state);
         let runs = mine.iter().any(|t| {
             state(t) == Some(TaskState::RUNNING)
                 && t.desired_state == Some(TaskState::RUNNING)
-                && image(t).as_deref() == Some(image_ref)
+                && config_of(t).as_deref() == Some(config)
         });
         if runs {
             continue;
@@ -325,11 +328,11 @@ pub async fn ensure_node_guard_within(
     }
     let spec = guard_service_spec(owner, image_ref, &policy);
     let name = guard_service_name(owner);
-    let wanted = spec.labels.as_ref().and_then(|l| l.get(labels::CONFIG)).cloned();
+    let wanted = spec.labels.as_ref().and_then(|l| l.get(labels::CONFIG)).cloned().unwrap_or_default();
     match docker.inspect_service(&name, None).await {
         Ok(existing) => {
             let have = existing.spec.as_ref().and_then(|s| s.labels.as_ref()).and_then(|l| l.get(labels::CONFIG)).cloned();
-            if have != wanted {
+            if have.as_deref() != Some(wanted.as_str()) {
                 let version = existing.version.and_then(|v| v.index).unwrap_or(0);
                 let version = i32::try_from(version)
                     .map_err(|_| DriverError::Engine(format!("service {name} has version {version}, beyond the API's range")))?;
@@ -350,7 +353,7 @@ pub async fn ensure_node_guard_within(
         let nodes = docker.list_nodes(None).await?;
         let opts = ListTasksOptionsBuilder::default().filters(&filters).build();
         let tasks = docker.list_tasks(Some(opts)).await?;
-        let missing = uncovered(&nodes, &tasks, image_ref);
+        let missing = uncovered(&nodes, &tasks, &wanted);
         if missing.is_empty() {
             return Ok(());
         }
@@ -475,19 +478,19 @@ mod tests {
         .expect("node")
     }
 
-    fn task(node: &str, state: &str, desired: &str, image: &str, err: &str) -> Task {
+    fn task(node: &str, state: &str, desired: &str, config: &str, err: &str) -> Task {
         serde_json::from_value(serde_json::json!({
             "NodeID": node,
             "CreatedAt": "2026-12-01T15:00:00Z",
             "DesiredState": desired,
             "Status": {"State": state, "Err": err},
-            "Spec": {"ContainerSpec": {"Image": image}},
+            "Spec": {"ContainerSpec": {"Image": "img", "Labels": {labels::CONFIG: config}}},
         }))
         .expect("task")
     }
 
     #[test]
-    fn every_ready_active_node_needs_a_running_guard_of_the_image() {
+    fn every_ready_active_node_needs_a_running_guard_of_the_current_spec() {
         let nodes = vec![
             node("a", true, NodeSpecAvailabilityEnum::ACTIVE),
             node("b", true, NodeSpecAvailabilityEnum::ACTIVE),
@@ -495,17 +498,17 @@ mod tests {
             node("d", true, NodeSpecAvailabilityEnum::DRAIN),
         ];
         let tasks = vec![
-            task("a", "running", "running", "img:new", ""),
-            // An old guard still running on b, the new one refused.
-            task("b", "running", "shutdown", "img:old", ""),
-            task("b", "rejected", "running", "img:new", "No such image: img:new"),
+            task("a", "running", "running", "cfg-new", ""),
+            // An old guard (another image or policy) still running on b, the new one refused.
+            task("b", "running", "shutdown", "cfg-old", ""),
+            task("b", "rejected", "running", "cfg-new", "No such image: img:new"),
         ];
-        let missing = uncovered(&nodes, &tasks, "img:new");
+        let missing = uncovered(&nodes, &tasks, "cfg-new");
         assert_eq!(missing.len(), 1, "{missing:?}");
         assert_eq!(missing[0].node, "host-b");
         assert!(missing[0].why.contains("No such image"), "{missing:?}");
-        let all = vec![task("a", "running", "running", "img:new", ""), task("b", "running", "running", "img:new", "")];
-        assert!(uncovered(&nodes, &all, "img:new").is_empty());
-        assert_eq!(uncovered(&nodes, &[], "img:new")[0].why, "no task yet");
+        let all = vec![task("a", "running", "running", "cfg-new", ""), task("b", "running", "running", "cfg-new", "")];
+        assert!(uncovered(&nodes, &all, "cfg-new").is_empty());
+        assert_eq!(uncovered(&nodes, &[], "cfg-new")[0].why, "no task yet");
     }
 }
