@@ -9,11 +9,12 @@
 //! network with `NET_ADMIN` and `NET_RAW`. Its image is the base image, Debian's `iptables`,
 //! and the running server's own binary, so the guard always speaks the server's rules.
 //!
-//! The server calls, at startup, once its registry is up:
+//! The server calls [`start_node_guard`] at startup, once its registry is set on the driver.
+//! It does:
 //! 1. [`prepare_guard_image`]: builds `eserveless/node-guard:<digest of the binary>` on the
 //!    manager unless it exists (the tag changes only with the binary, so a restart of the
-//!    same server builds nothing);
-//! 2. its registry push of that tag, giving a reference every node can pull;
+//!    same server builds nothing), which the driver's build pushes to the registry;
+//! 2. the reference by digest every node pulls (the registry's, or the tag without one);
 //! 3. [`ensure_node_guard`]: creates or updates the service (no change when nothing
 //!    changed), then waits until a guard runs that reference on every ready node.
 //!
@@ -171,6 +172,19 @@ pub async fn prepare_guard_image(driver: &SwarmDriver, base_image: &str) -> Resu
         other => other,
     })?;
     Ok(tag)
+}
+
+/// Builds (when needed) and publishes the guard image, then [`ensure_node_guard`]: the one
+/// call the server makes at startup, after [`SwarmDriver::with_registry`]. `base_image` is a
+/// Debian bookworm image on the manager (the offline base or run image). Returns the image
+/// reference the guards run.
+pub async fn start_node_guard(driver: &SwarmDriver, base_image: &str, policy: &GuardPolicy) -> Result<String> {
+    let local = prepare_guard_image(driver, base_image).await?;
+    let reference = driver.pinned_image(&local).await?;
+    ensure_node_guard(&driver.docker, &driver.owner, &reference, policy).await?;
+    tracing::info!(image = %reference, egress = policy.egress, block_private = policy.block_private,
+        "node guard running on every ready node");
+    Ok(reference)
 }
 
 /// The overlays' address pools of the swarm (`docker swarm init --default-addr-pool`),
