@@ -38,6 +38,8 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio::time::Instant;
 
+pub mod guard;
+
 use super::{
     build_image_on, connect_engine, ensure_bridge_network, image_exists_on, labels, remove_image_on, BuildRequest,
     ContainerEvent, ContainerSpec, Driver, DriverError, Limits, LogTail, ManagedContainer, NodeCapacity, Result, Started,
@@ -791,6 +793,8 @@ pub fn diff_liveness(before: &HashMap<String, Liveness>, now: &HashMap<String, L
 
 /// Managed services as the pool sees containers: `running` while the task runs on a ready
 /// node; `stopped` once it ended or its node is down; `ip` its address on the project's overlay.
+/// The node guard ([`guard`]) is no function container: left out, so that the pool never
+/// adopts or removes it.
 pub fn managed_containers(
     services: Vec<(String, HashMap<String, String>)>,
     tasks: &[SwarmTask],
@@ -799,6 +803,7 @@ pub fn managed_containers(
 ) -> Vec<ManagedContainer> {
     services
         .into_iter()
+        .filter(|(_, labels)| labels.get(labels::ROLE).map(String::as_str) != Some(guard::GUARD_ROLE))
         .map(|(id, labels)| {
             let mine: Vec<SwarmTask> = tasks.iter().filter(|t| t.service_id == id).cloned().collect();
             let task = current_task(&mine);
@@ -1416,6 +1421,12 @@ mod tests {
         assert!(!by["s4"].running && !by["s4"].stopped, "pending: neither");
         assert!(!by["s5"].running && !by["s5"].stopped && by["s5"].ip.is_none(), "no task yet");
         assert!(!by["s6"].running && by["s6"].stopped, "told to shut down");
+
+        // The node guard is not a function container: never listed, so never removed.
+        let mut g = HashMap::from([(labels::MANAGED.to_string(), "true".to_string()), (labels::OWNER.to_string(), owner.to_string())]);
+        g.insert(labels::ROLE.into(), guard::GUARD_ROLE.into());
+        let got = managed_containers(vec![("guard".to_string(), g), ("s1".to_string(), l.clone())], &tasks, &ready, owner);
+        assert_eq!(got.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), vec!["s1"]);
     }
 
     #[test]
