@@ -67,7 +67,7 @@ async fn single_host(config: &ServerConfig, owner: &str) -> anyhow::Result<Docke
 /// The swarm engine: this host must be a manager. Builds run here, on a bridge behind the
 /// same firewall as the single-host engine's; images reach the nodes through a registry.
 async fn swarm(config: &ServerConfig, owner: &str) -> anyhow::Result<SwarmDriver> {
-    use crate::infra::driver::swarm::guard::{start_node_guard, GuardPolicy};
+    use crate::infra::driver::swarm::guard::{publish_guard_image, start_node_guard, GuardPolicy};
     use crate::infra::driver::swarm::registry::{OwnRegistry, Registry};
     anyhow::ensure!(
         config.limits.oci_runtime.is_none(),
@@ -114,6 +114,8 @@ async fn swarm(config: &ServerConfig, owner: &str) -> anyhow::Result<SwarmDriver
         tracing::info!(image = %image, "node guard runs on every node");
     } else {
         tracing::warn!("--firewall=false: no node guard; functions can reach the nodes' ports, the LAN and other projects' overlays");
+        // Still needed for `rm` to remove a project's images from every node.
+        publish_guard_image(&driver, &config.run_image).await.context("cannot build the server's per-node image")?;
     }
     Ok(driver)
 }

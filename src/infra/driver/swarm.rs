@@ -17,6 +17,7 @@
 //! field holds the one thing the gateway needs, the task's overlay address.
 
 pub mod attach;
+pub mod prune;
 pub mod registry;
 pub mod watch;
 
@@ -84,6 +85,8 @@ pub struct SwarmDriver {
     pinned: std::sync::Mutex<HashMap<String, String>>,
     /// The gateway's way into each project's overlay.
     attach: attach::Attachments,
+    /// The server's own image on every node (the node guard's): runs the image prune.
+    tool_image: std::sync::Mutex<Option<String>>,
     /// Nodes that stopped answering, seen before Swarm marks them down (see [`watch`]).
     suspects: watch::Suspects,
     _watch: tokio_util::task::AbortOnDropHandle<()>,
@@ -137,6 +140,7 @@ impl SwarmDriver {
             node_id: swarm.node_id.unwrap_or_default(),
             node_addr: swarm.node_addr.unwrap_or_default(),
             registry: None,
+            tool_image: std::sync::Mutex::new(None),
             pinned: std::sync::Mutex::new(HashMap::new()),
             build_network: build_network.to_string(),
             overlays: tokio::sync::Mutex::new(HashMap::new()),
@@ -153,6 +157,12 @@ impl SwarmDriver {
     /// The manager's engine connection.
     pub fn docker(&self) -> &Docker {
         &self.docker
+    }
+
+    /// The image with the server's binary that every node can pull (the node guard's), which
+    /// `rm` of a project runs to remove the project's images from every node.
+    pub fn set_tool_image(&self, image: &str) {
+        *self.tool_image.lock().unwrap_or_else(|p| p.into_inner()) = Some(image.to_string());
     }
 
     /// This manager's node id and its address in the swarm.
@@ -981,7 +991,15 @@ impl Driver for SwarmDriver {
 
     async fn forget_project(&self, project: &str) -> Result<()> {
         self.attach.remove(project).await?;
-        self.remove_project_network(project).await
+        self.remove_project_network(project).await?;
+        let tool = self.tool_image.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match (&self.registry, tool) {
+            (Some(registry), Some(image)) => {
+                let prefix = format!("{}/eserveless/{project}-", registry.addr());
+                prune::prune_project_images(&self.docker, prune::prune_spec(&self.owner, project, &image, &prefix)).await
+            }
+            _ => Ok(()),
+        }
     }
 
     async fn init_pid(&self, id: &str) -> Result<Option<u32>> {

@@ -174,13 +174,21 @@ pub async fn prepare_guard_image(driver: &SwarmDriver, base_image: &str) -> Resu
     Ok(tag)
 }
 
+/// Builds (when needed) and pushes the guard image; returns its reference by digest. The
+/// image also runs the server's other per-node work (the image prune after `rm`).
+pub async fn publish_guard_image(driver: &SwarmDriver, base_image: &str) -> Result<String> {
+    let local = prepare_guard_image(driver, base_image).await?;
+    let reference = driver.pinned_image(&local).await?;
+    driver.set_tool_image(&reference);
+    Ok(reference)
+}
+
 /// Builds (when needed) and publishes the guard image, then [`ensure_node_guard`]: the one
 /// call the server makes at startup, after [`SwarmDriver::with_registry`]. `base_image` is a
 /// Debian bookworm image on the manager (the offline base or run image). Returns the image
 /// reference the guards run.
 pub async fn start_node_guard(driver: &SwarmDriver, base_image: &str, policy: &GuardPolicy) -> Result<String> {
-    let local = prepare_guard_image(driver, base_image).await?;
-    let reference = driver.pinned_image(&local).await?;
+    let reference = publish_guard_image(driver, base_image).await?;
     ensure_node_guard(&driver.docker, &driver.owner, &reference, policy).await?;
     tracing::info!(image = %reference, egress = policy.egress, block_private = policy.block_private,
         "node guard running on every ready node");
