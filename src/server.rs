@@ -102,7 +102,15 @@ async fn swarm(config: &ServerConfig, owner: &str) -> anyhow::Result<SwarmDriver
         }
     };
     tracing::info!(registry = %registry.addr(), manager = %manager_addr, "swarm engine: images are pushed to the registry and run by digest");
-    Ok(driver.with_registry(registry))
+    let driver = driver.with_registry(registry);
+    if config.firewall {
+        // The same rules on every node, for docker_gwbridge (see infra/driver/swarm/guard.rs).
+        let policy = crate::infra::driver::swarm::guard::GuardPolicy { egress: config.egress, ..Default::default() };
+        crate::infra::driver::swarm::guard::start_node_guard(&driver, &config.run_image, &policy).await.context(
+            "cannot run the node guard: functions would reach the nodes' ports and other projects; fix the cause, or start with --firewall=false",
+        )?;
+    }
+    Ok(driver)
 }
 
 async fn warn_missing_base_images(docker: &bollard::Docker, config: &ServerConfig) {
