@@ -374,25 +374,35 @@ pub struct Installed {
 /// Reads the installed rules back, to tell whether [`apply`] is needed again. Counts the
 /// chains' rules rather than comparing their text: `iptables -S` rewrites what it was
 /// given (`RELATED,ESTABLISHED`, `/32`, `-m udp`), and only a flush or a rewrite by
-/// someone else is expected to change them.
+/// someone else is expected to change them. One `iptables -S` of the whole table: a
+/// snapshot, so that another process's [`apply`] in between cannot mix two states.
 pub async fn inspect(p: &FirewallPolicy) -> Result<Installed, FirewallError> {
-    let ipt = p.iptables.as_str();
+    let out = check(&p.iptables, &argv(&["-S"])).await?;
+    Ok(installed_in(p, &String::from_utf8_lossy(&out.stdout)))
+}
+
+/// [`inspect`]'s verdict on an `iptables -S` listing of the filter table.
+fn installed_in(p: &FirewallPolicy, listing: &str) -> Installed {
     let expected = rules(p);
+    let exists = |chain: &str| listing.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["-N", chain]);
     let mut current = true;
     let mut marker = None;
     for (parent, target) in parents(p) {
-        if !probe(ipt, &argv(&["-n", "-L", target])).await? {
-            return Ok(Installed { current: false, marker: None });
+        if !exists(target) {
+            return Installed { current: false, marker: None };
         }
-        let installed = list(ipt, target).await?;
-        let want = expected.iter().filter(|a| a.get(1).map(String::as_str) == Some("-A") && a.get(2).map(String::as_str) == Some(target)).count();
+        let installed = parse_rules(listing, target);
+        let want = expected
+            .iter()
+            .filter(|a| a.get(1).map(String::as_str) == Some("-A") && a.get(2).map(String::as_str) == Some(target))
+            .count();
         current &= installed.len() == want;
         if target == p.chains.input {
             marker = installed.first().and_then(|r| comment_of(r));
         }
-        current &= probe(ipt, &argv(&["-n", "-L", parent])).await? && jump_in_place(&list(ipt, parent).await?, &jump_spec(&p.bridge, target), target);
+        current &= jump_in_place(&parse_rules(listing, parent), &jump_spec(&p.bridge, target), target);
     }
-    Ok(Installed { current, marker })
+    Installed { current, marker }
 }
 
 /// The text of a rule's `--comment`, quotes taken off.
@@ -744,6 +754,30 @@ mod tests {
         let appended: Vec<String> = rules(&guard()).iter().filter(|a| a[1] == "-A").map(|a| a[1..].join(" ")).collect();
         assert_eq!(lines[3..lines.len() - 1].to_vec(), appended.iter().map(String::as_str).collect::<Vec<_>>());
         assert!(!text.contains("-I ") && !text.contains(" -w"));
+    }
+
+    #[test]
+    fn inspect_reads_one_listing_of_the_table() {
+        let p = guard();
+        let good = "-P INPUT ACCEPT\n-N DOCKER-USER\n-N ESERVELESS-GUARD-FWD\n-N ESERVELESS-GUARD-INPUT\n\
+            -A INPUT -i docker_gwbridge -j ESERVELESS-GUARD-INPUT\n-A INPUT -i br-x -j ESERVELESS-INPUT\n\
+            -A DOCKER-USER -i docker_gwbridge -j ESERVELESS-GUARD-FWD\n-A DOCKER-USER -j RETURN\n\
+            -A ESERVELESS-GUARD-FWD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n\
+            -A ESERVELESS-GUARD-FWD -o docker_gwbridge -j RETURN\n-A ESERVELESS-GUARD-FWD -d 169.254.0.0/16 -j DROP\n\
+            -A ESERVELESS-GUARD-FWD -d 10.0.0.0/8 -j DROP\n\
+            -A ESERVELESS-GUARD-INPUT -m comment --comment esl-guard-0000000000000001\n\
+            -A ESERVELESS-GUARD-INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n-A ESERVELESS-GUARD-INPUT -j DROP\n";
+        let ok = installed_in(&p, good);
+        assert_eq!(ok, Installed { current: true, marker: Some("esl-guard-0000000000000001".into()) });
+        // A flushed forward chain, a jump no longer first, no chains at all.
+        let flushed: String = good.lines().filter(|l| !l.starts_with("-A ESERVELESS-GUARD-FWD")).map(|l| format!("{l}\n")).collect();
+        assert!(!installed_in(&p, &flushed).current);
+        let moved = good.replace(
+            "-A INPUT -i docker_gwbridge -j ESERVELESS-GUARD-INPUT\n-A INPUT -i br-x -j ESERVELESS-INPUT\n",
+            "-A INPUT -i br-x -j ESERVELESS-INPUT\n-A INPUT -i docker_gwbridge -j ESERVELESS-GUARD-INPUT\n",
+        );
+        assert_eq!(installed_in(&p, &moved), Installed { current: false, marker: ok.marker.clone() });
+        assert_eq!(installed_in(&p, "-P INPUT ACCEPT\n-N DOCKER-USER\n"), Installed { current: false, marker: None });
     }
 
     #[test]
