@@ -44,7 +44,7 @@ pub mod guard;
 use super::{
     build_image_on, connect_engine, ensure_bridge_network, image_exists_on, labels, remove_image_on, BuildRequest,
     ContainerEvent, ContainerSpec, Driver, DriverError, Limits, LogTail, ManagedContainer, NodeCapacity, Result, Started,
-    ENGINE_LOG_FILE_BYTES,
+    engine_log_options,
 };
 
 /// How long `run` waits for an instance's task to run (no registry pull in the lab: the task
@@ -526,13 +526,7 @@ pub fn service_spec(spec: &ContainerSpec, owner: &str, network: &str, kind: Kind
             ..Default::default()
         }),
         networks: Some(vec![NetworkAttachmentConfig { target: Some(network.to_string()), ..Default::default() }]),
-        log_driver: Some(TaskSpecLogDriver {
-            name: Some("json-file".into()),
-            options: Some(HashMap::from([
-                ("max-size".to_string(), ENGINE_LOG_FILE_BYTES.to_string()),
-                ("max-file".to_string(), "2".to_string()),
-            ])),
-        }),
+        log_driver: Some(TaskSpecLogDriver { name: Some("json-file".into()), options: Some(engine_log_options()) }),
         ..Default::default()
     };
     let mode = match kind {
@@ -1048,20 +1042,8 @@ impl Driver for SwarmDriver {
 
     async fn logs(&self, id: &str, max_bytes: usize) -> Result<String> {
         let opts = LogsOptionsBuilder::default().stdout(true).stderr(true).tail("all").build();
-        let mut stream = self.docker.service_logs(id, Some(opts));
         let mut tail = LogTail::new(max_bytes);
-        let read = async {
-            while let Some(item) = stream.next().await {
-                match item {
-                    Ok(chunk) => tail.push(&chunk.into_bytes()),
-                    Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
-                        return Err(DriverError::NoSuchContainer(id.to_string()))
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            Ok(())
-        };
+        let read = super::read_logs(self.docker.service_logs(id, Some(opts)), id, &mut tail);
         match tokio::time::timeout(LOGS_TIMEOUT, read).await {
             Ok(Ok(())) => Ok(tail.finish()),
             Ok(Err(e)) => Err(e),
@@ -1234,7 +1216,7 @@ mod tests {
         assert_eq!(o.mode, Some(0o1777));
         let log = t.log_driver.as_ref().expect("log driver");
         assert_eq!(log.name.as_deref(), Some("json-file"));
-        assert_eq!(log.options.as_ref().and_then(|o| o.get("max-size")).map(String::as_str), Some(ENGINE_LOG_FILE_BYTES));
+        assert_eq!(log.options.as_ref().and_then(|o| o.get("max-size")).map(String::as_str), Some(super::super::ENGINE_LOG_FILE_BYTES));
         let json = serde_json::to_value(&s).expect("json");
         let cj = &json["TaskTemplate"]["ContainerSpec"];
         assert_eq!(cj["CapabilityDrop"][0], "ALL");

@@ -36,7 +36,7 @@ use bollard::Docker;
 use sha2::Digest;
 use tokio::time::Instant;
 
-use super::super::{labels, BuildRequest, Driver, DriverError, Result, ENGINE_LOG_FILE_BYTES};
+use super::super::{engine_log_options, labels, BuildRequest, Driver, DriverError, Result};
 use super::SwarmDriver;
 
 /// The `role` label of the guard service.
@@ -251,13 +251,7 @@ pub fn guard_service_spec(owner: &str, image_ref: &str, policy: &GuardPolicy) ->
             ..Default::default()
         }),
         placement: Some(TaskSpecPlacement { constraints: Some(vec!["node.platform.os==linux".into()]), ..Default::default() }),
-        log_driver: Some(TaskSpecLogDriver {
-            name: Some("json-file".into()),
-            options: Some(HashMap::from([
-                ("max-size".to_string(), ENGINE_LOG_FILE_BYTES.to_string()),
-                ("max-file".to_string(), "2".to_string()),
-            ])),
-        }),
+        log_driver: Some(TaskSpecLogDriver { name: Some("json-file".into()), options: Some(engine_log_options()) }),
         ..Default::default()
     };
     ServiceSpec {
