@@ -252,7 +252,11 @@ impl Gateway {
         // no body (a GET), since the lost instance may have acted on it.
         let replay = replayable(&up);
         for lost in 0.. {
-            match call.forward(up, lease, lost < MAX_INSTANCES_LOST).await {
+            // A reset connection is retried once, and only to an instance on another machine
+            // (where a dying node resets connections): a request that crashes its function
+            // must not crash one instance after another.
+            let reset_retry = replay.is_some() && lost == 0 && lease.endpoint.node().is_some();
+            match call.forward(up, lease, lost < MAX_INSTANCES_LOST, reset_retry).await {
                 Forwarded::Done(r) => return r,
                 Forwarded::Again(unsent) => {
                     up = match (unsent, &replay) {
@@ -432,15 +436,19 @@ fn unreachable_lost<T>(function: &str) -> Result<T, ApiError> {
 
 impl Call<'_> {
     /// Sends the request to the leased instance and answers with its response; when the
-    /// instance is lost before any answer and `may_retry`, says so instead of failing.
-    async fn forward(&self, up: Request<Body>, lease: Lease, may_retry: bool) -> Forwarded {
+    /// instance is lost before any answer and `may_retry`, says so instead of failing. With
+    /// `on_reset` it says so too when the connection failed before the answer's head (a node
+    /// dying can reset connections rather than go silent), as proxies do for idempotent
+    /// requests.
+    async fn forward(&self, up: Request<Body>, lease: Lease, may_retry: bool, on_reset: bool) -> Forwarded {
         let resp = match tokio::time::timeout_at(self.deadline, lease.endpoint.send(up)).await {
             Err(_) => return Forwarded::Done(Err(self.timed_out())),
             Ok(Err(e)) => {
                 if !e.is_callers() {
                     lease.mark_broken();
                 }
-                if may_retry && e.instance_lost() {
+                let connection_failed = matches!(e, UpstreamError::Http(_) | UpstreamError::Connect(_)) && !e.is_callers();
+                if may_retry && (e.instance_lost() || (on_reset && connection_failed)) {
                     return Forwarded::Again(match e {
                         UpstreamError::Unsent { request, .. } => Some(*request),
                         _ => None,

@@ -90,12 +90,24 @@ pub enum AcquireError {
     Retired,
 }
 
+/// What the engine said of a container while it was being probed for readiness.
+#[derive(Debug, Default)]
+pub(crate) struct Probing {
+    /// It died (or was lost) before it accepted connections.
+    pub(crate) dead: AtomicBool,
+    /// It was lost with its node, rather than exiting on its own.
+    pub(crate) lost: AtomicBool,
+}
+
 /// Why an instance did not start.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StartError {
     /// The engine has no room for it anywhere (its message says what was asked and why).
     #[error("{0}")]
     NoRoom(String),
+    /// It was lost while starting (its node died, or it vanished): another start may work.
+    #[error("{0}")]
+    Lost(String),
     #[error("{0}")]
     Failed(String),
 }
@@ -173,7 +185,7 @@ struct Shared {
     config: PoolConfig,
     pools: Mutex<Vec<Weak<FunctionPool>>>,
     /// Containers being probed, with a flag the event watcher sets if they die.
-    probing: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    probing: Mutex<HashMap<String, Arc<Probing>>>,
     /// Told when the event stream comes back after failing.
     reconnected: Arc<Notify>,
     seq: AtomicU64,
@@ -300,7 +312,7 @@ impl PoolManager {
                 }
                 while let Some(ev) = events.next().await {
                     match ev {
-                        Ok(ev) if ev.action == "die" || ev.action == "oom" || ev.action == "destroy" => {
+                        Ok(ev) if ev.action == "die" || ev.action == "oom" || ev.action == "destroy" || ev.action == "lost" => {
                             me.on_container_gone(&ev.id, &ev.action);
                         }
                         Ok(_) => {}
@@ -317,8 +329,9 @@ impl PoolManager {
 
     /// A container died or was removed: take it out of its pool at once.
     pub fn on_container_gone(&self, id: &str, why: &str) {
-        if let Some(flag) = self.shared.probing.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
-            flag.store(true, Ordering::Release);
+        if let Some(p) = self.shared.probing.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
+            p.lost.store(why == "lost", Ordering::Release);
+            p.dead.store(true, Ordering::Release);
         }
         for pool in self.live_pools() {
             if let Some(i) = lock(&pool.inner).instances.iter().find(|i| &*i.id == id) {

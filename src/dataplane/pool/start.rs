@@ -41,6 +41,7 @@ impl FunctionPool {
             let t0 = Instant::now();
             let started = self.shared.driver.run(spec).await.map_err(|e| match e {
                 DriverError::NoCapacity(_) => StartError::NoRoom(e.to_string()),
+                DriverError::NoSuchContainer(_) => StartError::Lost(e.to_string()),
                 e => StartError::Failed(e.to_string()),
             })?;
             let via = match self.shared.driver.connector(&r.project).await {
@@ -54,12 +55,18 @@ impl FunctionPool {
             let ip: std::net::IpAddr =
                 started.ip.parse().map_err(|_| format!("container address `{}` is not an IP", started.ip))?;
             let addr = SocketAddr::new(ip, FUNCTION_PORT);
-            let dead = Arc::new(AtomicBool::new(false));
-            self.shared.probing.lock().unwrap_or_else(|p| p.into_inner()).insert(started.id.clone(), dead.clone());
-            let probed = probe_ready(addr, via.as_deref(), &dead, Instant::now() + self.shared.config.start_timeout).await;
+            let probing = Arc::new(super::Probing::default());
+            self.shared.probing.lock().unwrap_or_else(|p| p.into_inner()).insert(started.id.clone(), probing.clone());
+            let probed = probe_ready(addr, via.as_deref(), &probing.dead, Instant::now() + self.shared.config.start_timeout).await;
             self.shared.probing.lock().unwrap_or_else(|p| p.into_inner()).remove(&started.id);
             tracing::debug!(container = %started.id, engine_ms, ready_ms = t0.elapsed().as_millis(), "cold start timings");
             if let Err(why) = probed {
+                if probing.lost.load(Ordering::Acquire) {
+                    // Lost with its node before it was ready: no output to show, and another
+                    // start may well work.
+                    remove_container(&self.shared, &r.project, &r.function, &started.id).await;
+                    return Err(StartError::Lost(format!("{why} (the engine reported it gone)")));
+                }
                 let logs = self.shared.driver.logs(&started.id, 4096).await.unwrap_or_default();
                 remove_container(&self.shared, &r.project, &r.function, &started.id).await;
                 let tail: String = logs.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");

@@ -59,6 +59,9 @@ const EVENTS_POLL: Duration = Duration::from_secs(1);
 /// Service logs go through the manager, which asks the task's node: a node that went down
 /// would hold the read until the client's timeout.
 const LOGS_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often finished cron runs' containers are swept off the nodes (when there were runs).
+const SWEEP_EVERY: Duration = Duration::from_secs(600);
+
 /// Swarm's limit on a service name (a DNS label).
 const SERVICE_NAME_MAX: usize = 63;
 
@@ -87,6 +90,9 @@ pub struct SwarmDriver {
     attach: attach::Attachments,
     /// The server's own image on every node (the node guard's): runs the image prune.
     tool_image: std::sync::Mutex<Option<String>>,
+    /// Cron runs started, and the sweep of their finished containers on the nodes.
+    runs_started: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    sweeper: std::sync::Mutex<Option<tokio_util::task::AbortOnDropHandle<()>>>,
     /// Nodes that stopped answering, seen before Swarm marks them down (see [`watch`]).
     suspects: watch::Suspects,
     _watch: tokio_util::task::AbortOnDropHandle<()>,
@@ -141,6 +147,8 @@ impl SwarmDriver {
             node_addr: swarm.node_addr.unwrap_or_default(),
             registry: None,
             tool_image: std::sync::Mutex::new(None),
+            runs_started: Default::default(),
+            sweeper: std::sync::Mutex::new(None),
             pinned: std::sync::Mutex::new(HashMap::new()),
             build_network: build_network.to_string(),
             overlays: tokio::sync::Mutex::new(HashMap::new()),
@@ -163,6 +171,25 @@ impl SwarmDriver {
     /// `rm` of a project runs to remove the project's images from every node.
     pub fn set_tool_image(&self, image: &str) {
         *self.tool_image.lock().unwrap_or_else(|p| p.into_inner()) = Some(image.to_string());
+        // Swarm 20.10 leaves a finished job's container on its node when the job's service is
+        // removed: every SWEEP_EVERY, when runs were started since the last sweep, a global
+        // job of this image removes them on every node.
+        let (docker, owner, image, runs) = (self.docker.clone(), self.owner.clone(), image.to_string(), self.runs_started.clone());
+        let task = tokio::spawn(async move {
+            let mut swept = 0;
+            loop {
+                tokio::time::sleep(SWEEP_EVERY).await;
+                let now = runs.load(std::sync::atomic::Ordering::Relaxed);
+                if now == swept {
+                    continue;
+                }
+                match prune::prune_project_images(&docker, prune::prune_spec(&owner, None, &image)).await {
+                    Ok(()) => swept = now,
+                    Err(e) => tracing::warn!(error = %e, "could not sweep finished runs off the nodes"),
+                }
+            }
+        });
+        *self.sweeper.lock().unwrap_or_else(|p| p.into_inner()) = Some(tokio_util::task::AbortOnDropHandle::new(task));
     }
 
     /// This manager's node id and its address in the swarm.
@@ -761,6 +788,8 @@ pub fn wait_outcome(task: &SwarmTask, node_ready: bool, image: &str) -> Option<R
 pub enum Liveness {
     Alive,
     Dead,
+    /// Its node is down (or does not answer): the task may still run, but not for the pool.
+    Lost,
 }
 
 /// Liveness of each service, from its current task and the nodes' states.
@@ -774,8 +803,14 @@ pub fn liveness(tasks: &[SwarmTask], ready_nodes: &HashSet<String>) -> HashMap<S
         .filter_map(|(service, tasks)| {
             let t = current_task(&tasks)?;
             let node_down = !t.node_id.is_empty() && !ready_nodes.contains(&t.node_id);
-            let dead = t.is_final() || t.is_going() || (node_down && t.status.state != "pending");
-            Some((service.to_string(), if dead { Liveness::Dead } else { Liveness::Alive }))
+            let state = if t.is_final() || t.is_going() {
+                Liveness::Dead
+            } else if node_down && t.status.state != "pending" {
+                Liveness::Lost
+            } else {
+                Liveness::Alive
+            };
+            Some((service.to_string(), state))
         })
         .collect()
 }
@@ -785,8 +820,8 @@ pub fn liveness(tasks: &[SwarmTask], ready_nodes: &HashSet<String>) -> HashMap<S
 pub fn diff_liveness(before: &HashMap<String, Liveness>, now: &HashMap<String, Liveness>) -> Vec<ContainerEvent> {
     let mut events: Vec<ContainerEvent> = now
         .iter()
-        .filter(|(id, l)| **l == Liveness::Dead && before.get(*id) != Some(&Liveness::Dead))
-        .map(|(id, _)| ContainerEvent { id: id.clone(), action: "die".into() })
+        .filter(|(id, l)| **l != Liveness::Alive && !matches!(before.get(*id), Some(b) if *b != Liveness::Alive))
+        .map(|(id, l)| ContainerEvent { id: id.clone(), action: if *l == Liveness::Lost { "lost" } else { "die" }.into() })
         .collect();
     events.extend(
         before.keys().filter(|id| !now.contains_key(*id)).map(|id| ContainerEvent { id: id.clone(), action: "destroy".into() }),
@@ -953,6 +988,7 @@ impl Driver for SwarmDriver {
     }
 
     async fn start_job(&self, spec: ContainerSpec) -> Result<String> {
+        self.runs_started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let asked = asked(&spec.limits);
         let image = spec.image.clone();
         let id = self.create(&spec, Kind::Job).await?;
@@ -990,7 +1026,7 @@ impl Driver for SwarmDriver {
         match (&self.registry, tool) {
             (Some(registry), Some(image)) => {
                 let prefix = format!("{}/eserveless/{project}-", registry.addr());
-                prune::prune_project_images(&self.docker, prune::prune_spec(&self.owner, project, &image, &prefix)).await
+                prune::prune_project_images(&self.docker, prune::prune_spec(&self.owner, Some((project, &prefix)), &image)).await
             }
             _ => Ok(()),
         }
@@ -1444,8 +1480,14 @@ mod tests {
         let only_n1: HashSet<String> = ["n1".to_string()].into();
         let t1 = liveness(&[a_done.clone(), b.clone(), c.clone()], &only_n1);
         let ev: Vec<(String, String)> = diff_liveness(&t0, &t1).into_iter().map(|e| (e.action, e.id)).collect();
-        assert_eq!(ev, vec![("die".into(), "sa".into()), ("die".into(), "sb".into()), ("die".into(), "sc".into())]);
+        // Exited on its own: `die`; taken with its node: `lost` (another start may work).
+        assert_eq!(ev, vec![("die".into(), "sa".into()), ("lost".into(), "sb".into()), ("lost".into(), "sc".into())]);
         assert!(diff_liveness(&t1, &t1).is_empty(), "reported once");
+        // Lost, then seen final: already reported.
+        let mut b_done = b.clone();
+        b_done.status.state = "orphaned".into();
+        let t1b = liveness(&[a_done.clone(), b_done, c.clone()], &only_n1);
+        assert!(diff_liveness(&t1, &t1b).is_empty(), "a lost instance is not reported again when it ends");
         // A removed service's task runs on while its node stops it: dead for the pool already.
         let mut b_going = b.clone();
         b_going.desired_state = "remove".into();

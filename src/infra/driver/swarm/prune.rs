@@ -19,8 +19,18 @@ use super::super::{labels, DriverError, Result};
 /// How long the prune may take on all nodes together.
 const PRUNE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The global job that prunes `project`'s images named `prefix…` on every node.
-pub fn prune_spec(owner: &str, project: &str, image: &str, prefix: &str) -> ServiceSpec {
+/// The global job that sweeps finished runs' containers on every node and, for a removed
+/// project (`Some((project, prefix))`), its containers and its images named `prefix…`.
+pub fn prune_spec(owner: &str, removed: Option<(&str, &str)>, image: &str) -> ServiceSpec {
+    let project = removed.map_or("", |(p, _)| p);
+    let mut args = vec!["node-prune".to_string(), format!("--owner={owner}")];
+    if let Some((project, prefix)) = removed {
+        args.push(format!("--project={project}"));
+        args.push(format!("--prefix={prefix}"));
+    }
+    // One name for every prune and sweep of this server: each run removes the containers the
+    // ones before it left (Swarm keeps a finished job's containers), and at most one is left.
+    let name = format!("esl-{}-prune", &owner[..owner.len().min(8)]);
     let labels = HashMap::from([
         (labels::MANAGED.to_string(), "true".to_string()),
         (labels::OWNER.to_string(), owner.to_string()),
@@ -30,7 +40,7 @@ pub fn prune_spec(owner: &str, project: &str, image: &str, prefix: &str) -> Serv
         (labels::ROLE.to_string(), "prune".to_string()),
     ]);
     ServiceSpec {
-        name: Some(format!("esl-{}-prune-{project}", &owner[..owner.len().min(8)])),
+        name: Some(name),
         labels: Some(labels.clone()),
         mode: Some(ServiceSpecMode { global_job: Some(Default::default()), ..Default::default() }),
         task_template: Some(TaskSpec {
@@ -38,12 +48,7 @@ pub fn prune_spec(owner: &str, project: &str, image: &str, prefix: &str) -> Serv
                 image: Some(image.to_string()),
                 labels: Some(labels),
                 command: Some(vec!["/usr/local/bin/eserveless".into()]),
-                args: Some(vec![
-                    "node-prune".into(),
-                    format!("--project={project}"),
-                    format!("--owner={owner}"),
-                    format!("--prefix={prefix}"),
-                ]),
+                args: Some(args),
                 mounts: Some(vec![Mount {
                     target: Some("/var/run/docker.sock".into()),
                     source: Some("/var/run/docker.sock".into()),
@@ -123,12 +128,16 @@ mod tests {
 
     #[test]
     fn the_prune_runs_once_per_node_with_the_socket_and_names_what_it_may_remove() {
-        let s = prune_spec("0123456789", "shop", "r:5000/eserveless/node-guard@sha256:x", "r:5000/eserveless/shop-");
+        let s = prune_spec("0123456789", Some(("shop", "r:5000/eserveless/shop-")), "r:5000/eserveless/node-guard@sha256:x");
         let json = serde_json::to_value(&s).expect("json");
         assert!(json["Mode"]["GlobalJob"].is_object(), "{json}");
         assert_eq!(json["TaskTemplate"]["ContainerSpec"]["Mounts"][0]["Source"], "/var/run/docker.sock");
-        assert_eq!(json["TaskTemplate"]["ContainerSpec"]["Args"][2], "--owner=0123456789");
+        assert_eq!(json["TaskTemplate"]["ContainerSpec"]["Args"][1], "--owner=0123456789");
+        assert_eq!(json["TaskTemplate"]["ContainerSpec"]["Args"][2], "--project=shop");
         assert_eq!(json["TaskTemplate"]["ContainerSpec"]["Args"][3], "--prefix=r:5000/eserveless/shop-");
+        let sweep = serde_json::to_value(prune_spec("0123456789", None, "img")).expect("json");
+        assert_eq!(sweep["TaskTemplate"]["ContainerSpec"]["Args"].as_array().map(Vec::len), Some(2), "{sweep}");
+        assert_eq!(sweep["Name"], "esl-01234567-prune");
         assert_eq!(json["TaskTemplate"]["RestartPolicy"]["Condition"], "none");
         assert_eq!(json["Labels"]["eserveless.role"], "prune");
         assert!(json["TaskTemplate"]["ContainerSpec"]["Labels"]["eserveless.project"].is_null(), "it would remove itself");

@@ -107,7 +107,10 @@ pub fn spawn(docker: Docker, me: String) -> (Suspects, tokio::task::JoinHandle<(
                 tracing::warn!(node = %n, "node does not answer on its gossip port: its instances are taken out of the pool and nothing new is placed on it");
             }
             for n in before.difference(&now) {
-                tracing::info!(node = %n, "node answers again");
+                // A node Swarm has marked down is no longer probed: that is not an answer.
+                if answered.get(n) == Some(&true) {
+                    tracing::info!(node = %n, "node answers again");
+                }
             }
             suspects.set(now);
         }
