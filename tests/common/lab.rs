@@ -192,7 +192,7 @@ pub struct LabServer {
 }
 
 /// A port nobody listens on in the manager (the host reaches it through the bridge).
-fn free_lab_port() -> u16 {
+pub fn free_lab_port() -> u16 {
     loop {
         let p = 20000 + (free_port() % 20000);
         if std::net::TcpStream::connect_timeout(&format!("{MANAGER_IP}:{p}").parse().expect("addr"), Duration::from_millis(300)).is_err() {
@@ -287,6 +287,11 @@ impl LabServer {
             assert!(began.elapsed() < Duration::from_secs(10), "the server survived SIGKILL");
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Its identity on the engine (`<data>/server-id`): the `eserveless.owner` label.
+    pub fn server_id(&self) -> String {
+        in_node_ok(MANAGER, &format!("cat {}/server-id", self.data)).trim().to_string()
     }
 
     /// The last `lines` lines of its log.
@@ -479,38 +484,28 @@ pub fn images_on(node: &str, project: &str) -> Vec<String> {
     found
 }
 
-/// The registry the swarm server runs for itself (a service on the manager): its published
-/// port, if there is one.
-pub fn registry_port() -> Option<u16> {
-    let (_, out, _) = in_node(
-        MANAGER,
-        "for s in $(docker service ls -q); do docker service inspect --format '{{.Spec.Name}} {{.Spec.TaskTemplate.ContainerSpec.Image}} {{range .Spec.EndpointSpec.Ports}}{{.PublishedPort}} {{end}}' $s; done",
-    );
-    out.lines()
-        .filter(|l| l.contains("registry"))
-        .find_map(|l| l.split_whitespace().skip(2).find_map(|p| p.parse::<u16>().ok()))
+/// The registry service `server` runs for itself on the manager (labelled with its owner and
+/// the role `registry`): its service id, if there is one.
+pub fn own_registry(server: &LabServer) -> Option<String> {
+    let owner = server.server_id();
+    let (_, out, _) = in_node(MANAGER, &format!("docker service ls -q --filter label=eserveless.role=registry --filter label=eserveless.owner={owner}"));
+    out.split_whitespace().next().map(str::to_string)
 }
 
-/// Registry repositories (`/v2/_catalog`) mentioning `project`, with their tags.
-pub async fn registry_repos_of(port: u16, project: &str) -> Vec<String> {
-    let http = client();
-    let base = format!("http://{MANAGER_IP}:{port}");
-    let catalog = api_get(&http, &format!("{base}/v2/_catalog?n=10000")).await;
-    assert_eq!(catalog.status, 200, "registry catalog: {}", catalog.raw);
-    let mut left = Vec::new();
-    for repo in catalog.body["repositories"].as_array().into_iter().flatten().filter_map(Value::as_str) {
-        if !repo.contains(project) {
-            continue;
-        }
-        let tags = api_get(&http, &format!("{base}/v2/{repo}/tags/list")).await;
-        // Docker Distribution keeps a repository in the catalog after its last tag is deleted;
-        // what matters is that no tag is left.
-        let t: Vec<String> = tags.body["tags"].as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_string).collect();
-        if !t.is_empty() {
-            left.push(format!("{repo}: {t:?}"));
-        }
-    }
-    left
+/// Tags of `project`'s repositories in the registry service `service`, read from the registry's
+/// storage inside its container (`<root>/docker/registry/v2/repositories/<repo>/_manifests/tags/<tag>`):
+/// Docker Distribution deletes that directory when the tag is deleted, and reading the files
+/// needs no registry credentials.
+pub fn registry_tags_of(service: &str, project: &str) -> Vec<String> {
+    let container = in_node_ok(MANAGER, &format!("docker ps -q --filter label=com.docker.swarm.service.id={service}"));
+    let container = container.split_whitespace().next().unwrap_or_else(|| panic!("the registry service {service} runs no container on {MANAGER}"));
+    let out = in_node_ok(
+        MANAGER,
+        &format!(
+            "docker exec {container} sh -c 'cd \"${{REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY:-/var/lib/docker-registry}}/docker/registry/v2/repositories\" 2>/dev/null && find . -path \"*/_manifests/tags/*/current\" -type d || true'"
+        ),
+    );
+    out.lines().filter(|l| l.contains(project)).map(|l| l.trim_start_matches("./").trim_end_matches("/current").to_string()).collect()
 }
 
 /// Samples of a load run that failed.
