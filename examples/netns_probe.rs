@@ -1,6 +1,6 @@
 //! Lab probe for issue 12 (docs/scale-out-notes-netns.md): connects from this process, a host
 //! process on the manager node, to a TCP echo server inside another network namespace (an
-//! overlay's "attach" container), with the server's own code in src/dataplane/netns.rs.
+//! overlay's "attach" container), with the server's own code in src/infra/netns.rs.
 //!
 //! ```text
 //! netns_probe once  NS ADDR               one line "ping" through NS's connector, prints the answer
@@ -16,7 +16,7 @@
 
 #![allow(clippy::print_stdout)] // a command-line probe: its output is the point
 
-#[path = "../src/dataplane/netns.rs"]
+#[path = "../src/infra/netns.rs"]
 #[allow(dead_code)]
 mod netns;
 

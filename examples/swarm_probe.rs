@@ -65,7 +65,7 @@ exit 3"#;
 async fn main() -> anyhow::Result<()> {
     let image = std::env::var("SWARM_PROBE_IMAGE").unwrap_or_else(|_| "eserveless/base:bookworm".into());
     let t = Instant::now();
-    let driver = Arc::new(SwarmDriver::connect(OWNER, BUILD_NETWORK).await.context("connect")?);
+    let driver = Arc::new(SwarmDriver::connect(OWNER, BUILD_NETWORK, "eserveless/base:bookworm").await.context("connect")?);
     println!("connect: a manager, {} ms", t.elapsed().as_millis());
     let mut created = Vec::new();
     let result = steps(&driver, &image, &mut created).await;

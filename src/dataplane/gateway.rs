@@ -320,6 +320,8 @@ fn acquire_error(e: AcquireError, function: &str, timeout: std::time::Duration) 
         ),
         AcquireError::StartFailed { .. } => ApiError::new(StatusCode::BAD_GATEWAY, "start_failed", e.to_string()),
         AcquireError::Retired => ApiError::unavailable("redeploying", "the function is being redeployed; retry"),
+        // Retry-After: a node may come back, or another instance end, within seconds.
+        AcquireError::NoRoom { .. } => ApiError::unavailable("no_node_capacity", e.to_string()).with_retry_after(5),
     }
 }
 

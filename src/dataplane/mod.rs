@@ -3,10 +3,6 @@
 
 pub mod gateway;
 pub mod gateway_metrics;
-// Not used by the server until `--engine swarm` exists (issue 12); the lab probe
-// (examples/netns_probe.rs) and the module's tests use it.
-#[allow(dead_code)]
-pub mod netns;
 pub mod pool;
 pub mod scheduler;
 pub mod upstream;

@@ -37,6 +37,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
 use crate::infra::metrics::Metrics;
+use crate::infra::netns::NetnsConnector;
 
 /// Where an instance's runtime binds its Unix socket (given to it as `ESERVELESS_SOCKET`).
 pub const SOCKET_IN_CONTAINER: &str = "/tmp/.eserveless-http.sock";
@@ -98,6 +99,11 @@ pub struct Endpoint {
     /// cannot flood the log by refusing it on every connection).
     refused_logged: AtomicBool,
     connects: ConnectCounters,
+    /// Where TCP connections are opened when the address is not routed from the server's
+    /// own network namespace (a swarm project's overlay); `None`: from here.
+    via: Option<Arc<NetnsConnector>>,
+    /// The node the instance runs on (swarm), for the operator.
+    node: Option<String>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -187,8 +193,26 @@ impl UpstreamError {
 
 impl Endpoint {
     fn with(addr: SocketAddr, socket_dir: Option<OwnedFd>, connects: ConnectCounters) -> Self {
-        Endpoint { addr, socket_dir, idle: Mutex::new(Vec::new()), refused_logged: AtomicBool::new(false), connects }
+        Endpoint { addr, socket_dir, idle: Mutex::new(Vec::new()), refused_logged: AtomicBool::new(false), connects, via: None, node: None }
     }
+
+    /// Opens TCP connections through `via` (see [`NetnsConnector`]) when given.
+    pub fn via(mut self, via: Option<Arc<NetnsConnector>>) -> Self {
+        self.via = via;
+        self
+    }
+
+    /// Records the node the instance runs on.
+    pub fn on_node(mut self, node: Option<String>) -> Self {
+        self.node = node;
+        self
+    }
+
+    /// The node the instance runs on, when the engine has nodes.
+    pub fn node(&self) -> Option<&str> {
+        self.node.as_deref()
+    }
+
 
     /// An endpoint reached over TCP only.
     #[cfg(test)]
@@ -271,7 +295,13 @@ impl Endpoint {
                 Err(e) => tracing::debug!(addr = %self.addr, error = %e, "instance socket refused; using TCP"),
             }
         }
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(self.addr))
+        let connect = async {
+            match &self.via {
+                Some(c) => c.connect(self.addr).await,
+                None => tokio::net::TcpStream::connect(self.addr).await,
+            }
+        };
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
             .map_err(|_| UpstreamError::Connect(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")))?
             .map_err(UpstreamError::Connect)?;

@@ -247,6 +247,8 @@ pub struct Started {
     pub ip: String,
     /// The container's first process as the host sees it, when the engine says.
     pub pid: Option<u32>,
+    /// The node it runs on (swarm), for the operator.
+    pub node: Option<String>,
 }
 
 /// A container the platform created, as listed by the engine.
@@ -259,6 +261,8 @@ pub struct ManagedContainer {
     /// Exited or dead: it will not run again.
     pub stopped: bool,
     pub ip: Option<String>,
+    /// The node it runs on (swarm), for the operator.
+    pub node: Option<String>,
 }
 
 /// A container lifecycle event.
@@ -310,6 +314,20 @@ pub trait Driver: Send + Sync + 'static {
     }
     /// Lifecycle events of managed containers.
     fn events(&self) -> BoxStream<'static, Result<ContainerEvent>>;
+    /// Whether idle instances can be paused; when not, they stay warm until their idle timeout.
+    fn can_pause(&self) -> bool {
+        true
+    }
+    /// How the gateway opens connections to `project`'s instances when their addresses are
+    /// not routed from the server's own network namespace (swarm overlays); `None`: directly.
+    async fn connector(&self, _project: &str) -> Result<Option<std::sync::Arc<crate::infra::netns::NetnsConnector>>> {
+        Ok(None)
+    }
+    /// Removes what the engine kept for a project beside its containers and images (a swarm
+    /// project's network and the gateway's way into it). Called once they are gone.
+    async fn forget_project(&self, _project: &str) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Connects to the engine named by DOCKER_HOST (or the default socket), negotiating the API
@@ -554,7 +572,7 @@ impl Driver for DockerDriver {
                 return Err(e);
             }
         };
-        Ok(Started { id, ip, pid })
+        Ok(Started { id, ip, pid, node: None })
     }
 
     async fn start_job(&self, spec: ContainerSpec) -> Result<String> {
@@ -633,6 +651,7 @@ impl Driver for DockerDriver {
                     paused: state == "paused",
                     stopped: state == "exited" || state == "dead",
                     ip,
+                    node: None,
                 })
             })
             .collect())

@@ -8,7 +8,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::state::{live, InstanceState, InstanceView};
-use super::{lock, AcquireError, AcquireKind, FunctionPool, Lease, PoolInner};
+use super::{lock, AcquireError, AcquireKind, FunctionPool, Lease, PoolInner, StartError};
 use crate::dataplane::upstream::Endpoint;
 use crate::manifest::Scaling;
 
@@ -201,7 +201,10 @@ impl FunctionPool {
                         Ok(Ok(Ok((id, endpoint)))) => {
                             return Ok(self.lease(Arc::from(id.as_str()), endpoint, AcquireKind::Cold, began))
                         }
-                        Ok(Ok(Err(detail))) => {
+                        Ok(Ok(Err(StartError::NoRoom(detail)))) => {
+                            return Err(AcquireError::NoRoom { function: self.revision.function.clone(), detail })
+                        }
+                        Ok(Ok(Err(StartError::Failed(detail)))) => {
                             return Err(AcquireError::StartFailed { function: self.revision.function.clone(), detail })
                         }
                         Ok(Err(_)) => {

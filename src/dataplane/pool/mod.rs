@@ -81,9 +81,29 @@ pub enum AcquireError {
     StartDeadline(String),
     #[error("function `{function}` failed to start: {detail}")]
     StartFailed { function: String, detail: String },
+    /// No node of the cluster has room for another instance (swarm): an answer at once, not
+    /// a wait until the timeout.
+    #[error("function `{function}` cannot start another instance: {detail}")]
+    NoRoom { function: String, detail: String },
     /// The revision was replaced while the request looked it up; look the route up again.
     #[error("revision retired")]
     Retired,
+}
+
+/// Why an instance did not start.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StartError {
+    /// The engine has no room for it anywhere (its message says what was asked and why).
+    #[error("{0}")]
+    NoRoom(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<String> for StartError {
+    fn from(s: String) -> Self {
+        StartError::Failed(s)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -105,6 +125,16 @@ pub struct PoolCounts {
     pub draining: u32,
     pub in_flight: u32,
     pub waiting: u32,
+}
+
+/// One instance, for the operator: its id, state and (swarm) node.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct InstanceInfo {
+    pub id: String,
+    pub state: String,
+    /// The node it runs on; absent on the single-host engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// Settings shared by all pools.
@@ -367,6 +397,16 @@ impl FunctionPool {
         c
     }
 
+    /// Each instance with its state and node.
+    pub fn instance_list(&self) -> Vec<InstanceInfo> {
+        let g = lock(&self.inner);
+        g.instances
+            .iter()
+            .filter(|i| i.state != InstanceState::Removed)
+            .map(|i| InstanceInfo { id: i.id.to_string(), state: i.state.as_str().to_string(), node: i.endpoint.node().map(str::to_string) })
+            .collect()
+    }
+
     /// True when the pool has any instance (or one starting).
     pub fn has_instances(&self) -> bool {
         let g = lock(&self.inner);
@@ -494,6 +534,7 @@ mod tests {
             paused: true,
             stopped: false,
             ip: Some("127.0.0.1".into()),
+            node: None,
         }];
         assert_eq!(pools.adopt().await.expect("adopt"), (1, 0));
         assert_eq!(pool.counts().paused, 1);

@@ -97,7 +97,7 @@ impl Driver for FakeDriver {
         let name = spec.name.clone();
         rec.runs.push(spec);
         match &self.address {
-            Some(ip) => Ok(Started { id, ip: ip.clone(), pid: None }),
+            Some(ip) => Ok(Started { id, ip: ip.clone(), pid: None, node: None }),
             None => Err(DriverError::Engine(format!("container {name} got no address"))),
         }
     }

@@ -16,6 +16,9 @@
 //! `NetworksAttachments` (the Engine API's spec omits the field the daemon sends), and that
 //! field holds the one thing the gateway needs, the task's overlay address.
 
+pub mod attach;
+pub mod registry;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
@@ -68,6 +71,16 @@ pub enum Kind {
 pub struct SwarmDriver {
     docker: Docker,
     owner: String,
+    /// This manager's node: its id, and its address in the swarm.
+    node_id: String,
+    node_addr: String,
+    /// Where the nodes get images; `None` only in tests and probes (then only images every
+    /// node already has can run).
+    registry: Option<registry::Registry>,
+    /// Local tag → reference by digest in the registry, for the images pushed by this process.
+    pinned: std::sync::Mutex<HashMap<String, String>>,
+    /// The gateway's way into each project's overlay.
+    attach: attach::Attachments,
     /// The manager-local bridge network image builds run on.
     build_network: String,
     /// Project overlay name → network id, for the overlays known to exist. An async lock held
@@ -101,14 +114,21 @@ pub struct NodeView {
 impl SwarmDriver {
     /// Connects to the engine named by DOCKER_HOST (or the default socket), which must be a
     /// swarm manager, and makes sure the build network exists on it.
-    pub async fn connect(owner: &str, build_network: &str) -> Result<Self> {
+    /// `attach_image` is an image on the manager with `sleep` (the run image).
+    pub async fn connect(owner: &str, build_network: &str, attach_image: &str) -> Result<Self> {
         let docker = connect_engine().await?;
         let info = docker.info().await?;
         check_manager(&info)?;
         ensure_bridge_network(&docker, build_network).await?;
+        let swarm = info.swarm.unwrap_or_default();
         Ok(SwarmDriver {
+            attach: attach::Attachments::new(docker.clone(), owner, attach_image),
             docker,
             owner: owner.to_string(),
+            node_id: swarm.node_id.unwrap_or_default(),
+            node_addr: swarm.node_addr.unwrap_or_default(),
+            registry: None,
+            pinned: std::sync::Mutex::new(HashMap::new()),
             build_network: build_network.to_string(),
             overlays: tokio::sync::Mutex::new(HashMap::new()),
             start_timeout: START_TIMEOUT,
@@ -124,6 +144,48 @@ impl SwarmDriver {
     /// The manager's engine connection.
     pub fn docker(&self) -> &Docker {
         &self.docker
+    }
+
+    /// This manager's node id and its address in the swarm.
+    pub fn manager(&self) -> (&str, &str) {
+        (&self.node_id, &self.node_addr)
+    }
+
+    /// Images are pushed to `registry` after each build and run from it by digest.
+    pub fn with_registry(mut self, registry: registry::Registry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// The reference every node runs `image` by: its digest in the registry (pushed now if
+    /// this manager's copy was never pushed), or `image` itself without a registry.
+    async fn pinned_image(&self, image: &str) -> Result<String> {
+        let Some(registry) = &self.registry else { return Ok(image.to_string()) };
+        if let Some(r) = self.pinned.lock().unwrap_or_else(|p| p.into_inner()).get(image) {
+            return Ok(r.clone());
+        }
+        let r = match registry::pushed_reference(&self.docker, registry, image).await? {
+            Some(r) => r,
+            None => registry.push(&self.docker, image).await?,
+        };
+        self.pinned.lock().unwrap_or_else(|p| p.into_inner()).insert(image.to_string(), r.clone());
+        Ok(r)
+    }
+
+    /// The host pid of a task's container when it runs on this manager (for the Unix-socket
+    /// fast path); `None` on other nodes.
+    async fn local_pid(&self, task: &SwarmTask) -> Option<u32> {
+        if task.node_id != self.node_id {
+            return None;
+        }
+        let id = task.status.container_status.as_ref().map(|c| c.container_id.as_str()).filter(|c| !c.is_empty())?;
+        let c = self.docker.inspect_container(id, None).await.ok()?;
+        c.state.and_then(|s| s.pid).and_then(|p| u32::try_from(p).ok()).filter(|p| *p > 0)
+    }
+
+    /// Node id → hostname.
+    async fn hostnames(&self) -> HashMap<String, String> {
+        self.nodes().await.map(|ns| ns.into_iter().map(|n| (n.id, n.hostname)).collect()).unwrap_or_default()
     }
 
     /// The swarm's nodes.
@@ -225,10 +287,12 @@ impl SwarmDriver {
             .labels
             .get(labels::PROJECT)
             .ok_or_else(|| DriverError::Engine(format!("`{}` has no {} label: no overlay to put it on", spec.name, labels::PROJECT)))?;
+        let mut pinned = spec.clone();
+        pinned.image = self.pinned_image(&spec.image).await?;
         let mut retried = false;
         loop {
             let network = self.ensure_overlay(project).await?;
-            let service = service_spec(spec, &self.owner, &network, kind)?;
+            let service = service_spec(&pinned, &self.owner, &network, kind)?;
             match self.docker.create_service(service, None).await {
                 Ok(r) => return r.id.ok_or_else(|| DriverError::Engine("the engine created a service without an id".into())),
                 // The overlay was removed behind the cache's back (a project removed by
@@ -256,13 +320,13 @@ impl SwarmDriver {
     }
 
     /// Waits until the new instance's task runs; returns its overlay address.
-    async fn await_running(&self, id: &str, network: &str, asked: &str, image: &str) -> Result<String> {
+    async fn await_running(&self, id: &str, network: &str, asked: &str, image: &str) -> Result<(String, SwarmTask)> {
         let deadline = Instant::now() + self.start_timeout;
         loop {
             let tasks = self.tasks_of(id).await?;
             let task = current_task(&tasks);
             match start_progress(task, network, asked, image) {
-                Progress::Done(ip) => return Ok(ip),
+                Progress::Done(ip) => return Ok((ip, task.cloned().unwrap_or_default())),
                 Progress::Failed(e) => return Err(e),
                 Progress::Waiting => {}
             }
@@ -587,6 +651,10 @@ impl SwarmTask {
                 self.status.err
             ));
         }
+        if err.contains("http response to https client") {
+            let registry = image.split('/').next().unwrap_or(image);
+            return DriverError::Engine(format!("the task did not run: {}", registry::explain_pull_error(registry, &self.status.err)));
+        }
         DriverError::Engine(format!("the task did not run ({})", self.describe()))
     }
 }
@@ -718,7 +786,7 @@ pub fn managed_containers(
             let stopped = task.is_some_and(|t| t.is_final() || t.is_going() || (node_down && t.status.state != "pending"));
             let network = labels.get(labels::PROJECT).map(|p| overlay_name(owner, p));
             let ip = task.and_then(|t| t.address_on(network.as_deref()));
-            ManagedContainer { id, labels, running, paused: false, stopped, ip }
+            ManagedContainer { id, labels, running, paused: false, stopped, ip, node: None }
         })
         .collect()
 }
@@ -805,17 +873,33 @@ impl Driver for SwarmDriver {
         self.docker.ping().await.map(|_| ()).map_err(|e| DriverError::Unreachable(e.to_string()))
     }
 
+    /// On the manager, where builds run (base images are never pushed: builds use them here).
     async fn image_exists(&self, image: &str) -> Result<bool> {
         image_exists_on(&self.docker, image).await
     }
 
-    /// Builds on the manager, as the single-host engine builds on its host. Getting the image
-    /// to the other nodes (a registry) is not done here yet.
+    /// Builds on the manager, as the single-host engine builds on its host, then pushes to
+    /// the registry (only the layers it lacks travel) and remembers the digest to run.
     async fn build_image(&self, req: BuildRequest) -> Result<String> {
-        build_image_on(&self.docker, &self.build_network, req).await
+        let tag = req.tag.clone();
+        let mut log = build_image_on(&self.docker, &self.build_network, req).await?;
+        if let Some(registry) = &self.registry {
+            let t0 = Instant::now();
+            let pinned = registry.push(&self.docker, &tag).await.map_err(|e| DriverError::BuildFailed { message: e.to_string(), log: log.clone() })?;
+            log.push_str(&format!("pushed {pinned} in {} ms\n", t0.elapsed().as_millis()));
+            self.pinned.lock().unwrap_or_else(|p| p.into_inner()).insert(tag, pinned);
+        }
+        Ok(log)
     }
 
+    /// Removes the manager's copy and the registry's tag. Nodes that ran it keep their copy
+    /// until their engine prunes it (see docs/scale-out.md).
     async fn remove_image(&self, image: &str) -> Result<bool> {
+        self.pinned.lock().unwrap_or_else(|p| p.into_inner()).remove(image);
+        if let Some(registry) = &self.registry {
+            registry.delete(image).await?;
+            registry::untag_pushed(&self.docker, registry, image).await;
+        }
         remove_image_on(&self.docker, image).await
     }
 
@@ -825,7 +909,11 @@ impl Driver for SwarmDriver {
         let network = spec.labels.get(labels::PROJECT).map(|p| overlay_name(&self.owner, p)).unwrap_or_default();
         let id = self.create(&spec, Kind::Instance).await?;
         match self.await_running(&id, &network, &asked, &image).await {
-            Ok(ip) => Ok(Started { id, ip, pid: None }),
+            Ok((ip, task)) => {
+                let pid = self.local_pid(&task).await;
+                let node = self.hostnames().await.remove(&task.node_id).or(Some(task.node_id));
+                Ok(Started { id, ip, pid, node })
+            }
             Err(e) => {
                 let _ = self.remove(&id).await;
                 Err(e)
@@ -844,6 +932,29 @@ impl Driver for SwarmDriver {
                 Err(e)
             }
         }
+    }
+
+    fn can_pause(&self) -> bool {
+        false
+    }
+
+    async fn connector(&self, project: &str) -> Result<Option<std::sync::Arc<crate::infra::netns::NetnsConnector>>> {
+        self.ensure_overlay(project).await?;
+        let network = overlay_name(&self.owner, project);
+        Ok(Some(self.attach.connector(project, &network).await?))
+    }
+
+    async fn forget_project(&self, project: &str) -> Result<()> {
+        self.attach.remove(project).await?;
+        self.remove_project_network(project).await
+    }
+
+    async fn init_pid(&self, id: &str) -> Result<Option<u32>> {
+        let tasks = self.tasks_of(id).await?;
+        Ok(match current_task(&tasks) {
+            Some(t) => self.local_pid(t).await,
+            None => None,
+        })
     }
 
     async fn pause(&self, _id: &str) -> Result<()> {
@@ -917,11 +1028,20 @@ impl Driver for SwarmDriver {
         let opts = ListServicesOptionsBuilder::default().filters(&filters).build();
         let services = self.docker.list_services(Some(opts)).await?;
         let (tasks, ready) = snapshot(&self.docker, &self.owner).await?;
+        // Instances and runs only: the registry (and other services of the server's own) are
+        // not the pool's to adopt or remove.
         let services = services
             .into_iter()
             .filter_map(|s| Some((s.id?, s.spec.and_then(|sp| sp.labels).unwrap_or_default())))
+            .filter(|(_, l)| matches!(l.get(labels::ROLE).map(String::as_str), Some("http" | "cron")))
             .collect();
-        Ok(managed_containers(services, &tasks, &ready, &self.owner))
+        let hostnames = self.hostnames().await;
+        let mut list = managed_containers(services, &tasks, &ready, &self.owner);
+        for c in &mut list {
+            let task_node = tasks.iter().filter(|t| t.service_id == c.id).max_by(|a, b| a.created_at.cmp(&b.created_at)).map(|t| t.node_id.clone());
+            c.node = task_node.filter(|n| !n.is_empty()).map(|n| hostnames.get(&n).cloned().unwrap_or(n));
+        }
+        Ok(list)
     }
 
     /// Polls tasks and nodes every second: Docker 20.10 has no task events (service events
