@@ -377,19 +377,26 @@ impl Drop for LabCleanup {
 // ---------------------------------------------------------------------------------------------
 // What the nodes hold
 
-/// Containers (any state) of `project` on `node`: full ids.
+/// Containers (any state) of `project` on `node`: full ids. Every one, or only the functions'
+/// (instances and cron runs, which carry a function label; not the gateway's attach container).
 pub fn node_containers(node: &str, project: &str, running_only: bool) -> Vec<String> {
     let all = if running_only { "" } else { "-a" };
     let (_, out, _) = in_node(node, &format!("docker ps {all} -q --no-trunc --filter label=eserveless.project={project}"));
     out.split_whitespace().map(str::to_string).collect()
 }
 
-/// Running containers of `project` per running node.
+/// Running instances and runs (containers with a function label) of `project` on `node`.
+pub fn function_containers_on(node: &str, project: &str) -> Vec<String> {
+    let (_, out, _) = in_node(node, &format!("docker ps -q --no-trunc --filter label=eserveless.project={project} --filter label=eserveless.function"));
+    out.split_whitespace().map(str::to_string).collect()
+}
+
+/// Running function containers of `project` per running node.
 pub fn running_per_node(project: &str) -> HashMap<String, usize> {
     NODES
         .iter()
         .filter(|n| node_state(n) == "running")
-        .map(|n| (n.to_string(), node_containers(n, project, true).len()))
+        .map(|n| (n.to_string(), function_containers_on(n, project).len()))
         .filter(|(_, c)| *c > 0)
         .collect()
 }
@@ -488,7 +495,7 @@ pub fn images_on(node: &str, project: &str) -> Vec<String> {
 /// the role `registry`): its service id, if there is one.
 pub fn own_registry(server: &LabServer) -> Option<String> {
     let owner = server.server_id();
-    let (_, out, _) = in_node(MANAGER, &format!("docker service ls -q --filter label=eserveless.role=registry --filter label=eserveless.owner={owner}"));
+    let (_, out, _) = in_node(MANAGER, &format!("docker service ls -q --no-trunc --filter label=eserveless.role=registry --filter label=eserveless.owner={owner}"));
     out.split_whitespace().next().map(str::to_string)
 }
 
@@ -506,6 +513,30 @@ pub fn registry_tags_of(service: &str, project: &str) -> Vec<String> {
         ),
     );
     out.lines().filter(|l| l.contains(project)).map(|l| l.trim_start_matches("./").trim_end_matches("/current").to_string()).collect()
+}
+
+/// Starts a node container again when dropped, if it is not running: a test that kills a node
+/// leaves the lab whole even when it fails.
+pub struct Revive(pub String);
+
+impl Drop for Revive {
+    fn drop(&mut self) {
+        if node_state(&self.0) != "running" {
+            let _ = docker_cli(&["start", &self.0]);
+        }
+    }
+}
+
+/// Waits (at most `within`) until the manager sees `node` Ready; returns how long it took.
+pub async fn wait_ready(node: &str, within: Duration) -> Duration {
+    let began = Instant::now();
+    loop {
+        if swarm_nodes().get(node).map(String::as_str) == Some("Ready") {
+            return began.elapsed();
+        }
+        assert!(began.elapsed() < within, "{node} not Ready within {within:?}: {:?}", swarm_nodes());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// Samples of a load run that failed.
