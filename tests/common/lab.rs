@@ -141,8 +141,27 @@ macro_rules! require_lab {
 // ---------------------------------------------------------------------------------------------
 // This run's directory in the manager, and the binary copied there
 
+/// Removes what finished runs left in the manager: a server of the swarm engine keeps its own
+/// registry (a service and a volume named `esl-registry-<owner>`) after it stops, by design, so
+/// the next run removes those of every earlier run whose servers are all gone (no live pid),
+/// then the run's directory. A run still going (another test process) is left alone.
+const JANITOR: &str = r#"for run in /var/tmp/esl-swarm-tests/run-*; do
+  [ -d "$run" ] || continue
+  live=0
+  for p in "$run"/data-*.pid; do [ -f "$p" ] && kill -0 "$(cat "$p")" 2>/dev/null && live=1; done
+  [ $live -eq 0 ] || continue
+  for f in "$run"/data-*/server-id; do
+    [ -f "$f" ] || continue
+    owner=$(cat "$f")
+    docker service ls -q --filter "label=eserveless.owner=$owner" | xargs -r docker service rm >/dev/null 2>&1
+    vol="esl-registry-$(printf %.8s "$owner")"
+    for i in $(seq 40); do docker volume rm "$vol" >/dev/null 2>&1 && break; docker volume inspect "$vol" >/dev/null 2>&1 || break; sleep 0.5; done
+  done
+  rm -rf "$run"
+done"#;
+
 /// This test process's directory inside the manager, with this build's binary copied in (once).
-/// Runs older than 3 hours are removed first (a run is minutes; a killed run leaves its directory).
+/// What earlier runs left is removed first ([`JANITOR`]).
 pub fn run_dir() -> String {
     static DIR: Mutex<Option<String>> = Mutex::new(None);
     let mut dir = DIR.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -150,7 +169,7 @@ pub fn run_dir() -> String {
         return d.clone();
     }
     let d = format!("{RUN_ROOT}/run-{}-{}", std::process::id(), unique("r").rsplit('-').next().unwrap_or("0"));
-    in_node_ok(MANAGER, &format!("mkdir -p {RUN_ROOT} && find {RUN_ROOT} -mindepth 1 -maxdepth 1 -mmin +180 -exec rm -rf {{}} + ; mkdir -p {d}/repos"));
+    in_node_ok(MANAGER, &format!("mkdir -p {RUN_ROOT} && {JANITOR} && mkdir -p {d}/repos"));
     let began = Instant::now();
     let (ok, _, err) = docker_cli(&["cp", "-L", env!("CARGO_BIN_EXE_eserveless"), &format!("{MANAGER}:{d}/eserveless")]);
     assert!(ok, "docker cp of the eserveless binary into {MANAGER}: {err}");
@@ -367,6 +386,9 @@ impl Drop for LabCleanup {
             for n in NODES {
                 if node_state(n) == "running" {
                     in_node(n, &format!("docker ps -aq --filter label=eserveless.project={project} | xargs -r docker rm -f >/dev/null 2>&1"));
+                    // Images pulled by digest onto a node (the server may leave them there):
+                    // without this, every run would add its images to the nodes' disks.
+                    in_node(n, &format!("docker images --format '{{{{.Repository}}}} {{{{.ID}}}}' | grep -F '/{project}-' | cut -d' ' -f2 | sort -u | xargs -r docker rmi -f >/dev/null 2>&1"));
                 }
             }
         })
@@ -492,10 +514,10 @@ pub fn images_on(node: &str, project: &str) -> Vec<String> {
 }
 
 /// The registry service `server` runs for itself on the manager (labelled with its owner and
-/// the role `registry`): its service id, if there is one.
+/// the role `registry`): its service name, if there is one.
 pub fn own_registry(server: &LabServer) -> Option<String> {
     let owner = server.server_id();
-    let (_, out, _) = in_node(MANAGER, &format!("docker service ls -q --no-trunc --filter label=eserveless.role=registry --filter label=eserveless.owner={owner}"));
+    let (_, out, _) = in_node(MANAGER, &format!("docker service ls --format '{{{{.Name}}}}' --filter label=eserveless.role=registry --filter label=eserveless.owner={owner}"));
     out.split_whitespace().next().map(str::to_string)
 }
 
@@ -504,7 +526,7 @@ pub fn own_registry(server: &LabServer) -> Option<String> {
 /// Docker Distribution deletes that directory when the tag is deleted, and reading the files
 /// needs no registry credentials.
 pub fn registry_tags_of(service: &str, project: &str) -> Vec<String> {
-    let container = in_node_ok(MANAGER, &format!("docker ps -q --filter label=com.docker.swarm.service.id={service}"));
+    let container = in_node_ok(MANAGER, &format!("docker ps -q --filter label=com.docker.swarm.service.name={service}"));
     let container = container.split_whitespace().next().unwrap_or_else(|| panic!("the registry service {service} runs no container on {MANAGER}"));
     let out = in_node_ok(
         MANAGER,
