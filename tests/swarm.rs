@@ -271,6 +271,17 @@ async fn b_a_node_killed_under_load_fails_no_request_and_rejoins() {
         .max()
         .unwrap_or(Duration::ZERO);
     let max_took = samples.iter().map(|s| s.took).max().unwrap_or_default();
+    // When the slow ones were sent (seconds from the kill, negative before) and how long they took.
+    let mut slow: Vec<(f64, f64)> = samples
+        .iter()
+        .filter(|s| s.took > Duration::from_secs(1))
+        .map(|s| {
+            let at = if s.sent >= kill_at { s.sent.duration_since(kill_at).as_secs_f64() } else { -kill_at.duration_since(s.sent).as_secs_f64() };
+            ((at * 10.0).round() / 10.0, (s.took.as_secs_f64() * 100.0).round() / 100.0)
+        })
+        .collect();
+    slow.sort_by(|a, b| a.0.total_cmp(&b.0));
+    log(t0, &format!("requests over 1 s (sent at s from the kill, took s): {slow:?}"));
     let late: Vec<&Sample> = samples.iter().filter(|s| s.sent > kill_at + Duration::from_secs(20)).collect();
     let late_hosts: BTreeSet<String> = late.iter().filter_map(|s| s.field("host")).collect();
     let late_nodes = watch.nodes_of(&late_hosts).await;
@@ -534,7 +545,7 @@ async fn g_rm_leaves_no_service_network_image_or_registry_tag() {
             left.push(format!("services {s:?}"));
         }
         for n in NODES {
-            let c = node_containers(n, &project, false);
+            let c = node_container_names(n, &project);
             let nets = networks_of(n, &project);
             let imgs = images_on(n, &project);
             for (what, v) in [("containers", c), ("networks", nets), ("images", imgs)] {
@@ -555,7 +566,7 @@ async fn g_rm_leaves_no_service_network_image_or_registry_tag() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
     log(t0, &format!("after rm ({:.1}s): {left:?}", began.elapsed().as_secs_f64()));
-    assert!(left.is_empty(), "left after rm of {project}: {left:#?}\n{}", server.tail(60));
+    assert!(left.is_empty(), "left after rm of {project}: {left:?}\n{}", server.tail(60));
 }
 
 // ---------------------------------------------------------------------------------------------

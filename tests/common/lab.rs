@@ -407,6 +407,12 @@ pub fn node_containers(node: &str, project: &str, running_only: bool) -> Vec<Str
     out.split_whitespace().map(str::to_string).collect()
 }
 
+/// Containers (any state) of `project` on `node`, as `name (status)`, for messages.
+pub fn node_container_names(node: &str, project: &str) -> Vec<String> {
+    let (_, out, _) = in_node(node, &format!("docker ps -a --filter label=eserveless.project={project} --format '{{{{.Names}}}} ({{{{.Status}}}})'"));
+    out.lines().map(str::to_string).collect()
+}
+
 /// Running instances and runs (containers with a function label) of `project` on `node`.
 pub fn function_containers_on(node: &str, project: &str) -> Vec<String> {
     let (_, out, _) = in_node(node, &format!("docker ps -q --no-trunc --filter label=eserveless.project={project} --filter label=eserveless.function"));
