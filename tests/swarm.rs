@@ -607,8 +607,23 @@ async fn h_bad_input_is_refused_with_clear_messages() {
     assert!(!ok, "the server started on a worker:\n{text}");
     assert!(text.contains("manager"), "the refusal on a worker does not say it needs a manager:\n{text}");
 
-    // 2. An unreachable registry fails the deployment, naming it.
-    let args = [engine_args(), vec!["--registry".to_string(), "http://127.0.0.1:1".to_string()]].concat();
+    // 2. An unreachable registry: a server that needs it at start (its node guard's image goes
+    //    through it) refuses to start, naming it...
+    let run = run_dir();
+    let script = format!(
+        "ESERVELESS_DATA_DIR={run}/data-noreg-start ESERVELESS_NODE_IMAGE=eserveless/node:bookworm ESERVELESS_GO_IMAGE=eserveless/go:bookworm \
+         ESERVELESS_RUN_IMAGE=eserveless/run:bookworm timeout 300 {run}/eserveless serve --listen 127.0.0.1:{} --engine swarm --registry http://127.0.0.1:1",
+        free_lab_port()
+    );
+    let (ok, o, e) = in_node(MANAGER, &script);
+    let text = format!("{o}{e}");
+    log(t0, &format!("--registry http://127.0.0.1:1 at start: {}", text.trim()));
+    assert!(!ok, "the server started with an unreachable registry:\n{text}");
+    assert!(text.contains("127.0.0.1:1"), "the refusal does not name the registry:\n{text}");
+    //    ...and without the guard, the deployment fails, naming it.
+    // `--firewall=false`: the node guard's image goes through the registry too, and this test
+    // is about a function's deployment (the guard has its own test, tests/swarm_guard.rs).
+    let args = [engine_args(), ["--registry", "http://127.0.0.1:1", "--firewall=false"].map(String::from).to_vec()].concat();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let bad = LabServer::start(&args).await;
     let project = unique("sw-noreg");
