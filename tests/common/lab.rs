@@ -395,6 +395,7 @@ impl Drop for LabCleanup {
             for n in NODES {
                 if node_state(n) == "running" {
                     in_node(n, &format!("docker ps -aq --filter label=eserveless.project={project} | xargs -r docker rm -f >/dev/null 2>&1"));
+                    in_node(n, &format!("docker ps -a --format '{{{{.ID}}}} {{{{.Names}}}}' | grep -F -- '-{project}' | cut -d' ' -f1 | xargs -r docker rm -f >/dev/null 2>&1"));
                     // Images pulled by digest onto a node (the server may leave them there):
                     // without this, every run would add its images to the nodes' disks.
                     in_node(n, &format!("docker images --format '{{{{.Repository}}}} {{{{.ID}}}}' | grep -F '/{project}-' | cut -d' ' -f2 | sort -u | xargs -r docker rmi -f >/dev/null 2>&1"));
@@ -416,10 +417,17 @@ pub fn node_containers(node: &str, project: &str, running_only: bool) -> Vec<Str
     out.split_whitespace().map(str::to_string).collect()
 }
 
-/// Containers (any state) of `project` on `node`, as `name (status)`, for messages.
+/// Containers (any state) on `node` labelled with `project` or named after it (the server's
+/// own jobs for it, e.g. the image prune after `rm`), as `name (status)`.
 pub fn node_container_names(node: &str, project: &str) -> Vec<String> {
-    let (_, out, _) = in_node(node, &format!("docker ps -a --filter label=eserveless.project={project} --format '{{{{.Names}}}} ({{{{.Status}}}})'"));
-    out.lines().map(str::to_string).collect()
+    let (_, out, _) = in_node(node, "docker ps -a --format '{{.Names}}\t{{.Status}}\t{{.Labels}}'");
+    out.lines()
+        .filter(|l| l.contains(project))
+        .map(|l| {
+            let mut f = l.split('\t');
+            format!("{} ({})", f.next().unwrap_or_default(), f.next().unwrap_or_default())
+        })
+        .collect()
 }
 
 /// Running instances and runs (containers with a function label) of `project` on `node`.
