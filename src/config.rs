@@ -311,4 +311,23 @@ mod tests {
         // Bools: flag over env; env over file; file over default; default.
         assert!(c.allow_local_repos && !c.allow_private_repos && c.allow_submodules && c.egress);
     }
+
+    #[test]
+    fn the_engine_is_docker_unless_swarm_is_asked_and_a_registry_needs_the_swarm() {
+        let c = load(&[], false).expect("defaults");
+        assert_eq!((c.engine.engine, c.engine.registry.as_deref(), c.engine.registry_port), (EngineKind::Docker, None, 5000));
+        let c = load(&["--engine", "swarm", "--registry", "http://10.0.0.5:5000/"], false).expect("swarm");
+        assert_eq!((c.engine.engine, c.engine.registry.as_deref()), (EngineKind::Swarm, Some("10.0.0.5:5000")));
+        let e = load(&["--registry", "10.0.0.5:5000"], false).expect_err("a registry without a swarm").to_string();
+        assert!(e.contains("--registry 10.0.0.5:5000") && e.contains("--engine swarm"), "{e}");
+        let e = load(&["--engine", "kubernetes"], false).expect_err("unknown engine").to_string();
+        assert!(e.contains("kubernetes") && e.contains("docker") && e.contains("swarm"), "{e}");
+        let e = load(&["--engine", "swarm", "--registry", "http://r:5000/v2/x"], false).expect_err("a path").to_string();
+        assert!(e.contains("http://r:5000/v2/x") && e.contains("host:port"), "{e}");
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "engine = \"swarm\"\nregistry = \"reg.example:443\"\n").expect("w");
+        let c = load(&["--config", path.to_str().expect("utf8")], false).expect("from the file");
+        assert_eq!((c.engine.engine, c.engine.registry.as_deref()), (EngineKind::Swarm, Some("reg.example:443")));
+    }
 }

@@ -491,6 +491,7 @@ mod tests {
             (AcquireError::StartDeadline("f".into()), StatusCode::GATEWAY_TIMEOUT, "function_timeout", None),
             (failed, StatusCode::BAD_GATEWAY, "start_failed", None),
             (AcquireError::Retired, StatusCode::SERVICE_UNAVAILABLE, "redeploying", None),
+            (AcquireError::NoRoom { function: "f".into(), detail: "no suitable node".into() }, StatusCode::SERVICE_UNAVAILABLE, "no_node_capacity", Some(5)),
         ];
         for (e, status, code, retry_after) in cases {
             let what = format!("{e:?}");

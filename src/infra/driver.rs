@@ -265,6 +265,15 @@ pub struct ManagedContainer {
     pub node: Option<String>,
 }
 
+/// What the largest machine an instance can land on has: the host, or a swarm's biggest ready node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeCapacity {
+    /// How messages name it: "this host", or the node's hostname.
+    pub name: String,
+    pub memory_bytes: u64,
+    pub cpu_millis: u32,
+}
+
 /// A container lifecycle event.
 #[derive(Debug, Clone)]
 pub struct ContainerEvent {
@@ -314,6 +323,10 @@ pub trait Driver: Send + Sync + 'static {
     }
     /// Lifecycle events of managed containers.
     fn events(&self) -> BoxStream<'static, Result<ContainerEvent>>;
+    /// The largest machine an instance can run on, when the engine says.
+    async fn largest_node(&self) -> Result<Option<NodeCapacity>> {
+        Ok(None)
+    }
     /// Whether idle instances can be paused; when not, they stay warm until their idle timeout.
     fn can_pause(&self) -> bool {
         true
@@ -542,6 +555,15 @@ impl DockerDriver {
 impl Driver for DockerDriver {
     async fn ping(&self) -> Result<()> {
         self.docker.ping().await.map(|_| ()).map_err(|e| DriverError::Unreachable(e.to_string()))
+    }
+
+    async fn largest_node(&self) -> Result<Option<NodeCapacity>> {
+        let info = self.docker.info().await?;
+        Ok(Some(NodeCapacity {
+            name: "this host".into(),
+            memory_bytes: u64::try_from(info.mem_total.unwrap_or(0)).unwrap_or(0),
+            cpu_millis: u32::try_from(info.ncpu.unwrap_or(0)).unwrap_or(0).saturating_mul(1000),
+        }))
     }
 
     async fn image_exists(&self, image: &str) -> Result<bool> {

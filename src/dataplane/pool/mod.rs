@@ -550,4 +550,66 @@ mod tests {
         drop(leases);
         assert_eq!(pool.counts().in_flight, 0, "every place is given back");
     }
+
+    fn revision(scaling: Scaling) -> Revision {
+        Revision {
+            workload: Workload {
+                project: "p".into(),
+                function: "API".into(),
+                deployment_id: 7,
+                image: "img".into(),
+                env: Env::default(),
+                limits: Limits::default(),
+                timeout: Duration::from_secs(5),
+            },
+            private: false,
+            scaling,
+        }
+    }
+
+    #[tokio::test]
+    async fn no_room_anywhere_is_answered_at_once_not_at_the_deadline() {
+        use crate::infra::driver::fake::FakeDriver;
+        let driver = Arc::new(FakeDriver { no_room: true, ..FakeDriver::reachable_at("127.0.0.1") });
+        let pools = PoolManager::new(driver.clone(), Arc::new(Store::in_memory().expect("store")), PoolConfig::default(), Arc::new(Metrics::default()));
+        let pool = pools.pool(revision(Scaling::default()));
+        let t0 = Instant::now();
+        let Err(e) = pool.acquire(t0 + Duration::from_secs(10)).await else { panic!("served without room") };
+        assert!(matches!(e, AcquireError::NoRoom { .. }), "{e:?}");
+        assert!(e.to_string().contains("no suitable node"), "says why: {e}");
+        assert!(t0.elapsed() < Duration::from_secs(2), "answered at once, took {:?}", t0.elapsed());
+    }
+
+    #[tokio::test]
+    async fn an_engine_that_cannot_pause_keeps_idle_instances_warm_until_the_idle_timeout() {
+        use crate::infra::driver::fake::FakeDriver;
+        for cannot_pause in [false, true] {
+            let driver = Arc::new(FakeDriver { cannot_pause, ..FakeDriver::default() });
+            let pools = PoolManager::new(driver.clone(), Arc::new(Store::in_memory().expect("store")), PoolConfig::default(), Arc::new(Metrics::default()));
+            let scaling = Scaling { pause_after: Duration::ZERO, idle_timeout: Duration::from_secs(600), ..Scaling::default() };
+            let r = revision(scaling);
+            let pool = pools.pool(r.clone());
+            let mut l = labels::for_container("p", "API", 7, "http");
+            l.insert(labels::CONFIG.to_string(), config_digest(&r));
+            *driver.managed.lock().expect("lock") = vec![crate::infra::driver::ManagedContainer {
+                id: "idle-one".into(),
+                labels: l,
+                running: true,
+                paused: false,
+                stopped: false,
+                ip: Some("127.0.0.1".into()),
+                node: Some("node-2".into()),
+            }];
+            assert_eq!(pools.adopt().await.expect("adopt"), (1, 0));
+            assert_eq!(pool.instance_list()[0].node.as_deref(), Some("node-2"), "the node is kept for the API");
+            pool.reap().await;
+            let c = pool.counts();
+            if cannot_pause {
+                assert_eq!((c.ready, c.paused), (1, 0), "kept warm: {c:?}");
+                assert_eq!(driver.pauses.load(Ordering::Acquire), 0, "not even tried: a pausing instance makes requests wait");
+            } else {
+                assert_eq!((c.ready, c.paused), (0, 1), "paused: {c:?}");
+            }
+        }
+    }
 }

@@ -39,7 +39,7 @@ use tokio::time::Instant;
 
 use super::{
     build_image_on, connect_engine, ensure_bridge_network, image_exists_on, labels, remove_image_on, BuildRequest,
-    ContainerEvent, ContainerSpec, Driver, DriverError, Limits, LogTail, ManagedContainer, Result, Started,
+    ContainerEvent, ContainerSpec, Driver, DriverError, Limits, LogTail, ManagedContainer, NodeCapacity, Result, Started,
     ENGINE_LOG_FILE_BYTES,
 };
 
@@ -936,6 +936,14 @@ impl Driver for SwarmDriver {
 
     fn can_pause(&self) -> bool {
         false
+    }
+
+    async fn largest_node(&self) -> Result<Option<NodeCapacity>> {
+        Ok(self.nodes().await?.into_iter().filter(|n| n.ready).max_by_key(|n| n.memory_bytes).map(|n| NodeCapacity {
+            name: format!("node {}", n.hostname),
+            memory_bytes: u64::try_from(n.memory_bytes).unwrap_or(0),
+            cpu_millis: u32::try_from(n.nano_cpus / 1_000_000).unwrap_or(u32::MAX),
+        }))
     }
 
     async fn connector(&self, project: &str) -> Result<Option<std::sync::Arc<crate::infra::netns::NetnsConnector>>> {
