@@ -67,6 +67,7 @@ async fn single_host(config: &ServerConfig, owner: &str) -> anyhow::Result<Docke
 /// The swarm engine: this host must be a manager. Builds run here, on a bridge behind the
 /// same firewall as the single-host engine's; images reach the nodes through a registry.
 async fn swarm(config: &ServerConfig, owner: &str) -> anyhow::Result<SwarmDriver> {
+    use crate::infra::driver::swarm::guard::{start_node_guard, GuardPolicy};
     use crate::infra::driver::swarm::registry::{OwnRegistry, Registry};
     anyhow::ensure!(
         config.limits.oci_runtime.is_none(),
@@ -102,7 +103,19 @@ async fn swarm(config: &ServerConfig, owner: &str) -> anyhow::Result<SwarmDriver
         }
     };
     tracing::info!(registry = %registry.addr(), manager = %manager_addr, "swarm engine: images are pushed to the registry and run by digest");
-    Ok(driver.with_registry(registry))
+    let driver = driver.with_registry(registry);
+    if config.firewall {
+        // The same host rules as the single-host engine's, on every node, for the bridge that
+        // carries the functions' traffic out of their overlays (see swarm/guard.rs).
+        let policy = GuardPolicy { egress: config.egress, ..GuardPolicy::default() };
+        let image = start_node_guard(&driver, &config.run_image, &policy).await.context(
+            "cannot run the node guard on every node (functions would reach the nodes' ports and other projects); fix the cause, or start with --firewall=false to run without it",
+        )?;
+        tracing::info!(image = %image, "node guard runs on every node");
+    } else {
+        tracing::warn!("--firewall=false: no node guard; functions can reach the nodes' ports, the LAN and other projects' overlays");
+    }
+    Ok(driver)
 }
 
 async fn warn_missing_base_images(docker: &bollard::Docker, config: &ServerConfig) {

@@ -321,6 +321,11 @@ impl PoolManager {
             flag.store(true, Ordering::Release);
         }
         for pool in self.live_pools() {
+            if let Some(i) = lock(&pool.inner).instances.iter().find(|i| &*i.id == id) {
+                // Requests waiting on it give up now (and may go to another instance) rather
+                // than at their timeout: a lost node sends nothing more, not even a reset.
+                i.endpoint.mark_gone();
+            }
             pool.evict(id, why);
         }
     }

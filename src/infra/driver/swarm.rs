@@ -18,6 +18,7 @@
 
 pub mod attach;
 pub mod registry;
+pub mod watch;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
@@ -36,6 +37,8 @@ use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio::time::Instant;
+
+pub mod guard;
 
 use super::{
     build_image_on, connect_engine, ensure_bridge_network, image_exists_on, labels, remove_image_on, BuildRequest,
@@ -81,6 +84,9 @@ pub struct SwarmDriver {
     pinned: std::sync::Mutex<HashMap<String, String>>,
     /// The gateway's way into each project's overlay.
     attach: attach::Attachments,
+    /// Nodes that stopped answering, seen before Swarm marks them down (see [`watch`]).
+    suspects: watch::Suspects,
+    _watch: tokio_util::task::AbortOnDropHandle<()>,
     /// The manager-local bridge network image builds run on.
     build_network: String,
     /// Project overlay name → network id, for the overlays known to exist. An async lock held
@@ -121,7 +127,10 @@ impl SwarmDriver {
         check_manager(&info)?;
         ensure_bridge_network(&docker, build_network).await?;
         let swarm = info.swarm.unwrap_or_default();
+        let (suspects, watch) = watch::spawn(docker.clone(), swarm.node_id.clone().unwrap_or_default());
         Ok(SwarmDriver {
+            suspects,
+            _watch: tokio_util::task::AbortOnDropHandle::new(watch),
             attach: attach::Attachments::new(docker.clone(), owner, attach_image),
             docker,
             owner: owner.to_string(),
@@ -292,7 +301,8 @@ impl SwarmDriver {
         let mut retried = false;
         loop {
             let network = self.ensure_overlay(project).await?;
-            let service = service_spec(&pinned, &self.owner, &network, kind)?;
+            let mut service = service_spec(&pinned, &self.owner, &network, kind)?;
+            avoid_nodes(&mut service, &self.suspects.all());
             match self.docker.create_service(service, None).await {
                 Ok(r) => return r.id.ok_or_else(|| DriverError::Engine("the engine created a service without an id".into())),
                 // The overlay was removed behind the cache's back (a project removed by
@@ -536,6 +546,19 @@ pub fn service_spec(spec: &ContainerSpec, owner: &str, network: &str, kind: Kind
     })
 }
 
+/// Keeps a new service off `nodes` (ids), which do not answer: Swarm would still place tasks
+/// there until it marks them down.
+pub fn avoid_nodes(service: &mut ServiceSpec, nodes: &HashSet<String>) {
+    if nodes.is_empty() {
+        return;
+    }
+    let mut ids: Vec<&String> = nodes.iter().collect();
+    ids.sort();
+    let task = service.task_template.get_or_insert_with(Default::default);
+    let placement = task.placement.get_or_insert_with(Default::default);
+    placement.constraints.get_or_insert_with(Vec::new).extend(ids.into_iter().map(|id| format!("node.id!={id}")));
+}
+
 /// A task as `GET /tasks` returns it: the fields the driver reads, `NetworksAttachments` included.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, rename_all = "PascalCase")]
@@ -770,6 +793,8 @@ pub fn diff_liveness(before: &HashMap<String, Liveness>, now: &HashMap<String, L
 
 /// Managed services as the pool sees containers: `running` while the task runs on a ready
 /// node; `stopped` once it ended or its node is down; `ip` its address on the project's overlay.
+/// The node guard ([`guard`]) is no function container: left out, so that the pool never
+/// adopts or removes it.
 pub fn managed_containers(
     services: Vec<(String, HashMap<String, String>)>,
     tasks: &[SwarmTask],
@@ -778,6 +803,7 @@ pub fn managed_containers(
 ) -> Vec<ManagedContainer> {
     services
         .into_iter()
+        .filter(|(_, labels)| labels.get(labels::ROLE).map(String::as_str) != Some(guard::GUARD_ROLE))
         .map(|(id, labels)| {
             let mine: Vec<SwarmTask> = tasks.iter().filter(|t| t.service_id == id).cloned().collect();
             let task = current_task(&mine);
@@ -848,7 +874,7 @@ async fn get_json<T: serde::de::DeserializeOwned>(docker: &Docker, path: &str) -
 }
 
 /// Every task of this owner's services, and which nodes are ready.
-async fn snapshot(docker: &Docker, owner: &str) -> Result<(Vec<SwarmTask>, HashSet<String>)> {
+async fn snapshot(docker: &Docker, owner: &str, suspects: &watch::Suspects) -> Result<(Vec<SwarmTask>, HashSet<String>)> {
     let managed = format!("{}=true", labels::MANAGED);
     let owned = format!("{}={owner}", labels::OWNER);
     // The label filter of /tasks matches the labels of the task's service.
@@ -859,6 +885,7 @@ async fn snapshot(docker: &Docker, owner: &str) -> Result<(Vec<SwarmTask>, HashS
         .into_iter()
         .filter(|n| n.status.as_ref().and_then(|s| s.state) == Some(NodeState::READY))
         .filter_map(|n| n.id)
+        .filter(|id| !suspects.contains(id))
         .collect();
     Ok((tasks, ready))
 }
@@ -991,7 +1018,7 @@ impl Driver for SwarmDriver {
                 let node_ready = if t.node_id.is_empty() || t.is_final() {
                     true
                 } else {
-                    node_is_ready(&self.docker.list_nodes(None).await?, &t.node_id)
+                    node_is_ready(&self.docker.list_nodes(None).await?, &t.node_id) && !self.suspects.contains(&t.node_id)
                 };
                 if let Some(outcome) = wait_outcome(t, node_ready, &image) {
                     return outcome;
@@ -1035,7 +1062,7 @@ impl Driver for SwarmDriver {
         )]);
         let opts = ListServicesOptionsBuilder::default().filters(&filters).build();
         let services = self.docker.list_services(Some(opts)).await?;
-        let (tasks, ready) = snapshot(&self.docker, &self.owner).await?;
+        let (tasks, ready) = snapshot(&self.docker, &self.owner, &self.suspects).await?;
         // Instances and runs only: the registry (and other services of the server's own) are
         // not the pool's to adopt or remove.
         let services = services
@@ -1059,6 +1086,7 @@ impl Driver for SwarmDriver {
         struct State {
             docker: Docker,
             owner: String,
+            suspects: watch::Suspects,
             before: HashMap<String, Liveness>,
             queue: VecDeque<ContainerEvent>,
             first: bool,
@@ -1066,6 +1094,7 @@ impl Driver for SwarmDriver {
         let state = State {
             docker: self.docker.clone(),
             owner: self.owner.clone(),
+            suspects: self.suspects.clone(),
             before: HashMap::new(),
             queue: VecDeque::new(),
             first: true,
@@ -1078,7 +1107,7 @@ impl Driver for SwarmDriver {
                 if !std::mem::take(&mut st.first) {
                     tokio::time::sleep(EVENTS_POLL).await;
                 }
-                match snapshot(&st.docker, &st.owner).await {
+                match snapshot(&st.docker, &st.owner, &st.suspects).await {
                     Ok((tasks, ready)) => {
                         let now = liveness(&tasks, &ready);
                         st.queue.extend(diff_liveness(&st.before, &now));
@@ -1392,6 +1421,12 @@ mod tests {
         assert!(!by["s4"].running && !by["s4"].stopped, "pending: neither");
         assert!(!by["s5"].running && !by["s5"].stopped && by["s5"].ip.is_none(), "no task yet");
         assert!(!by["s6"].running && by["s6"].stopped, "told to shut down");
+
+        // The node guard is not a function container: never listed, so never removed.
+        let mut g = HashMap::from([(labels::MANAGED.to_string(), "true".to_string()), (labels::OWNER.to_string(), owner.to_string())]);
+        g.insert(labels::ROLE.into(), guard::GUARD_ROLE.into());
+        let got = managed_containers(vec![("guard".to_string(), g), ("s1".to_string(), l.clone())], &tasks, &ready, owner);
+        assert_eq!(got.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), vec!["s1"]);
     }
 
     #[test]
