@@ -501,7 +501,9 @@ def kill_section(lab, project, args):
 
     results.sort(key=lambda r: r["sent"])
     pre = [r["ms"] for r in results if r["sent"] < t_kill and r["code"] == 200]
-    slow_ms = max(1000.0, 10 * (sorted(pre)[int(len(pre) * 0.99) - 1] if pre else 100))
+    # Slow = ten times the usual answer (at least 1 s): a request that waited out a dead
+    # connection or a start on a dead node, not one that met a busy moment on 2 shared cores.
+    slow_ms = max(1000.0, 10 * (median(pre) or 100))
     failed = [r for r in results if r["code"] != 200]
     bad = [r for r in results if r["sent"] >= t_kill - 30 and r["done"] >= t_kill and (r["code"] != 200 or r["ms"] > slow_ms)]
     recovered = max((r["done"] - t_kill for r in bad), default=0.0)
@@ -520,10 +522,11 @@ def kill_section(lab, project, args):
         "seconds_until_every_request_served": recovered,
         "last_failed_or_slow_sent_after_kill_s": max((r["sent"] - t_kill for r in bad), default=None),
         "last_failed_sent_after_kill_s": max((r["sent"] - t_kill for r in failed), default=None),
-        "definition": "from docker kill until the completion of the last request that failed or took longer than the slow threshold (max of 1 s and 10x the pre-kill p99)",
+        "definition": "from docker kill until the completion of the last request that failed or took longer than the slow threshold (max of 1 s and 10x the pre-kill p50)",
         "p50_ms_before_kill": median(pre), "max_ms_after_kill": max((r["ms"] for r in results if r["done"] >= t_kill), default=None),
         "victim_state_at_end_of_load": down_state, "victim_rejoined_ready_after_start_s": rejoin_s, "victim_state": state,
         "per_second_from_kill": dict(sorted(per_second.items())),
+        "samples_sent_after_kill_s_ms_code": [[round(r["sent"] - t_kill, 3), round(r["ms"], 1), r["code"]] for r in results],
     }
 
 
