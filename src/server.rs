@@ -67,7 +67,7 @@ async fn single_host(config: &ServerConfig, owner: &str) -> anyhow::Result<Docke
 /// The swarm engine: this host must be a manager. Builds run here, on a bridge behind the
 /// same firewall as the single-host engine's; images reach the nodes through a registry.
 async fn swarm(config: &ServerConfig, owner: &str) -> anyhow::Result<SwarmDriver> {
-    use crate::infra::driver::swarm::guard::{start_node_guard, GuardPolicy};
+    use crate::infra::driver::swarm::guard::{guard_service_name, publish_guard_image, start_node_guard, GuardPolicy};
     use crate::infra::driver::swarm::registry::{OwnRegistry, Registry};
     anyhow::ensure!(
         config.limits.oci_runtime.is_none(),
@@ -108,12 +108,26 @@ async fn swarm(config: &ServerConfig, owner: &str) -> anyhow::Result<SwarmDriver
         // The same host rules as the single-host engine's, on every node, for the bridge that
         // carries the functions' traffic out of their overlays (see swarm/guard.rs).
         let policy = GuardPolicy { egress: config.egress, ..GuardPolicy::default() };
-        let image = start_node_guard(&driver, &config.run_image, &policy).await.context(
-            "cannot run the node guard on every node (functions would reach the nodes' ports and other projects); fix the cause, or start with --firewall=false to run without it",
-        )?;
-        tracing::info!(image = %image, "node guard runs on every node");
+        match start_node_guard(&driver, &config.run_image, &policy).await {
+            Ok(image) => tracing::info!(image = %image, "node guard runs on every node"),
+            // A guard from an earlier start still stands on the nodes (the registry, say, is
+            // down for a while): serve what is live rather than stop; deployments will say
+            // what is wrong with the registry.
+            Err(e) if driver.docker().inspect_service(&guard_service_name(owner), None).await.is_ok() => {
+                tracing::warn!(error = %e, "the node guard could not be updated; the one already on the nodes stays");
+            }
+            Err(e) => {
+                return Err(anyhow::anyhow!(e).context(
+                    "cannot run the node guard on every node (functions would reach the nodes' ports and other projects); fix the cause, or start with --firewall=false to run without it",
+                ))
+            }
+        }
     } else {
         tracing::warn!("--firewall=false: no node guard; functions can reach the nodes' ports, the LAN and other projects' overlays");
+        // Needed for `rm` to remove a project's images from every node; not for serving.
+        if let Err(e) = publish_guard_image(&driver, &config.run_image).await {
+            tracing::warn!(error = %e, "the server's per-node image could not be published; `rm` will leave images on the nodes");
+        }
     }
     Ok(driver)
 }

@@ -234,7 +234,21 @@ async fn node_guard_isolates_functions_on_every_node() {
     let t = format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_secs() % 0xffffff);
     let mut cleanup = Cleanup { t: t.clone(), pids: Vec::new() };
     guard::remove_node_guard(&docker, OWNER).await.expect("no guard");
-    wait_for("no guard rules left", Duration::from_secs(20), || [MANAGER, WORKER, OTHER].iter().all(|n| guard_rule_lines(n) == 0));
+    // Another server's guard (a server running in the lab): its rules are the nodes' too, so
+    // the phases without a guard cannot be seen; they are reported, not asserted, and the
+    // test checks instead that removing ours leaves that guard's rules in place.
+    let others: Vec<String> = must(MANAGER, "docker service ls --filter label=eserveless.role=guard --format '{{.Name}}'")
+        .lines()
+        .filter(|n| *n != guard::guard_service_name(OWNER))
+        .map(str::to_string)
+        .collect();
+    let alone = others.is_empty();
+    if alone {
+        wait_for("no guard rules left", Duration::from_secs(20), || [MANAGER, WORKER, OTHER].iter().all(|n| guard_rule_lines(n) == 0));
+    } else {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "another guard runs in the lab: {others:?}");
+        eprintln!("NOTE: another server's node guard runs in the lab ({others:?}): the phases without ours are only reported");
+    }
 
     // The overlays, as the driver makes them (attachable, labelled).
     for p in ["a", "b"] {
@@ -324,11 +338,13 @@ async fn node_guard_isolates_functions_on_every_node() {
     let after = safety_counts();
     report("without the guard", &targets, &got);
     eprintln!("  safety net (packets for the overlay pool leaving by a node's uplink): {before:?} -> {after:?}");
-    for (tg, r) in targets.iter().zip(&got) {
-        let want = if is_b(tg.label) { X } else { O };
-        assert_eq!(*r, want, "without the guard: {}", tg.label);
+    if alone {
+        for (tg, r) in targets.iter().zip(&got) {
+            let want = if is_b(tg.label) { X } else { O };
+            assert_eq!(*r, want, "without the guard: {}", tg.label);
+        }
+        assert!(after[0] > before[0] && after[1] > before[1], "B's packets should have left the manager and the worker: {before:?} {after:?}");
     }
-    assert!(after[0] > before[0] && after[1] > before[1], "B's packets should have left the manager and the worker: {before:?} {after:?}");
 
     // 2. The guard, egress on.
     let policy = GuardPolicy { dns: vec![OTHER_ADDR.into()], interval_secs: 2, ..GuardPolicy::default() };
@@ -400,6 +416,20 @@ async fn node_guard_isolates_functions_on_every_node() {
     // 4. Removed: the guards take their rules away.
     guard::remove_node_guard(&docker, OWNER).await.expect("remove");
     let removed = Instant::now();
+    if !alone {
+        // Ours removed its rules on SIGTERM; the other guard finds none at its next check
+        // (every 10 s by default) and installs its own again.
+        std::thread::sleep(Duration::from_secs(5));
+        wait_for("the other guard's rules back on every node", Duration::from_secs(30), || {
+            [MANAGER, WORKER, OTHER].iter().all(|n| {
+                on(n, "iptables -S ESERVELESS-GUARD-INPUT 2>/dev/null").1.lines().any(|l| l.contains("--comment"))
+            })
+        });
+        eprintln!("\nanother server's guard had the rules back on every node {:.1?} after ours was removed", removed.elapsed());
+        report("after removing ours (the other server's guard in place)", &targets, &probe_all(&targets));
+        drop(cleanup);
+        return;
+    }
     wait_for("every node's guard rules to go", Duration::from_secs(30), || {
         [MANAGER, WORKER, OTHER].iter().all(|n| guard_rule_lines(n) == 0)
     });

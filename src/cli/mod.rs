@@ -9,6 +9,7 @@ mod invoke;
 mod login;
 mod logs;
 pub mod node_guard;
+pub mod node_prune;
 mod output;
 mod projects;
 mod secrets;
@@ -72,6 +73,9 @@ pub enum Command {
     /// Swarm mode's per-node firewall (run by the server as a global service)
     #[command(hide = true)]
     NodeGuard(node_guard::NodeGuard),
+    /// Removes a removed project's images from one swarm node (run by the server as a global job)
+    #[command(hide = true)]
+    NodePrune(node_prune::NodePrune),
 }
 
 /// Runs a client command; returns the process exit code.
@@ -94,5 +98,6 @@ pub async fn run_client(cmd: Command) -> Result<i32> {
         Command::Secrets(c) => c.run().await,
         Command::Keys(c) => c.run().await,
         Command::NodeGuard(c) => c.run().await,
+        Command::NodePrune(c) => c.run().await,
     }
 }

@@ -142,15 +142,15 @@ impl NodeGuard {
                 }
             }
         }
-        // A newer guard's rules stay: removing them would open the node until its next check.
+        // Only our own rules go: a newer guard's (or ones being written by another guard)
+        // stay, removing them would open the node until that guard's next check.
         match firewall::inspect(&policy).await {
-            Ok(i) if i.marker.is_some() && i.marker.as_deref() != Some(me.as_str()) => {
-                tracing::info!(owner = ?i.marker, "stopping; the rules belong to another guard and stay");
-            }
-            _ => {
+            Ok(i) if i.marker.as_deref() == Some(me.as_str()) => {
                 firewall::remove(&policy).await.context("cannot remove the node guard's rules")?;
                 tracing::info!("stopping; node guard rules removed");
             }
+            Ok(i) => tracing::info!(owner = ?i.marker, "stopping; the rules are not this guard's and stay"),
+            Err(e) => tracing::error!(error = %e, "stopping; cannot read the rules back, leaving them"),
         }
         Ok(0)
     }

@@ -91,9 +91,34 @@ impl LogTail {
     }
 }
 
+/// Reads an engine log stream (a container's or a service's) into `tail`; a 404 is
+/// [`DriverError::NoSuchContainer`].
+pub(crate) async fn read_logs(
+    stream: impl futures_util::Stream<Item = std::result::Result<bollard::container::LogOutput, bollard::errors::Error>>,
+    id: &str,
+    tail: &mut LogTail,
+) -> Result<()> {
+    let mut stream = std::pin::pin!(stream);
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(chunk) => tail.push(&chunk.into_bytes()),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+                return Err(DriverError::NoSuchContainer(id.to_string()))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 /// Cap of a container's own log on the engine's disk: a function that prints without end
 /// must not fill the machine. The engine keeps at most two files of this size.
 const ENGINE_LOG_FILE_BYTES: &str = "8m";
+
+/// The json-file log driver's options for every container the platform starts.
+pub(crate) fn engine_log_options() -> HashMap<String, String> {
+    HashMap::from([("max-size".to_string(), ENGINE_LOG_FILE_BYTES.to_string()), ("max-file".to_string(), "2".to_string())])
+}
 
 /// Label keys on every Docker object the platform creates.
 pub mod labels {
@@ -496,13 +521,7 @@ impl DockerDriver {
             tmpfs: Some(HashMap::from([("/tmp".to_string(), format!("rw,noexec,nosuid,size={}", l.tmpfs_size))])),
             runtime: l.oci_runtime.clone(),
             init: Some(false),
-            log_config: Some(HostConfigLogConfig {
-                typ: Some("json-file".into()),
-                config: Some(HashMap::from([
-                    ("max-size".to_string(), ENGINE_LOG_FILE_BYTES.to_string()),
-                    ("max-file".to_string(), "2".to_string()),
-                ])),
-            }),
+            log_config: Some(HostConfigLogConfig { typ: Some("json-file".into()), config: Some(engine_log_options()) }),
             ..Default::default()
         };
         let body = ContainerCreateBody {
@@ -635,17 +654,8 @@ impl Driver for DockerDriver {
         // Streamed through a bounded tail: what the engine holds (up to its log cap) never
         // sits in memory whole, however much the function wrote.
         let opts = LogsOptionsBuilder::default().stdout(true).stderr(true).tail("all").build();
-        let mut stream = self.docker.logs(id, Some(opts));
         let mut tail = LogTail::new(max_bytes);
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(chunk) => tail.push(&chunk.into_bytes()),
-                Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
-                    return Err(DriverError::NoSuchContainer(id.to_string()))
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        read_logs(self.docker.logs(id, Some(opts)), id, &mut tail).await?;
         Ok(tail.finish())
     }
 

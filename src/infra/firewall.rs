@@ -22,8 +22,9 @@
 //!
 //! # Rules
 //!
-//! Two dedicated chains, flushed and refilled on every [`apply`], so applying is
-//! idempotent and [`remove`] takes everything away:
+//! Two dedicated chains, refilled on every [`apply`] in one `iptables-restore
+//! --noflush` transaction, so applying is idempotent and atomic, and [`remove`] takes
+//! everything away:
 //!
 //! * `ESERVELESS-INPUT`, jumped to from the top of `INPUT` for packets arriving
 //!   on the bridge: replies (`ESTABLISHED,RELATED`) to the server's own
@@ -74,8 +75,9 @@
 //!   new `br-…` name). The single-host engine uses [`Chains::HOST`]; swarm mode's
 //!   node guard (`eserveless node-guard`, for `docker_gwbridge`) uses
 //!   [`Chains::NODE_GUARD`], so both can live on one host.
-//! * Refilling a chain leaves a window of a few milliseconds where it is
-//!   partially filled; the jumps are only added once the chains are complete.
+//! * The chains are refilled atomically (`iptables-restore`); the jumps are only
+//!   added once the chains are complete, and a misplaced jump is replaced by
+//!   inserting the new one before deleting the old one.
 //! * Rules do not survive a reboot or `iptables` flush: apply them at every
 //!   server start. A Docker restart keeps `DOCKER-USER` and `INPUT` rules.
 //! * Uses whichever `iptables` is on `PATH` (nf_tables or legacy backend); it
@@ -205,12 +207,14 @@ fn jump_spec(bridge: &str, target: &str) -> Vec<String> {
     vec![s("-i"), s(bridge), s("-j"), s(target)]
 }
 
-/// The `iptables` argv lists (without the binary) that [`apply`] runs, in order.
+/// The rules as `iptables` argv lists (without the binary), in order: create and flush
+/// both chains, fill them, jump to them.
 ///
-/// Two kinds of entries are not run blindly by [`apply`], so that it is idempotent:
-/// `-N chain` is skipped when the chain exists, and `-I parent 1 spec…` is skipped
-/// when that jump is already the parent's first rule and its only jump to the chain
-/// (otherwise it is inserted, then the other jumps to the chain are deleted).
+/// [`apply`] does not run them one by one: the `-A` entries go through one
+/// `iptables-restore --noflush` transaction ([`restore_input`]), which creates or
+/// flushes the chains itself; an `-I parent 1 spec…` is skipped when that jump is
+/// already the parent's first rule and its only jump to the chain (otherwise it is
+/// inserted, then the other jumps to the chain are deleted).
 pub fn rules(p: &FirewallPolicy) -> Vec<Vec<String>> {
     let br = p.bridge.as_str();
     let (input, forward) = (p.chains.input, p.chains.forward);
@@ -266,35 +270,73 @@ fn parents(p: &FirewallPolicy) -> [(&'static str, &'static str); 2] {
 }
 
 /// Installs (or refreshes) the rules for `p`. Needs root (CAP_NET_ADMIN).
+///
+/// The two chains are created or refilled in one `iptables-restore --noflush` transaction
+/// ([`restore_input`]): never seen empty or half filled, by packets or by another process
+/// reading them (a guard handing over to a newer one). The jumps are then put in place.
 pub async fn apply(p: &FirewallPolicy) -> Result<(), FirewallError> {
     let ipt = p.iptables.as_str();
     if !probe(ipt, &argv(&["-n", "-L", "DOCKER-USER"])).await? {
         return Err(FirewallError::NoDockerUser);
     }
+    restore(ipt, &restore_input(p)).await?;
     for a in rules(p) {
-        match a.get(1).map(String::as_str) {
-            Some("-N") if probe(ipt, &argv(&["-n", "-L", &a[2]])).await? => continue,
-            Some("-I") if a.get(3).map(String::as_str) == Some("1") => {
-                let (parent, spec) = (a[2].as_str(), &a[4..]);
-                let target = spec.last().map(String::as_str).unwrap_or_default();
-                if jump_in_place(&list(ipt, parent).await?, spec, target) {
-                    continue;
-                }
-                // The new jump goes on top first, then the others (left from another
-                // bridge name, duplicates, ours when something was put above it) go, by
-                // number: the chain is never without its jump meanwhile.
-                check(ipt, &a).await?;
-                for n in extra_jumps(&list(ipt, parent).await?, target) {
-                    check(ipt, &argv(&["-D", parent, &n.to_string()])).await?;
-                }
-                continue;
-            }
-            _ => {}
+        if a.get(1).map(String::as_str) != Some("-I") || a.get(3).map(String::as_str) != Some("1") {
+            continue;
         }
+        let (parent, spec) = (a[2].as_str(), &a[4..]);
+        let target = spec.last().map(String::as_str).unwrap_or_default();
+        if jump_in_place(&list(ipt, parent).await?, spec, target) {
+            continue;
+        }
+        // The new jump goes on top first, then the others (left from another bridge name,
+        // duplicates, ours when something was put above it) go, by number: the chain is
+        // never without its jump meanwhile.
         check(ipt, &a).await?;
+        for n in extra_jumps(&list(ipt, parent).await?, target) {
+            check(ipt, &argv(&["-D", parent, &n.to_string()])).await?;
+        }
     }
     tracing::info!(bridge = %p.bridge, egress = p.egress, block_private = p.block_private, "host firewall applied");
     Ok(())
+}
+
+/// The `iptables-restore --noflush` input that creates or refills (declaring a chain that
+/// exists flushes it) both chains with [`rules`]' `-A` entries, in one transaction.
+pub fn restore_input(p: &FirewallPolicy) -> String {
+    let mut out = String::from("*filter\n");
+    for chain in [p.chains.input, p.chains.forward] {
+        out.push_str(&format!(":{chain} - [0:0]\n"));
+    }
+    for a in rules(p).iter().filter(|a| a.get(1).map(String::as_str) == Some("-A")) {
+        out.push_str(&a[1..].join(" "));
+        out.push('\n');
+    }
+    out.push_str("COMMIT\n");
+    out
+}
+
+/// Runs `<ipt>-restore -w --noflush` (`iptables-restore`, `iptables-legacy-restore`) on `input`.
+async fn restore(ipt: &str, input: &str) -> Result<(), FirewallError> {
+    use tokio::io::AsyncWriteExt;
+    let bin = format!("{ipt}-restore");
+    let args = [s("-w"), s("--noflush")];
+    let mut child = tokio::process::Command::new(&bin)
+        .args(&args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| FirewallError::Spawn(bin.clone(), e))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.as_bytes()).await.map_err(|e| FirewallError::Spawn(bin.clone(), e))?;
+    }
+    let out = child.wait_with_output().await.map_err(|e| FirewallError::Spawn(bin.clone(), e))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(failed(&bin, &[args.to_vec(), vec![format!("<<< {}", input.replace('\n', "; "))]].concat(), &out))
 }
 
 /// Takes away what [`apply`] installed for `p`'s chains: every jump to them (from any
@@ -332,25 +374,35 @@ pub struct Installed {
 /// Reads the installed rules back, to tell whether [`apply`] is needed again. Counts the
 /// chains' rules rather than comparing their text: `iptables -S` rewrites what it was
 /// given (`RELATED,ESTABLISHED`, `/32`, `-m udp`), and only a flush or a rewrite by
-/// someone else is expected to change them.
+/// someone else is expected to change them. One `iptables -S` of the whole table: a
+/// snapshot, so that another process's [`apply`] in between cannot mix two states.
 pub async fn inspect(p: &FirewallPolicy) -> Result<Installed, FirewallError> {
-    let ipt = p.iptables.as_str();
+    let out = check(&p.iptables, &argv(&["-S"])).await?;
+    Ok(installed_in(p, &String::from_utf8_lossy(&out.stdout)))
+}
+
+/// [`inspect`]'s verdict on an `iptables -S` listing of the filter table.
+fn installed_in(p: &FirewallPolicy, listing: &str) -> Installed {
     let expected = rules(p);
+    let exists = |chain: &str| listing.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["-N", chain]);
     let mut current = true;
     let mut marker = None;
     for (parent, target) in parents(p) {
-        if !probe(ipt, &argv(&["-n", "-L", target])).await? {
-            return Ok(Installed { current: false, marker: None });
+        if !exists(target) {
+            return Installed { current: false, marker: None };
         }
-        let installed = list(ipt, target).await?;
-        let want = expected.iter().filter(|a| a.get(1).map(String::as_str) == Some("-A") && a.get(2).map(String::as_str) == Some(target)).count();
+        let installed = parse_rules(listing, target);
+        let want = expected
+            .iter()
+            .filter(|a| a.get(1).map(String::as_str) == Some("-A") && a.get(2).map(String::as_str) == Some(target))
+            .count();
         current &= installed.len() == want;
         if target == p.chains.input {
             marker = installed.first().and_then(|r| comment_of(r));
         }
-        current &= probe(ipt, &argv(&["-n", "-L", parent])).await? && jump_in_place(&list(ipt, parent).await?, &jump_spec(&p.bridge, target), target);
+        current &= jump_in_place(&parse_rules(listing, parent), &jump_spec(&p.bridge, target), target);
     }
-    Ok(Installed { current, marker })
+    Installed { current, marker }
 }
 
 /// The text of a rule's `--comment`, quotes taken off.
@@ -687,6 +739,45 @@ mod tests {
                 "-w -I DOCKER-USER 1 -i docker_gwbridge -j ESERVELESS-GUARD-FWD",
             ]
         );
+    }
+
+    #[test]
+    fn the_chains_are_refilled_in_one_restore_transaction() {
+        let text = restore_input(&guard());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "*filter");
+        assert_eq!(lines[1], ":ESERVELESS-GUARD-INPUT - [0:0]");
+        assert_eq!(lines[2], ":ESERVELESS-GUARD-FWD - [0:0]");
+        assert_eq!(lines[3], "-A ESERVELESS-GUARD-INPUT -m comment --comment esl-guard-0000000000000001");
+        assert_eq!(lines.last(), Some(&"COMMIT"));
+        // Exactly the -A rules, in order; no jump (those are inserted afterwards).
+        let appended: Vec<String> = rules(&guard()).iter().filter(|a| a[1] == "-A").map(|a| a[1..].join(" ")).collect();
+        assert_eq!(lines[3..lines.len() - 1].to_vec(), appended.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(!text.contains("-I ") && !text.contains(" -w"));
+    }
+
+    #[test]
+    fn inspect_reads_one_listing_of_the_table() {
+        let p = guard();
+        let good = "-P INPUT ACCEPT\n-N DOCKER-USER\n-N ESERVELESS-GUARD-FWD\n-N ESERVELESS-GUARD-INPUT\n\
+            -A INPUT -i docker_gwbridge -j ESERVELESS-GUARD-INPUT\n-A INPUT -i br-x -j ESERVELESS-INPUT\n\
+            -A DOCKER-USER -i docker_gwbridge -j ESERVELESS-GUARD-FWD\n-A DOCKER-USER -j RETURN\n\
+            -A ESERVELESS-GUARD-FWD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n\
+            -A ESERVELESS-GUARD-FWD -o docker_gwbridge -j RETURN\n-A ESERVELESS-GUARD-FWD -d 169.254.0.0/16 -j DROP\n\
+            -A ESERVELESS-GUARD-FWD -d 10.0.0.0/8 -j DROP\n\
+            -A ESERVELESS-GUARD-INPUT -m comment --comment esl-guard-0000000000000001\n\
+            -A ESERVELESS-GUARD-INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n-A ESERVELESS-GUARD-INPUT -j DROP\n";
+        let ok = installed_in(&p, good);
+        assert_eq!(ok, Installed { current: true, marker: Some("esl-guard-0000000000000001".into()) });
+        // A flushed forward chain, a jump no longer first, no chains at all.
+        let flushed: String = good.lines().filter(|l| !l.starts_with("-A ESERVELESS-GUARD-FWD")).map(|l| format!("{l}\n")).collect();
+        assert!(!installed_in(&p, &flushed).current);
+        let moved = good.replace(
+            "-A INPUT -i docker_gwbridge -j ESERVELESS-GUARD-INPUT\n-A INPUT -i br-x -j ESERVELESS-INPUT\n",
+            "-A INPUT -i br-x -j ESERVELESS-INPUT\n-A INPUT -i docker_gwbridge -j ESERVELESS-GUARD-INPUT\n",
+        );
+        assert_eq!(installed_in(&p, &moved), Installed { current: false, marker: ok.marker.clone() });
+        assert_eq!(installed_in(&p, "-P INPUT ACCEPT\n-N DOCKER-USER\n"), Installed { current: false, marker: None });
     }
 
     #[test]

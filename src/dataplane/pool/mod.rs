@@ -516,19 +516,7 @@ mod tests {
         let driver = Arc::new(FakeDriver { unpause_for: Duration::from_millis(150), ..FakeDriver::default() });
         let store = Arc::new(Store::in_memory().expect("store"));
         let pools = PoolManager::new(driver.clone(), store, PoolConfig::default(), Arc::new(Metrics::default()));
-        let revision = Revision {
-            workload: Workload {
-                project: "p".into(),
-                function: "API".into(),
-                deployment_id: 7,
-                image: "img".into(),
-                env: Env::default(),
-                limits: Limits::default(),
-                timeout: Duration::from_secs(5),
-            },
-            private: false,
-            scaling: Scaling { concurrency: 16, ..Scaling::default() },
-        };
+        let revision = revision(Scaling { concurrency: 16, ..Scaling::default() });
         let pool = pools.pool(revision.clone());
         let mut l = labels::for_container("p", "API", 7, "http");
         l.insert(labels::CONFIG.to_string(), config_digest(&revision));

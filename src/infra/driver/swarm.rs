@@ -17,6 +17,7 @@
 //! field holds the one thing the gateway needs, the task's overlay address.
 
 pub mod attach;
+pub mod prune;
 pub mod registry;
 pub mod watch;
 
@@ -43,7 +44,7 @@ pub mod guard;
 use super::{
     build_image_on, connect_engine, ensure_bridge_network, image_exists_on, labels, remove_image_on, BuildRequest,
     ContainerEvent, ContainerSpec, Driver, DriverError, Limits, LogTail, ManagedContainer, NodeCapacity, Result, Started,
-    ENGINE_LOG_FILE_BYTES,
+    engine_log_options,
 };
 
 /// How long `run` waits for an instance's task to run (no registry pull in the lab: the task
@@ -84,6 +85,8 @@ pub struct SwarmDriver {
     pinned: std::sync::Mutex<HashMap<String, String>>,
     /// The gateway's way into each project's overlay.
     attach: attach::Attachments,
+    /// The server's own image on every node (the node guard's): runs the image prune.
+    tool_image: std::sync::Mutex<Option<String>>,
     /// Nodes that stopped answering, seen before Swarm marks them down (see [`watch`]).
     suspects: watch::Suspects,
     _watch: tokio_util::task::AbortOnDropHandle<()>,
@@ -137,6 +140,7 @@ impl SwarmDriver {
             node_id: swarm.node_id.unwrap_or_default(),
             node_addr: swarm.node_addr.unwrap_or_default(),
             registry: None,
+            tool_image: std::sync::Mutex::new(None),
             pinned: std::sync::Mutex::new(HashMap::new()),
             build_network: build_network.to_string(),
             overlays: tokio::sync::Mutex::new(HashMap::new()),
@@ -153,6 +157,12 @@ impl SwarmDriver {
     /// The manager's engine connection.
     pub fn docker(&self) -> &Docker {
         &self.docker
+    }
+
+    /// The image with the server's binary that every node can pull (the node guard's), which
+    /// `rm` of a project runs to remove the project's images from every node.
+    pub fn set_tool_image(&self, image: &str) {
+        *self.tool_image.lock().unwrap_or_else(|p| p.into_inner()) = Some(image.to_string());
     }
 
     /// This manager's node id and its address in the swarm.
@@ -516,13 +526,7 @@ pub fn service_spec(spec: &ContainerSpec, owner: &str, network: &str, kind: Kind
             ..Default::default()
         }),
         networks: Some(vec![NetworkAttachmentConfig { target: Some(network.to_string()), ..Default::default() }]),
-        log_driver: Some(TaskSpecLogDriver {
-            name: Some("json-file".into()),
-            options: Some(HashMap::from([
-                ("max-size".to_string(), ENGINE_LOG_FILE_BYTES.to_string()),
-                ("max-file".to_string(), "2".to_string()),
-            ])),
-        }),
+        log_driver: Some(TaskSpecLogDriver { name: Some("json-file".into()), options: Some(engine_log_options()) }),
         ..Default::default()
     };
     let mode = match kind {
@@ -981,7 +985,15 @@ impl Driver for SwarmDriver {
 
     async fn forget_project(&self, project: &str) -> Result<()> {
         self.attach.remove(project).await?;
-        self.remove_project_network(project).await
+        self.remove_project_network(project).await?;
+        let tool = self.tool_image.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match (&self.registry, tool) {
+            (Some(registry), Some(image)) => {
+                let prefix = format!("{}/eserveless/{project}-", registry.addr());
+                prune::prune_project_images(&self.docker, prune::prune_spec(&self.owner, project, &image, &prefix)).await
+            }
+            _ => Ok(()),
+        }
     }
 
     async fn init_pid(&self, id: &str) -> Result<Option<u32>> {
@@ -1030,20 +1042,8 @@ impl Driver for SwarmDriver {
 
     async fn logs(&self, id: &str, max_bytes: usize) -> Result<String> {
         let opts = LogsOptionsBuilder::default().stdout(true).stderr(true).tail("all").build();
-        let mut stream = self.docker.service_logs(id, Some(opts));
         let mut tail = LogTail::new(max_bytes);
-        let read = async {
-            while let Some(item) = stream.next().await {
-                match item {
-                    Ok(chunk) => tail.push(&chunk.into_bytes()),
-                    Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
-                        return Err(DriverError::NoSuchContainer(id.to_string()))
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            Ok(())
-        };
+        let read = super::read_logs(self.docker.service_logs(id, Some(opts)), id, &mut tail);
         match tokio::time::timeout(LOGS_TIMEOUT, read).await {
             Ok(Ok(())) => Ok(tail.finish()),
             Ok(Err(e)) => Err(e),
@@ -1216,7 +1216,7 @@ mod tests {
         assert_eq!(o.mode, Some(0o1777));
         let log = t.log_driver.as_ref().expect("log driver");
         assert_eq!(log.name.as_deref(), Some("json-file"));
-        assert_eq!(log.options.as_ref().and_then(|o| o.get("max-size")).map(String::as_str), Some(ENGINE_LOG_FILE_BYTES));
+        assert_eq!(log.options.as_ref().and_then(|o| o.get("max-size")).map(String::as_str), Some(super::super::ENGINE_LOG_FILE_BYTES));
         let json = serde_json::to_value(&s).expect("json");
         let cj = &json["TaskTemplate"]["ContainerSpec"];
         assert_eq!(cj["CapabilityDrop"][0], "ALL");

@@ -36,7 +36,7 @@ use bollard::Docker;
 use sha2::Digest;
 use tokio::time::Instant;
 
-use super::super::{labels, BuildRequest, Driver, DriverError, Result, ENGINE_LOG_FILE_BYTES};
+use super::super::{engine_log_options, labels, BuildRequest, Driver, DriverError, Result};
 use super::SwarmDriver;
 
 /// The `role` label of the guard service.
@@ -174,13 +174,21 @@ pub async fn prepare_guard_image(driver: &SwarmDriver, base_image: &str) -> Resu
     Ok(tag)
 }
 
+/// Builds (when needed) and pushes the guard image; returns its reference by digest. The
+/// image also runs the server's other per-node work (the image prune after `rm`).
+pub async fn publish_guard_image(driver: &SwarmDriver, base_image: &str) -> Result<String> {
+    let local = prepare_guard_image(driver, base_image).await?;
+    let reference = driver.pinned_image(&local).await?;
+    driver.set_tool_image(&reference);
+    Ok(reference)
+}
+
 /// Builds (when needed) and publishes the guard image, then [`ensure_node_guard`]: the one
 /// call the server makes at startup, after [`SwarmDriver::with_registry`]. `base_image` is a
 /// Debian bookworm image on the manager (the offline base or run image). Returns the image
 /// reference the guards run.
 pub async fn start_node_guard(driver: &SwarmDriver, base_image: &str, policy: &GuardPolicy) -> Result<String> {
-    let local = prepare_guard_image(driver, base_image).await?;
-    let reference = driver.pinned_image(&local).await?;
+    let reference = publish_guard_image(driver, base_image).await?;
     ensure_node_guard(&driver.docker, &driver.owner, &reference, policy).await?;
     tracing::info!(image = %reference, egress = policy.egress, block_private = policy.block_private,
         "node guard running on every ready node");
@@ -243,13 +251,7 @@ pub fn guard_service_spec(owner: &str, image_ref: &str, policy: &GuardPolicy) ->
             ..Default::default()
         }),
         placement: Some(TaskSpecPlacement { constraints: Some(vec!["node.platform.os==linux".into()]), ..Default::default() }),
-        log_driver: Some(TaskSpecLogDriver {
-            name: Some("json-file".into()),
-            options: Some(HashMap::from([
-                ("max-size".to_string(), ENGINE_LOG_FILE_BYTES.to_string()),
-                ("max-file".to_string(), "2".to_string()),
-            ])),
-        }),
+        log_driver: Some(TaskSpecLogDriver { name: Some("json-file".into()), options: Some(engine_log_options()) }),
         ..Default::default()
     };
     ServiceSpec {
