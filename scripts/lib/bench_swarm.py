@@ -314,8 +314,9 @@ def cold_section(lab, project, args):
             wait_gone(lab, project, "Cold")
             lab.availability([lab.manager] if kind == "local" else [remote])
             if kind == "remote_first_pull":
-                # Only images from the lab's registry: the base image loaded by swarm-lab stays.
-                lab.sh(remote, f"docker image ls --format '{{{{.ID}}}} {{{{.Repository}}}}' | grep ' {lab.registry}/' | "
+                # Only the bench's function images: the base image swarm-lab loaded and the
+                # server's node guard (also from the registry, running) stay.
+                lab.sh(remote, f"docker image ls --format '{{{{.ID}}}} {{{{.Repository}}}}' | grep ' {lab.registry}/eserveless/bench-swarm' | "
                                "cut -d' ' -f1 | sort -u | xargs -r docker image rm -f >/dev/null")
             rx0 = lab.rx_bytes(remote)
             s = lab.first_byte(path)
