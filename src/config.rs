@@ -16,8 +16,8 @@ use crate::manifest::Scaling;
 
 pub use file::ConfigFileError;
 pub use settings::{
-    BuildSettings, ListenerSettings, PoolSettings, SandboxSettings, SourceSettings, DEFAULT_GO_IMAGE, DEFAULT_NODE_IMAGE,
-    DEFAULT_RUN_IMAGE,
+    BuildSettings, EngineKind, EngineSettings, ListenerSettings, PoolSettings, SandboxSettings, SourceSettings, DEFAULT_GO_IMAGE,
+    DEFAULT_NODE_IMAGE, DEFAULT_RUN_IMAGE,
 };
 
 /// `eserveless serve` flags; each may also come from the environment or the config file.
@@ -33,6 +33,8 @@ pub struct ServeArgs {
     pub pools: PoolSettings,
     #[command(flatten)]
     pub sandbox: SandboxSettings,
+    #[command(flatten)]
+    pub engine: EngineSettings,
     /// A TOML file with any of the settings above (keys as in the flags, with `_`)
     #[arg(long, env = "ESERVELESS_CONFIG")]
     pub config: Option<PathBuf>,
@@ -78,6 +80,8 @@ pub struct ServerConfig {
     pub max_client_connections: u32,
     /// Output kept per instance and per cron run.
     pub log_bytes: usize,
+    /// The container engine, and for a swarm where its nodes get images.
+    pub engine: EngineSettings,
 }
 
 impl ServerConfig {
@@ -92,7 +96,7 @@ impl ServerConfig {
 
     /// Checks the settings together and derives what the rest of the crate reads.
     pub fn resolve(args: &ServeArgs) -> anyhow::Result<Self> {
-        let ServeArgs { listener, source, build, pools, sandbox, config: _ } = args;
+        let ServeArgs { listener, source, build, pools, sandbox, engine, config: _ } = args;
         let mut scaling = Scaling::default();
         if let Some(d) = pools.idle_timeout {
             scaling.idle_timeout = d;
@@ -145,6 +149,9 @@ impl ServerConfig {
             (1024..=(64 << 20)).contains(&log_bytes),
             "log_bytes must be between 1Ki and 64Mi (output kept per instance and per cron run), got {log_bytes}"
         );
+        if let (EngineKind::Docker, Some(registry)) = (engine.engine, &engine.registry) {
+            anyhow::bail!("--registry {registry} is only used with --engine swarm (one host needs no registry); drop it or add --engine swarm");
+        }
         Ok(ServerConfig {
             listen: listener.listen,
             data_dir: listener.data_dir.clone(),
@@ -169,6 +176,7 @@ impl ServerConfig {
             max_connections,
             max_client_connections,
             log_bytes: usize::try_from(log_bytes).unwrap_or(usize::MAX),
+            engine: engine.clone(),
         })
     }
 }
@@ -302,5 +310,24 @@ mod tests {
         assert_eq!((c.log_bytes, c.caps.max_memory_bytes, c.limits.memory_bytes), (3 << 10, 2 << 30, 128 << 20));
         // Bools: flag over env; env over file; file over default; default.
         assert!(c.allow_local_repos && !c.allow_private_repos && c.allow_submodules && c.egress);
+    }
+
+    #[test]
+    fn the_engine_is_docker_unless_swarm_is_asked_and_a_registry_needs_the_swarm() {
+        let c = load(&[], false).expect("defaults");
+        assert_eq!((c.engine.engine, c.engine.registry.as_deref(), c.engine.registry_port), (EngineKind::Docker, None, 5000));
+        let c = load(&["--engine", "swarm", "--registry", "http://10.0.0.5:5000/"], false).expect("swarm");
+        assert_eq!((c.engine.engine, c.engine.registry.as_deref()), (EngineKind::Swarm, Some("10.0.0.5:5000")));
+        let e = load(&["--registry", "10.0.0.5:5000"], false).expect_err("a registry without a swarm").to_string();
+        assert!(e.contains("--registry 10.0.0.5:5000") && e.contains("--engine swarm"), "{e}");
+        let e = load(&["--engine", "kubernetes"], false).expect_err("unknown engine").to_string();
+        assert!(e.contains("kubernetes") && e.contains("docker") && e.contains("swarm"), "{e}");
+        let e = load(&["--engine", "swarm", "--registry", "http://r:5000/v2/x"], false).expect_err("a path").to_string();
+        assert!(e.contains("http://r:5000/v2/x") && e.contains("host:port"), "{e}");
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "engine = \"swarm\"\nregistry = \"reg.example:443\"\n").expect("w");
+        let c = load(&["--config", path.to_str().expect("utf8")], false).expect("from the file");
+        assert_eq!((c.engine.engine, c.engine.registry.as_deref()), (EngineKind::Swarm, Some("reg.example:443")));
     }
 }

@@ -216,7 +216,8 @@ pub fn parse_cpu(text: &str) -> Result<u32, String> {
     Ok(millis.round() as u32)
 }
 
-fn format_bytes(b: u64) -> String {
+/// A size as the manifest writes it: `2Gi`, `256Mi`.
+pub fn format_bytes(b: u64) -> String {
     if b % (1 << 30) == 0 {
         format!("{}Gi", b >> 30)
     } else {

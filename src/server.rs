@@ -6,6 +6,8 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::config::ServerConfig;
+use crate::config::EngineKind;
+use crate::infra::driver::swarm::SwarmDriver;
 use crate::infra::driver::{DockerDriver, Driver};
 use crate::engine::Platform;
 use crate::engine::runtime::Templates;
@@ -20,27 +22,10 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         None => Templates::embedded(),
     };
     let owner = data_dir.server_id()?;
-    let docker = DockerDriver::connect(&config.network, &owner).await?;
-    if let Some(runtime) = &config.limits.oci_runtime {
-        let known = docker.runtimes().await?;
-        anyhow::ensure!(
-            known.iter().any(|r| r == runtime),
-            "the OCI runtime `{runtime}` is not registered with Docker (it has: {}); add it under \"runtimes\" in /etc/docker/daemon.json and restart dockerd, or drop --oci-runtime",
-            known.join(", ")
-        );
-        tracing::info!(runtime = %runtime, "function containers use this OCI runtime");
-    }
-    if config.firewall {
-        isolate_functions_network(&docker, &config).await?;
-    } else {
-        tracing::warn!("host firewall rules are off (--firewall=false): functions can reach the host's ports and link-local addresses");
-    }
-    let driver: Arc<dyn Driver> = Arc::new(docker);
-    for image in [&config.node_image, &config.go_image, &config.run_image] {
-        if !driver.image_exists(image).await? {
-            tracing::warn!(image = %image, "base image missing; builds that need it will fail. Build offline images with `eval \"$(scripts/offline-images)\"`");
-        }
-    }
+    let driver: Arc<dyn Driver> = match config.engine.engine {
+        EngineKind::Docker => Arc::new(single_host(&config, &owner).await?),
+        EngineKind::Swarm => Arc::new(swarm(&config, &owner).await?),
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -58,10 +43,107 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     served
 }
 
+/// The single-host engine: this host's Docker, its functions bridge behind the firewall.
+async fn single_host(config: &ServerConfig, owner: &str) -> anyhow::Result<DockerDriver> {
+    let docker = DockerDriver::connect(&config.network, owner).await?;
+    if let Some(runtime) = &config.limits.oci_runtime {
+        let known = docker.runtimes().await?;
+        anyhow::ensure!(
+            known.iter().any(|r| r == runtime),
+            "the OCI runtime `{runtime}` is not registered with Docker (it has: {}); add it under \"runtimes\" in /etc/docker/daemon.json and restart dockerd, or drop --oci-runtime",
+            known.join(", ")
+        );
+        tracing::info!(runtime = %runtime, "function containers use this OCI runtime");
+    }
+    if config.firewall {
+        isolate_functions_network(docker.docker(), &config.network, config).await?;
+    } else {
+        tracing::warn!("host firewall rules are off (--firewall=false): functions can reach the host's ports and link-local addresses");
+    }
+    warn_missing_base_images(docker.docker(), config).await;
+    Ok(docker)
+}
+
+/// The swarm engine: this host must be a manager. Builds run here, on a bridge behind the
+/// same firewall as the single-host engine's; images reach the nodes through a registry.
+async fn swarm(config: &ServerConfig, owner: &str) -> anyhow::Result<SwarmDriver> {
+    use crate::infra::driver::swarm::guard::{guard_service_name, publish_guard_image, start_node_guard, GuardPolicy};
+    use crate::infra::driver::swarm::registry::{OwnRegistry, Registry};
+    anyhow::ensure!(
+        config.limits.oci_runtime.is_none(),
+        "--oci-runtime cannot be chosen per service in swarm mode: make it the default runtime of every node's dockerd (\"default-runtime\" in /etc/docker/daemon.json) and drop --oci-runtime"
+    );
+    let driver = SwarmDriver::connect(owner, &config.network, &config.run_image).await?;
+    if config.firewall {
+        isolate_functions_network(driver.docker(), &config.network, config).await?;
+    } else {
+        tracing::warn!("host firewall rules are off (--firewall=false): builds can reach the manager's ports and link-local addresses");
+    }
+    warn_missing_base_images(driver.docker(), config).await;
+    let (manager_id, manager_addr) = driver.manager();
+    let registry = match &config.engine.registry {
+        Some(addr) => {
+            let r = Registry::external(addr);
+            // Not fatal: deployments say what is wrong with it when they push.
+            if let Err(e) = r.ping().await {
+                tracing::warn!(registry = %addr, error = %e, "the registry does not answer; deployments will fail until it does");
+            }
+            r
+        }
+        None => {
+            let own = OwnRegistry {
+                owner,
+                manager_id,
+                manager_addr,
+                port: config.engine.registry_port,
+                debian_image: &config.run_image,
+                build_network: &config.network,
+            };
+            Registry::ensure_own(driver.docker(), own).await.context("cannot start the registry the swarm's nodes pull images from")?
+        }
+    };
+    tracing::info!(registry = %registry.addr(), manager = %manager_addr, "swarm engine: images are pushed to the registry and run by digest");
+    let driver = driver.with_registry(registry);
+    if config.firewall {
+        // The same host rules as the single-host engine's, on every node, for the bridge that
+        // carries the functions' traffic out of their overlays (see swarm/guard.rs).
+        let policy = GuardPolicy { egress: config.egress, ..GuardPolicy::default() };
+        match start_node_guard(&driver, &config.run_image, &policy).await {
+            Ok(image) => tracing::info!(image = %image, "node guard runs on every node"),
+            // A guard from an earlier start still stands on the nodes (the registry, say, is
+            // down for a while): serve what is live rather than stop; deployments will say
+            // what is wrong with the registry.
+            Err(e) if driver.docker().inspect_service(&guard_service_name(owner), None).await.is_ok() => {
+                tracing::warn!(error = %e, "the node guard could not be updated; the one already on the nodes stays");
+            }
+            Err(e) => {
+                return Err(anyhow::anyhow!(e).context(
+                    "cannot run the node guard on every node (functions would reach the nodes' ports and other projects); fix the cause, or start with --firewall=false to run without it",
+                ))
+            }
+        }
+    } else {
+        tracing::warn!("--firewall=false: no node guard; functions can reach the nodes' ports, the LAN and other projects' overlays");
+        // Needed for `rm` to remove a project's images from every node; not for serving.
+        if let Err(e) = publish_guard_image(&driver, &config.run_image).await {
+            tracing::warn!(error = %e, "the server's per-node image could not be published; `rm` will leave images on the nodes");
+        }
+    }
+    Ok(driver)
+}
+
+async fn warn_missing_base_images(docker: &bollard::Docker, config: &ServerConfig) {
+    for image in [&config.node_image, &config.go_image, &config.run_image] {
+        if !crate::infra::driver::image_exists_on(docker, image).await.unwrap_or(false) {
+            tracing::warn!(image = %image, "base image missing; builds that need it will fail. Build offline images with `eval \"$(scripts/offline-images)\"`");
+        }
+    }
+}
+
 /// Keeps function containers off the host, the metadata address and private ranges (see
 /// [`crate::infra::firewall`]). Fails closed: without the rules the server does not start.
-async fn isolate_functions_network(docker: &DockerDriver, config: &ServerConfig) -> anyhow::Result<()> {
-    let net = crate::infra::firewall::bridge_interface(docker.docker(), &config.network).await?;
+async fn isolate_functions_network(docker: &bollard::Docker, network: &str, config: &ServerConfig) -> anyhow::Result<()> {
+    let net = crate::infra::firewall::bridge_interface(docker, network).await?;
     let mut policy = crate::infra::firewall::FirewallPolicy::new(net.iface.clone());
     policy.egress = config.egress;
     policy.dns_servers = crate::infra::firewall::host_resolvers();

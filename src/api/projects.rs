@@ -68,7 +68,7 @@ pub(super) async fn list_projects(State(s): State<AppState>, Extension(who): Ext
 }
 
 fn project_function(project: &str, f: LiveFunction) -> ProjectFunction {
-    let LiveFunction { function: f, memory_bytes, cpu_millis, instances } = f;
+    let LiveFunction { function: f, memory_bytes, cpu_millis, instances, instance_list } = f;
     let http = f.kind == FunctionType::Http;
     ProjectFunction {
         invoke_path: invoke_path(project, &f.name, f.kind),
@@ -82,6 +82,7 @@ fn project_function(project: &str, f: LiveFunction) -> ProjectFunction {
         cpu_millis,
         image: f.image,
         instances,
+        instance_list,
     }
 }
 

@@ -8,7 +8,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use crate::manifest::{Access, Scaling};
-pub use crate::engine::views::{BuildState, CronRunRow as CronRun, DeploymentRow, DeploymentStatus, FunctionType, PoolCounts as InstanceCounts, RunStatus};
+pub use crate::engine::views::{
+    BuildState, CronRunRow as CronRun, DeploymentRow, DeploymentStatus, FunctionType, InstanceInfo, PoolCounts as InstanceCounts, RunStatus,
+};
 pub use crate::engine::access::TokenInfo as TokenAnswer;
 pub use crate::engine::{DeployRequest, SubmitStatus};
 
@@ -188,6 +190,9 @@ pub struct ProjectFunction {
     pub cpu_millis: u32,
     pub image: Option<String>,
     pub instances: Option<InstanceCounts>,
+    /// Each instance of an http function: id, state and (swarm) node.
+    #[serde(default)]
+    pub instance_list: Vec<InstanceInfo>,
 }
 
 /// `GET /api/projects/{name}`.

@@ -1,12 +1,15 @@
 //! The command line: `serve` runs the server; `backup` and `restore` work on a data directory
-//! (see `infra/backup.rs`); every other command is a client of the API, one file per command,
-//! reading the API's typed answers (`api::types`) through [`client::Client`].
+//! (see `infra/backup.rs`); `node-guard` (hidden) is swarm mode's per-node firewall; every
+//! other command is a client of the API, one file per command, reading the API's typed
+//! answers (`api::types`) through [`client::Client`].
 
 mod client;
 mod deploy;
 mod invoke;
 mod login;
 mod logs;
+pub mod node_guard;
+pub mod node_prune;
 mod output;
 mod projects;
 mod secrets;
@@ -67,6 +70,12 @@ pub enum Command {
         #[arg(long)]
         new_identity: bool,
     },
+    /// Swarm mode's per-node firewall (run by the server as a global service)
+    #[command(hide = true)]
+    NodeGuard(node_guard::NodeGuard),
+    /// Removes a removed project's images from one swarm node (run by the server as a global job)
+    #[command(hide = true)]
+    NodePrune(node_prune::NodePrune),
 }
 
 /// Runs a client command; returns the process exit code.
@@ -88,5 +97,7 @@ pub async fn run_client(cmd: Command) -> Result<i32> {
         Command::Tokens(c) => c.run().await,
         Command::Secrets(c) => c.run().await,
         Command::Keys(c) => c.run().await,
+        Command::NodeGuard(c) => c.run().await,
+        Command::NodePrune(c) => c.run().await,
     }
 }

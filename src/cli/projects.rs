@@ -53,6 +53,14 @@ impl Show {
             let invoke = f.invoke_path.as_ref().map_or_else(|| "-".into(), |p| format!("{}{p}", c.base));
             println!("{:<24} {:<6} {:<18} {}", f.name, f.kind, or_dash(f.schedule.as_ref()), invoke);
         }
+        let instances: Vec<_> = v.functions.iter().flat_map(|f| f.instance_list.iter().map(move |i| (&f.name, i))).collect();
+        if !instances.is_empty() {
+            println!();
+            println!("{:<24} {:<26} {:<9} NODE", "FUNCTION", "INSTANCE", "STATE");
+            for (f, i) in instances {
+                println!("{:<24} {:<26} {:<9} {}", f, i.id.chars().take(25).collect::<String>(), i.state, or_dash(i.node.as_ref()));
+            }
+        }
         Ok(0)
     }
 }

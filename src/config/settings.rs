@@ -123,6 +123,29 @@ pub struct SandboxSettings {
     pub egress: bool,
 }
 
+/// Which container engine runs the functions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EngineKind {
+    /// The Docker engine of this host: every instance on this machine
+    Docker,
+    /// A Docker Swarm, driven through its manager (this host): instances on any node
+    Swarm,
+}
+
+/// The engine that runs function instances and cron runs, and where swarm nodes get images.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EngineSettings {
+    /// Container engine: `docker` (this host) or `swarm` (this host must be a swarm manager)
+    #[arg(long, env = "ESERVELESS_ENGINE", value_enum, default_value = "docker", hide_default_value = true)]
+    pub engine: EngineKind,
+    /// Swarm: registry the nodes pull function images from, e.g. http://10.0.0.5:5000; without it the server runs one on the manager
+    #[arg(long, env = "ESERVELESS_REGISTRY", value_parser = parse_registry_arg)]
+    pub registry: Option<String>,
+    /// Swarm: port of the registry the server runs on the manager when no --registry is given
+    #[arg(long, env = "ESERVELESS_REGISTRY_PORT", default_value_t = 5000, hide_default_value = true)]
+    pub registry_port: u16,
+}
+
 // The defaults are the clap defaults above, so a struct built in code starts where `serve`
 // does without flags, environment or file.
 impl Default for ListenerSettings {
@@ -145,6 +168,11 @@ impl Default for PoolSettings {
         super::file::declared_defaults()
     }
 }
+impl Default for EngineSettings {
+    fn default() -> Self {
+        super::file::declared_defaults()
+    }
+}
 impl Default for SandboxSettings {
     fn default() -> Self {
         super::file::declared_defaults()
@@ -159,4 +187,21 @@ fn parse_memory_arg(s: &str) -> Result<u64, String> {
 /// CPU shares like `0.5` or `500m`, the same syntax as a manifest's `cpu`.
 fn parse_cpu_arg(s: &str) -> Result<u32, String> {
     crate::manifest::parse_cpu(s)
+}
+
+/// A registry as `host:port` (what image references start with), from `host:port` or an
+/// `http(s)://host:port` URL; a path, query or user part is refused, since image references
+/// cannot carry them.
+fn parse_registry_arg(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    let rest = t.strip_prefix("http://").or_else(|| t.strip_prefix("https://")).unwrap_or(t);
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let ok = !rest.is_empty()
+        && rest.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+        && !rest.starts_with(['.', '-', ':']);
+    if ok {
+        Ok(rest.to_string())
+    } else {
+        Err(format!("`{s}` is not a registry address; give host:port or http://host:port, e.g. http://10.0.0.5:5000"))
+    }
 }

@@ -9,12 +9,12 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
 use axum::body::Body;
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use axum::response::IntoResponse;
 
 use crate::http_error::ApiError;
 use crate::dataplane::pool::{AcquireError, FunctionPool, Lease};
-use crate::dataplane::upstream::{callers_fault, AnswerBody};
+use crate::dataplane::upstream::{callers_fault, AnswerBody, UpstreamError};
 
 /// Where a function's requests go.
 #[derive(Clone)]
@@ -243,11 +243,33 @@ impl Gateway {
         }
         let timeout = pool.revision().timeout;
         let deadline = tokio::time::Instant::now() + timeout;
-        let (pool, lease) = self.acquire(pool, project, function, deadline, timeout).await?;
+        let (mut pool, mut lease) = self.acquire(pool, project, function, deadline, timeout).await?;
         pool.metrics().acquired(lease.kind, lease.took);
-        let up = upstream_request(req, &uri, rest, client_addr, pool.forwarded_prefix())?;
+        let mut up = upstream_request(req, &uri, rest, client_addr, pool.forwarded_prefix())?;
         let call = Call { project, function, timeout, deadline };
-        call.forward(up, lease).await
+        // An instance lost before it answered (its node died) leaves the request to another:
+        // one never sent goes as it is; one sent goes again only if it is idempotent and has
+        // no body (a GET), since the lost instance may have acted on it.
+        let replay = replayable(&up);
+        for lost in 0.. {
+            // A reset connection is retried once, and only to an instance on another machine
+            // (where a dying node resets connections): a request that crashes its function
+            // must not crash one instance after another.
+            let reset_retry = replay.is_some() && lost == 0 && lease.endpoint.node().is_some();
+            match call.forward(up, lease, lost < MAX_INSTANCES_LOST, reset_retry).await {
+                Forwarded::Done(r) => return r,
+                Forwarded::Again(unsent) => {
+                    up = match (unsent, &replay) {
+                        (Some(req), _) => req,
+                        (None, Some(parts)) => Request::from_parts(parts.clone(), Body::empty()),
+                        (None, None) => unreachable_lost(function)?,
+                    };
+                    tracing::info!(project, function, "instance lost before it answered; the request goes to another");
+                    (pool, lease) = self.acquire(pool, project, function, deadline, timeout).await?;
+                }
+            }
+        }
+        unreachable_lost(function)
     }
 
     /// The pool serving `project`/`function` now.
@@ -320,6 +342,8 @@ fn acquire_error(e: AcquireError, function: &str, timeout: std::time::Duration) 
         ),
         AcquireError::StartFailed { .. } => ApiError::new(StatusCode::BAD_GATEWAY, "start_failed", e.to_string()),
         AcquireError::Retired => ApiError::unavailable("redeploying", "the function is being redeployed; retry"),
+        // Retry-After: a node may come back, or another instance end, within seconds.
+        AcquireError::NoRoom { .. } => ApiError::unavailable("no_node_capacity", e.to_string()).with_retry_after(5),
     }
 }
 
@@ -374,20 +398,67 @@ struct Call<'a> {
     deadline: tokio::time::Instant,
 }
 
+/// Instances a request may lose before it fails (each to a lost node or a dead connection).
+const MAX_INSTANCES_LOST: usize = 3;
+
+/// What became of one try at forwarding a request.
+enum Forwarded {
+    Done(Result<Response<Body>, ApiError>),
+    /// The instance was lost before it answered; the request, when it was never sent.
+    Again(Option<Request<Body>>),
+}
+
+/// The head of a request that may be sent again after its instance was lost: an idempotent
+/// method (RFC 9110 9.2.2) and no body.
+fn replayable(req: &Request<Body>) -> Option<http::request::Parts> {
+    use http_body::Body as _;
+    let idempotent = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE);
+    let bodiless = req.body().size_hint().exact() == Some(0);
+    if !(idempotent && bodiless) {
+        return None;
+    }
+    let mut head = Request::new(());
+    *head.method_mut() = req.method().clone();
+    *head.uri_mut() = req.uri().clone();
+    *head.version_mut() = req.version();
+    *head.headers_mut() = req.headers().clone();
+    Some(head.into_parts().0)
+}
+
+/// A lost instance with nothing to send again: the caller's request failed.
+fn unreachable_lost<T>(function: &str) -> Result<T, ApiError> {
+    Err(ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "instance_lost",
+        format!("the instance serving `{function}` was lost (its node stopped answering) before it answered; the request may have been acted on, so it was not sent again"),
+    ))
+}
+
 impl Call<'_> {
-    /// Sends the request to the leased instance and answers with its response.
-    async fn forward(&self, up: Request<Body>, lease: Lease) -> Result<Response<Body>, ApiError> {
+    /// Sends the request to the leased instance and answers with its response; when the
+    /// instance is lost before any answer and `may_retry`, says so instead of failing. With
+    /// `on_reset` it says so too when the connection failed before the answer's head (a node
+    /// dying can reset connections rather than go silent), as proxies do for idempotent
+    /// requests.
+    async fn forward(&self, up: Request<Body>, lease: Lease, may_retry: bool, on_reset: bool) -> Forwarded {
         let resp = match tokio::time::timeout_at(self.deadline, lease.endpoint.send(up)).await {
-            Err(_) => return Err(self.timed_out()),
+            Err(_) => return Forwarded::Done(Err(self.timed_out())),
             Ok(Err(e)) => {
                 if !e.is_callers() {
                     lease.mark_broken();
                 }
-                return Err(self.failed(e.is_callers(), &e));
+                let connection_failed = matches!(e, UpstreamError::Http(_) | UpstreamError::Connect(_)) && !e.is_callers();
+                if may_retry && (e.instance_lost() || (on_reset && connection_failed)) {
+                    return Forwarded::Again(match e {
+                        UpstreamError::Unsent { request, .. } => Some(*request),
+                        _ => None,
+                    });
+                }
+                return Forwarded::Done(Err(self.failed(e.is_callers(), &e)));
             }
             Ok(Ok(resp)) => resp,
         };
-        self.answer(resp, lease).await
+        Forwarded::Done(self.answer(resp, lease).await)
     }
 
     /// The instance's response, with the lease going along with its body.
@@ -489,6 +560,7 @@ mod tests {
             (AcquireError::StartDeadline("f".into()), StatusCode::GATEWAY_TIMEOUT, "function_timeout", None),
             (failed, StatusCode::BAD_GATEWAY, "start_failed", None),
             (AcquireError::Retired, StatusCode::SERVICE_UNAVAILABLE, "redeploying", None),
+            (AcquireError::NoRoom { function: "f".into(), detail: "no suitable node".into() }, StatusCode::SERVICE_UNAVAILABLE, "no_node_capacity", Some(5)),
         ];
         for (e, status, code, retry_after) in cases {
             let what = format!("{e:?}");
@@ -497,6 +569,16 @@ mod tests {
         }
         let slow = acquire_error(AcquireError::StartDeadline("f".into()), "f", timeout);
         assert!(slow.message.contains("timeout of 2s"), "names the timeout: {}", slow.message);
+    }
+
+    #[test]
+    fn only_idempotent_bodiless_requests_are_sent_again_after_their_instance_is_lost() {
+        let req = |m: &str, body: Body| Request::builder().method(m).uri("/a?b=1").header("x-k", "v").body(body).expect("req");
+        let head = replayable(&req("GET", Body::empty())).expect("a GET is sent again");
+        assert_eq!((head.method.as_str(), head.uri.to_string(), head.headers["x-k"].to_str().ok()), ("GET", "/a?b=1".into(), Some("v")));
+        assert!(replayable(&req("DELETE", Body::empty())).is_some());
+        assert!(replayable(&req("POST", Body::empty())).is_none(), "not idempotent");
+        assert!(replayable(&req("PUT", Body::from("x"))).is_none(), "a body cannot be sent twice");
     }
 
     #[test]

@@ -37,6 +37,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
 use crate::infra::metrics::Metrics;
+use crate::infra::netns::NetnsConnector;
 
 /// Where an instance's runtime binds its Unix socket (given to it as `ESERVELESS_SOCKET`).
 pub const SOCKET_IN_CONTAINER: &str = "/tmp/.eserveless-http.sock";
@@ -98,6 +99,13 @@ pub struct Endpoint {
     /// cannot flood the log by refusing it on every connection).
     refused_logged: AtomicBool,
     connects: ConnectCounters,
+    /// Where TCP connections are opened when the address is not routed from the server's
+    /// own network namespace (a swarm project's overlay); `None`: from here.
+    via: Option<Arc<NetnsConnector>>,
+    /// The node the instance runs on (swarm), for the operator.
+    node: Option<String>,
+    /// Cancelled when the instance is known dead: requests waiting on it give up at once.
+    gone: tokio_util::sync::CancellationToken,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -113,6 +121,13 @@ pub enum UpstreamError {
     Connect(io::Error),
     #[error(transparent)]
     Http(#[from] hyper::Error),
+    /// No connection could be opened: the request was not sent, and is handed back so it can
+    /// go to another instance.
+    #[error("cannot connect to the instance: {source}")]
+    Unsent { source: io::Error, request: Box<Request<Body>> },
+    /// The instance was found dead (its node stopped answering) before its answer came.
+    #[error("the instance was lost (its node stopped answering) before it answered")]
+    Gone,
 }
 
 type Io = TokioIo<Either<tokio::net::UnixStream, tokio::net::TcpStream>>;
@@ -183,12 +198,43 @@ impl UpstreamError {
     pub fn is_callers(&self) -> bool {
         matches!(self, UpstreamError::Http(e) if callers_fault(e))
     }
+
+    /// The instance is lost to this request before any answer: another may take it (when
+    /// the request can be sent again).
+    pub fn instance_lost(&self) -> bool {
+        matches!(self, UpstreamError::Unsent { .. } | UpstreamError::Gone)
+    }
 }
 
 impl Endpoint {
     fn with(addr: SocketAddr, socket_dir: Option<OwnedFd>, connects: ConnectCounters) -> Self {
-        Endpoint { addr, socket_dir, idle: Mutex::new(Vec::new()), refused_logged: AtomicBool::new(false), connects }
+        Endpoint { addr, socket_dir, idle: Mutex::new(Vec::new()), refused_logged: AtomicBool::new(false), connects, via: None, node: None, gone: Default::default() }
     }
+
+    /// Opens TCP connections through `via` (see [`NetnsConnector`]) when given.
+    pub fn via(mut self, via: Option<Arc<NetnsConnector>>) -> Self {
+        self.via = via;
+        self
+    }
+
+    /// Records the node the instance runs on.
+    pub fn on_node(mut self, node: Option<String>) -> Self {
+        self.node = node;
+        self
+    }
+
+    /// The instance is dead (its node was lost): requests waiting for an answer from it give
+    /// up with [`UpstreamError::Gone`], and its idle connections are closed.
+    pub fn mark_gone(&self) {
+        self.gone.cancel();
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// The node the instance runs on, when the engine has nodes.
+    pub fn node(&self) -> Option<&str> {
+        self.node.as_deref()
+    }
+
 
     /// An endpoint reached over TCP only.
     #[cfg(test)]
@@ -220,11 +266,28 @@ impl Endpoint {
     /// is sent again on a new connection; a request already written is never sent twice.
     pub async fn send(self: &Arc<Self>, mut req: Request<Body>) -> Result<Response<AnswerBody>, UpstreamError> {
         loop {
+            if self.gone.is_cancelled() {
+                return Err(UpstreamError::Unsent { source: io::Error::other("the instance is gone"), request: Box::new(req) });
+            }
             let (mut up, reused) = match self.take_idle() {
                 Some(u) => (u, true),
-                None => (self.connect().await?, false),
+                None => {
+                    let connected = tokio::select! {
+                        r = self.connect() => r,
+                        () = self.gone.cancelled() => Err(UpstreamError::Connect(io::Error::other("the instance is gone"))),
+                    };
+                    match connected {
+                        Ok(u) => (u, false),
+                        Err(UpstreamError::Connect(source)) => return Err(UpstreamError::Unsent { source, request: Box::new(req) }),
+                        Err(e) => return Err(e),
+                    }
+                }
             };
-            match up.exchange(req).await {
+            let exchanged = tokio::select! {
+                r = up.exchange(req) => r,
+                () = self.gone.cancelled() => return Err(UpstreamError::Gone),
+            };
+            match exchanged {
                 Ok(resp) => {
                     return Ok(resp.map(|inner| AnswerBody { inner, checkout: Some(Checkout { endpoint: self.clone(), up }) }))
                 }
@@ -271,7 +334,13 @@ impl Endpoint {
                 Err(e) => tracing::debug!(addr = %self.addr, error = %e, "instance socket refused; using TCP"),
             }
         }
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(self.addr))
+        let connect = async {
+            match &self.via {
+                Some(c) => c.connect(self.addr).await,
+                None => tokio::net::TcpStream::connect(self.addr).await,
+            }
+        };
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
             .map_err(|_| UpstreamError::Connect(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")))?
             .map_err(UpstreamError::Connect)?;
@@ -531,5 +600,46 @@ mod tests {
         let again = tokio::time::timeout(Duration::from_secs(5), get(&ep)).await;
         assert_eq!(again.ok().as_deref(), Some("idle"), "the request on a connection closed while idle hung");
         assert_eq!(ep.connects.tcp.get(), 2, "the closed connection was replaced by a new one");
+    }
+
+    #[tokio::test]
+    async fn a_lost_instance_gives_up_at_once_and_hands_back_an_unsent_request() {
+        // Accepts and reads, never answers: a node that died with the connection open.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                held.push(s);
+            }
+        });
+        let ep = Arc::new(Endpoint::tcp(addr));
+        let req = Request::builder().uri("/x").header("host", "x").body(Body::empty()).expect("request");
+        let sending = tokio::spawn({
+            let ep = ep.clone();
+            async move { ep.send(req).await }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!sending.is_finished(), "no answer yet");
+        let t0 = Instant::now();
+        ep.mark_gone();
+        let e = sending.await.expect("task").map(|_| ()).expect_err("lost");
+        assert!(matches!(e, UpstreamError::Gone), "{e:?}");
+        assert!(e.instance_lost());
+        assert!(t0.elapsed() < Duration::from_secs(1), "at once: {:?}", t0.elapsed());
+        // Once gone, nothing is sent: the request comes back whole for another instance.
+        let req = Request::builder().method("POST").uri("/y").header("host", "x").body(Body::from("payload")).expect("request");
+        match ep.send(req).await {
+            Err(UpstreamError::Unsent { request, .. }) => assert_eq!((request.method().as_str(), request.uri().path()), ("POST", "/y")),
+            other => panic!("expected the request back, got {:?}", other.map(|_| ())),
+        }
+        // A closed port: not sent either.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let closed_addr = closed.local_addr().expect("addr");
+        drop(closed);
+        let ep = Arc::new(Endpoint::tcp(closed_addr));
+        let req = Request::builder().uri("/z").header("host", "x").body(Body::empty()).expect("request");
+        let e = ep.send(req).await.map(|_| ()).expect_err("refused");
+        assert!(matches!(e, UpstreamError::Unsent { .. }) && e.instance_lost(), "{e:?}");
     }
 }

@@ -53,6 +53,9 @@ impl Platform {
                 Err(e) => tracing::warn!(image, error = %e, "could not remove an image"),
             }
         }
+        if let Err(e) = self.driver.forget_project(project).await {
+            tracing::warn!(project, error = %e, "could not remove the project's network");
+        }
         self.store.delete_project(project)?;
         tracing::info!(project, containers, images = removed_images, "project deleted");
         Ok(Deleted { project: project.to_string(), containers_removed: containers, images_removed: removed_images })

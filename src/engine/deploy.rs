@@ -80,6 +80,7 @@ impl Platform {
             build::check_go_exports(&checkout.dir, &names)?;
         }
         self.check_base_images(&manifest).await?;
+        self.check_fits(&manifest).await?;
         let images = self.record_functions(id, project, &checkout.sha, &manifest)?;
         self.build_functions(id, project, &checkout, &manifest, &images, &mut warnings, removed).await?;
         self.go_live(id, project, &checkout.sha, removed).await
@@ -132,6 +133,16 @@ impl Platform {
             },
         )
         .map_err(|e| e.to_string())
+    }
+
+    /// Fails early, before any build, when a function asks more than the largest machine it
+    /// could run on has: it would never start, and each request would say so only then.
+    async fn check_fits(&self, manifest: &Manifest) -> Result<(), String> {
+        let largest = self.driver.largest_node().await.map_err(|e| e.to_string())?;
+        match largest {
+            Some(node) => fits(manifest, &self.config.limits, &node),
+            None => Ok(()),
+        }
     }
 
     /// Fails early, before any build, when a base image the runtime needs is missing.
@@ -324,5 +335,63 @@ impl Platform {
                 let _ = self.driver.remove_image(&image).await;
             }
         }
+    }
+}
+
+/// Whether every function's memory and CPU fit on `node`; else which does not, and how to fix it.
+fn fits(manifest: &Manifest, defaults: &crate::infra::driver::Limits, node: &crate::infra::driver::NodeCapacity) -> Result<(), String> {
+    let mut problems = Vec::new();
+    for f in &manifest.functions {
+        let memory = f.options.memory_bytes.unwrap_or(defaults.memory_bytes());
+        if node.memory_bytes > 0 && memory > node.memory_bytes {
+            problems.push(format!(
+                "function `{}` asks for {} of memory, more than any machine it can run on has (the largest, {}, has {}); lower its `memory` in {MANIFEST_FILE}",
+                f.name,
+                manifest::format_bytes(memory),
+                node.name,
+                manifest::format_bytes(node.memory_bytes),
+            ));
+        }
+        let cpu = f.options.cpu_millis.unwrap_or(defaults.cpu_millis());
+        if node.cpu_millis > 0 && cpu > node.cpu_millis {
+            problems.push(format!(
+                "function `{}` asks for {}m of CPU, more than any machine it can run on has (the largest, {}, has {}m); lower its `cpu` in {MANIFEST_FILE}",
+                f.name, cpu, node.name, node.cpu_millis
+            ));
+        }
+    }
+    if problems.is_empty() { Ok(()) } else { Err(problems.join("\n")) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::infra::driver::{Limits, NodeCapacity};
+    use crate::manifest::{ResourceCaps, Scaling};
+
+    fn manifest(yaml: &str) -> Manifest {
+        let rt = vec!["node".to_string()];
+        let files = vec!["functions.js".to_string(), "package.json".to_string()];
+        let caps = ResourceCaps { max_memory_bytes: 1 << 40, max_cpu_millis: 64_000 };
+        manifest::parse(yaml, &ParseContext { known_runtimes: &rt, root_files: &files, defaults: &Scaling::default(), caps })
+            .expect("a valid manifest")
+    }
+
+    #[test]
+    fn a_function_bigger_than_every_machine_is_refused_before_the_build() {
+        let node = NodeCapacity { name: "node big-1".into(), memory_bytes: 8 << 30, cpu_millis: 4000 };
+        let ok = manifest("runtime: node\nfunctions:\n  - name: API\n    type: http\n    memory: 8Gi\n    cpu: 4\n");
+        assert_eq!(fits(&ok, &Limits::default(), &node), Ok(()));
+        let big = manifest("runtime: node\nfunctions:\n  - name: API\n    type: http\n    memory: 9Gi\n  - name: Crunch\n    type: cron\n    schedule: '* * * * *'\n    cpu: 6\n");
+        let e = fits(&big, &Limits::default(), &node).expect_err("too big");
+        assert!(e.contains("`API` asks for 9Gi of memory") && e.contains("node big-1, has 8Gi") && e.contains("lower its `memory`"), "{e}");
+        assert!(e.contains("`Crunch` asks for 6000m of CPU") && e.contains("has 4000m"), "{e}");
+        // The operator's default counts for a function that asks nothing.
+        let plain = manifest("runtime: node\nfunctions:\n  - name: API\n    type: http\n");
+        let huge_default = Limits { memory_bytes: 16 << 30, ..Limits::default() };
+        assert!(fits(&plain, &huge_default, &node).is_err());
+        // An engine that reports no size refuses nothing.
+        let unknown = NodeCapacity { name: "x".into(), memory_bytes: 0, cpu_millis: 0 };
+        assert_eq!(fits(&big, &Limits::default(), &unknown), Ok(()));
     }
 }

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::dataplane::gateway::Route;
-pub use crate::dataplane::pool::PoolCounts;
+pub use crate::dataplane::pool::{InstanceInfo, PoolCounts};
 use crate::engine::auth::Principal;
 use crate::engine::error::{EngineError, Result};
 use crate::engine::Platform;
@@ -39,6 +39,8 @@ pub struct LiveFunction {
     pub cpu_millis: u32,
     /// `None` for cron functions (they have no pool).
     pub instances: Option<PoolCounts>,
+    /// Each instance (http functions), with the node it runs on.
+    pub instance_list: Vec<InstanceInfo>,
 }
 
 /// A deployment with its functions.
@@ -106,14 +108,15 @@ impl Platform {
                 .functions(d.id)?
                 .into_iter()
                 .map(|f| {
-                    let instances = match routes.as_ref().and_then(|r| r.get(&f.name)) {
-                        Some(Route::Http(pool)) => Some(pool.counts()),
-                        _ => None,
+                    let (instances, instance_list) = match routes.as_ref().and_then(|r| r.get(&f.name)) {
+                        Some(Route::Http(pool)) => (Some(pool.counts()), pool.instance_list()),
+                        _ => (None, Vec::new()),
                     };
                     LiveFunction {
                         memory_bytes: f.options.memory_bytes.unwrap_or(self.config.limits.memory_bytes()),
                         cpu_millis: f.options.cpu_millis.unwrap_or(self.config.limits.cpu_millis()),
                         instances,
+                        instance_list,
                         function: f,
                     }
                 })

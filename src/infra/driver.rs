@@ -91,9 +91,34 @@ impl LogTail {
     }
 }
 
+/// Reads an engine log stream (a container's or a service's) into `tail`; a 404 is
+/// [`DriverError::NoSuchContainer`].
+pub(crate) async fn read_logs(
+    stream: impl futures_util::Stream<Item = std::result::Result<bollard::container::LogOutput, bollard::errors::Error>>,
+    id: &str,
+    tail: &mut LogTail,
+) -> Result<()> {
+    let mut stream = std::pin::pin!(stream);
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(chunk) => tail.push(&chunk.into_bytes()),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+                return Err(DriverError::NoSuchContainer(id.to_string()))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 /// Cap of a container's own log on the engine's disk: a function that prints without end
 /// must not fill the machine. The engine keeps at most two files of this size.
 const ENGINE_LOG_FILE_BYTES: &str = "8m";
+
+/// The json-file log driver's options for every container the platform starts.
+pub(crate) fn engine_log_options() -> HashMap<String, String> {
+    HashMap::from([("max-size".to_string(), ENGINE_LOG_FILE_BYTES.to_string()), ("max-file".to_string(), "2".to_string())])
+}
 
 /// Label keys on every Docker object the platform creates.
 pub mod labels {
@@ -135,6 +160,16 @@ pub enum DriverError {
     BuildTimeout(Duration, String),
     #[error("docker: {0}")]
     Engine(String),
+    /// Swarm mode: no node has the resources (or is eligible) for what was asked; the message
+    /// names what was asked and the scheduler's reason.
+    #[error("no node of the swarm can take {0}")]
+    NoCapacity(String),
+    /// Swarm mode on an engine that cannot drive a swarm; the message says how to fix it.
+    #[error("{0}")]
+    NotSwarmManager(String),
+    /// An operation the engine cannot do (e.g. pause in swarm mode); the message says why.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl From<bollard::errors::Error> for DriverError {
@@ -237,6 +272,8 @@ pub struct Started {
     pub ip: String,
     /// The container's first process as the host sees it, when the engine says.
     pub pid: Option<u32>,
+    /// The node it runs on (swarm), for the operator.
+    pub node: Option<String>,
 }
 
 /// A container the platform created, as listed by the engine.
@@ -249,6 +286,17 @@ pub struct ManagedContainer {
     /// Exited or dead: it will not run again.
     pub stopped: bool,
     pub ip: Option<String>,
+    /// The node it runs on (swarm), for the operator.
+    pub node: Option<String>,
+}
+
+/// What the largest machine an instance can land on has: the host, or a swarm's biggest ready node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeCapacity {
+    /// How messages name it: "this host", or the node's hostname.
+    pub name: String,
+    pub memory_bytes: u64,
+    pub cpu_millis: u32,
 }
 
 /// A container lifecycle event.
@@ -300,6 +348,134 @@ pub trait Driver: Send + Sync + 'static {
     }
     /// Lifecycle events of managed containers.
     fn events(&self) -> BoxStream<'static, Result<ContainerEvent>>;
+    /// The largest machine an instance can run on, when the engine says.
+    async fn largest_node(&self) -> Result<Option<NodeCapacity>> {
+        Ok(None)
+    }
+    /// Whether idle instances can be paused; when not, they stay warm until their idle timeout.
+    fn can_pause(&self) -> bool {
+        true
+    }
+    /// How the gateway opens connections to `project`'s instances when their addresses are
+    /// not routed from the server's own network namespace (swarm overlays); `None`: directly.
+    async fn connector(&self, _project: &str) -> Result<Option<std::sync::Arc<crate::infra::netns::NetnsConnector>>> {
+        Ok(None)
+    }
+    /// Removes what the engine kept for a project beside its containers and images (a swarm
+    /// project's network and the gateway's way into it). Called once they are gone.
+    async fn forget_project(&self, _project: &str) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Connects to the engine named by DOCKER_HOST (or the default socket), negotiating the API
+/// version. Shared by the single-host and the swarm drivers.
+pub(crate) async fn connect_engine() -> Result<Docker> {
+    let docker = Docker::connect_with_defaults().map_err(|e| DriverError::Unreachable(e.to_string()))?;
+    docker
+        .with_timeout(Duration::from_secs(120))
+        .negotiate_version()
+        .await
+        .map_err(|e| DriverError::Unreachable(e.to_string()))
+}
+
+/// Makes sure the engine-local bridge network `name` exists: the functions network of the
+/// single-host engine, the build network of the swarm engine.
+pub(crate) async fn ensure_bridge_network(docker: &Docker, name: &str) -> Result<()> {
+    match docker.inspect_network(name, None::<bollard::query_parameters::InspectNetworkOptions>).await {
+        Ok(_) => return Ok(()),
+        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let req = NetworkCreateRequest {
+        name: name.to_string(),
+        driver: Some("bridge".into()),
+        // Functions must not reach one another: no inter-container traffic on this bridge.
+        options: Some(HashMap::from([("com.docker.network.bridge.enable_icc".to_string(), "false".to_string())])),
+        labels: Some(HashMap::from([(labels::MANAGED.to_string(), "true".to_string())])),
+        ..Default::default()
+    };
+    match docker.create_network(req).await {
+        Ok(_) => Ok(()),
+        // Another server created it at the same time.
+        Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(crate) async fn image_exists_on(docker: &Docker, image: &str) -> Result<bool> {
+    match docker.inspect_image(image).await {
+        Ok(_) => Ok(true),
+        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(crate) async fn remove_image_on(docker: &Docker, image: &str) -> Result<bool> {
+    let opts = RemoveImageOptionsBuilder::default().force(true).build();
+    match docker.remove_image(image, Some(opts), None).await {
+        Ok(_) => Ok(true),
+        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Builds an image on `docker` with the classic builder; its steps run on the bridge `network`
+/// with memory and CPU capped. Returns the whole log. Shared by both drivers: the swarm engine
+/// builds on its manager.
+pub(crate) async fn build_image_on(docker: &Docker, network: &str, req: BuildRequest) -> Result<String> {
+    let options = BuildImageOptionsBuilder::default()
+        .dockerfile(&req.dockerfile)
+        .t(&req.tag)
+        .labels(&req.labels)
+        .rm(true)
+        .forcerm(true)
+        // Build steps run untrusted code too (install scripts, the load check): on the
+        // functions network, behind its firewall rules, with memory and CPU capped.
+        .networkmode(network)
+        .memory(BUILD_MEMORY_BYTES)
+        .memswap(BUILD_MEMORY_BYTES)
+        .cpuperiod(100_000)
+        .cpuquota(BUILD_CPU_QUOTA)
+        .build();
+    let mut stream =
+        docker.build_image(options, None, Some(bollard::body_full(bytes::Bytes::from(req.context_tar))));
+    let mut log = String::new();
+    let run = async {
+        while let Some(item) = stream.next().await {
+            let info = match item {
+                Ok(info) => info,
+                // The engine reports a failing build step as a stream error.
+                Err(bollard::errors::Error::DockerStreamError { error }) => {
+                    let error = strip_ansi(&error);
+                    log.push_str(&error);
+                    log.push('\n');
+                    return Err(DriverError::BuildFailed { message: error, log: std::mem::take(&mut log) });
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if let Some(text) = info.stream.as_deref().or(info.status.as_deref()) {
+                let text = strip_ansi(text);
+                let text = text.as_str();
+                log.push_str(text);
+                if !text.ends_with('\n') {
+                    log.push('\n');
+                }
+            }
+            if let Some(detail) = info.error_detail {
+                let message = detail.message.unwrap_or_else(|| "unknown build error".into());
+                log.push_str(&message);
+                log.push('\n');
+                return Err(DriverError::BuildFailed { message, log: std::mem::take(&mut log) });
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(req.timeout, run).await {
+        Ok(Ok(())) => Ok(log),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(DriverError::BuildTimeout(req.timeout, log)),
+    }
 }
 
 /// The Docker Engine driver.
@@ -313,40 +489,9 @@ impl DockerDriver {
     /// Connects to the local engine (DOCKER_HOST or the default socket), negotiating the API
     /// version, and makes sure the functions network exists.
     pub async fn connect(network: &str, owner: &str) -> Result<Self> {
-        let docker = Docker::connect_with_defaults().map_err(|e| DriverError::Unreachable(e.to_string()))?;
-        let docker = docker
-            .with_timeout(Duration::from_secs(120))
-            .negotiate_version()
-            .await
-            .map_err(|e| DriverError::Unreachable(e.to_string()))?;
-        let driver = DockerDriver { docker, network: network.to_string(), owner: owner.to_string() };
-        driver.ensure_network().await?;
-        Ok(driver)
-    }
-
-    async fn ensure_network(&self) -> Result<()> {
-        match self.docker.inspect_network(&self.network, None::<bollard::query_parameters::InspectNetworkOptions>).await {
-            Ok(_) => return Ok(()),
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
-        let req = NetworkCreateRequest {
-            name: self.network.clone(),
-            driver: Some("bridge".into()),
-            // Functions must not reach one another: no inter-container traffic on this bridge.
-            options: Some(HashMap::from([(
-                "com.docker.network.bridge.enable_icc".to_string(),
-                "false".to_string(),
-            )])),
-            labels: Some(HashMap::from([(labels::MANAGED.to_string(), "true".to_string())])),
-            ..Default::default()
-        };
-        match self.docker.create_network(req).await {
-            Ok(_) => Ok(()),
-            // Another server created it at the same time.
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        let docker = connect_engine().await?;
+        ensure_bridge_network(&docker, network).await?;
+        Ok(DockerDriver { docker, network: network.to_string(), owner: owner.to_string() })
     }
 
     /// The OCI runtimes registered with the engine (`runc`, and e.g. `runsc` when configured).
@@ -376,13 +521,7 @@ impl DockerDriver {
             tmpfs: Some(HashMap::from([("/tmp".to_string(), format!("rw,noexec,nosuid,size={}", l.tmpfs_size))])),
             runtime: l.oci_runtime.clone(),
             init: Some(false),
-            log_config: Some(HostConfigLogConfig {
-                typ: Some("json-file".into()),
-                config: Some(HashMap::from([
-                    ("max-size".to_string(), ENGINE_LOG_FILE_BYTES.to_string()),
-                    ("max-file".to_string(), "2".to_string()),
-                ])),
-            }),
+            log_config: Some(HostConfigLogConfig { typ: Some("json-file".into()), config: Some(engine_log_options()) }),
             ..Default::default()
         };
         let body = ContainerCreateBody {
@@ -437,76 +576,25 @@ impl Driver for DockerDriver {
         self.docker.ping().await.map(|_| ()).map_err(|e| DriverError::Unreachable(e.to_string()))
     }
 
+    async fn largest_node(&self) -> Result<Option<NodeCapacity>> {
+        let info = self.docker.info().await?;
+        Ok(Some(NodeCapacity {
+            name: "this host".into(),
+            memory_bytes: u64::try_from(info.mem_total.unwrap_or(0)).unwrap_or(0),
+            cpu_millis: u32::try_from(info.ncpu.unwrap_or(0)).unwrap_or(0).saturating_mul(1000),
+        }))
+    }
+
     async fn image_exists(&self, image: &str) -> Result<bool> {
-        match self.docker.inspect_image(image).await {
-            Ok(_) => Ok(true),
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+        image_exists_on(&self.docker, image).await
     }
 
     async fn build_image(&self, req: BuildRequest) -> Result<String> {
-        let options = BuildImageOptionsBuilder::default()
-            .dockerfile(&req.dockerfile)
-            .t(&req.tag)
-            .labels(&req.labels)
-            .rm(true)
-            .forcerm(true)
-            // Build steps run untrusted code too (install scripts, the load check): on the
-            // functions network, behind its firewall rules, with memory and CPU capped.
-            .networkmode(&self.network)
-            .memory(BUILD_MEMORY_BYTES)
-            .memswap(BUILD_MEMORY_BYTES)
-            .cpuperiod(100_000)
-            .cpuquota(BUILD_CPU_QUOTA)
-            .build();
-        let mut stream =
-            self.docker.build_image(options, None, Some(bollard::body_full(bytes::Bytes::from(req.context_tar))));
-        let mut log = String::new();
-        let run = async {
-            while let Some(item) = stream.next().await {
-                let info = match item {
-                    Ok(info) => info,
-                    // The engine reports a failing build step as a stream error.
-                    Err(bollard::errors::Error::DockerStreamError { error }) => {
-                        let error = strip_ansi(&error);
-                        log.push_str(&error);
-                        log.push('\n');
-                        return Err(DriverError::BuildFailed { message: error, log: std::mem::take(&mut log) });
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                if let Some(text) = info.stream.as_deref().or(info.status.as_deref()) {
-                    let text = strip_ansi(text);
-                    let text = text.as_str();
-                    log.push_str(text);
-                    if !text.ends_with('\n') {
-                        log.push('\n');
-                    }
-                }
-                if let Some(detail) = info.error_detail {
-                    let message = detail.message.unwrap_or_else(|| "unknown build error".into());
-                    log.push_str(&message);
-                    log.push('\n');
-                    return Err(DriverError::BuildFailed { message, log: std::mem::take(&mut log) });
-                }
-            }
-            Ok(())
-        };
-        match tokio::time::timeout(req.timeout, run).await {
-            Ok(Ok(())) => Ok(log),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(DriverError::BuildTimeout(req.timeout, log)),
-        }
+        build_image_on(&self.docker, &self.network, req).await
     }
 
     async fn remove_image(&self, image: &str) -> Result<bool> {
-        let opts = RemoveImageOptionsBuilder::default().force(true).build();
-        match self.docker.remove_image(image, Some(opts), None).await {
-            Ok(_) => Ok(true),
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+        remove_image_on(&self.docker, image).await
     }
 
     async fn run(&self, spec: ContainerSpec) -> Result<Started> {
@@ -525,7 +613,7 @@ impl Driver for DockerDriver {
                 return Err(e);
             }
         };
-        Ok(Started { id, ip, pid })
+        Ok(Started { id, ip, pid, node: None })
     }
 
     async fn start_job(&self, spec: ContainerSpec) -> Result<String> {
@@ -566,17 +654,8 @@ impl Driver for DockerDriver {
         // Streamed through a bounded tail: what the engine holds (up to its log cap) never
         // sits in memory whole, however much the function wrote.
         let opts = LogsOptionsBuilder::default().stdout(true).stderr(true).tail("all").build();
-        let mut stream = self.docker.logs(id, Some(opts));
         let mut tail = LogTail::new(max_bytes);
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(chunk) => tail.push(&chunk.into_bytes()),
-                Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
-                    return Err(DriverError::NoSuchContainer(id.to_string()))
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        read_logs(self.docker.logs(id, Some(opts)), id, &mut tail).await?;
         Ok(tail.finish())
     }
 
@@ -604,6 +683,7 @@ impl Driver for DockerDriver {
                     paused: state == "paused",
                     stopped: state == "exited" || state == "dead",
                     ip,
+                    node: None,
                 })
             })
             .collect())
@@ -634,6 +714,7 @@ impl Driver for DockerDriver {
 }
 
 pub mod fake;
+pub mod swarm;
 
 #[cfg(test)]
 mod tests {

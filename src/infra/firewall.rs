@@ -22,8 +22,9 @@
 //!
 //! # Rules
 //!
-//! Two dedicated chains, flushed and refilled on every [`apply`], so applying is
-//! idempotent and [`remove`] takes everything away:
+//! Two dedicated chains, refilled on every [`apply`] in one `iptables-restore
+//! --noflush` transaction, so applying is idempotent and atomic, and [`remove`] takes
+//! everything away:
 //!
 //! * `ESERVELESS-INPUT`, jumped to from the top of `INPUT` for packets arriving
 //!   on the bridge: replies (`ESTABLISHED,RELATED`) to the server's own
@@ -49,16 +50,34 @@
 //! Resolvers set with dockerd's `--dns`/`daemon.json` are not seen by
 //! [`host_resolvers`] and must be added by the caller.
 //!
+//! # Swarm mode: `docker_gwbridge` (the node guard)
+//!
+//! In swarm mode a function container sits on its project's overlay *and* on
+//! `docker_gwbridge`, which carries its default route. The same two chains, under
+//! [`Chains::NODE_GUARD`]'s names and for `-i docker_gwbridge`, are installed on
+//! every node by `eserveless node-guard` (a global service, see
+//! `infra/driver/swarm/guard.rs`): `INPUT` closes the node's own ports (the API,
+//! swarm's 2377/7946, a registry) reached through the gwbridge gateway or any node
+//! address; `DOCKER-USER` drops the overlays' address pool ([`FirewallPolicy::deny`],
+//! whatever `block_private` says: a packet for another project's overlay would
+//! otherwise leave the node by its uplink), link-local, the private ranges (the
+//! other nodes, the LAN) and, egress off, everything else. Traffic between tasks of
+//! one overlay never crosses these chains (it is VXLAN in the overlay's namespace);
+//! gwbridge to gwbridge is left to Docker's `enable_icc=false` on that bridge.
+//!
 //! # Limits
 //!
 //! * IPv4 only. `ip6tables` is not touched: the driver does not enable IPv6 on the
 //!   network, so containers have no IPv6 route out of their namespace. If IPv6 is
 //!   ever enabled on the network, equivalent `ip6tables` rules are needed first.
-//! * One eserveless bridge per host: the chain names are fixed, and [`apply`]
-//!   removes jumps to them from any other bridge (e.g. after the network was
-//!   recreated and got a new `br-…` name).
-//! * Refilling a chain leaves a window of a few milliseconds where it is
-//!   partially filled; the jumps are only added once the chains are complete.
+//! * One eserveless bridge per set of chains: [`apply`] removes jumps to its
+//!   chains from any other bridge (e.g. after the network was recreated and got a
+//!   new `br-…` name). The single-host engine uses [`Chains::HOST`]; swarm mode's
+//!   node guard (`eserveless node-guard`, for `docker_gwbridge`) uses
+//!   [`Chains::NODE_GUARD`], so both can live on one host.
+//! * The chains are refilled atomically (`iptables-restore`); the jumps are only
+//!   added once the chains are complete, and a misplaced jump is replaced by
+//!   inserting the new one before deleting the old one.
 //! * Rules do not survive a reboot or `iptables` flush: apply them at every
 //!   server start. A Docker restart keeps `DOCKER-USER` and `INPUT` rules.
 //! * Uses whichever `iptables` is on `PATH` (nf_tables or legacy backend); it
@@ -77,12 +96,30 @@ use bollard::Docker;
 pub const INPUT_CHAIN: &str = "ESERVELESS-INPUT";
 /// Chain holding the `DOCKER-USER` (forwarding) rules for packets from the bridge.
 pub const FORWARD_CHAIN: &str = "ESERVELESS-FWD";
+
+/// The pair of chains a policy fills (iptables limits a chain name to 28 characters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chains {
+    /// Jumped to from `INPUT`.
+    pub input: &'static str,
+    /// Jumped to from `DOCKER-USER`.
+    pub forward: &'static str,
+}
+
+impl Chains {
+    /// The single-host engine's, for its functions bridge.
+    pub const HOST: Chains = Chains { input: INPUT_CHAIN, forward: FORWARD_CHAIN };
+    /// Swarm mode's node guard, for `docker_gwbridge`: other names, so that a single-host
+    /// server on the same host (or the swarm server's own build bridge) keeps its rules.
+    pub const NODE_GUARD: Chains = Chains { input: "ESERVELESS-GUARD-INPUT", forward: "ESERVELESS-GUARD-FWD" };
+}
 /// Link-local range, where cloud metadata services live.
 pub const LINK_LOCAL: &str = "169.254.0.0/16";
 /// Ranges dropped when [`FirewallPolicy::block_private`] is set (RFC 1918 and CGNAT).
 pub const PRIVATE_RANGES: [&str; 4] = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10"];
 
-const IPTABLES: &str = "iptables";
+/// The `iptables` command used unless a policy names another (see [`FirewallPolicy::iptables`]).
+pub const IPTABLES: &str = "iptables";
 const HINT: &str = "run the server as root (or with CAP_NET_ADMIN and CAP_NET_RAW), \
                     or start it with the host firewall disabled (e.g. --firewall=false)";
 
@@ -99,12 +136,35 @@ pub struct FirewallPolicy {
     /// Upstream resolvers Docker's embedded DNS forwards to; port 53 (UDP and TCP)
     /// of these IPv4 addresses stays reachable whatever the other settings.
     pub dns_servers: Vec<String>,
+    /// Ranges (CIDR) dropped whatever `block_private` says, after the DNS exceptions:
+    /// in swarm mode, the overlays' address pools, which a container would otherwise
+    /// reach (or send out of the node) through its `docker_gwbridge` default route.
+    pub deny: Vec<String>,
+    /// The chains to fill.
+    pub chains: Chains,
+    /// A word (no spaces) written as a comment-only rule at the top of the input chain,
+    /// so that the process that installed the rules can tell them from another's
+    /// ([`installed_marker`]); `None` for none.
+    pub marker: Option<String>,
+    /// The command to run: `iptables`, or `iptables-legacy` on a host whose dockerd uses
+    /// the legacy backend.
+    pub iptables: String,
 }
 
 impl FirewallPolicy {
-    /// Defaults: egress allowed, private ranges blocked, no DNS exception.
+    /// Defaults: egress allowed, private ranges blocked, no DNS exception, the
+    /// single-host engine's chains.
     pub fn new(bridge: impl Into<String>) -> Self {
-        FirewallPolicy { bridge: bridge.into(), egress: true, block_private: true, dns_servers: Vec::new() }
+        FirewallPolicy {
+            bridge: bridge.into(),
+            egress: true,
+            block_private: true,
+            dns_servers: Vec::new(),
+            deny: Vec::new(),
+            chains: Chains::HOST,
+            marker: None,
+            iptables: IPTABLES.to_string(),
+        }
     }
 }
 
@@ -119,8 +179,8 @@ pub struct BridgeNetwork {
 
 #[derive(Debug, thiserror::Error)]
 pub enum FirewallError {
-    #[error("cannot run `{IPTABLES}`: {0}; install iptables, or start the server with the host firewall disabled (e.g. --firewall=false)")]
-    Spawn(std::io::Error),
+    #[error("cannot run `{0}`: {1}; install iptables, or start the server with the host firewall disabled (e.g. --firewall=false)")]
+    Spawn(String, std::io::Error),
     #[error("`{argv}` failed ({status}): {stderr}; {hint}")]
     Command { argv: String, status: String, stderr: String, hint: &'static str },
     #[error("cannot inspect docker network `{network}`: {source}")]
@@ -147,45 +207,56 @@ fn jump_spec(bridge: &str, target: &str) -> Vec<String> {
     vec![s("-i"), s(bridge), s("-j"), s(target)]
 }
 
-/// The `iptables` argv lists (without the binary) that [`apply`] runs, in order.
+/// The rules as `iptables` argv lists (without the binary), in order: create and flush
+/// both chains, fill them, jump to them.
 ///
-/// Two kinds of entries are not run blindly by [`apply`], so that it is idempotent:
-/// `-N chain` is skipped when the chain exists, and `-I parent 1 spec…` is skipped
-/// when `-C parent spec…` says the rule is already there.
+/// [`apply`] does not run them one by one: the `-A` entries go through one
+/// `iptables-restore --noflush` transaction ([`restore_input`]), which creates or
+/// flushes the chains itself; an `-I parent 1 spec…` is skipped when that jump is
+/// already the parent's first rule and its only jump to the chain (otherwise it is
+/// inserted, then the other jumps to the chain are deleted).
 pub fn rules(p: &FirewallPolicy) -> Vec<Vec<String>> {
     let br = p.bridge.as_str();
+    let (input, forward) = (p.chains.input, p.chains.forward);
     let est = ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"];
     let mut out = Vec::new();
-    for chain in [INPUT_CHAIN, FORWARD_CHAIN] {
+    for chain in [input, forward] {
         out.push(argv(&["-N", chain]));
         out.push(argv(&["-F", chain]));
     }
 
+    if let Some(marker) = &p.marker {
+        // No target: matches and counts, decides nothing.
+        out.push(argv(&["-A", input, "-m", "comment", "--comment", marker]));
+    }
     // INPUT: the host only answers.
-    out.push(argv(&[&["-A", INPUT_CHAIN][..], &est[..]].concat()));
-    out.push(argv(&["-A", INPUT_CHAIN, "-j", "DROP"]));
+    out.push(argv(&[&["-A", input][..], &est[..]].concat()));
+    out.push(argv(&["-A", input, "-j", "DROP"]));
 
     // FORWARD (via DOCKER-USER).
-    out.push(argv(&[&["-A", FORWARD_CHAIN][..], &est[..]].concat()));
+    out.push(argv(&[&["-A", forward][..], &est[..]].concat()));
     // Bridge to the same bridge: Docker's icc=false rules decide (they drop).
-    out.push(argv(&["-A", FORWARD_CHAIN, "-o", br, "-j", "RETURN"]));
+    out.push(argv(&["-A", forward, "-o", br, "-j", "RETURN"]));
     for dns in &p.dns_servers {
         for proto in ["udp", "tcp"] {
-            out.push(argv(&["-A", FORWARD_CHAIN, "-d", dns, "-p", proto, "--dport", "53", "-j", "ACCEPT"]));
+            out.push(argv(&["-A", forward, "-d", dns, "-p", proto, "--dport", "53", "-j", "ACCEPT"]));
         }
     }
-    out.push(argv(&["-A", FORWARD_CHAIN, "-d", LINK_LOCAL, "-j", "DROP"]));
+    out.push(argv(&["-A", forward, "-d", LINK_LOCAL, "-j", "DROP"]));
+    for range in &p.deny {
+        out.push(argv(&["-A", forward, "-d", range, "-j", "DROP"]));
+    }
     if p.block_private {
         for range in PRIVATE_RANGES {
-            out.push(argv(&["-A", FORWARD_CHAIN, "-d", range, "-j", "DROP"]));
+            out.push(argv(&["-A", forward, "-d", range, "-j", "DROP"]));
         }
     }
     if !p.egress {
-        out.push(argv(&["-A", FORWARD_CHAIN, "!", "-o", br, "-j", "DROP"]));
+        out.push(argv(&["-A", forward, "!", "-o", br, "-j", "DROP"]));
     }
 
     // Hook the chains in last, once they are complete.
-    for (parent, target) in [("INPUT", INPUT_CHAIN), ("DOCKER-USER", FORWARD_CHAIN)] {
+    for (parent, target) in parents(p) {
         let mut a = argv(&["-I", parent, "1"]);
         a.extend(jump_spec(br, target));
         out.push(a);
@@ -193,44 +264,161 @@ pub fn rules(p: &FirewallPolicy) -> Vec<Vec<String>> {
     out
 }
 
+/// Each built-in (or Docker's) chain with the chain of ours it jumps to.
+fn parents(p: &FirewallPolicy) -> [(&'static str, &'static str); 2] {
+    [("INPUT", p.chains.input), ("DOCKER-USER", p.chains.forward)]
+}
+
 /// Installs (or refreshes) the rules for `p`. Needs root (CAP_NET_ADMIN).
+///
+/// The two chains are created or refilled in one `iptables-restore --noflush` transaction
+/// ([`restore_input`]): never seen empty or half filled, by packets or by another process
+/// reading them (a guard handing over to a newer one). The jumps are then put in place.
 pub async fn apply(p: &FirewallPolicy) -> Result<(), FirewallError> {
-    if !probe(&argv(&["-n", "-L", "DOCKER-USER"])).await? {
+    let ipt = p.iptables.as_str();
+    if !probe(ipt, &argv(&["-n", "-L", "DOCKER-USER"])).await? {
         return Err(FirewallError::NoDockerUser);
     }
-    // Drop jumps left from another bridge name, duplicates, or ours when it is
-    // no longer first; the `-I parent 1` below puts it back on top.
-    for (parent, target) in [("INPUT", INPUT_CHAIN), ("DOCKER-USER", FORWARD_CHAIN)] {
-        let existing = list(parent).await?;
-        for spec in stale_jumps(&existing, &jump_spec(&p.bridge, target), target) {
-            check(&[argv(&["-D", parent]), spec].concat()).await?;
-        }
-    }
+    restore(ipt, &restore_input(p)).await?;
     for a in rules(p) {
-        match a.get(1).map(String::as_str) {
-            Some("-N") if probe(&argv(&["-n", "-L", &a[2]])).await? => continue,
-            Some("-I")
-                if a.get(3).map(String::as_str) == Some("1")
-                    && probe(&[argv(&["-C", &a[2]]), a[4..].to_vec()].concat()).await? =>
-            {
-                continue
-            }
-            _ => {}
+        if a.get(1).map(String::as_str) != Some("-I") || a.get(3).map(String::as_str) != Some("1") {
+            continue;
         }
-        check(&a).await?;
+        let (parent, spec) = (a[2].as_str(), &a[4..]);
+        let target = spec.last().map(String::as_str).unwrap_or_default();
+        if jump_in_place(&list(ipt, parent).await?, spec, target) {
+            continue;
+        }
+        // The new jump goes on top first, then the others (left from another bridge name,
+        // duplicates, ours when something was put above it) go, by number: the chain is
+        // never without its jump meanwhile.
+        check(ipt, &a).await?;
+        for n in extra_jumps(&list(ipt, parent).await?, target) {
+            check(ipt, &argv(&["-D", parent, &n.to_string()])).await?;
+        }
     }
     tracing::info!(bridge = %p.bridge, egress = p.egress, block_private = p.block_private, "host firewall applied");
     Ok(())
 }
 
+/// The `iptables-restore --noflush` input that creates or refills (declaring a chain that
+/// exists flushes it) both chains with [`rules`]' `-A` entries, in one transaction.
+pub fn restore_input(p: &FirewallPolicy) -> String {
+    let mut out = String::from("*filter\n");
+    for chain in [p.chains.input, p.chains.forward] {
+        out.push_str(&format!(":{chain} - [0:0]\n"));
+    }
+    for a in rules(p).iter().filter(|a| a.get(1).map(String::as_str) == Some("-A")) {
+        out.push_str(&a[1..].join(" "));
+        out.push('\n');
+    }
+    out.push_str("COMMIT\n");
+    out
+}
+
+/// Runs `<ipt>-restore -w --noflush` (`iptables-restore`, `iptables-legacy-restore`) on `input`.
+async fn restore(ipt: &str, input: &str) -> Result<(), FirewallError> {
+    use tokio::io::AsyncWriteExt;
+    let bin = format!("{ipt}-restore");
+    let args = [s("-w"), s("--noflush")];
+    let mut child = tokio::process::Command::new(&bin)
+        .args(&args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| FirewallError::Spawn(bin.clone(), e))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.as_bytes()).await.map_err(|e| FirewallError::Spawn(bin.clone(), e))?;
+    }
+    let out = child.wait_with_output().await.map_err(|e| FirewallError::Spawn(bin.clone(), e))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(failed(&bin, &[args.to_vec(), vec![format!("<<< {}", input.replace('\n', "; "))]].concat(), &out))
+}
+
+/// Takes away what [`apply`] installed for `p`'s chains: every jump to them (from any
+/// bridge), then the chains. Chains or jumps already gone are fine.
+pub async fn remove(p: &FirewallPolicy) -> Result<(), FirewallError> {
+    let ipt = p.iptables.as_str();
+    for (parent, target) in parents(p) {
+        if !probe(ipt, &argv(&["-n", "-L", parent])).await? {
+            continue;
+        }
+        for spec in list(ipt, parent).await?.into_iter().filter(|r| jumps_to(r, target)) {
+            check(ipt, &[argv(&["-D", parent]), spec].concat()).await?;
+        }
+    }
+    for chain in [p.chains.input, p.chains.forward] {
+        if probe(ipt, &argv(&["-n", "-L", chain])).await? {
+            check(ipt, &argv(&["-F", chain])).await?;
+            check(ipt, &argv(&["-X", chain])).await?;
+        }
+    }
+    tracing::info!(bridge = %p.bridge, "host firewall removed");
+    Ok(())
+}
+
+/// What is installed for `p`'s chains, as [`inspect`] sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installed {
+    /// Both jumps are in place (once each, first in their parent chain) and both chains
+    /// hold as many rules as [`rules`] makes for `p`.
+    pub current: bool,
+    /// The marker found at the top of the input chain (see [`FirewallPolicy::marker`]).
+    pub marker: Option<String>,
+}
+
+/// Reads the installed rules back, to tell whether [`apply`] is needed again. Counts the
+/// chains' rules rather than comparing their text: `iptables -S` rewrites what it was
+/// given (`RELATED,ESTABLISHED`, `/32`, `-m udp`), and only a flush or a rewrite by
+/// someone else is expected to change them. One `iptables -S` of the whole table: a
+/// snapshot, so that another process's [`apply`] in between cannot mix two states.
+pub async fn inspect(p: &FirewallPolicy) -> Result<Installed, FirewallError> {
+    let out = check(&p.iptables, &argv(&["-S"])).await?;
+    Ok(installed_in(p, &String::from_utf8_lossy(&out.stdout)))
+}
+
+/// [`inspect`]'s verdict on an `iptables -S` listing of the filter table.
+fn installed_in(p: &FirewallPolicy, listing: &str) -> Installed {
+    let expected = rules(p);
+    let exists = |chain: &str| listing.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["-N", chain]);
+    let mut current = true;
+    let mut marker = None;
+    for (parent, target) in parents(p) {
+        if !exists(target) {
+            return Installed { current: false, marker: None };
+        }
+        let installed = parse_rules(listing, target);
+        let want = expected
+            .iter()
+            .filter(|a| a.get(1).map(String::as_str) == Some("-A") && a.get(2).map(String::as_str) == Some(target))
+            .count();
+        current &= installed.len() == want;
+        if target == p.chains.input {
+            marker = installed.first().and_then(|r| comment_of(r));
+        }
+        current &= jump_in_place(&parse_rules(listing, parent), &jump_spec(&p.bridge, target), target);
+    }
+    Installed { current, marker }
+}
+
+/// The text of a rule's `--comment`, quotes taken off.
+fn comment_of(spec: &[String]) -> Option<String> {
+    let i = spec.iter().position(|w| w == "--comment")?;
+    spec.get(i + 1).map(|c| c.trim_matches('"').to_string())
+}
+
 /// Rule specs (after `-A parent`) of the rules in `parent`, in order.
-async fn list(parent: &str) -> Result<Vec<Vec<String>>, FirewallError> {
-    let out = check(&argv(&["-S", parent])).await?;
+async fn list(ipt: &str, parent: &str) -> Result<Vec<Vec<String>>, FirewallError> {
+    let out = check(ipt, &argv(&["-S", parent])).await?;
     Ok(parse_rules(&String::from_utf8_lossy(&out.stdout), parent))
 }
 
 /// From `iptables -S parent` output. Splitting on whitespace is exact for the
-/// rules we look at (`-i <iface> -j <chain>`: no spaces, no quotes).
+/// rules we look at (`-i <iface> -j <chain>`, a one-word comment: no spaces).
 fn parse_rules(listing: &str, parent: &str) -> Vec<Vec<String>> {
     listing
         .lines()
@@ -245,54 +433,62 @@ fn jumps_to(spec: &[String], target: &str) -> bool {
     spec.windows(2).any(|p| p[0] == "-j" && p[1] == target)
 }
 
-/// The jumps to `target` to delete (`-D` by spec, one call each) so that at most
-/// one remains, `keep`, as the first rule of the chain: nothing when that is
-/// already the case, else every jump to `target`.
-fn stale_jumps(rules: &[Vec<String>], keep: &[String], target: &str) -> Vec<Vec<String>> {
-    let ours: Vec<Vec<String>> = rules.iter().filter(|r| jumps_to(r, target)).cloned().collect();
-    if ours.len() == 1 && rules.first().map(Vec::as_slice) == Some(keep) {
-        return Vec::new();
-    }
-    ours
+/// The rule numbers (1-based, highest first, so that deleting one does not renumber the
+/// next) of the jumps to `target` other than the chain's first rule.
+fn extra_jumps(rules: &[Vec<String>], target: &str) -> Vec<usize> {
+    let mut n: Vec<usize> = rules.iter().enumerate().skip(1).filter(|(_, r)| jumps_to(r, target)).map(|(i, _)| i + 1).collect();
+    n.reverse();
+    n
 }
 
-async fn run(args: &[String]) -> Result<Output, FirewallError> {
-    tokio::process::Command::new(IPTABLES)
+/// Exactly one jump to `target`, `keep`, first in the chain.
+fn jump_in_place(rules: &[Vec<String>], keep: &[String], target: &str) -> bool {
+    rules.iter().filter(|r| jumps_to(r, target)).count() == 1 && rules.first().map(Vec::as_slice) == Some(keep)
+}
+
+async fn run(ipt: &str, args: &[String]) -> Result<Output, FirewallError> {
+    tokio::process::Command::new(ipt)
         .args(args)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .output()
         .await
-        .map_err(FirewallError::Spawn)
+        .map_err(|e| FirewallError::Spawn(ipt.to_string(), e))
 }
 
 /// A yes/no question (`-L chain`, `-C rule`): iptables exits 1 for "no such
 /// chain/rule"; anything else (4: permission denied, lock) is an error, so that a
 /// non-root run reports the real cause instead of "chain missing".
-async fn probe(args: &[String]) -> Result<bool, FirewallError> {
-    let out = run(args).await?;
+async fn probe(ipt: &str, args: &[String]) -> Result<bool, FirewallError> {
+    let out = run(ipt, args).await?;
     match out.status.code() {
         Some(0) => Ok(true),
         Some(1) => Ok(false),
-        _ => Err(failed(args, &out)),
+        _ => Err(failed(ipt, args, &out)),
     }
 }
 
-async fn check(args: &[String]) -> Result<Output, FirewallError> {
-    let out = run(args).await?;
+async fn check(ipt: &str, args: &[String]) -> Result<Output, FirewallError> {
+    let out = run(ipt, args).await?;
     if out.status.success() {
         return Ok(out);
     }
-    Err(failed(args, &out))
+    Err(failed(ipt, args, &out))
 }
 
-fn failed(args: &[String], out: &Output) -> FirewallError {
+fn failed(ipt: &str, args: &[String], out: &Output) -> FirewallError {
     FirewallError::Command {
-        argv: format!("{IPTABLES} {}", args.join(" ")),
+        argv: format!("{ipt} {}", args.join(" ")),
         status: out.status.to_string(),
         stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         hint: HINT,
     }
+}
+
+/// Whether `ipt` sees Docker's `DOCKER-USER` chain: tells which iptables backend
+/// (`iptables` or `iptables-legacy`) dockerd uses on this host.
+pub async fn sees_docker_user(ipt: &str) -> bool {
+    matches!(probe(ipt, &argv(&["-n", "-L", "DOCKER-USER"])).await, Ok(true))
 }
 
 /// Linux bridge interface and subnet of a Docker bridge network: the
@@ -492,22 +688,123 @@ mod tests {
     }
 
     #[test]
-    fn stale_jumps_keep_single_top_jump_only() {
+    fn the_jump_is_in_place_once_and_first_and_extra_ones_go_by_number() {
         let t = FORWARD_CHAIN;
         let keep = jump_spec("br-new", t);
         let ret = spec("-j RETURN");
         let other = spec("-i br-new -j ESERVELESS-FWDX");
-        // Already right: nothing to do.
-        assert!(stale_jumps(&[keep.clone(), other.clone(), ret.clone()], &keep, t).is_empty());
-        // None yet.
-        assert!(stale_jumps(std::slice::from_ref(&ret), &keep, t).is_empty());
-        // Left from an older bridge name.
         let old = jump_spec("br-old", t);
-        assert_eq!(stale_jumps(&[keep.clone(), old.clone(), ret.clone()], &keep, t), vec![keep.clone(), old]);
-        // Duplicate, one of them after Docker's RETURN: both go (-D removes the first match).
-        assert_eq!(stale_jumps(&[keep.clone(), ret.clone(), keep.clone()], &keep, t), vec![keep.clone(), keep.clone()]);
-        // Not first any more.
-        assert_eq!(stale_jumps(&[other, keep.clone(), ret], &keep, t), vec![keep]);
+        // Already right.
+        assert!(jump_in_place(&[keep.clone(), other.clone(), ret.clone()], &keep, t));
+        assert!(extra_jumps(&[keep.clone(), other.clone(), ret.clone()], t).is_empty());
+        // None yet, left from an older bridge name, duplicated, not first: not in place.
+        assert!(!jump_in_place(std::slice::from_ref(&ret), &keep, t));
+        assert!(!jump_in_place(&[keep.clone(), old.clone(), ret.clone()], &keep, t));
+        assert!(!jump_in_place(&[keep.clone(), ret.clone(), keep.clone()], &keep, t));
+        assert!(!jump_in_place(&[other.clone(), keep.clone(), ret.clone()], &keep, t));
+        // After the new jump was inserted on top: every other jump to the chain goes,
+        // highest number first.
+        assert_eq!(extra_jumps(&[keep.clone(), other.clone(), old.clone(), ret.clone(), keep.clone()], t), vec![5, 3]);
+        assert_eq!(extra_jumps(&[keep.clone(), other, keep], t), vec![3]);
+    }
+
+    fn guard() -> FirewallPolicy {
+        FirewallPolicy {
+            deny: vec!["10.0.0.0/8".into()],
+            chains: Chains::NODE_GUARD,
+            marker: Some("esl-guard-0000000000000001".into()),
+            block_private: false,
+            ..FirewallPolicy::new("docker_gwbridge")
+        }
+    }
+
+    #[test]
+    fn node_guard_exact_rules_for_docker_gwbridge() {
+        assert_eq!(
+            all(&guard()),
+            vec![
+                "-w -N ESERVELESS-GUARD-INPUT",
+                "-w -F ESERVELESS-GUARD-INPUT",
+                "-w -N ESERVELESS-GUARD-FWD",
+                "-w -F ESERVELESS-GUARD-FWD",
+                "-w -A ESERVELESS-GUARD-INPUT -m comment --comment esl-guard-0000000000000001",
+                "-w -A ESERVELESS-GUARD-INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+                "-w -A ESERVELESS-GUARD-INPUT -j DROP",
+                "-w -A ESERVELESS-GUARD-FWD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+                "-w -A ESERVELESS-GUARD-FWD -o docker_gwbridge -j RETURN",
+                "-w -A ESERVELESS-GUARD-FWD -d 169.254.0.0/16 -j DROP",
+                // The overlay pool, even with block_private off.
+                "-w -A ESERVELESS-GUARD-FWD -d 10.0.0.0/8 -j DROP",
+                "-w -I INPUT 1 -i docker_gwbridge -j ESERVELESS-GUARD-INPUT",
+                "-w -I DOCKER-USER 1 -i docker_gwbridge -j ESERVELESS-GUARD-FWD",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_chains_are_refilled_in_one_restore_transaction() {
+        let text = restore_input(&guard());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "*filter");
+        assert_eq!(lines[1], ":ESERVELESS-GUARD-INPUT - [0:0]");
+        assert_eq!(lines[2], ":ESERVELESS-GUARD-FWD - [0:0]");
+        assert_eq!(lines[3], "-A ESERVELESS-GUARD-INPUT -m comment --comment esl-guard-0000000000000001");
+        assert_eq!(lines.last(), Some(&"COMMIT"));
+        // Exactly the -A rules, in order; no jump (those are inserted afterwards).
+        let appended: Vec<String> = rules(&guard()).iter().filter(|a| a[1] == "-A").map(|a| a[1..].join(" ")).collect();
+        assert_eq!(lines[3..lines.len() - 1].to_vec(), appended.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(!text.contains("-I ") && !text.contains(" -w"));
+    }
+
+    #[test]
+    fn inspect_reads_one_listing_of_the_table() {
+        let p = guard();
+        let good = "-P INPUT ACCEPT\n-N DOCKER-USER\n-N ESERVELESS-GUARD-FWD\n-N ESERVELESS-GUARD-INPUT\n\
+            -A INPUT -i docker_gwbridge -j ESERVELESS-GUARD-INPUT\n-A INPUT -i br-x -j ESERVELESS-INPUT\n\
+            -A DOCKER-USER -i docker_gwbridge -j ESERVELESS-GUARD-FWD\n-A DOCKER-USER -j RETURN\n\
+            -A ESERVELESS-GUARD-FWD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n\
+            -A ESERVELESS-GUARD-FWD -o docker_gwbridge -j RETURN\n-A ESERVELESS-GUARD-FWD -d 169.254.0.0/16 -j DROP\n\
+            -A ESERVELESS-GUARD-FWD -d 10.0.0.0/8 -j DROP\n\
+            -A ESERVELESS-GUARD-INPUT -m comment --comment esl-guard-0000000000000001\n\
+            -A ESERVELESS-GUARD-INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n-A ESERVELESS-GUARD-INPUT -j DROP\n";
+        let ok = installed_in(&p, good);
+        assert_eq!(ok, Installed { current: true, marker: Some("esl-guard-0000000000000001".into()) });
+        // A flushed forward chain, a jump no longer first, no chains at all.
+        let flushed: String = good.lines().filter(|l| !l.starts_with("-A ESERVELESS-GUARD-FWD")).map(|l| format!("{l}\n")).collect();
+        assert!(!installed_in(&p, &flushed).current);
+        let moved = good.replace(
+            "-A INPUT -i docker_gwbridge -j ESERVELESS-GUARD-INPUT\n-A INPUT -i br-x -j ESERVELESS-INPUT\n",
+            "-A INPUT -i br-x -j ESERVELESS-INPUT\n-A INPUT -i docker_gwbridge -j ESERVELESS-GUARD-INPUT\n",
+        );
+        assert_eq!(installed_in(&p, &moved), Installed { current: false, marker: ok.marker.clone() });
+        assert_eq!(installed_in(&p, "-P INPUT ACCEPT\n-N DOCKER-USER\n"), Installed { current: false, marker: None });
+    }
+
+    #[test]
+    fn node_guard_chains_never_touch_the_single_host_ones() {
+        let p = FirewallPolicy { block_private: true, egress: false, dns_servers: vec!["10.0.0.2".into()], ..guard() };
+        for r in all(&p) {
+            assert!(!r.contains("ESERVELESS-INPUT") && !r.contains("ESERVELESS-FWD "), "{r}");
+            assert!(!r.ends_with("ESERVELESS-FWD"), "{r}");
+        }
+        for name in [Chains::NODE_GUARD.input, Chains::NODE_GUARD.forward] {
+            assert!(name.len() <= 28, "iptables limits chain names to 28 characters: {name}");
+        }
+        // The pool is dropped after the DNS exceptions and before the egress drop.
+        let rs = all(&p);
+        assert!(pos(&rs, "-w -A ESERVELESS-GUARD-FWD -d 10.0.0.2 -p tcp --dport 53 -j ACCEPT") < pos(&rs, "-w -A ESERVELESS-GUARD-FWD -d 10.0.0.0/8 -j DROP"));
+        assert!(pos(&rs, "-w -A ESERVELESS-GUARD-FWD -d 10.0.0.0/8 -j DROP") < pos(&rs, "-w -A ESERVELESS-GUARD-FWD ! -o docker_gwbridge -j DROP"));
+    }
+
+    #[test]
+    fn reads_a_marker_back_from_a_listing() {
+        let listing = "-N ESERVELESS-GUARD-INPUT\n\
+                       -A ESERVELESS-GUARD-INPUT -m comment --comment \"esl-guard-00ab\"\n\
+                       -A ESERVELESS-GUARD-INPUT -j DROP\n";
+        let rs = parse_rules(listing, "ESERVELESS-GUARD-INPUT");
+        assert_eq!(rs.len(), 2);
+        assert_eq!(comment_of(&rs[0]).as_deref(), Some("esl-guard-00ab"));
+        assert_eq!(comment_of(&rs[1]), None);
     }
 
     #[test]

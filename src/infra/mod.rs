@@ -1,4 +1,5 @@
 //! Side effects behind narrow types: the container engine, the store, the host firewall,
+//! connections from other network namespaces,
 //! sealed secrets, the metrics registry, the data directory and backups of it.
 
 // `eserveless backup` and `restore` are commands: they report to the person running them.
@@ -9,5 +10,6 @@ pub mod driver;
 pub(crate) mod firewall;
 pub(crate) mod keys;
 pub(crate) mod metrics;
+pub mod netns;
 pub(crate) mod secrets;
 pub mod store;

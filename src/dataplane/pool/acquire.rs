@@ -8,7 +8,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::state::{live, InstanceState, InstanceView};
-use super::{lock, AcquireError, AcquireKind, FunctionPool, Lease, PoolInner};
+use super::{lock, AcquireError, AcquireKind, FunctionPool, Lease, PoolInner, StartError};
 use crate::dataplane::upstream::Endpoint;
 use crate::manifest::Scaling;
 
@@ -89,6 +89,9 @@ pub(super) fn choose(
     }
 }
 
+/// Instances one request may see lost while starting before it fails.
+const MAX_LOST_STARTS: u32 = 2;
+
 impl FunctionPool {
     /// Gets an instance for one request, waiting no later than `deadline`.
     pub async fn acquire(self: &Arc<Self>, deadline: Instant) -> Result<Lease, AcquireError> {
@@ -96,6 +99,7 @@ impl FunctionPool {
         let queue_deadline = deadline.min(began + self.shared.config.queue_timeout);
         let scaling = &self.revision.scaling;
         let mut queued = false;
+        let mut lost_starts = 0;
         let _waiting = WaitingGuard { pool: self, queued: &mut queued };
         loop {
             enum Next {
@@ -201,7 +205,16 @@ impl FunctionPool {
                         Ok(Ok(Ok((id, endpoint)))) => {
                             return Ok(self.lease(Arc::from(id.as_str()), endpoint, AcquireKind::Cold, began))
                         }
-                        Ok(Ok(Err(detail))) => {
+                        Ok(Ok(Err(StartError::NoRoom(detail)))) => {
+                            return Err(AcquireError::NoRoom { function: self.revision.function.clone(), detail })
+                        }
+                        // Its node died under it: choose again (another instance, or another start,
+                        // which the engine places elsewhere), a few times within the deadline.
+                        Ok(Ok(Err(StartError::Lost(detail)))) if lost_starts < MAX_LOST_STARTS => {
+                            lost_starts += 1;
+                            tracing::info!(function = %self.revision.function, %detail, "instance lost while starting; trying again");
+                        }
+                        Ok(Ok(Err(StartError::Lost(detail) | StartError::Failed(detail)))) => {
                             return Err(AcquireError::StartFailed { function: self.revision.function.clone(), detail })
                         }
                         Ok(Err(_)) => {

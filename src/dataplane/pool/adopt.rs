@@ -24,8 +24,20 @@ impl PoolManager {
             let adoptable = pool.zip(serving_address(&c));
             if let Some((pool, ip)) = adoptable {
                 let pid = self.shared.driver.init_pid(&c.id).await.ok().flatten();
-                let endpoint =
-                    Arc::new(Endpoint::for_container(SocketAddr::new(ip, FUNCTION_PORT), pid, pool.metrics.connects.clone()));
+                let via = match self.shared.driver.connector(&pool.revision.project).await {
+                    Ok(via) => via,
+                    Err(e) => {
+                        tracing::warn!(container = %c.id, error = %e, "cannot reach the instance's network; not adopted");
+                        remove_container(&self.shared, &pool.revision.project, &pool.revision.function, &c.id).await;
+                        removed += 1;
+                        continue;
+                    }
+                };
+                let endpoint = Arc::new(
+                    Endpoint::for_container(SocketAddr::new(ip, FUNCTION_PORT), pid, pool.metrics.connects.clone())
+                        .via(via)
+                        .on_node(c.node.clone()),
+                );
                 let mut g = lock(&pool.inner);
                 if g.instances.len() < pool.revision.scaling.max_instances as usize {
                     g.instances.push(Instance {
@@ -206,6 +218,7 @@ mod tests {
             paused: false,
             stopped: !running,
             ip: ip.map(str::to_string),
+            node: None,
         };
         let ip: IpAddr = "10.0.0.2".parse().expect("an address");
         assert_eq!(serving_address(&c(true, Some("10.0.0.2"))), Some(ip));

@@ -81,9 +81,41 @@ pub enum AcquireError {
     StartDeadline(String),
     #[error("function `{function}` failed to start: {detail}")]
     StartFailed { function: String, detail: String },
+    /// No node of the cluster has room for another instance (swarm): an answer at once, not
+    /// a wait until the timeout.
+    #[error("function `{function}` cannot start another instance: {detail}")]
+    NoRoom { function: String, detail: String },
     /// The revision was replaced while the request looked it up; look the route up again.
     #[error("revision retired")]
     Retired,
+}
+
+/// What the engine said of a container while it was being probed for readiness.
+#[derive(Debug, Default)]
+pub(crate) struct Probing {
+    /// It died (or was lost) before it accepted connections.
+    pub(crate) dead: AtomicBool,
+    /// It was lost with its node, rather than exiting on its own.
+    pub(crate) lost: AtomicBool,
+}
+
+/// Why an instance did not start.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StartError {
+    /// The engine has no room for it anywhere (its message says what was asked and why).
+    #[error("{0}")]
+    NoRoom(String),
+    /// It was lost while starting (its node died, or it vanished): another start may work.
+    #[error("{0}")]
+    Lost(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<String> for StartError {
+    fn from(s: String) -> Self {
+        StartError::Failed(s)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -105,6 +137,16 @@ pub struct PoolCounts {
     pub draining: u32,
     pub in_flight: u32,
     pub waiting: u32,
+}
+
+/// One instance, for the operator: its id, state and (swarm) node.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct InstanceInfo {
+    pub id: String,
+    pub state: String,
+    /// The node it runs on; absent on the single-host engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// Settings shared by all pools.
@@ -143,7 +185,7 @@ struct Shared {
     config: PoolConfig,
     pools: Mutex<Vec<Weak<FunctionPool>>>,
     /// Containers being probed, with a flag the event watcher sets if they die.
-    probing: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    probing: Mutex<HashMap<String, Arc<Probing>>>,
     /// Told when the event stream comes back after failing.
     reconnected: Arc<Notify>,
     seq: AtomicU64,
@@ -270,7 +312,7 @@ impl PoolManager {
                 }
                 while let Some(ev) = events.next().await {
                     match ev {
-                        Ok(ev) if ev.action == "die" || ev.action == "oom" || ev.action == "destroy" => {
+                        Ok(ev) if ev.action == "die" || ev.action == "oom" || ev.action == "destroy" || ev.action == "lost" => {
                             me.on_container_gone(&ev.id, &ev.action);
                         }
                         Ok(_) => {}
@@ -287,10 +329,16 @@ impl PoolManager {
 
     /// A container died or was removed: take it out of its pool at once.
     pub fn on_container_gone(&self, id: &str, why: &str) {
-        if let Some(flag) = self.shared.probing.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
-            flag.store(true, Ordering::Release);
+        if let Some(p) = self.shared.probing.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
+            p.lost.store(why == "lost", Ordering::Release);
+            p.dead.store(true, Ordering::Release);
         }
         for pool in self.live_pools() {
+            if let Some(i) = lock(&pool.inner).instances.iter().find(|i| &*i.id == id) {
+                // Requests waiting on it give up now (and may go to another instance) rather
+                // than at their timeout: a lost node sends nothing more, not even a reset.
+                i.endpoint.mark_gone();
+            }
             pool.evict(id, why);
         }
     }
@@ -365,6 +413,16 @@ impl FunctionPool {
             }
         }
         c
+    }
+
+    /// Each instance with its state and node.
+    pub fn instance_list(&self) -> Vec<InstanceInfo> {
+        let g = lock(&self.inner);
+        g.instances
+            .iter()
+            .filter(|i| i.state != InstanceState::Removed)
+            .map(|i| InstanceInfo { id: i.id.to_string(), state: i.state.as_str().to_string(), node: i.endpoint.node().map(str::to_string) })
+            .collect()
     }
 
     /// True when the pool has any instance (or one starting).
@@ -471,19 +529,7 @@ mod tests {
         let driver = Arc::new(FakeDriver { unpause_for: Duration::from_millis(150), ..FakeDriver::default() });
         let store = Arc::new(Store::in_memory().expect("store"));
         let pools = PoolManager::new(driver.clone(), store, PoolConfig::default(), Arc::new(Metrics::default()));
-        let revision = Revision {
-            workload: Workload {
-                project: "p".into(),
-                function: "API".into(),
-                deployment_id: 7,
-                image: "img".into(),
-                env: Env::default(),
-                limits: Limits::default(),
-                timeout: Duration::from_secs(5),
-            },
-            private: false,
-            scaling: Scaling { concurrency: 16, ..Scaling::default() },
-        };
+        let revision = revision(Scaling { concurrency: 16, ..Scaling::default() });
         let pool = pools.pool(revision.clone());
         let mut l = labels::for_container("p", "API", 7, "http");
         l.insert(labels::CONFIG.to_string(), config_digest(&revision));
@@ -494,6 +540,7 @@ mod tests {
             paused: true,
             stopped: false,
             ip: Some("127.0.0.1".into()),
+            node: None,
         }];
         assert_eq!(pools.adopt().await.expect("adopt"), (1, 0));
         assert_eq!(pool.counts().paused, 1);
@@ -508,5 +555,67 @@ mod tests {
         assert_eq!((c.ready, c.in_flight, c.starting), (1, 4, 0), "{c:?}");
         drop(leases);
         assert_eq!(pool.counts().in_flight, 0, "every place is given back");
+    }
+
+    fn revision(scaling: Scaling) -> Revision {
+        Revision {
+            workload: Workload {
+                project: "p".into(),
+                function: "API".into(),
+                deployment_id: 7,
+                image: "img".into(),
+                env: Env::default(),
+                limits: Limits::default(),
+                timeout: Duration::from_secs(5),
+            },
+            private: false,
+            scaling,
+        }
+    }
+
+    #[tokio::test]
+    async fn no_room_anywhere_is_answered_at_once_not_at_the_deadline() {
+        use crate::infra::driver::fake::FakeDriver;
+        let driver = Arc::new(FakeDriver { no_room: true, ..FakeDriver::reachable_at("127.0.0.1") });
+        let pools = PoolManager::new(driver.clone(), Arc::new(Store::in_memory().expect("store")), PoolConfig::default(), Arc::new(Metrics::default()));
+        let pool = pools.pool(revision(Scaling::default()));
+        let t0 = Instant::now();
+        let Err(e) = pool.acquire(t0 + Duration::from_secs(10)).await else { panic!("served without room") };
+        assert!(matches!(e, AcquireError::NoRoom { .. }), "{e:?}");
+        assert!(e.to_string().contains("no suitable node"), "says why: {e}");
+        assert!(t0.elapsed() < Duration::from_secs(2), "answered at once, took {:?}", t0.elapsed());
+    }
+
+    #[tokio::test]
+    async fn an_engine_that_cannot_pause_keeps_idle_instances_warm_until_the_idle_timeout() {
+        use crate::infra::driver::fake::FakeDriver;
+        for cannot_pause in [false, true] {
+            let driver = Arc::new(FakeDriver { cannot_pause, ..FakeDriver::default() });
+            let pools = PoolManager::new(driver.clone(), Arc::new(Store::in_memory().expect("store")), PoolConfig::default(), Arc::new(Metrics::default()));
+            let scaling = Scaling { pause_after: Duration::ZERO, idle_timeout: Duration::from_secs(600), ..Scaling::default() };
+            let r = revision(scaling);
+            let pool = pools.pool(r.clone());
+            let mut l = labels::for_container("p", "API", 7, "http");
+            l.insert(labels::CONFIG.to_string(), config_digest(&r));
+            *driver.managed.lock().expect("lock") = vec![crate::infra::driver::ManagedContainer {
+                id: "idle-one".into(),
+                labels: l,
+                running: true,
+                paused: false,
+                stopped: false,
+                ip: Some("127.0.0.1".into()),
+                node: Some("node-2".into()),
+            }];
+            assert_eq!(pools.adopt().await.expect("adopt"), (1, 0));
+            assert_eq!(pool.instance_list()[0].node.as_deref(), Some("node-2"), "the node is kept for the API");
+            pool.reap().await;
+            let c = pool.counts();
+            if cannot_pause {
+                assert_eq!((c.ready, c.paused), (1, 0), "kept warm: {c:?}");
+                assert_eq!(driver.pauses.load(Ordering::Acquire), 0, "not even tried: a pausing instance makes requests wait");
+            } else {
+                assert_eq!((c.ready, c.paused), (0, 1), "paused: {c:?}");
+            }
+        }
     }
 }

@@ -69,7 +69,14 @@ pub(super) fn plan_reap(instances: &[impl InstanceView], starting: u32, scaling:
 impl FunctionPool {
     /// Pauses and removes idle instances, and keeps `min_instances` warm.
     pub(super) async fn reap(self: &Arc<Self>) {
-        let s = &self.revision.scaling;
+        // An engine that cannot pause (swarm) keeps idle instances warm until `idle_timeout`.
+        let unpausable;
+        let s = if self.shared.driver.can_pause() {
+            &self.revision.scaling
+        } else {
+            unpausable = Scaling { pause_after: self.revision.scaling.idle_timeout, ..self.revision.scaling.clone() };
+            &unpausable
+        };
         let retired = self.retired.load(Ordering::Acquire);
         let now = Instant::now();
         let (to_pause, to_remove, to_start) = {

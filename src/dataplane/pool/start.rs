@@ -9,14 +9,15 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::state::{Instance, InstanceState};
-use super::{lock, remove_container, FunctionPool, FUNCTION_PORT};
+use super::{lock, remove_container, FunctionPool, StartError, FUNCTION_PORT};
 use crate::dataplane::upstream::{Endpoint, SOCKET_IN_CONTAINER};
-use crate::infra::driver::{labels, ContainerSpec};
+use crate::infra::driver::{labels, ContainerSpec, DriverError};
+use crate::infra::netns::NetnsConnector;
 
 impl FunctionPool {
     /// Starts one container and waits for readiness. `claimed` counts the caller's request
     /// as in flight on it. The caller has already counted it in `starting`.
-    pub(super) async fn start_instance(self: &Arc<Self>, claimed: bool) -> Result<(String, Arc<Endpoint>), String> {
+    pub(super) async fn start_instance(self: &Arc<Self>, claimed: bool) -> Result<(String, Arc<Endpoint>), StartError> {
         let r = &self.revision;
         let seq = self.shared.seq.fetch_add(1, Ordering::Relaxed);
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
@@ -38,24 +39,43 @@ impl FunctionPool {
         };
         let result = async {
             let t0 = Instant::now();
-            let started = self.shared.driver.run(spec).await.map_err(|e| e.to_string())?;
+            let started = self.shared.driver.run(spec).await.map_err(|e| match e {
+                DriverError::NoCapacity(_) => StartError::NoRoom(e.to_string()),
+                DriverError::NoSuchContainer(_) => StartError::Lost(e.to_string()),
+                e => StartError::Failed(e.to_string()),
+            })?;
+            let via = match self.shared.driver.connector(&r.project).await {
+                Ok(via) => via,
+                Err(e) => {
+                    remove_container(&self.shared, &r.project, &r.function, &started.id).await;
+                    return Err(StartError::Failed(format!("cannot reach the instance's network: {e}")));
+                }
+            };
             let engine_ms = t0.elapsed().as_millis();
             let ip: std::net::IpAddr =
                 started.ip.parse().map_err(|_| format!("container address `{}` is not an IP", started.ip))?;
             let addr = SocketAddr::new(ip, FUNCTION_PORT);
-            let dead = Arc::new(AtomicBool::new(false));
-            self.shared.probing.lock().unwrap_or_else(|p| p.into_inner()).insert(started.id.clone(), dead.clone());
-            let probed = probe_ready(addr, &dead, Instant::now() + self.shared.config.start_timeout).await;
+            let probing = Arc::new(super::Probing::default());
+            self.shared.probing.lock().unwrap_or_else(|p| p.into_inner()).insert(started.id.clone(), probing.clone());
+            let probed = probe_ready(addr, via.as_deref(), &probing.dead, Instant::now() + self.shared.config.start_timeout).await;
             self.shared.probing.lock().unwrap_or_else(|p| p.into_inner()).remove(&started.id);
             tracing::debug!(container = %started.id, engine_ms, ready_ms = t0.elapsed().as_millis(), "cold start timings");
             if let Err(why) = probed {
+                if probing.lost.load(Ordering::Acquire) {
+                    // Lost with its node before it was ready: no output to show, and another
+                    // start may well work.
+                    remove_container(&self.shared, &r.project, &r.function, &started.id).await;
+                    return Err(StartError::Lost(format!("{why} (the engine reported it gone)")));
+                }
                 let logs = self.shared.driver.logs(&started.id, 4096).await.unwrap_or_default();
                 remove_container(&self.shared, &r.project, &r.function, &started.id).await;
                 let tail: String = logs.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-                return Err(if tail.is_empty() { why.to_string() } else { format!("{why}; its output ends with:\n{tail}") });
+                return Err(StartError::Failed(if tail.is_empty() { why.to_string() } else { format!("{why}; its output ends with:\n{tail}") }));
             }
             // Opened only now that the container is known to run (and was not seen to die).
-            let endpoint = Arc::new(Endpoint::for_container(addr, started.pid, self.metrics.connects.clone()));
+            let endpoint = Arc::new(
+                Endpoint::for_container(addr, started.pid, self.metrics.connects.clone()).via(via).on_node(started.node),
+            );
             Ok((started.id, endpoint))
         }
         .await;
@@ -88,16 +108,22 @@ impl FunctionPool {
             let mut g = lock(&self.inner);
             g.starting += 1;
         }
-        self.start_instance(false).await.map(|_| ())
+        self.start_instance(false).await.map(|_| ()).map_err(|e| e.to_string())
     }
 }
 
-async fn probe_ready(addr: SocketAddr, dead: &AtomicBool, until: Instant) -> Result<(), &'static str> {
+async fn probe_ready(addr: SocketAddr, via: Option<&NetnsConnector>, dead: &AtomicBool, until: Instant) -> Result<(), &'static str> {
     loop {
         if dead.load(Ordering::Acquire) {
             return Err("the container exited before it accepted connections");
         }
-        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(addr)).await {
+        let connect = async {
+            match via {
+                Some(c) => c.connect(addr).await,
+                None => tokio::net::TcpStream::connect(addr).await,
+            }
+        };
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(200), connect).await {
             return Ok(());
         }
         if Instant::now() >= until {

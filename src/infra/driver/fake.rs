@@ -38,7 +38,13 @@ pub struct FakeDriver {
     /// What `list_managed` answers.
     pub managed: Mutex<Vec<ManagedContainer>>,
     pub unpauses: AtomicU32,
+    /// Pauses asked for, done or refused.
+    pub pauses: AtomicU32,
     pub rec: Mutex<Recorded>,
+    /// No machine has room: `run` fails with [`DriverError::NoCapacity`] (a full swarm).
+    pub no_room: bool,
+    /// The engine cannot pause (swarm).
+    pub cannot_pause: bool,
 }
 
 impl FakeDriver {
@@ -96,8 +102,11 @@ impl Driver for FakeDriver {
         let id = format!("fake-{}", rec.runs.len());
         let name = spec.name.clone();
         rec.runs.push(spec);
+        if self.no_room {
+            return Err(DriverError::NoCapacity(format!("an instance of {name} (no suitable node)")));
+        }
         match &self.address {
-            Some(ip) => Ok(Started { id, ip: ip.clone(), pid: None }),
+            Some(ip) => Ok(Started { id, ip: ip.clone(), pid: None, node: None }),
             None => Err(DriverError::Engine(format!("container {name} got no address"))),
         }
     }
@@ -106,7 +115,14 @@ impl Driver for FakeDriver {
         self.recorded().runs.push(spec);
         Ok(name)
     }
+    fn can_pause(&self) -> bool {
+        !self.cannot_pause
+    }
     async fn pause(&self, _: &str) -> Result<()> {
+        self.pauses.fetch_add(1, Ordering::AcqRel);
+        if self.cannot_pause {
+            return Err(DriverError::Unsupported("no pause here".into()));
+        }
         Ok(())
     }
     async fn unpause(&self, _: &str) -> Result<()> {
