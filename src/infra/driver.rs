@@ -170,6 +170,9 @@ pub enum DriverError {
     /// An operation the engine cannot do (e.g. pause in swarm mode); the message says why.
     #[error("{0}")]
     Unsupported(String),
+    /// The node a container was placed on stopped answering (swarm): another try may work.
+    #[error("{0}")]
+    NodeLost(String),
 }
 
 impl From<bollard::errors::Error> for DriverError {

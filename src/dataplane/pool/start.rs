@@ -41,7 +41,7 @@ impl FunctionPool {
             let t0 = Instant::now();
             let started = self.shared.driver.run(spec).await.map_err(|e| match e {
                 DriverError::NoCapacity(_) => StartError::NoRoom(e.to_string()),
-                DriverError::NoSuchContainer(_) => StartError::Lost(e.to_string()),
+                DriverError::NoSuchContainer(_) | DriverError::NodeLost(_) => StartError::Lost(e.to_string()),
                 e => StartError::Failed(e.to_string()),
             })?;
             let via = match self.shared.driver.connector(&r.project).await {

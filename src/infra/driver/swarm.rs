@@ -372,6 +372,11 @@ impl SwarmDriver {
         loop {
             let tasks = self.tasks_of(id).await?;
             let task = current_task(&tasks);
+            if let Some(t) = task.filter(|t| !t.node_id.is_empty() && self.suspects.contains(&t.node_id)) {
+                // Placed on a node that has just died (before it was seen dead): Swarm would
+                // say so only when it marks the node down, 10-15 s from now.
+                return Err(DriverError::NodeLost(format!("the node the instance was placed on ({}) stopped answering", t.node_id)));
+            }
             match start_progress(task, network, asked, image) {
                 Progress::Done(ip) => return Ok((ip, task.cloned().unwrap_or_default())),
                 Progress::Failed(e) => return Err(e),
