@@ -22,7 +22,6 @@ const PRUNE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The global job that sweeps finished runs' containers on every node and, for a removed
 /// project (`Some((project, prefix))`), its containers and its images named `prefix…`.
 pub fn prune_spec(owner: &str, removed: Option<(&str, &str)>, image: &str) -> ServiceSpec {
-    let project = removed.map_or("", |(p, _)| p);
     let mut args = vec!["node-prune".to_string(), format!("--owner={owner}")];
     if let Some((project, prefix)) = removed {
         args.push(format!("--project={project}"));
@@ -34,9 +33,9 @@ pub fn prune_spec(owner: &str, removed: Option<(&str, &str)>, image: &str) -> Se
     let labels = HashMap::from([
         (labels::MANAGED.to_string(), "true".to_string()),
         (labels::OWNER.to_string(), owner.to_string()),
-        // Not the project label: the prune removes the project's containers, and must not
-        // take its own.
-        ("eserveless.prune-of".to_string(), project.to_string()),
+        // No project label: the prune removes the project's containers and must not take its
+        // own; and its own exited container, which Swarm 20.10 keeps until the next prune
+        // removes it, is the server's (one per node), not the removed project's.
         (labels::ROLE.to_string(), "prune".to_string()),
     ]);
     ServiceSpec {
@@ -140,6 +139,7 @@ mod tests {
         assert_eq!(sweep["Name"], "esl-01234567-prune");
         assert_eq!(json["TaskTemplate"]["RestartPolicy"]["Condition"], "none");
         assert_eq!(json["Labels"]["eserveless.role"], "prune");
-        assert!(json["TaskTemplate"]["ContainerSpec"]["Labels"]["eserveless.project"].is_null(), "it would remove itself");
+        let labels = json["TaskTemplate"]["ContainerSpec"]["Labels"].as_object().expect("labels");
+        assert!(labels.values().all(|v| v != "shop"), "no label names the project: it would remove itself, and outlive it: {labels:?}");
     }
 }
