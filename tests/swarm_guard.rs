@@ -242,6 +242,16 @@ async fn node_guard_isolates_functions_on_every_node() {
         .filter(|n| *n != guard::guard_service_name(OWNER))
         .map(str::to_string)
         .collect();
+    // Under CI the lab serves only the test tiers, whose servers have exited by now: a guard
+    // they left (a swarm server keeps its guard after it stops, by design) is removed, so the
+    // phases without a guard can be asserted.
+    let others = if std::env::var("CI").as_deref() == Ok("true") && !others.is_empty() {
+        eprintln!("CI: removing node guards left by the swarm tier's exited servers: {others:?}");
+        must(MANAGER, &format!("docker service rm {}", others.join(" ")));
+        Vec::new()
+    } else {
+        others
+    };
     let alone = others.is_empty();
     if alone {
         wait_for("no guard rules left", Duration::from_secs(20), || [MANAGER, WORKER, OTHER].iter().all(|n| guard_rule_lines(n) == 0));
