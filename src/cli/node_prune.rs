@@ -22,15 +22,17 @@ pub struct NodePrune {
     /// A removed project: all its containers and its images go too
     #[arg(long, requires = "prefix")]
     pub project: Option<String>,
-    /// Only images whose registry names start with this (`host:port/eserveless/<project>-`)
+    /// Only images whose every name starts with one of these (`host:port/eserveless/<project>-`
+    /// in the registry, `eserveless/<project>-` as built on the manager); repeatable
     #[arg(long)]
-    pub prefix: Option<String>,
+    pub prefix: Vec<String>,
 }
 
 /// Whether an image with these names belongs to what is pruned: every name it has (tags and
-/// digests) starts with `prefix`, so an image also known under another name is left alone.
-pub fn prunable(names: &[String], prefix: &str) -> bool {
-    !names.is_empty() && names.iter().all(|n| n.starts_with(prefix))
+/// digests) starts with one of `prefixes`, so an image also known under another name is left
+/// alone.
+pub fn prunable(names: &[String], prefixes: &[String]) -> bool {
+    !names.is_empty() && names.iter().all(|n| prefixes.iter().any(|p| n.starts_with(p.as_str())))
 }
 
 /// Whether a container of the server's is garbage: any of a removed project's; else one that
@@ -63,7 +65,7 @@ impl NodePrune {
             }
         }
         let (mut removed, mut kept) = (0, 0);
-        if let (Some(project), Some(prefix)) = (&self.project, &self.prefix) {
+        if let (Some(project), false) = (&self.project, self.prefix.is_empty()) {
             let filters = std::collections::HashMap::from([("label", vec![format!("{}={}", labels::PROJECT, project)])]);
             let opts = ListImagesOptionsBuilder::default().all(false).filters(&filters).build();
             let images = docker.list_images(Some(opts)).await.context("cannot list this node's images")?;
@@ -71,7 +73,7 @@ impl NodePrune {
                 let mut names = img.repo_tags.clone();
                 names.extend(img.repo_digests.iter().cloned());
                 names.retain(|n| n != "<none>:<none>" && n != "<none>@<none>");
-                if !prunable(&names, prefix) {
+                if !prunable(&names, &self.prefix) {
                     continue;
                 }
                 let opts = RemoveImageOptionsBuilder::default().force(false).build();
@@ -95,12 +97,14 @@ mod tests {
 
     #[test]
     fn only_images_known_by_the_project_registry_names_alone_are_pruned() {
-        let p = "10.0.0.5:5000/eserveless/shop-";
+        let p = &["10.0.0.5:5000/eserveless/shop-".to_string(), "eserveless/shop-".to_string()];
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         assert!(prunable(&s(&["10.0.0.5:5000/eserveless/shop-api@sha256:ab"]), p));
         assert!(!prunable(&s(&["10.0.0.5:5000/eserveless/shop-api@sha256:ab", "mine/other:1"]), p), "also another name");
         assert!(!prunable(&s(&["10.0.0.5:5000/eserveless/shopping-api@sha256:ab"]), p), "another project");
         assert!(!prunable(&[], p), "a nameless image is not known to be the project's");
+        assert!(prunable(&s(&["10.0.0.5:5000/eserveless/shop-api:1", "eserveless/shop-api:1"]), p), "built on the manager");
+        assert!(!prunable(&s(&["eserveless/shop-api:1", "eserveless/cart-api:1"]), p), "shared with another project");
     }
 
     #[test]

@@ -61,6 +61,8 @@ const EVENTS_POLL: Duration = Duration::from_secs(1);
 const LOGS_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often finished cron runs' containers are swept off the nodes (when there were runs).
 const SWEEP_EVERY: Duration = Duration::from_secs(600);
+/// How long `rm` retries removing a project's overlay while its last tasks stop.
+const NETWORK_REMOVAL: Duration = Duration::from_secs(30);
 
 /// Swarm's limit on a service name (a DNS label).
 const SERVICE_NAME_MAX: usize = 63;
@@ -1024,16 +1026,39 @@ impl Driver for SwarmDriver {
         Ok(Some(self.attach.connector(project, &network).await?))
     }
 
+    /// Every step runs whatever the one before it met: a cron run or an instance still
+    /// stopping on some node keeps the overlay and its image busy for a few seconds after its
+    /// service is gone, so the prune (which force-removes the project's containers on every
+    /// node) goes first and the overlay's removal is retried until its last task has left.
     async fn forget_project(&self, project: &str) -> Result<()> {
-        self.attach.remove(project).await?;
-        self.remove_project_network(project).await?;
+        let mut failed = Vec::new();
+        if let Err(e) = self.attach.remove(project).await {
+            failed.push(format!("attach container: {e}"));
+        }
         let tool = self.tool_image.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        match (&self.registry, tool) {
-            (Some(registry), Some(image)) => {
-                let prefix = format!("{}/eserveless/{project}-", registry.addr());
-                prune::prune_project_images(&self.docker, prune::prune_spec(&self.owner, Some((project, &prefix)), &image)).await
+        if let (Some(registry), Some(image)) = (&self.registry, tool) {
+            let prefixes = [format!("{}/eserveless/{project}-", registry.addr()), format!("eserveless/{project}-")];
+            let spec = prune::prune_spec(&self.owner, Some((project, &prefixes)), &image);
+            if let Err(e) = prune::prune_project_images(&self.docker, spec).await {
+                failed.push(format!("images: {e}"));
             }
-            _ => Ok(()),
+        }
+        let deadline = tokio::time::Instant::now() + NETWORK_REMOVAL;
+        loop {
+            match self.remove_project_network(project).await {
+                Ok(()) => break,
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    failed.push(format!("overlay {}: {e}", overlay_name(&self.owner, project)));
+                    break;
+                }
+                Err(e) => tracing::debug!(project, error = %e, "overlay still in use; retrying"),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(DriverError::Engine(failed.join("; ")))
         }
     }
 

@@ -20,12 +20,13 @@ use super::super::{labels, DriverError, Result};
 const PRUNE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The global job that sweeps finished runs' containers on every node and, for a removed
-/// project (`Some((project, prefix))`), its containers and its images named `prefix…`.
-pub fn prune_spec(owner: &str, removed: Option<(&str, &str)>, image: &str) -> ServiceSpec {
+/// project (`Some((project, prefixes))`), its containers and its images whose every name
+/// starts with one of `prefixes` (its registry names, and on the manager its build names).
+pub fn prune_spec(owner: &str, removed: Option<(&str, &[String])>, image: &str) -> ServiceSpec {
     let mut args = vec!["node-prune".to_string(), format!("--owner={owner}")];
-    if let Some((project, prefix)) = removed {
+    if let Some((project, prefixes)) = removed {
         args.push(format!("--project={project}"));
-        args.push(format!("--prefix={prefix}"));
+        args.extend(prefixes.iter().map(|p| format!("--prefix={p}")));
     }
     // One name for every prune and sweep of this server: each run removes the containers the
     // ones before it left (Swarm keeps a finished job's containers), and at most one is left.
@@ -127,13 +128,15 @@ mod tests {
 
     #[test]
     fn the_prune_runs_once_per_node_with_the_socket_and_names_what_it_may_remove() {
-        let s = prune_spec("0123456789", Some(("shop", "r:5000/eserveless/shop-")), "r:5000/eserveless/node-guard@sha256:x");
+        let prefixes = ["r:5000/eserveless/shop-".to_string(), "eserveless/shop-".to_string()];
+        let s = prune_spec("0123456789", Some(("shop", &prefixes)), "r:5000/eserveless/node-guard@sha256:x");
         let json = serde_json::to_value(&s).expect("json");
         assert!(json["Mode"]["GlobalJob"].is_object(), "{json}");
         assert_eq!(json["TaskTemplate"]["ContainerSpec"]["Mounts"][0]["Source"], "/var/run/docker.sock");
         assert_eq!(json["TaskTemplate"]["ContainerSpec"]["Args"][1], "--owner=0123456789");
         assert_eq!(json["TaskTemplate"]["ContainerSpec"]["Args"][2], "--project=shop");
         assert_eq!(json["TaskTemplate"]["ContainerSpec"]["Args"][3], "--prefix=r:5000/eserveless/shop-");
+        assert_eq!(json["TaskTemplate"]["ContainerSpec"]["Args"][4], "--prefix=eserveless/shop-");
         let sweep = serde_json::to_value(prune_spec("0123456789", None, "img")).expect("json");
         assert_eq!(sweep["TaskTemplate"]["ContainerSpec"]["Args"].as_array().map(Vec::len), Some(2), "{sweep}");
         assert_eq!(sweep["Name"], "esl-01234567-prune");
