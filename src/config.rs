@@ -62,6 +62,11 @@ pub struct ServerConfig {
     pub node_image: String,
     pub go_image: String,
     pub run_image: String,
+    pub python_image: String,
+    /// Image builds at once.
+    pub build_parallelism: usize,
+    /// Deployments whose images a project keeps.
+    pub keep_deployments: usize,
     pub scaling: Scaling,
     pub network: String,
     pub build_timeout: Duration,
@@ -162,6 +167,9 @@ impl ServerConfig {
             node_image: build.node_image.clone(),
             go_image: build.go_image.clone(),
             run_image: build.run_image.clone(),
+            python_image: build.python_image.clone(),
+            build_parallelism: build.build_parallelism as usize,
+            keep_deployments: build.keep_deployments as usize,
             scaling,
             network: sandbox.network.clone(),
             build_timeout: build.build_timeout,

@@ -364,6 +364,12 @@ pub fn detect_runtime(root_files: &[String]) -> Option<(&'static str, &'static s
         Some(("node", "functions.js"))
     } else if has("go.mod") {
         Some(("golang", "go.mod"))
+    } else if has("functions.py") {
+        Some(("python", "functions.py"))
+    } else if has("requirements.txt") {
+        Some(("python", "requirements.txt"))
+    } else if has("pyproject.toml") {
+        Some(("python", "pyproject.toml"))
     } else {
         None
     }
@@ -510,8 +516,8 @@ fn resolve_runtime(declared: Option<&str>, ctx: &ParseContext<'_>, found: &mut F
             }
             None => {
                 found.problems.push(
-                    "no `runtime` key, and none could be detected (no package.json, functions.js or go.mod at the root); \
-                     add `runtime: node` or `runtime: golang`"
+                    "no `runtime` key, and none could be detected (no package.json, functions.js, go.mod, functions.py, \
+                     requirements.txt or pyproject.toml at the root); add `runtime: node`, `runtime: golang` or `runtime: python`"
                         .into(),
                 );
                 None
@@ -1005,7 +1011,7 @@ functions:
         let e = parse_with("functions: [{name: API, type: http}]", &["README.md"]).expect_err("no runtime");
         assert_eq!(
             e.to_string(),
-            "invalid .eserveless.yaml: no `runtime` key, and none could be detected (no package.json, functions.js or go.mod at the root); add `runtime: node` or `runtime: golang`"
+            "invalid .eserveless.yaml: no `runtime` key, and none could be detected (no package.json, functions.js, go.mod, functions.py, requirements.txt or pyproject.toml at the root); add `runtime: node`, `runtime: golang` or `runtime: python`"
         );
     }
     // Every check of one function runs, and the problems keep the file's order: top level,

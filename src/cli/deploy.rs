@@ -82,10 +82,21 @@ async fn follow(c: &Client, project: &str, id: i64) -> Result<DeploymentAnswer> 
     }));
     let mut seen: std::collections::HashMap<String, BuildState> = Default::default();
     let mut last_status = None;
+    // How much of the deployment's log is printed: its build steps appear as they run.
+    let mut printed = 0;
     let started = Instant::now();
     let mut slow_note = false;
     let d = loop {
         let d: DeploymentAnswer = c.get(&format!("/api/projects/{project}/deployments/{id}")).await?;
+        let log = &d.deployment.log;
+        if let Some(new) = log.get(printed..).filter(|_| log.len() > printed) {
+            // Whole lines only: a line still being written is printed next time.
+            let complete = new.rfind('\n').map_or(0, |i| i + 1);
+            for line in new[..complete].lines() {
+                progress.line(format!("  | {line}"));
+            }
+            printed += complete;
+        }
         for f in &d.functions {
             if seen.get(&f.name) != Some(&f.build_state) {
                 progress.line(format!("  {:<24} {}", f.name, f.build_state.as_str()));

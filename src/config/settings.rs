@@ -13,6 +13,7 @@ use clap::ArgAction;
 pub const DEFAULT_NODE_IMAGE: &str = "node:20-bookworm-slim";
 pub const DEFAULT_GO_IMAGE: &str = "golang:1.22-bookworm";
 pub const DEFAULT_RUN_IMAGE: &str = "debian:bookworm-slim";
+pub const DEFAULT_PYTHON_IMAGE: &str = "python:3.11-slim-bookworm";
 
 /// Where clients connect and how many may.
 #[derive(Debug, Clone, clap::Args)]
@@ -66,9 +67,18 @@ pub struct BuildSettings {
     /// Minimal run stage for compiled functions
     #[arg(long, env = "ESERVELESS_RUN_IMAGE", default_value = DEFAULT_RUN_IMAGE, hide_default_value = true)]
     pub run_image: String,
+    /// Base image for Python functions
+    #[arg(long, env = "ESERVELESS_PYTHON_IMAGE", default_value = DEFAULT_PYTHON_IMAGE, hide_default_value = true)]
+    pub python_image: String,
     /// Longest one image build may take, e.g. 10m
     #[arg(long, env = "ESERVELESS_BUILD_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10m", hide_default_value = true)]
     pub build_timeout: Duration,
+    /// Images builds at once (a deployment's functions, and deployments of different projects)
+    #[arg(long, env = "ESERVELESS_BUILD_PARALLELISM", value_parser = clap::value_parser!(u32).range(1..=64), default_value_t = 2)]
+    pub build_parallelism: u32,
+    /// A project's images are kept for its last N deployments (rollback without a rebuild)
+    #[arg(long, env = "ESERVELESS_KEEP_DEPLOYMENTS", value_parser = clap::value_parser!(u32).range(1..=100), default_value_t = 3)]
+    pub keep_deployments: u32,
 }
 
 /// Instance pools: when idle instances pause and go, how requests wait, how much output is kept.

@@ -53,6 +53,11 @@ impl SourceFacts {
         })
     }
 
+    /// Whether the checkout's root has this entry.
+    pub fn has_file(&self, name: &str) -> bool {
+        self.root_files.iter().any(|f| f == name)
+    }
+
     /// The module path declared in go.mod.
     pub fn go_module(&self) -> Option<String> {
         self.go_mod.as_deref().and_then(go_module_path)
@@ -136,6 +141,46 @@ pub fn check_go_exports(checkout: &Path, functions: &[&FunctionName]) -> Result<
 pub fn image_tag(project: &ProjectName, function: &FunctionName, commit: &str) -> String {
     let short = &commit[..commit.len().min(12)];
     format!("eserveless/{}-{}:{}", project, function.docker_part(), short)
+}
+
+/// The deployment's shared image, which every function's image of the commit builds upon.
+/// A `.` cannot appear in a function's part of a tag, so it never names a function's image.
+pub fn base_tag(project: &str, commit: &str) -> String {
+    let short = &commit[..commit.len().min(12)];
+    format!("eserveless/{project}.base:{short}")
+}
+
+/// The project's cache image (the compilers' caches of its last build); one per project.
+pub fn cache_tag(project: &str) -> String {
+    format!("eserveless/{project}.cache:latest")
+}
+
+/// The shared image of the commit a function's image (from [`image_tag`]) was built at.
+pub fn base_of(project: &str, function_image: &str) -> Option<String> {
+    let (_, commit) = function_image.rsplit_once(':')?;
+    Some(base_tag(project, commit))
+}
+
+/// Whether a Dockerfile declares a stage of this name (`FROM image AS name`).
+pub fn has_stage(dockerfile: &str, stage: &str) -> bool {
+    dockerfile.lines().any(|l| {
+        let words: Vec<&str> = l.split_whitespace().collect();
+        words.len() == 4 && words[0].eq_ignore_ascii_case("FROM") && words[2].eq_ignore_ascii_case("AS") && words[3] == stage
+    })
+}
+
+/// A build context of the rendered files alone (a function's thin image on a shared one).
+pub fn rendered_context(rendered: &[(PathBuf, String)]) -> Result<Vec<u8>, ContextError> {
+    let mut tar = tar::Builder::new(Vec::new());
+    for (path, text) in rendered {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(text.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        let dest = Path::new(BUILD_DIR).join(path);
+        tar.append_data(&mut header, &dest, text.as_bytes()).map_err(|e| ContextError::Io(dest.clone(), e))?;
+    }
+    tar.into_inner().map_err(|e| ContextError::Io(PathBuf::from(BUILD_DIR), e))
 }
 
 fn is_inside(root: &Path, link_dir: &Path, target: &Path) -> bool {

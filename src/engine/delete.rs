@@ -53,6 +53,16 @@ impl Platform {
                 Err(e) => tracing::warn!(image, error = %e, "could not remove an image"),
             }
         }
+        // The shared images the functions' images were built upon, and the project's cache.
+        let mut shared: Vec<String> = images.iter().filter_map(|i| crate::engine::build::base_of(project, i)).collect();
+        shared.sort();
+        shared.dedup();
+        shared.push(crate::engine::build::cache_tag(project));
+        for image in &shared {
+            if let Err(e) = self.driver.remove_image(image).await {
+                tracing::warn!(image, error = %e, "could not remove an image");
+            }
+        }
         if let Err(e) = self.driver.forget_project(project).await {
             tracing::warn!(project, error = %e, "could not remove the project's network");
         }

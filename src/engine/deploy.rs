@@ -10,10 +10,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::build::{self, SourceFacts};
 use crate::manifest::{self, FunctionSpec, Manifest, ParseContext, MANIFEST_FILE};
-use crate::engine::runtime::{TemplateVars, BUILD_DIR};
+use crate::engine::runtime::{FunctionVar, TemplateError, TemplateVars, BUILD_DIR, CACHE_STAGE};
 use crate::engine::source::{self, RepoUrl};
 use crate::engine::{unless_cancelled, Platform, REMOVED_DURING_DEPLOY};
-use crate::infra::driver::{labels, BuildRequest, DriverError};
+use crate::infra::driver::{labels, BuildRequest, DriverError, LineSink};
 use crate::infra::store::{BuildState, NewFunction, StoreError};
 use crate::names::{FunctionName, GitRef, ProjectName};
 
@@ -42,6 +42,24 @@ impl BuildFailure {
     fn message(message: impl Into<String>) -> Self {
         BuildFailure { message: message.into(), log: String::new() }
     }
+}
+
+/// A template that does not render, as a build failure.
+fn template_failure(e: TemplateError) -> BuildFailure {
+    let mut m = e.to_string();
+    if let Some(s) = std::error::Error::source(&e) {
+        m.push_str(&format!(": {s}"));
+    }
+    BuildFailure::message(m)
+}
+
+/// The build's message, followed by the last `eserveless:` line of its log when it has one.
+fn user_line(message: &str, log: &str) -> String {
+    log.lines()
+        .rev()
+        .find(|l| l.starts_with("eserveless:"))
+        .map(|l| format!("{message}\n{l}"))
+        .unwrap_or_else(|| message.to_string())
 }
 
 impl Platform {
@@ -150,6 +168,7 @@ impl Platform {
         let base_images: Vec<&str> = match manifest.runtime.as_str() {
             "node" => vec![&self.config.node_image],
             "golang" => vec![&self.config.go_image, &self.config.run_image],
+            "python" => vec![&self.config.python_image],
             _ => vec![],
         };
         for image in base_images {
@@ -186,8 +205,39 @@ impl Platform {
         Ok(images)
     }
 
-    /// Builds every function's image in order; on the first failure removes the images built
-    /// so far and fails the deployment with the build's own last line for the user.
+    /// The template variables every image of this deployment shares.
+    fn template_vars(&self, project: &str, checkout: &Checkout, manifest: &Manifest) -> TemplateVars {
+        let facts = &checkout.facts;
+        let functions: Vec<FunctionVar> =
+            manifest.functions.iter().map(|f| FunctionVar { name: f.name.to_string(), kind: f.kind.function_type() }).collect();
+        TemplateVars {
+            function: String::new(),
+            kind: crate::manifest::FunctionType::Http,
+            project: project.to_string(),
+            commit: checkout.sha.clone(),
+            node_image: self.config.node_image.clone(),
+            go_image: self.config.go_image.clone(),
+            run_image: self.config.run_image.clone(),
+            python_image: self.config.python_image.clone(),
+            port: crate::dataplane::pool::FUNCTION_PORT,
+            has_package_json: facts.has_package_json,
+            has_package_lock: facts.has_package_lock,
+            has_go_mod: facts.go_mod.is_some(),
+            go_module: facts.go_module().unwrap_or_else(|| "eserveless.local/function".to_string()),
+            has_requirements: facts.has_file("requirements.txt"),
+            has_pyproject: facts.has_file("pyproject.toml"),
+            has_http: functions.iter().any(|f| f.kind == crate::manifest::FunctionType::Http),
+            functions,
+            base_image: String::new(),
+            cache_image: String::new(),
+        }
+    }
+
+    /// Builds the deployment's images. A runtime with a `base/` set builds one shared image
+    /// (its `cache` stage first, kept for the next deployment), then each function's thin
+    /// image on top, in parallel; another runtime builds one full image per function, in
+    /// parallel. On the first failure the images built so far are removed and the deployment
+    /// fails with the build's own `eserveless:` line for the user.
     #[allow(clippy::too_many_arguments)]
     async fn build_functions(
         &self,
@@ -199,61 +249,141 @@ impl Platform {
         warnings: &mut Vec<String>,
         removed: &CancellationToken,
     ) -> Result<(), String> {
-        let go_module = checkout.facts.go_module().unwrap_or_else(|| "eserveless.local/function".to_string());
+        let mut vars = self.template_vars(project, checkout, manifest);
+        let mut shared_built = Vec::new();
+        let two_phase = self.templates.has_base(&manifest.runtime);
+        if two_phase {
+            for f in &manifest.functions {
+                self.store.set_build_state(id, f.name.as_str(), BuildState::Building, None).map_err(store_err)?;
+            }
+            match self.build_base(id, project, checkout, manifest, &mut vars, removed).await {
+                Ok((base, ctx_warnings)) => {
+                    self.add_warnings(id, manifest, warnings, ctx_warnings)?;
+                    vars.base_image = base.clone();
+                    shared_built.push(base);
+                }
+                Err(BuildFailure { message, log }) => {
+                    let full_log = if log.is_empty() { message.clone() } else { log };
+                    for f in &manifest.functions {
+                        self.store.set_build_state(id, f.name.as_str(), BuildState::Failed, Some(&full_log)).map_err(store_err)?;
+                    }
+                    self.log(id, "the shared image failed to build");
+                    return Err(format!("the build failed: {}", user_line(&message, &full_log)));
+                }
+            }
+        }
+        let vars = &vars;
+        let limit = tokio::sync::Semaphore::new(self.config.build_parallelism.max(1));
+        let builds = manifest.functions.iter().zip(images).map(|(f, image)| {
+            let limit = &limit;
+            async move {
+                let _permit = limit.acquire().await.map_err(|_| BuildFailure::message("the build queue closed"))?;
+                let name = f.name.as_str();
+                self.store.set_build_state(id, name, BuildState::Building, None).map_err(|e| BuildFailure::message(store_err(e)))?;
+                self.log(id, &format!("building {name} ({}) as {image}", f.kind.as_str()));
+                let mut vars = vars.clone();
+                vars.function = name.to_string();
+                vars.kind = f.kind.function_type();
+                let with_checkout = !two_phase;
+                self.build_function(id, project, checkout, manifest, f, image, &vars, with_checkout, removed).await
+            }
+        });
+        let results = futures_util::future::join_all(builds).await;
         let mut built = Vec::new();
-        for (f, image) in manifest.functions.iter().zip(images) {
+        let mut failure = None;
+        for ((f, image), result) in manifest.functions.iter().zip(images).zip(results) {
             let name = f.name.as_str();
-            self.store.set_build_state(id, name, BuildState::Building, None).map_err(store_err)?;
-            self.log(id, &format!("building {name} ({}) as {image}", f.kind.as_str()));
-            let vars = TemplateVars {
-                function: name.to_string(),
-                kind: f.kind.function_type(),
-                project: project.to_string(),
-                commit: checkout.sha.clone(),
-                node_image: self.config.node_image.clone(),
-                go_image: self.config.go_image.clone(),
-                run_image: self.config.run_image.clone(),
-                port: crate::dataplane::pool::FUNCTION_PORT,
-                has_package_json: checkout.facts.has_package_json,
-                has_package_lock: checkout.facts.has_package_lock,
-                has_go_mod: checkout.facts.go_mod.is_some(),
-                go_module: go_module.clone(),
-            };
-            match self.build_function(id, project, checkout, manifest, f, image, &vars, removed).await {
+            match result {
                 Ok((log, ctx_warnings)) => {
                     self.store.set_build_state(id, name, BuildState::Built, Some(&log)).map_err(store_err)?;
                     built.push(image.clone());
-                    if !ctx_warnings.is_empty() {
-                        for w in &ctx_warnings {
-                            if !warnings.contains(w) {
-                                warnings.push(w.clone());
-                            }
-                        }
-                        self.store.set_deployment_building(id, &manifest.runtime, warnings).map_err(store_err)?;
-                    }
+                    self.add_warnings(id, manifest, warnings, ctx_warnings)?;
                 }
                 Err(BuildFailure { message, log }) => {
                     let full_log = if log.is_empty() { message.clone() } else { log };
                     self.store.set_build_state(id, name, BuildState::Failed, Some(&full_log)).map_err(store_err)?;
                     self.log(id, &format!("{name} failed to build"));
-                    // Images of a failed deployment are never used: remove them.
-                    for image in &built {
-                        let _ = self.driver.remove_image(image).await;
+                    if failure.is_none() {
+                        failure = Some(format!("function `{name}` failed to build: {}", user_line(&message, &full_log)));
                     }
-                    let user_line = full_log
-                        .lines()
-                        .rev()
-                        .find(|l| l.starts_with("eserveless:"))
-                        .map(|l| format!("{message}\n{l}"))
-                        .unwrap_or(message);
-                    return Err(format!("function `{name}` failed to build: {user_line}"));
                 }
             }
+        }
+        if let Some(failure) = failure {
+            // Images of a failed deployment are never used: remove them.
+            for image in built.iter().chain(&shared_built) {
+                let _ = self.driver.remove_image(image).await;
+            }
+            return Err(failure);
         }
         Ok(())
     }
 
-    /// Builds one function's image; returns the build log and the build context's warnings.
+    fn add_warnings(&self, id: i64, manifest: &Manifest, warnings: &mut Vec<String>, new: Vec<String>) -> Result<(), String> {
+        let before = warnings.len();
+        for w in new {
+            if !warnings.contains(&w) {
+                warnings.push(w);
+            }
+        }
+        if warnings.len() > before {
+            self.store.set_deployment_building(id, &manifest.runtime, warnings).map_err(store_err)?;
+        }
+        Ok(())
+    }
+
+    /// Builds the deployment's shared image (and first its `cache` stage, when the Dockerfile
+    /// has one, as the project's cache image); returns its tag and the context's warnings.
+    async fn build_base(
+        &self,
+        id: i64,
+        project: &str,
+        checkout: &Checkout,
+        manifest: &Manifest,
+        vars: &mut TemplateVars,
+        removed: &CancellationToken,
+    ) -> Result<(String, Vec<String>), BuildFailure> {
+        let base = build::base_tag(project, &checkout.sha);
+        let cache = build::cache_tag(project);
+        let previous_cache = self.driver.image_id(&cache).await.map_err(|e| BuildFailure::message(e.to_string()))?;
+        if previous_cache.is_some() {
+            vars.cache_image = cache.clone();
+        }
+        let rendered = self.templates.render_base(&manifest.runtime, vars).map_err(template_failure)?;
+        let has_cache_stage = rendered
+            .iter()
+            .find(|(p, _)| p.as_os_str() == "Dockerfile")
+            .is_some_and(|(_, text)| build::has_stage(text, CACHE_STAGE));
+        let dir = checkout.dir.clone();
+        let (tar, ctx_warnings) = tokio::task::spawn_blocking(move || build::build_context(&dir, &rendered))
+            .await
+            .map_err(|e| BuildFailure::message(e.to_string()))?
+            .map_err(|e| BuildFailure::message(e.to_string()))?;
+        let mut log = String::new();
+        if has_cache_stage {
+            self.log(id, &format!("building the project's cache stage as {cache}"));
+            let req = self.build_request(id, project, None, &checkout.sha, tar.clone(), &cache, Some(CACHE_STAGE), false);
+            log.push_str(&self.run_build(req, removed).await?);
+            // The previous cache image has handed on its caches: it is no longer needed.
+            let now = self.driver.image_id(&cache).await.ok().flatten();
+            if let (Some(old), Some(now)) = (previous_cache, now) {
+                if old != now {
+                    let _ = self.driver.remove_image(&old).await;
+                }
+            }
+        }
+        self.log(id, &format!("building the deployment's shared image {base}"));
+        let req = self.build_request(id, project, None, &checkout.sha, tar, &base, None, false);
+        log.push_str(&self.run_build(req, removed).await.map_err(|mut f| {
+            f.log = format!("{log}{}", f.log);
+            f
+        })?);
+        Ok((base, ctx_warnings))
+    }
+
+    /// Builds one function's image: a full build from the checkout, or (`with_checkout`
+    /// false) a thin one from its rendered Dockerfile alone. Returns the build log and the
+    /// build context's warnings.
     #[allow(clippy::too_many_arguments)]
     async fn build_function(
         &self,
@@ -264,45 +394,80 @@ impl Platform {
         f: &FunctionSpec,
         image: &str,
         vars: &TemplateVars,
+        with_checkout: bool,
         removed: &CancellationToken,
     ) -> Result<(String, Vec<String>), BuildFailure> {
         let name = f.name.as_str();
-        let rendered = self.templates.render(&manifest.runtime, f.kind.as_str(), vars).map_err(|e| {
-            let mut m = e.to_string();
-            if let Some(s) = std::error::Error::source(&e) {
-                m.push_str(&format!(": {s}"));
-            }
-            BuildFailure::message(m)
-        })?;
-        let dir = checkout.dir.clone();
-        let (tar, ctx_warnings) = tokio::task::spawn_blocking(move || build::build_context(&dir, &rendered))
-            .await
-            .map_err(|e| BuildFailure::message(e.to_string()))?
-            .map_err(|e| BuildFailure::message(e.to_string()))?;
-        let req = BuildRequest {
-            context_tar: tar,
-            dockerfile: format!("{BUILD_DIR}/Dockerfile"),
-            tag: image.to_string(),
-            labels: HashMap::from([
-                (labels::MANAGED.to_string(), "true".to_string()),
-                (labels::PROJECT.to_string(), project.to_string()),
-                (labels::FUNCTION.to_string(), name.to_string()),
-                (labels::REVISION.to_string(), id.to_string()),
-                (labels::COMMIT.to_string(), checkout.sha.clone()),
-            ]),
-            timeout: self.config.build_timeout,
+        let rendered = self.templates.render(&manifest.runtime, f.kind.as_str(), vars).map_err(template_failure)?;
+        let (tar, ctx_warnings) = if with_checkout {
+            let dir = checkout.dir.clone();
+            tokio::task::spawn_blocking(move || build::build_context(&dir, &rendered))
+                .await
+                .map_err(|e| BuildFailure::message(e.to_string()))?
+                .map_err(|e| BuildFailure::message(e.to_string()))?
+        } else {
+            (build::rendered_context(&rendered).map_err(|e| BuildFailure::message(e.to_string()))?, Vec::new())
         };
+        let req = self.build_request(id, project, Some(name), &checkout.sha, tar, image, None, true);
+        Ok((self.run_build(req, removed).await?, ctx_warnings))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build_request(
+        &self,
+        id: i64,
+        project: &str,
+        function: Option<&str>,
+        sha: &str,
+        context_tar: Vec<u8>,
+        tag: &str,
+        target: Option<&str>,
+        publish: bool,
+    ) -> BuildRequest {
+        let mut labels = HashMap::from([
+            (labels::MANAGED.to_string(), "true".to_string()),
+            (labels::PROJECT.to_string(), project.to_string()),
+            (labels::REVISION.to_string(), id.to_string()),
+            (labels::COMMIT.to_string(), sha.to_string()),
+        ]);
+        if let Some(f) = function {
+            labels.insert(labels::FUNCTION.to_string(), f.to_string());
+        }
+        // The build's steps reach the deployment's log as they happen (`eserveless deploy`
+        // shows them live); a function's thin build says little worth a line.
+        let on_line: Option<LineSink> = function.is_none().then(|| {
+            let store = self.store.clone();
+            let sink: LineSink = Arc::new(move |line: &str| {
+                if let Err(e) = store.append_deployment_log(id, &format!("  {line}")) {
+                    tracing::warn!(error = %e, "could not append to a deployment log");
+                }
+            });
+            sink
+        });
+        BuildRequest {
+            context_tar,
+            dockerfile: format!("{BUILD_DIR}/Dockerfile"),
+            tag: tag.to_string(),
+            labels,
+            timeout: self.config.build_timeout,
+            target: target.map(str::to_string),
+            publish,
+            on_line,
+        }
+    }
+
+    /// Runs a build (stopped when the project is removed); a failure keeps the build's log.
+    async fn run_build(&self, req: BuildRequest, removed: &CancellationToken) -> Result<String, BuildFailure> {
         // Dropping the build's stream on removal makes the engine stop the build.
         let outcome = unless_cancelled(removed, self.driver.build_image(req)).await.map_err(BuildFailure::message)?;
-        let log = outcome.map_err(|e| match e {
+        outcome.map_err(|e| match e {
             DriverError::BuildFailed { message, log } => BuildFailure { message, log },
             DriverError::BuildTimeout(d, log) => BuildFailure {
                 message: format!("the build took longer than its limit of {}", humantime::format_duration(d)),
                 log,
             },
             other => BuildFailure::message(other.to_string()),
-        })?;
-        Ok((log, ctx_warnings))
+        })
     }
 
     /// Switches the project to the built deployment, then removes images no rollback needs.
@@ -311,29 +476,42 @@ impl Platform {
         if removed.is_cancelled() {
             return Err(REMOVED_DURING_DEPLOY.to_string());
         }
-        let previous = self.store.project(project).map_err(store_err)?.and_then(|p| p.live_deployment_id);
         self.activate(project, id, true).await.map_err(|e| format!("could not switch to the new deployment: {e}"))?;
         self.store.make_live(id).map_err(store_err)?;
         self.log(id, "live");
         tracing::info!(project, deployment = id, commit = %sha, "deployment live");
-        // Keep the previous deployment's images for a rollback; remove older ones.
-        if let Some(prev) = previous {
-            self.remove_old_images(project, &[id, prev]).await;
-        }
+        // Keep the images of the last N deployments for a rollback; remove older ones.
+        self.remove_old_images(project).await;
         Ok(())
     }
 
-    async fn remove_old_images(&self, project: &str, keep: &[i64]) {
+    /// Removes the images (functions' and shared) of all but the project's last
+    /// `keep_deployments` live deployments.
+    async fn remove_old_images(&self, project: &str) {
+        let keep = match self.store.recent_ready_deployments(project, self.config.keep_deployments) {
+            Ok(ids) => ids,
+            Err(e) => return tracing::warn!(project, error = %e, "could not list the deployments to keep"),
+        };
         let mut keep_images = Vec::new();
         for d in keep {
-            if let Ok(fns) = self.store.functions(*d) {
+            if let Ok(fns) = self.store.functions(d) {
                 keep_images.extend(fns.into_iter().filter_map(|f| f.image));
             }
         }
-        if let Ok(all) = self.store.project_images(project) {
-            for image in all.into_iter().filter(|i| !keep_images.contains(i)) {
-                let _ = self.driver.remove_image(&image).await;
+        let keep_bases: Vec<String> = keep_images.iter().filter_map(|i| build::base_of(project, i)).collect();
+        let Ok(all) = self.store.project_images(project) else { return };
+        let mut bases = Vec::new();
+        for image in all.into_iter().filter(|i| !keep_images.contains(i)) {
+            if let Some(b) = build::base_of(project, &image) {
+                if !keep_bases.contains(&b) && !bases.contains(&b) {
+                    bases.push(b);
+                }
             }
+            let _ = self.driver.remove_image(&image).await;
+        }
+        // After the functions' images, which are built upon them.
+        for base in bases {
+            let _ = self.driver.remove_image(&base).await;
         }
     }
 }

@@ -11,8 +11,17 @@ use crate::manifest::FunctionType;
 
 static EMBEDDED: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/runtimes");
 
-/// A runtime's directory of files common to all its kinds.
+/// A runtime's directory of files common to all its kinds (runtimes built one full image
+/// per function: an operator's own).
 pub const SHARED: &str = "shared";
+
+/// A runtime's directory of the image shared by all the functions of a deployment; with it,
+/// each kind's set is a thin `Dockerfile` on top (`FROM {{ base_image }}`).
+pub const BASE: &str = "base";
+
+/// The stage of a base Dockerfile that is built first, alone, and kept as the project's cache
+/// image: the next deployment gets it as `cache_image`.
+pub const CACHE_STAGE: &str = "cache";
 
 /// The directory, inside the build context, that holds the rendered template files.
 pub const BUILD_DIR: &str = ".eserveless-build";
@@ -43,6 +52,24 @@ pub struct TemplateVars {
     pub has_package_lock: bool,
     pub has_go_mod: bool,
     pub go_module: String,
+    pub python_image: String,
+    pub has_requirements: bool,
+    pub has_pyproject: bool,
+    /// Whether any function is an http function.
+    pub has_http: bool,
+    /// Every function of the deployment (the base image checks and builds them all).
+    pub functions: Vec<FunctionVar>,
+    /// The deployment's shared image, for the per-function Dockerfiles.
+    pub base_image: String,
+    /// The project's cache image from its previous deployment, or empty.
+    pub cache_image: String,
+}
+
+/// A function as the base templates see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionVar {
+    pub name: String,
+    pub kind: FunctionType,
 }
 
 /// Templates by (runtime, kind), each a set of relative file paths and their text.
@@ -118,7 +145,8 @@ impl Templates {
 
     /// Runtimes that have both an `http` and a `cron` template, or at least one of them.
     pub fn runtimes(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.sets.keys().filter(|(_, k)| k != SHARED).map(|(r, _)| r.clone()).collect();
+        let mut v: Vec<String> =
+            self.sets.keys().filter(|(_, k)| k != SHARED && k != BASE).map(|(r, _)| r.clone()).collect();
         v.dedup();
         v
     }
@@ -131,13 +159,37 @@ impl Templates {
             kind: kind.to_string(),
             known: self.runtimes().join(", "),
         };
-        if kind == SHARED {
+        if kind == SHARED || kind == BASE {
             return Err(missing());
         }
         let own = self.sets.get(&(runtime.to_string(), kind.to_string())).ok_or_else(missing)?;
         let mut set = self.sets.get(&(runtime.to_string(), SHARED.to_string())).cloned().unwrap_or_default();
         set.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let set = &set;
+        self.render_set(runtime, kind, &set, vars)
+    }
+
+    /// Whether the runtime builds one shared image per deployment (it has a `base/` set).
+    pub fn has_base(&self, runtime: &str) -> bool {
+        self.sets.contains_key(&(runtime.to_string(), BASE.to_string()))
+    }
+
+    /// Renders the runtime's `base/` set: the deployment's shared image.
+    pub fn render_base(&self, runtime: &str, vars: &TemplateVars) -> Result<Vec<(PathBuf, String)>, TemplateError> {
+        let set = self.sets.get(&(runtime.to_string(), BASE.to_string())).ok_or_else(|| TemplateError::Missing {
+            runtime: runtime.to_string(),
+            kind: BASE.to_string(),
+            known: self.runtimes().join(", "),
+        })?;
+        self.render_set(runtime, BASE, set, vars)
+    }
+
+    fn render_set(
+        &self,
+        runtime: &str,
+        kind: &str,
+        set: &BTreeMap<PathBuf, String>,
+        vars: &TemplateVars,
+    ) -> Result<Vec<(PathBuf, String)>, TemplateError> {
         let mut env = minijinja::Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         let mut out = Vec::new();
@@ -164,6 +216,7 @@ mod tests {
     use super::*;
 
     fn vars(function: &str, kind: &str) -> TemplateVars {
+        let fv = |name: &str, kind: &str| FunctionVar { name: name.into(), kind: FunctionType::parse(kind).expect("a real kind") };
         TemplateVars {
             function: function.into(),
             kind: FunctionType::parse(kind).expect("tests name a real kind"),
@@ -172,86 +225,99 @@ mod tests {
             node_image: "node-img".into(),
             go_image: "go-img".into(),
             run_image: "run-img".into(),
+            python_image: "py-img".into(),
             port: 8080,
             has_package_json: true,
             has_package_lock: false,
             has_go_mod: true,
             go_module: "github.com/example/gofns".into(),
+            has_requirements: true,
+            has_pyproject: false,
+            has_http: true,
+            functions: vec![fv("API", "http"), fv("Ticker", "cron")],
+            base_image: "eserveless/p.base:abc".into(),
+            cache_image: String::new(),
         }
     }
 
+    fn file<'a>(files: &'a [(PathBuf, String)], name: &str) -> &'a str {
+        files.iter().find(|(p, _)| p == Path::new(name)).map(|(_, s)| s.as_str()).unwrap_or_else(|| panic!("no {name} in {files:?}"))
+    }
+
     #[test]
-    fn embedded_runtimes_cover_node_and_golang() {
+    fn embedded_runtimes_build_one_shared_image_and_thin_function_images() {
         let t = Templates::embedded();
         assert_eq!(t.runtimes(), vec!["golang".to_string(), "node".to_string()]);
         for rt in ["node", "golang"] {
+            assert!(t.has_base(rt), "{rt}");
+            let base = t.render_base(rt, &vars("", "http")).expect("renders");
+            assert!(!file(&base, "Dockerfile").contains("{{"), "{rt}/base left a placeholder");
             for kind in ["http", "cron"] {
                 let files = t.render(rt, kind, &vars("API", kind)).expect("renders");
-                let dockerfile = files
-                    .iter()
-                    .find(|(p, _)| p == Path::new("Dockerfile"))
-                    .map(|(_, s)| s)
-                    .expect("every set has a Dockerfile");
-                assert!(!dockerfile.contains("{{"), "{rt}/{kind} left a placeholder");
+                assert_eq!(files.len(), 1, "{rt}/{kind}: a function's image is its Dockerfile alone: {files:?}");
+                let df = file(&files, "Dockerfile");
+                assert!(df.contains("FROM eserveless/p.base:abc\n"), "{df}");
+                assert!(!df.contains("COPY") && !df.contains("RUN"), "{rt}/{kind}: no files, no steps: {df}");
+                assert!(df.contains(&format!(r#"eserveless.function="API" eserveless.kind="{kind}""#)), "{df}");
             }
         }
     }
 
     #[test]
-    fn golang_templates_import_the_users_module_and_name_the_function() {
+    fn golang_base_compiles_every_function_once_and_reuses_the_projects_caches() {
         let t = Templates::embedded();
-        let files = t.render("golang", "http", &vars("Hello", "http")).expect("renders");
-        let main = files.iter().find(|(p, _)| p == Path::new("main.go")).map(|(_, s)| s).expect("main.go");
-        assert!(main.contains("\"github.com/example/gofns\""), "{main}");
-        assert!(main.contains("Hello"), "{main}");
-        assert!(main.contains("package main"), "{main}");
-        let df = files.iter().find(|(p, _)| p == Path::new("Dockerfile")).map(|(_, s)| s).expect("Dockerfile");
-        assert!(df.contains("FROM go-img"), "{df}");
-        assert!(df.contains("FROM run-img"), "{df}");
+        let mut v = vars("", "http");
+        let df = t.render_base("golang", &v).expect("renders");
+        let d = file(&df, "Dockerfile");
+        assert!(d.contains("FROM go-img AS cache") && d.contains("FROM run-img"), "{d}");
+        assert_eq!(d.matches("go build -trimpath -ldflags").count(), 1, "one build for all functions: {d}");
+        assert!(d.contains("eserveless_entry/API/main.go") && d.contains("eserveless_entry/Ticker/main.go"), "{d}");
+        assert!(d.contains("RUN /out/Ticker --eserveless-check") && !d.contains("/out/API --eserveless-check"), "{d}");
+        assert!(!d.contains("COPY --from=eserveless"), "no cache on a first deployment: {d}");
+        v.cache_image = "eserveless/p.cache:latest".into();
+        let d = t.render_base("golang", &v).expect("renders");
+        assert!(file(&d, "Dockerfile").contains("COPY --from=eserveless/p.cache:latest /cache /cache"), "{d:?}");
+        assert!(file(&d, "http.go").contains("\"github.com/example/gofns\"") && file(&d, "http.go").contains("fn.EsvFunction__"));
+        assert!(crate::engine::build::has_stage(file(&d, "Dockerfile"), CACHE_STAGE));
     }
 
     #[test]
-    fn node_templates_use_the_node_image() {
+    fn node_base_installs_once_checks_all_and_snapshots_only_with_http() {
         let t = Templates::embedded();
-        let files = t.render("node", "http", &vars("API", "http")).expect("renders");
-        let df = files.iter().find(|(p, _)| p == Path::new("Dockerfile")).map(|(_, s)| s).expect("Dockerfile");
-        assert!(df.contains("FROM node-img"), "{df}");
-        assert!(df.contains("package"), "dependency install present: {df}");
-    }
-
-    #[test]
-    fn shared_files_render_per_kind() {
-        let t = Templates::embedded();
+        let mut v = vars("", "http");
+        let base = t.render_base("node", &v).expect("renders");
+        let d = file(&base, "Dockerfile");
+        assert!(d.contains("FROM node-img") && d.contains("npm install"), "{d}");
+        assert!(d.contains("RUN node .eserveless-build/check.cjs API Ticker\n"), "{d}");
+        assert!(d.contains("--build-snapshot"), "{d}");
+        assert!(d.contains("ENV NODE_EXTRA_CA_CERTS=\n"), "skips the CA bundle parse: {d}");
+        v.has_http = false;
+        let base = t.render_base("node", &v).expect("renders");
+        assert!(!file(&base, "Dockerfile").contains("--build-snapshot"), "no snapshot without an http function");
         let http = t.render("node", "http", &vars("API", "http")).expect("renders");
-        let cron = t.render("node", "cron", &vars("Tick", "cron")).expect("renders");
-        let df = |files: &[(PathBuf, String)]| files.iter().find(|(p, _)| p == Path::new("Dockerfile")).map(|(_, s)| s.clone()).expect("Dockerfile");
-        let (h, c) = (df(&http), df(&cron));
-        assert!(h.contains(r#"CMD ["node", "--snapshot-blob", "/app/.eserveless-build/snapshot.blob"]"#), "{h}");
-        assert!(h.contains("--build-snapshot .eserveless-build/snapshot.cjs") && !h.contains("cron.cjs"), "{h}");
-        assert!(http.iter().any(|(p, _)| p == Path::new("snapshot.cjs")), "the http kind carries its snapshot entry");
-        assert!(c.contains(r#"CMD ["node", "/app/.eserveless-build/cron.cjs"]"#) && !c.contains("snapshot") && !c.contains("server.cjs"), "{c}");
-        assert!(h.contains("ENV NODE_EXTRA_CA_CERTS=\n") && c.contains("ENV NODE_EXTRA_CA_CERTS=\n"), "both kinds skip the CA bundle parse");
-        assert!(http.iter().any(|(p, _)| p == Path::new("loader.cjs")), "shared loader included");
-        // The typed kind reaches the templates as the manifest's text.
-        assert!(h.contains(r#"eserveless.kind="http""#) && c.contains(r#"eserveless.kind="cron""#), "{h}\n{c}");
+        assert!(file(&http, "Dockerfile").contains(r#"CMD ["node", "--snapshot-blob", "/app/.eserveless-build/snapshot.blob", "API"]"#));
+        let cron = t.render("node", "cron", &vars("Ticker", "cron")).expect("renders");
+        assert!(file(&cron, "Dockerfile").contains(r#"CMD ["node", "/app/.eserveless-build/cron.cjs", "Ticker"]"#));
         assert!(t.render("node", "shared", &vars("API", "http")).is_err(), "shared is not a kind");
+        assert!(t.render("node", "base", &vars("API", "http")).is_err(), "base is not a kind");
     }
 
     #[test]
     fn missing_runtime_is_named() {
-        let e = Templates::embedded().render("python", "http", &vars("API", "http")).expect_err("no python");
-        assert_eq!(e.to_string(), "runtime `python` has no `http` template (known runtimes: golang, node)");
+        let e = Templates::embedded().render("cobol", "http", &vars("API", "http")).expect_err("no cobol");
+        assert!(e.to_string().starts_with("runtime `cobol` has no `http` template (known runtimes: golang, node"), "{e}");
     }
 
     #[test]
     fn overrides_replace_and_add() {
         let dir = tempfile::tempdir().expect("dir");
-        let p = dir.path().join("python/http");
+        let p = dir.path().join("ruby/http");
         std::fs::create_dir_all(&p).expect("mkdir");
         std::fs::write(p.join("Dockerfile"), "FROM {{ node_image }}\nCMD echo {{ function }}\n").expect("write");
         let t = Templates::with_overrides(dir.path()).expect("load");
-        assert_eq!(t.runtimes(), vec!["golang".to_string(), "node".to_string(), "python".to_string()]);
-        let files = t.render("python", "http", &vars("F", "http")).expect("render");
+        assert!(t.runtimes().contains(&"ruby".to_string()));
+        assert!(!t.has_base("ruby"), "an operator's runtime without base/ builds one full image per function");
+        let files = t.render("ruby", "http", &vars("F", "http")).expect("render");
         assert_eq!(files[0].1, "FROM node-img\nCMD echo F\n");
     }
 }

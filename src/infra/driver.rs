@@ -310,6 +310,9 @@ pub struct ContainerEvent {
     pub action: String,
 }
 
+/// Receives a build's log lines as the engine reports them.
+pub type LineSink = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
+
 /// How an image is built.
 pub struct BuildRequest {
     pub context_tar: Vec<u8>,
@@ -317,12 +320,21 @@ pub struct BuildRequest {
     pub tag: String,
     pub labels: HashMap<String, String>,
     pub timeout: Duration,
+    /// Build only this stage of a multi-stage Dockerfile.
+    pub target: Option<String>,
+    /// Whether instances run this image (so a swarm engine pushes it to its registry); a
+    /// deployment's shared and cache images are only built upon, where builds run.
+    pub publish: bool,
+    /// Each log line, live (the whole log is also returned at the end).
+    pub on_line: Option<LineSink>,
 }
 
 #[async_trait]
 pub trait Driver: Send + Sync + 'static {
     async fn ping(&self) -> Result<()>;
     async fn image_exists(&self, image: &str) -> Result<bool>;
+    /// The id of the image `image` names now, if there is one.
+    async fn image_id(&self, image: &str) -> Result<Option<String>>;
     /// Builds an image; returns its whole log.
     async fn build_image(&self, req: BuildRequest) -> Result<String>;
     /// Removes an image; `false` when there was none.
@@ -414,6 +426,14 @@ pub(crate) async fn image_exists_on(docker: &Docker, image: &str) -> Result<bool
     }
 }
 
+pub(crate) async fn image_id_on(docker: &Docker, image: &str) -> Result<Option<String>> {
+    match docker.inspect_image(image).await {
+        Ok(i) => Ok(i.id),
+        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 pub(crate) async fn remove_image_on(docker: &Docker, image: &str) -> Result<bool> {
     let opts = RemoveImageOptionsBuilder::default().force(true).build();
     match docker.remove_image(image, Some(opts), None).await {
@@ -427,7 +447,11 @@ pub(crate) async fn remove_image_on(docker: &Docker, image: &str) -> Result<bool
 /// with memory and CPU capped. Returns the whole log. Shared by both drivers: the swarm engine
 /// builds on its manager.
 pub(crate) async fn build_image_on(docker: &Docker, network: &str, req: BuildRequest) -> Result<String> {
-    let options = BuildImageOptionsBuilder::default()
+    let mut options = BuildImageOptionsBuilder::default();
+    if let Some(target) = &req.target {
+        options = options.target(target);
+    }
+    let options = options
         .dockerfile(&req.dockerfile)
         .t(&req.tag)
         .labels(&req.labels)
@@ -460,6 +484,11 @@ pub(crate) async fn build_image_on(docker: &Docker, network: &str, req: BuildReq
             if let Some(text) = info.stream.as_deref().or(info.status.as_deref()) {
                 let text = strip_ansi(text);
                 let text = text.as_str();
+                if let Some(sink) = &req.on_line {
+                    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                        sink(line);
+                    }
+                }
                 log.push_str(text);
                 if !text.ends_with('\n') {
                     log.push('\n');
@@ -590,6 +619,10 @@ impl Driver for DockerDriver {
 
     async fn image_exists(&self, image: &str) -> Result<bool> {
         image_exists_on(&self.docker, image).await
+    }
+
+    async fn image_id(&self, image: &str) -> Result<Option<String>> {
+        image_id_on(&self.docker, image).await
     }
 
     async fn build_image(&self, req: BuildRequest) -> Result<String> {

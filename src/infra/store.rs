@@ -713,6 +713,15 @@ impl Store {
     }
 
     /// Every image any deployment of the project recorded.
+    /// The project's last `n` deployments that went live, newest first.
+    pub fn recent_ready_deployments(&self, project: &str, n: usize) -> Result<Vec<i64>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT id FROM deployments WHERE project = ?1 AND status = 'ready' ORDER BY id DESC LIMIT ?2")?;
+        let rows = stmt.query_map(params![project, i64::try_from(n).unwrap_or(i64::MAX)], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     pub fn project_images(&self, project: &str) -> Result<Vec<String>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(

@@ -76,6 +76,9 @@ impl Driver for FakeDriver {
     async fn image_exists(&self, _: &str) -> Result<bool> {
         Ok(true)
     }
+    async fn image_id(&self, image: &str) -> Result<Option<String>> {
+        Ok(self.recorded().builds.iter().any(|(t, _)| t == image).then(|| format!("id-of-{image}")))
+    }
     async fn build_image(&self, req: BuildRequest) -> Result<String> {
         let mut entries = Vec::new();
         let mut archive = tar::Archive::new(&req.context_tar[..]);

@@ -951,12 +951,17 @@ impl Driver for SwarmDriver {
         image_exists_on(&self.docker, image).await
     }
 
+    async fn image_id(&self, image: &str) -> Result<Option<String>> {
+        super::image_id_on(&self.docker, image).await
+    }
+
     /// Builds on the manager, as the single-host engine builds on its host, then pushes to
     /// the registry (only the layers it lacks travel) and remembers the digest to run.
     async fn build_image(&self, req: BuildRequest) -> Result<String> {
         let tag = req.tag.clone();
+        let publish = req.publish;
         let mut log = build_image_on(&self.docker, &self.build_network, req).await?;
-        if let Some(registry) = &self.registry {
+        if let (true, Some(registry)) = (publish, &self.registry) {
             let t0 = Instant::now();
             let pinned = registry.push(&self.docker, &tag).await.map_err(|e| DriverError::BuildFailed { message: e.to_string(), log: log.clone() })?;
             log.push_str(&format!("pushed {pinned} in {} ms\n", t0.elapsed().as_millis()));
@@ -1037,7 +1042,13 @@ impl Driver for SwarmDriver {
         }
         let tool = self.tool_image.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let (Some(registry), Some(image)) = (&self.registry, tool) {
-            let prefixes = [format!("{}/eserveless/{project}-", registry.addr()), format!("eserveless/{project}-")];
+            // Functions' images (`<project>-<function>`, in the registry and as built) and
+            // the shared and cache images built on the manager (`<project>.base`, `.cache`).
+            let prefixes = [
+                format!("{}/eserveless/{project}-", registry.addr()),
+                format!("eserveless/{project}-"),
+                format!("eserveless/{project}."),
+            ];
             let spec = prune::prune_spec(&self.owner, Some((project, &prefixes)), &image);
             if let Err(e) = prune::prune_project_images(&self.docker, spec).await {
                 failed.push(format!("images: {e}"));

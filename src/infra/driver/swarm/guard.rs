@@ -149,6 +149,9 @@ pub fn guard_build_request(binary: &[u8], base_image: &str, owner: &str) -> Resu
             (labels::OWNER.to_string(), owner.to_string()),
         ]),
         timeout: GUARD_BUILD_TIMEOUT,
+        target: None,
+        publish: true,
+        on_line: None,
     })
 }
 

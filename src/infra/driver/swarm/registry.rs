@@ -366,6 +366,9 @@ fn registry_build(debian_image: &str, tag: &str) -> Result<BuildRequest> {
         tag: tag.to_string(),
         labels: HashMap::from([(labels::MANAGED.to_string(), "true".to_string())]),
         timeout: Duration::from_secs(600),
+        target: None,
+        publish: true,
+        on_line: None,
     })
 }
 

@@ -1,8 +1,10 @@
 'use strict';
-// eserveless: cron wrapper. Runs the exported function "{{ function }}" of
-// functions.js once as fn(envs), where envs holds every ESERVELESS_* variable,
+// eserveless: cron wrapper. Runs the exported function named by its first
+// argument (`node cron.cjs Ticker`) of functions.js once as fn(envs), where envs holds every ESERVELESS_* variable,
 // awaits it, and exits 0; a throw or a rejection exits 1.
-const { FUNCTION_NAME, LoadError, loadFunction } = require('./loader.cjs');
+const { LoadError, loadFunction } = require('./loader.cjs');
+
+const FUNCTION_NAME = process.argv[2];
 
 const envs = {};
 for (const key of Object.keys(process.env).sort()) {
@@ -19,7 +21,7 @@ function fail(err) {
   process.exit(1);
 }
 
-loadFunction()
+loadFunction(FUNCTION_NAME)
   .then((fn) => fn(envs))
   .then(() => {
     // Do not wait for timers or sockets the function left open.

@@ -1,10 +1,13 @@
 'use strict';
-// eserveless: HTTP wrapper. Serves every path with the exported function
-// "{{ function }}" of functions.js, on 0.0.0.0:$PORT (default {{ port }}), and on the
+// eserveless: HTTP wrapper. Serves every path with the exported function named
+// by its first argument (process.argv[2]) of functions.js, on 0.0.0.0:$PORT
+// (default {{ port }}), and on the
 // Unix socket $ESERVELESS_SOCKET when set: the gateway's fast path into this container.
 const fs = require('fs');
 const http = require('http');
-const { FUNCTION_NAME, LoadError, loadFunction } = require('./loader.cjs');
+const { LoadError, loadFunction } = require('./loader.cjs');
+
+const FUNCTION_NAME = process.argv[2];
 
 const port = parseInt(process.env.PORT || '{{ port }}', 10);
 const socketPath = process.env.ESERVELESS_SOCKET || '';
@@ -74,7 +77,7 @@ function main(handler) {
   process.on('SIGINT', stop);
 }
 
-loadFunction().then(main, (err) => {
+loadFunction(FUNCTION_NAME).then(main, (err) => {
   if (err instanceof LoadError) {
     console.error(err.message);
     if (err.detail) console.error(err.detail);

@@ -1,12 +1,12 @@
 'use strict';
 // eserveless: loads the user's functions.js (CommonJS, or an ES module when
 // package.json says "type": "module") and returns the exported function.
-// This file is a template: it is rendered with the build variables.
+// The function's name is the wrapper's first argument (process.argv[2]): one
+// image holds the code of every function of a deployment.
 const fs = require('fs');
 const path = require('path');
 const { pathToFileURL } = require('url');
 
-const FUNCTION_NAME = '{{ function }}';
 const FUNCTIONS_FILE = path.join(__dirname, '..', 'functions.js');
 
 class LoadError extends Error {}
@@ -60,7 +60,7 @@ function describe(value) {
   return t === 'object' ? 'an object' : `a ${t}`;
 }
 
-async function loadFunction() {
+async function loadFunction(FUNCTION_NAME) {
   const mod = await loadModule();
   const exported = mod && (typeof mod === 'object' || typeof mod === 'function') ? mod : {};
   const fn = exported[FUNCTION_NAME];
@@ -73,4 +73,4 @@ async function loadFunction() {
   throw new LoadError(`eserveless: "${FUNCTION_NAME}" exported by functions.js is ${describe(fn)}, not a function (it exports: ${list})`);
 }
 
-module.exports = { FUNCTION_NAME, LoadError, loadFunction };
+module.exports = { LoadError, loadFunction };
