@@ -177,6 +177,8 @@ pub struct FunctionSpec {
     pub timeout: Duration,
     pub scaling: Scaling,
     pub options: FunctionOptions,
+    /// A `container` function's Dockerfile, relative to the repository's root.
+    pub dockerfile: Option<String>,
 }
 
 /// Parses a memory size: a number of bytes, or a number with `k`/`m`/`g` (or `Ki`/`Mi`/`Gi`,
@@ -284,6 +286,7 @@ struct RawFunction {
     auth: Option<String>,
     memory: Option<Value>,
     cpu: Option<Value>,
+    dockerfile: Option<String>,
 }
 
 const TOP_KEYS: &[&str] = &["repo", "runtime", "functions"];
@@ -301,7 +304,14 @@ const FUNCTION_KEYS: &[&str] = &[
     "auth",
     "memory",
     "cpu",
+    "dockerfile",
 ];
+
+/// The runtime whose functions are the repository's own container images.
+pub const CONTAINER_RUNTIME: &str = "container";
+
+/// The Dockerfile a `container` function is built from when it names none.
+pub const DEFAULT_DOCKERFILE: &str = "Dockerfile";
 
 /// Suggests the closest of `candidates` to `word`, if any is close enough.
 pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
@@ -569,7 +579,33 @@ fn parse_function(
     if let Some(v) = &rf.cpu {
         options.cpu_millis = function_cpu(&who, v, ctx.caps, &mut found.problems);
     }
-    Some(FunctionSpec { name: name?, kind: kind?, env, timeout, scaling, options })
+    let dockerfile = function_dockerfile(&who, rf.dockerfile.as_deref(), runtime, &mut found.problems);
+    Some(FunctionSpec { name: name?, kind: kind?, env, timeout, scaling, options, dockerfile })
+}
+
+/// A `container` function's Dockerfile: a relative path inside the repository (default
+/// `Dockerfile`); other runtimes have none.
+fn function_dockerfile(who: &str, text: Option<&str>, runtime: Option<&str>, problems: &mut Vec<String>) -> Option<String> {
+    if runtime != Some(CONTAINER_RUNTIME) {
+        if let Some(t) = text {
+            problems.push(format!(
+                "{who}: `dockerfile: {t}` applies only to `runtime: {CONTAINER_RUNTIME}`; remove it, or set `runtime: {CONTAINER_RUNTIME}` to build the function from that Dockerfile"
+            ));
+        }
+        return None;
+    }
+    let t = text.unwrap_or(DEFAULT_DOCKERFILE);
+    let path = std::path::Path::new(t);
+    let inside = !t.is_empty()
+        && path.components().all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir))
+        && !t.contains(['\n', '\r', '\0']);
+    if !inside {
+        problems.push(format!(
+            "{who}: `dockerfile: {t}` must be a path inside the repository, relative to its root, like `Dockerfile` or `api/Dockerfile`"
+        ));
+        return None;
+    }
+    Some(t.to_string())
 }
 
 /// The function's name: valid, exported for Go, and unique ignoring case.

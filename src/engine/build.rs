@@ -208,6 +208,20 @@ fn is_inside(root: &Path, link_dir: &Path, target: &Path) -> bool {
 
 /// Builds the context archive. Returns the tar bytes and warnings about skipped entries.
 pub fn build_context(checkout: &Path, rendered: &[(PathBuf, String)]) -> Result<(Vec<u8>, Vec<String>), ContextError> {
+    context_archive(checkout, rendered, false)
+}
+
+/// The context of a repository built from its own Dockerfile: the checkout as it is, its
+/// `.dockerignore` included (the engine honours it, as `docker build` would).
+pub fn own_dockerfile_context(checkout: &Path) -> Result<(Vec<u8>, Vec<String>), ContextError> {
+    context_archive(checkout, &[], true)
+}
+
+fn context_archive(
+    checkout: &Path,
+    rendered: &[(PathBuf, String)],
+    keep_dockerignore: bool,
+) -> Result<(Vec<u8>, Vec<String>), ContextError> {
     let mut warnings = Vec::new();
     let mut total: u64 = 0;
     let mut tar = tar::Builder::new(Vec::new());
@@ -219,7 +233,7 @@ pub fn build_context(checkout: &Path, rendered: &[(PathBuf, String)]) -> Result<
     let walker = walkdir::WalkDir::new(checkout).follow_links(false).sort_by_file_name().into_iter().filter_entry(|e| {
         let rel = e.path().strip_prefix(checkout).unwrap_or(e.path());
         let first = rel.components().next().and_then(|c| c.as_os_str().to_str()).unwrap_or("");
-        e.file_name() != ".git" && first != BUILD_DIR && rel != Path::new(".dockerignore")
+        e.file_name() != ".git" && first != BUILD_DIR && (keep_dockerignore || rel != Path::new(".dockerignore"))
     });
     for entry in walker {
         let entry = entry.map_err(|e| ContextError::Io(checkout.to_path_buf(), e.into()))?;

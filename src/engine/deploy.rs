@@ -140,7 +140,8 @@ impl Platform {
                 ))
             }
         };
-        let runtimes = self.templates.runtimes();
+        let mut runtimes = self.templates.runtimes();
+        runtimes.push(manifest::CONTAINER_RUNTIME.to_string());
         manifest::parse(
             &text,
             &ParseContext {
@@ -249,6 +250,9 @@ impl Platform {
         warnings: &mut Vec<String>,
         removed: &CancellationToken,
     ) -> Result<(), String> {
+        if manifest.runtime == manifest::CONTAINER_RUNTIME {
+            return self.build_own_images(id, project, checkout, manifest, images, warnings, removed).await;
+        }
         let mut vars = self.template_vars(project, checkout, manifest);
         let mut shared_built = Vec::new();
         let two_phase = self.templates.has_base(&manifest.runtime);
@@ -264,11 +268,24 @@ impl Platform {
                 }
                 Err(BuildFailure { message, log }) => {
                     let full_log = if log.is_empty() { message.clone() } else { log };
+                    let line = user_line(&message, &full_log);
+                    // The functions the check names failed; the others were stopped with them.
+                    let named: Vec<&str> = manifest
+                        .functions
+                        .iter()
+                        .map(|f| f.name.as_str())
+                        .filter(|n| line.contains(&format!("\"{n}\"")))
+                        .collect();
                     for f in &manifest.functions {
-                        self.store.set_build_state(id, f.name.as_str(), BuildState::Failed, Some(&full_log)).map_err(store_err)?;
+                        let name = f.name.as_str();
+                        let state = if named.is_empty() || named.contains(&name) { BuildState::Failed } else { BuildState::Cancelled };
+                        self.store.set_build_state(id, name, state, Some(&full_log)).map_err(store_err)?;
                     }
                     self.log(id, "the shared image failed to build");
-                    return Err(format!("the build failed: {}", user_line(&message, &full_log)));
+                    return Err(match named.as_slice() {
+                        [one] => format!("function `{one}` failed to build: {line}"),
+                        _ => format!("the build failed: {line}"),
+                    });
                 }
             }
         }
@@ -315,6 +332,62 @@ impl Platform {
                 let _ = self.driver.remove_image(image).await;
             }
             return Err(failure);
+        }
+        Ok(())
+    }
+
+    /// Builds each function of a `container` project from the repository's own Dockerfile,
+    /// one after the other: functions that share a Dockerfile share its layers, so every build
+    /// after the first is taken from the cache (it differs only in its labels).
+    #[allow(clippy::too_many_arguments)]
+    async fn build_own_images(
+        &self,
+        id: i64,
+        project: &str,
+        checkout: &Checkout,
+        manifest: &Manifest,
+        images: &[String],
+        warnings: &mut Vec<String>,
+        removed: &CancellationToken,
+    ) -> Result<(), String> {
+        let dir = checkout.dir.clone();
+        let (tar, ctx_warnings) = tokio::task::spawn_blocking(move || build::own_dockerfile_context(&dir))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        self.add_warnings(id, manifest, warnings, ctx_warnings)?;
+        let mut built = Vec::new();
+        for (f, image) in manifest.functions.iter().zip(images) {
+            let name = f.name.as_str();
+            let dockerfile = f.dockerfile.clone().unwrap_or_else(|| manifest::DEFAULT_DOCKERFILE.to_string());
+            self.store.set_build_state(id, name, BuildState::Building, None).map_err(store_err)?;
+            self.log(id, &format!("building {name} ({}) from {dockerfile} as {image}", f.kind.as_str()));
+            let result = match std::fs::symlink_metadata(checkout.dir.join(&dockerfile)) {
+                Ok(m) if m.is_file() => {
+                    let mut req = self.build_request(id, project, Some(name), &checkout.sha, tar.clone(), image, None, true);
+                    req.dockerfile = dockerfile.clone();
+                    self.run_build(req, removed).await
+                }
+                _ => Err(BuildFailure::message(format!(
+                    "eserveless: {dockerfile} is not a file in the repository at commit {}; add it, or point `dockerfile:` of `{name}` in {MANIFEST_FILE} at the right one",
+                    &checkout.sha[..checkout.sha.len().min(12)]
+                ))),
+            };
+            match result {
+                Ok(log) => {
+                    self.store.set_build_state(id, name, BuildState::Built, Some(&log)).map_err(store_err)?;
+                    built.push(image.clone());
+                }
+                Err(BuildFailure { message, log }) => {
+                    let full_log = if log.is_empty() { message.clone() } else { log };
+                    self.store.set_build_state(id, name, BuildState::Failed, Some(&full_log)).map_err(store_err)?;
+                    self.log(id, &format!("{name} failed to build"));
+                    for image in &built {
+                        let _ = self.driver.remove_image(image).await;
+                    }
+                    return Err(format!("function `{name}` failed to build: {}", user_line(&message, &full_log)));
+                }
+            }
         }
         Ok(())
     }
@@ -408,7 +481,11 @@ impl Platform {
         } else {
             (build::rendered_context(&rendered).map_err(|e| BuildFailure::message(e.to_string()))?, Vec::new())
         };
-        let req = self.build_request(id, project, Some(name), &checkout.sha, tar, image, None, true);
+        let mut req = self.build_request(id, project, Some(name), &checkout.sha, tar, image, None, true);
+        if !with_checkout {
+            // A thin image on the shared one: its few steps say nothing worth a log line.
+            req.on_line = None;
+        }
         Ok((self.run_build(req, removed).await?, ctx_warnings))
     }
 
@@ -434,16 +511,13 @@ impl Platform {
             labels.insert(labels::FUNCTION.to_string(), f.to_string());
         }
         // The build's steps reach the deployment's log as they happen (`eserveless deploy`
-        // shows them live); a function's thin build says little worth a line.
-        let on_line: Option<LineSink> = function.is_none().then(|| {
-            let store = self.store.clone();
-            let sink: LineSink = Arc::new(move |line: &str| {
-                if let Err(e) = store.append_deployment_log(id, &format!("  {line}")) {
-                    tracing::warn!(error = %e, "could not append to a deployment log");
-                }
-            });
-            sink
-        });
+        // shows them live).
+        let store = self.store.clone();
+        let on_line: Option<LineSink> = Some(Arc::new(move |line: &str| {
+            if let Err(e) = store.append_deployment_log(id, &format!("  {line}")) {
+                tracing::warn!(error = %e, "could not append to a deployment log");
+            }
+        }));
         BuildRequest {
             context_tar,
             dockerfile: format!("{BUILD_DIR}/Dockerfile"),

@@ -65,6 +65,7 @@ pub async fn image_env() -> Vec<(&'static str, String)> {
         ("ESERVELESS_NODE_IMAGE", "eserveless/node:bookworm"),
         ("ESERVELESS_GO_IMAGE", "eserveless/go:bookworm"),
         ("ESERVELESS_RUN_IMAGE", "eserveless/run:bookworm"),
+        ("ESERVELESS_PYTHON_IMAGE", "eserveless/python:bookworm"),
     ] {
         match std::env::var(var) {
             Ok(v) if !v.is_empty() => out.push((var, v)),

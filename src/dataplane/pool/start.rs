@@ -70,7 +70,12 @@ impl FunctionPool {
                 let logs = self.shared.driver.logs(&started.id, 4096).await.unwrap_or_default();
                 remove_container(&self.shared, &r.project, &r.function, &started.id).await;
                 let tail: String = logs.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-                return Err(StartError::Failed(if tail.is_empty() { why.to_string() } else { format!("{why}; its output ends with:\n{tail}") }));
+                let mut message = if tail.is_empty() { why.to_string() } else { format!("{why}; its output ends with:\n{tail}") };
+                if let Some(hint) = sandbox_hint(&tail) {
+                    message.push('\n');
+                    message.push_str(hint);
+                }
+                return Err(StartError::Failed(message));
             }
             // Opened only now that the container is known to run (and was not seen to die).
             let endpoint = Arc::new(
@@ -112,6 +117,18 @@ impl FunctionPool {
     }
 }
 
+/// What to do when an instance's last words say the sandbox stopped it: an image made to run
+/// as root, or to write where it may not, crashes at once under the platform's rules.
+pub fn sandbox_hint(output: &str) -> Option<&'static str> {
+    let o = output.to_ascii_lowercase();
+    let denied = ["permission denied", "operation not permitted", "eacces", "eperm"].iter().any(|w| o.contains(w));
+    let read_only = ["read-only file system", "erofs"].iter().any(|w| o.contains(w));
+    (denied || read_only).then_some(
+        "eserveless: functions run as user 65534 (not root), with a read-only file system except /tmp, and listen on \
+         $PORT (8080); make the image write only under /tmp (or $HOME, which is /tmp) and serve on $PORT as a non-root user",
+    )
+}
+
 async fn probe_ready(addr: SocketAddr, via: Option<&NetnsConnector>, dead: &AtomicBool, until: Instant) -> Result<(), &'static str> {
     loop {
         if dead.load(Ordering::Acquire) {
@@ -131,5 +148,23 @@ async fn probe_ready(addr: SocketAddr, via: Option<&NetnsConnector>, dead: &Atom
         }
         // A short pause between probes; readiness is observed, not assumed.
         tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sandbox_hint;
+
+    #[test]
+    fn an_instance_stopped_by_the_sandbox_is_told_why() {
+        for out in [
+            "nginx: [emerg] mkdir() \"/var/cache/nginx/client_temp\" failed (30: Read-only file system)",
+            "Error: listen EACCES: permission denied 0.0.0.0:80",
+            "su: Authentication failure\nsetgroups: Operation not permitted",
+        ] {
+            let hint = sandbox_hint(out).unwrap_or_else(|| panic!("no hint for {out}"));
+            assert!(hint.contains("user 65534") && hint.contains("/tmp") && hint.contains("$PORT"), "{hint}");
+        }
+        assert_eq!(sandbox_hint("TypeError: x is not a function"), None, "a plain crash is the code's own");
     }
 }
