@@ -67,7 +67,12 @@ def load_module():
         import traceback
 
         text = "".join(traceback.format_exception_only(type(exc), exc)).strip().split("\n")[-1]
-        detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        # The user's frames only: not the loader's, not importlib's.
+        frames = [f for f in traceback.extract_tb(exc.__traceback__)
+                  if not f.filename.startswith("<frozen importlib") and os.path.abspath(f.filename) != os.path.abspath(__file__)]
+        detail = "".join(traceback.format_list(frames)) + "".join(traceback.format_exception_only(type(exc), exc))
+        if frames:
+            detail = "Traceback (most recent call last):\n" + detail
         raise LoadError("eserveless: %s failed to load: %s (%s)" % (FILE, text, _where(exc)), detail)
     return sys.modules[MODULE]
 
