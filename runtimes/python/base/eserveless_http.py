@@ -1,8 +1,8 @@
 # eserveless: the HTTP server behind server.py (a module, so its .pyc is used:
 # a script run as __main__ is compiled again at every start, ~6 ms for this file).
-# Serves every path and method with the object that functions.py exports under the name in argv[1], on the Unix socket
-# $ESERVELESS_SOCKET (when set, bound first: the gateway's fast path) and then on
-# 0.0.0.0:$PORT (open port = ready).
+# Serves every path and method with the object that functions.py exports under the
+# name in argv[1], on the Unix socket $ESERVELESS_SOCKET (when set, bound first: the
+# gateway's fast path) and then on 0.0.0.0:$PORT (open port = ready).
 #
 # What the exported object is decides how it is called (see http_kind in
 # eserveless_loader.py and runtimes/README.md):
@@ -866,6 +866,17 @@ async def serve(fn, kind):
 
     # WSGI apps and sync functions run here; threads start only when needed.
     loop.set_default_executor(ThreadPoolExecutor(max_workers=64, thread_name_prefix="eserveless"))
+    stop = loop.create_future()
+
+    def on_signal():
+        if not stop.done():
+            stop.set_result(None)
+
+    # Before the lifespan and the port (a signal may follow at once). As PID 1 a process
+    # ignores SIGTERM unless it handles it.
+    loop.add_signal_handler(signal.SIGTERM, on_signal)
+    loop.add_signal_handler(signal.SIGINT, on_signal)
+
     lifespan = None
     if kind == "asgi":
         lifespan = Lifespan(fn)
@@ -896,15 +907,6 @@ async def serve(fn, kind):
     sys.stdout.write('eserveless: function "%s" (%s) listening on 0.0.0.0:%d\n' % (NAME, kind, PORT))
     sys.stdout.flush()
 
-    stop = loop.create_future()
-
-    def on_signal():
-        if not stop.done():
-            stop.set_result(None)
-
-    # As PID 1 a process ignores SIGTERM unless it handles it.
-    loop.add_signal_handler(signal.SIGTERM, on_signal)
-    loop.add_signal_handler(signal.SIGINT, on_signal)
     await stop
 
     deadline = loop.time() + STOP_GRACE

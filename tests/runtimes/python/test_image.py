@@ -207,8 +207,8 @@ class ImageTest(unittest.TestCase):
                 time.sleep(0.1)
 
     def test_suite_inside_image_as_the_sandbox_runs_it(self):
-        # Flask comes from PyPI, installed into /tmp (the root is read-only).
-        script = ("python3 -m pip install -q --no-cache-dir --target /tmp/pydeps flask "
+        # Flask and Starlette come from PyPI, installed into /tmp (the root is read-only).
+        script = ("python3 -m pip install -q --no-cache-dir --target /tmp/pydeps flask starlette "
                   "&& cd /src && PYTHONPATH=/tmp/pydeps python3 -m unittest discover -s tests/runtimes/python")
         r = docker("run", "--rm", "-v", "%s:/src:ro" % REPO, *sandbox_args(), "-e", "HOME=/tmp",
                    "-e", "PYRT_IN_IMAGE=1", "-e", "PYRT_REQUIRE_FLASK=1", IMAGE, "sh", "-c", script,

@@ -316,6 +316,44 @@ class PlainTest(Base):
                 got += more
             self.assertIn(b'"length": 3', got)
 
+    def test_sync_functions_run_concurrently(self):
+        s = self.serve("Slow")
+        results = []
+
+        def one():
+            results.append(s.request("GET", "/?s=0.5")[0])
+
+        threads = [threading.Thread(target=one) for _ in range(10)]
+        t0 = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(results, [200] * 10)
+        self.assertLess(time.monotonic() - t0, 2.0)
+
+    def test_client_gone_stops_the_stream(self):
+        s = self.serve("Endless")
+        c = s.conn()
+        c.request("GET", "/")
+        r = c.getresponse()
+        self.assertEqual(r.readline(), b"tick 0\n")
+        c.close()
+        r.close()
+        deadline = time.monotonic() + 5
+        while "ENDLESS CLOSED" not in s.stderr() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertIn("ENDLESS CLOSED", s.stderr())
+        self.assertNotIn("Traceback", s.stderr())  # a client leaving is not an error
+
+    def test_http_1_0(self):
+        s = self.serve("Text")
+        with socket.create_connection(("127.0.0.1", s.port), timeout=5) as c:
+            c.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            got = b"".join(iter(lambda: c.recv(65536), b""))
+        self.assertTrue(got.startswith(b"HTTP/1.1 200 "), got)
+        self.assertTrue(got.endswith("héllo".encode()), got)
+
     def test_head_has_no_body(self):
         s = self.serve("Text")
         status, headers, body = s.request("HEAD", "/")
@@ -421,6 +459,49 @@ class FlaskTest(Base):
         status, _, body = s.request("GET", "/stream")
         self.assertEqual(body, b"f0\nf1\nf2\n")
         self.assertEqual(s.request("GET", "/nope/../x")[0], 200)
+
+
+class StarletteTest(Base):
+    functions_src = """
+        import asyncio
+        from contextlib import asynccontextmanager
+        from starlette.applications import Starlette
+        from starlette.responses import JSONResponse, StreamingResponse
+        from starlette.routing import Route
+
+        async def echo(request):
+            body = await request.body()
+            return JSONResponse({"path": request.url.path, "q": dict(request.query_params), "length": len(body),
+                                 "started": request.state.started})
+
+        async def stream(request):
+            async def gen():
+                for i in range(3):
+                    if i:
+                        await asyncio.sleep(0.5)
+                    yield "st%d\\n" % i
+            return StreamingResponse(gen(), media_type="text/plain")
+
+        @asynccontextmanager
+        async def lifespan(app):
+            yield {"started": "yes"}
+
+        API = Starlette(routes=[Route("/stream", stream), Route("/{p:path}", echo, methods=["GET", "POST"])],
+                        lifespan=lifespan)
+    """
+
+    def setUp(self):
+        if subprocess.run([PYTHON, "-c", "import starlette"], capture_output=True).returncode != 0:
+            if os.environ.get("CI") == "true" or os.environ.get("PYRT_REQUIRE_FLASK"):
+                self.fail("starlette is not importable by %s" % PYTHON)
+            self.skipTest("starlette not installed (test_image.py runs this inside the image with it)")
+        super().setUp()
+
+    def test_starlette_app(self):
+        s = self.serve("API")
+        status, _, body = s.request("POST", "/a/b?x=1", body=b"123")
+        self.assertEqual((status, json.loads(body)), (200, {"path": "/a/b", "q": {"x": "1"}, "length": 3, "started": "yes"}))
+        PlainTest.assert_streams(self, s, "/stream", b"st0\nst1\nst2\n")
 
 
 class CronTest(Base):

@@ -226,3 +226,16 @@ async def ATicker(envs):
 
 
 NotCallable = 42
+
+
+def Endless(request):
+    # Streams until the client goes away; the generator's finally shows it was closed.
+    try:
+        i = 0
+        while True:
+            yield "tick %d\n" % i
+            i += 1
+            time.sleep(0.05)
+    finally:
+        sys.stderr.write("ENDLESS CLOSED after %d\n" % i)
+        sys.stderr.flush()
