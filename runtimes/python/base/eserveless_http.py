@@ -33,7 +33,19 @@ SOCKET = os.environ.get("ESERVELESS_SOCKET", "")
 NAME = sys.argv[1] if len(sys.argv) > 1 else "API"
 
 loop = None
-_reasons = {}
+
+# Reason phrases, without importing the http module at run time (a user's own http.py
+# at the root of the app would be found first).
+REASONS = {
+    100: b"Continue", 200: b"OK", 201: b"Created", 202: b"Accepted", 204: b"No Content",
+    206: b"Partial Content", 301: b"Moved Permanently", 302: b"Found", 303: b"See Other",
+    304: b"Not Modified", 307: b"Temporary Redirect", 308: b"Permanent Redirect",
+    400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found",
+    405: b"Method Not Allowed", 408: b"Request Timeout", 409: b"Conflict", 410: b"Gone",
+    413: b"Content Too Large", 415: b"Unsupported Media Type", 422: b"Unprocessable Content",
+    429: b"Too Many Requests", 431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
+    501: b"Not Implemented", 502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout",
+}
 
 
 class ClientGone(ConnectionError):
@@ -41,16 +53,7 @@ class ClientGone(ConnectionError):
 
 
 def reason(status):
-    phrase = _reasons.get(status)
-    if phrase is None:
-        import http
-
-        try:
-            phrase = http.HTTPStatus(status).phrase.encode()
-        except ValueError:
-            phrase = b""
-        _reasons[status] = phrase
-    return phrase
+    return REASONS.get(status, b"")
 
 
 def log_failure(exch, exc):
@@ -806,14 +809,17 @@ def asgi_handler(app, lifespan):
         if lifespan is not None and lifespan.supported:
             scope["state"] = dict(lifespan.state)
         response = {"status": None, "headers": None}
+        reading = asyncio.Lock()
 
         async def receive():
             if not exch.body_done:
-                try:
-                    data, more = await exch.read()
-                    return {"type": "http.request", "body": data, "more_body": more}
-                except ClientGone:
-                    exch.disconnected.set()
+                async with reading:  # one reader at a time, even if the app calls receive() from two tasks
+                    if not exch.body_done:
+                        try:
+                            data, more = await exch.read()
+                            return {"type": "http.request", "body": data, "more_body": more}
+                        except ClientGone:
+                            exch.disconnected.set()
             await exch.disconnected.wait()
             return {"type": "http.disconnect"}
 

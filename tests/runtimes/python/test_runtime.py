@@ -138,10 +138,11 @@ class Server:
 
 class Base(unittest.TestCase):
     functions_src = None
+    extra_files = None
 
     def setUp(self):
         self.root = tempfile.mkdtemp(prefix="eserveless-py-")
-        make_app(self.root, self.functions_src)
+        make_app(self.root, self.functions_src, self.extra_files)
         self.servers = []
 
     def tearDown(self):
@@ -358,6 +359,25 @@ class PlainTest(Base):
         s = self.serve("Text")
         status, headers, body = s.request("HEAD", "/")
         self.assertEqual((status, body), (200, b""))
+
+
+class ShadowTest(Base):
+    """The user's modules named like the wrappers' or like stdlib modules the
+    server imports late are the user's business, and break nothing."""
+
+    functions_src = """
+        import server, check, http
+        def API(request):
+            return {"server": server.NAME, "check": check.NAME, "http": http.NAME}
+    """
+    extra_files = {name + ".py": "NAME = %r\n" % name for name in ("server", "check", "http")}
+
+    def test_user_modules_win(self):
+        s = self.serve("API")
+        status, _, body = s.request("GET", "/")
+        self.assertEqual((status, json.loads(body)), (200, {"server": "server", "check": "check", "http": "http"}))
+        status, _, body = s.request("GET", "/", headers={"Expect": "100-continue"})
+        self.assertEqual(status, 200)
 
 
 class WsgiTest(Base):
