@@ -542,3 +542,118 @@ async fn firewall_rules_are_installed_once_and_follow_the_settings() {
     let _server = Server::start(&scene.data, &scene.images).await;
     check(true);
 }
+
+/// The Python runtime through the platform: a plain-function project (with a dependency from
+/// requirements.txt) and an unchanged Flask app, with the same round trip, meta, secrets,
+/// streaming, timeout, crash, cron, bad build and redeploy as the other runtimes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_project_end_to_end() {
+    require_docker!();
+    let Stage { _serial, t0, project, scene: _scene, server, http } = stage("e2e-py").await;
+    let manifest = std::fs::read_to_string(fixture("python-app").join(".eserveless.yaml")).expect("manifest");
+    let code = std::fs::read_to_string(fixture("python-app").join("functions.py")).expect("functions.py");
+    let extra = "\n\ndef Hang(request):\n    time.sleep(60)\n\n\ndef Crash(request):\n    os._exit(3)\n\n\ndef Secret(request):\n    return {\"greeting\": os.environ.get(\"GREETING\")}\n";
+    let repo = repo_with(&[
+        (".eserveless.yaml", format!("{manifest}  - name: Hang\n    type: http\n    timeout: 2s\n  - name: Crash\n    type: http\n  - name: Secret\n    type: http\n")),
+        ("functions.py", format!("{code}{extra}")),
+        ("requirements.txt", std::fs::read_to_string(fixture("python-app").join("requirements.txt")).expect("requirements")),
+    ]);
+    let a = answer(
+        http.post(format!("{}/api/projects/{project}/secrets", server.url)).json(&json!({"set": {"GREETING": "from-a-secret"}})).send().await.expect("secrets"),
+    )
+    .await;
+    assert!(a.status == 200 || a.status == 404, "{}", a.raw);
+    let d = deploy_and_wait(&http, &server.url, repo.path(), &project).await;
+    assert_eq!(d["status"], "ready", "{d:#}");
+    assert_eq!(d["runtime"], "python");
+    eprintln!("[{:>5.1}s] python-app live", t0.elapsed().as_secs_f64());
+    if a.status == 404 {
+        let a = answer(
+            http.post(format!("{}/api/projects/{project}/secrets", server.url)).json(&json!({"set": {"GREETING": "from-a-secret"}})).send().await.expect("secrets"),
+        )
+        .await;
+        assert_eq!(a.status, 200, "{}", a.raw);
+    }
+
+    let a = answer(
+        http.post(format!("{}/invoke/{project}/API/x/y?q=1&r=2", server.url)).header("X-Test", "py").body("py-body").send().await.expect("invoke"),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.raw);
+    let b = &a.body;
+    assert_eq!(b["runtime"], "python", "{b:#}");
+    assert_eq!(b["transport"], "unix", "the gateway reaches Python instances over their Unix socket: {b:#}");
+    assert_eq!((b["method"].as_str(), b["path"].as_str(), b["query"].as_str()), (Some("POST"), Some("/x/y"), Some("q=1&r=2")), "{b:#}");
+    assert_eq!(b["body"], "py-body");
+    let h = |k: &str| b["headers"].as_object().and_then(|m| m.iter().find(|(n, _)| n.eq_ignore_ascii_case(k)).map(|(_, v)| v.clone()));
+    assert_eq!(h("x-test"), Some(json!("py")), "{b:#}");
+    assert_eq!(h("x-forwarded-prefix"), Some(json!(format!("/invoke/{project}/API"))), "{b:#}");
+    assert!(h("x-forwarded-for").is_some() && h("x-forwarded-proto").is_some(), "{b:#}");
+    assert_eq!(b["env"]["ESERVELESS_GREETING"], "hello", "meta reaches the function: {b:#}");
+    assert_eq!(b["six"], true, "the requirements.txt dependency is installed: {b:#}");
+    assert_eq!(header(&a, "x-function"), "API");
+    assert!(header(&a, "server-timing").starts_with("cold"), "{:?}", a.headers);
+
+    // Streaming: the first chunk arrives long before the last.
+    let began = Instant::now();
+    let mut r = http.get(format!("{}/invoke/{project}/Stream?chunks=3&every=700", server.url)).send().await.expect("stream");
+    assert_eq!(r.status(), 200);
+    let first = r.chunk().await.expect("chunk").expect("a first chunk");
+    let first_at = began.elapsed();
+    let mut all = first.to_vec();
+    while let Some(c) = r.chunk().await.expect("chunk") {
+        all.extend_from_slice(&c);
+    }
+    assert_eq!(String::from_utf8_lossy(&all), "chunk 0\nchunk 1\nchunk 2\n");
+    assert!(began.elapsed() - first_at >= Duration::from_millis(1200), "not streamed: first chunk at {first_at:?}, all at {:?}", began.elapsed());
+
+    let a = answer(http.get(format!("{}/invoke/{project}/Secret", server.url)).send().await.expect("invoke Secret")).await;
+    assert_eq!(a.body["greeting"], "from-a-secret", "{}", a.raw);
+    let a = answer(http.get(format!("{}/invoke/{project}/Hang", server.url)).send().await.expect("invoke Hang")).await;
+    let m = assert_error(&a, 504, "function_timeout");
+    assert!(m.contains("Hang"), "{m}");
+    let a = answer(http.get(format!("{}/invoke/{project}/Crash", server.url)).send().await.expect("invoke Crash")).await;
+    assert!(a.status == 502 || a.status == 503, "{}", a.raw);
+
+    let run = wait_run(&http, &server.url, &project, "Ticker", 0, Duration::from_secs(60), |r| r["status"] == "succeeded").await;
+    let output = run["output"].as_str().unwrap_or_default();
+    assert!(output.contains("TICK") && output.contains("\"ESERVELESS_TARGET\":\"world\""), "{run:#}");
+
+    // A syntax error: the deployment fails naming the file and line; v1 serves on.
+    std::fs::write(repo.path().join("functions.py"), format!("{code}{extra}\ndef Broken(:\n    pass\n")).expect("write");
+    commit_all(repo.path(), "broken");
+    let bad = deploy_and_wait(&http, &server.url, repo.path(), &project).await;
+    assert_eq!(bad["status"], "failed", "{bad:#}");
+    let error = bad["error"].as_str().unwrap_or_default();
+    assert!(error.contains("eserveless:") && error.contains("functions.py") && error.contains("SyntaxError"), "{error}");
+    let a = answer(http.get(format!("{}/invoke/{project}/API", server.url)).send().await.expect("invoke")).await;
+    assert_eq!(a.body["version"], "v1", "{}", a.raw);
+
+    // A redeploy.
+    std::fs::write(repo.path().join("functions.py"), format!("{code}{extra}").replace("VERSION = \"v1\"", "VERSION = \"v2\"")).expect("write");
+    commit_all(repo.path(), "v2");
+    let d = deploy_and_wait(&http, &server.url, repo.path(), &project).await;
+    assert_eq!(d["status"], "ready", "{d:#}");
+    let a = answer(http.get(format!("{}/invoke/{project}/API", server.url)).send().await.expect("invoke")).await;
+    assert_eq!(a.body["version"], "v2", "{}", a.raw);
+    eprintln!("[{:>5.1}s] python-app v2 live", t0.elapsed().as_secs_f64());
+
+    // An unchanged Flask app (WSGI), from PyPI.
+    let flask = unique("e2e-flask");
+    let repo = fixture_repo("python-flask");
+    let d = deploy_and_wait(&http, &server.url, repo.path(), &flask).await;
+    assert_eq!(d["status"], "ready", "{d:#}");
+    let a = answer(http.put(format!("{}/invoke/{flask}/API/items/7?x=1", server.url)).body("flask-body").send().await.expect("invoke")).await;
+    assert_eq!(a.status, 200, "{}", a.raw);
+    assert_eq!(a.body["runtime"], "python-flask", "{}", a.raw);
+    assert_eq!((a.body["method"].as_str(), a.body["path"].as_str(), a.body["body"].as_str()), (Some("PUT"), Some("/items/7"), Some("flask-body")), "{}", a.raw);
+    let a = answer(http.get(format!("{}/invoke/{flask}/API/stream?chunks=4", server.url)).send().await.expect("invoke")).await;
+    assert_eq!(a.raw, "chunk 0\nchunk 1\nchunk 2\nchunk 3\n");
+    eprintln!("[{:>5.1}s] flask live", t0.elapsed().as_secs_f64());
+
+    for p in [&project, &flask] {
+        let a = answer(http.delete(format!("{}/api/projects/{p}", server.url)).send().await.expect("DELETE")).await;
+        assert_eq!(a.status, 200, "{}", a.raw);
+        assert_project_gone(p).await;
+    }
+}

@@ -247,8 +247,8 @@ mod tests {
     #[test]
     fn embedded_runtimes_build_one_shared_image_and_thin_function_images() {
         let t = Templates::embedded();
-        assert_eq!(t.runtimes(), vec!["golang".to_string(), "node".to_string()]);
-        for rt in ["node", "golang"] {
+        assert_eq!(t.runtimes(), vec!["golang".to_string(), "node".to_string(), "python".to_string()]);
+        for rt in ["node", "golang", "python"] {
             assert!(t.has_base(rt), "{rt}");
             let base = t.render_base(rt, &vars("", "http")).expect("renders");
             assert!(!file(&base, "Dockerfile").contains("{{"), "{rt}/base left a placeholder");
