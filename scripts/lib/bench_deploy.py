@@ -484,6 +484,14 @@ def print_phases(label, rounds, key):
         prev = t
 
 
+def file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def main(args):
     binaries = []
     for b in args.binary or []:
@@ -512,7 +520,10 @@ def main(args):
             "cpus": os.cpu_count(), "rounds": args.deploy_rounds, "poll_s": args.deploy_poll,
             "docker": run(["docker", "version", "-f", "{{.Server.Version}}"]).strip(),
             "images": {k: v for k, v in os.environ.items() if re.match(r"ESERVELESS_\w+_IMAGE$", k)},
-            "binaries": {label: {"path": path, "version": run([path, "--version"], check=False).strip()}
+            # The version string does not tell two builds apart: the file's hash does.
+            "binaries": {label: {"path": path, "version": run([path, "--version"], check=False).strip(),
+                                 "sha256": file_sha256(path),
+                                 "mtime": datetime.fromtimestamp(os.path.getmtime(path), timezone.utc).isoformat()}
                          for label, path in binaries},
         },
         "rounds": {label: [] for label, _ in binaries},
