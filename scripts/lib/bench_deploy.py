@@ -482,6 +482,13 @@ def print_phases(label, rounds, key):
     for t, what in d["events"]:
         print(f"    {t:7.1f} s  (+{t - prev:5.1f})  {what[:100]}")
         prev = t
+    # Build steps, only when the server streams the build log (seen over more than one poll):
+    # a log written once at the end of each build carries no step times.
+    steps = [(t, fn, line) for t, fn, line in d["build_log_lines"] if re.match(r"(Step \d+/\d+|#\d+ \[)", line)]
+    if len({t for t, _, _ in d["build_log_lines"]}) > len({fn for _, fn, _ in d["build_log_lines"]}):
+        print("    build steps, as first seen:")
+        for t, fn, line in steps:
+            print(f"    {t:7.1f} s  {fn:<8} {line[:90]}")
 
 
 def file_sha256(path):
