@@ -1,0 +1,3 @@
+module example.com/benchdeploy
+
+go 1.14
