@@ -180,9 +180,9 @@ async fn node_project_end_to_end() {
     if !error.contains("functions.js failed to load") {
         deferred.push(format!("the failed deployment's error does not carry the build's `eserveless:` line: {error}"));
     }
-    let failed: Vec<&Value> = d3["functions"].as_array().into_iter().flatten().filter(|f| f["build_state"] == "failed").collect();
-    assert_eq!(failed.len(), 1, "{d3:#}");
-    assert_eq!(failed[0]["name"], "API");
+    // functions.js does not load: every function of the shared image failed with it.
+    let fns = d3["functions"].as_array().cloned().unwrap_or_default();
+    assert!(!fns.is_empty() && fns.iter().all(|f| f["build_state"] == "failed"), "{d3:#}");
     let a = answer(http.get(invoke_api("/still")).send().await.expect("invoke API")).await;
     assert_eq!(a.status, 200, "{}", a.raw);
     assert_eq!(a.body["version"], "v2", "{}", a.raw);

@@ -262,7 +262,7 @@ class ImageTest(unittest.TestCase):
         took = time.monotonic() - t0
         self.assertEqual(r.returncode, 0, r.stderr)
         steps = r.stdout.split("\nStep ")
-        pip = [s for s in steps if "pip install" in s.split("\n")[0]]
+        pip = [s for s in steps if "pip install" in s.split("\n")[0] and "requirements" in s.split("\n")[0]]
         self.assertEqual(len(pip), 1, r.stdout)
         self.assertIn("Using cache", pip[0])
         check = [s for s in steps if "check.py" in s.split("\n")[0]]
@@ -284,7 +284,7 @@ class ImageTest(unittest.TestCase):
             f.write("X = 2\n")
         r = p.build_base(TAG + "-base:pp2")
         self.assertEqual(r.returncode, 0, r.stderr)
-        pip = [s for s in r.stdout.split("\nStep ") if "pip install" in s.split("\n")[0]]
+        pip = [s for s in r.stdout.split("\nStep ") if "pip install" in s.split("\n")[0] and "requirements" in s.split("\n")[0]]
         self.assertIn("Using cache", pip[0])
         api = p.build_fn(TAG + "-base:pp2", "API", "http")
         cid, port = self.run_http(api)
