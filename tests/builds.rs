@@ -98,6 +98,20 @@ async fn node_functions_share_one_image_and_a_code_change_installs_nothing() {
     assert_eq!(a.body["version"], "v2", "{}", a.raw);
     eprintln!("[{:>5.1}s] one-line change live", t0.elapsed().as_secs_f64());
 
+    // The dependency files change: npm installs again, from the cache of the last install.
+    let path = repo.path().join("package.json");
+    let text = std::fs::read_to_string(&path).expect("read");
+    std::fs::write(&path, text.replace("\"version\": \"1.0.0\"", "\"version\": \"1.0.1\"")).expect("write");
+    commit_all(repo.path(), "package.json changed");
+    let third = deploy_and_wait(&http, &server.url, repo.path(), &project).await;
+    assert_eq!(third["status"], "ready", "{third:#}");
+    let log = third["log"].as_str().unwrap_or_default();
+    assert_eq!(runs_of(log, "npm install"), 1, "the changed dependency files were not installed anew:\n{log}");
+    assert!(log.contains(&format!("COPY --from=eserveless/{project}.deps:")), "the install did not start from the last one's npm cache:\n{log}");
+    let a = answer(http.post(format!("{}/invoke/{project}/API", server.url)).body("x").send().await.expect("invoke")).await;
+    assert_eq!((a.status, a.body["version"].as_str()), (200, Some("v2")), "{}", a.raw);
+    eprintln!("[{:>5.1}s] dependency change live", t0.elapsed().as_secs_f64());
+
     let a = answer(http.delete(format!("{}/api/projects/{project}", server.url)).send().await.expect("DELETE")).await;
     assert_eq!(a.status, 200, "{}", a.raw);
     assert_project_gone(&project).await;
@@ -126,7 +140,7 @@ async fn go_compiles_once_per_deployment_and_the_next_starts_from_its_caches() {
     let second = deploy_and_wait(&http, &server.url, repo.path(), &project).await;
     assert_eq!(second["status"], "ready", "{second:#}");
     let log = second["log"].as_str().unwrap_or_default();
-    assert!(log.contains(&format!("COPY --from={cache} /cache /cache")), "the second deployment did not start from the first's caches:\n{log}");
+    assert!(log.contains(&format!("COPY --from={cache} /project-cache/ /cache/")), "the second deployment did not start from the first's caches:\n{log}");
     let a = answer(http.get(format!("{}/invoke/{project}/API", server.url)).send().await.expect("invoke")).await;
     assert_eq!(a.status, 200, "{}", a.raw);
     assert_eq!(a.body["version"], "v2", "{}", a.raw);

@@ -155,6 +155,52 @@ pub fn cache_tag(project: &str) -> String {
     format!("eserveless/{project}.cache:latest")
 }
 
+/// The label on a deps image and a shared image: the hash of the dependency files installed.
+pub const DEPS_LABEL: &str = "eserveless.deps";
+/// The label on a deps image: the deps image its package manager's cache started from.
+pub const DEPS_SEED_LABEL: &str = "eserveless.deps-seed";
+
+/// The files a runtime installs dependencies from.
+fn dependency_files(runtime: &str) -> &'static [&'static str] {
+    match runtime {
+        "node" => &["package.json", "package-lock.json", "npm-shrinkwrap.json"],
+        "python" => &["requirements.txt", "pyproject.toml"],
+        _ => &[],
+    }
+}
+
+/// A hash of the runtime's dependency files at the checkout's root (`None` without any).
+pub fn deps_hash(checkout: &Path, runtime: &str) -> Result<Option<String>, ContextError> {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    let mut any = false;
+    for name in dependency_files(runtime) {
+        let path = checkout.join(name);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() => {
+                let bytes = std::fs::read(&path).map_err(|e| ContextError::Io(path.clone(), e))?;
+                hasher.update(name.as_bytes());
+                hasher.update([0]);
+                hasher.update((bytes.len() as u64).to_le_bytes());
+                hasher.update(&bytes);
+                any = true;
+            }
+            _ => {}
+        }
+    }
+    Ok(any.then(|| hasher.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()))
+}
+
+/// A project's image of a dependency install, by the hash of its dependency files.
+pub fn deps_tag(project: &str, hash: &str) -> String {
+    format!("eserveless/{project}.deps:{hash}")
+}
+
+/// All of a project's deps images, as an image reference pattern.
+pub fn deps_pattern(project: &str) -> String {
+    format!("eserveless/{project}.deps:*")
+}
+
 /// The shared image of the commit a function's image (from [`image_tag`]) was built at.
 pub fn base_of(project: &str, function_image: &str) -> Option<String> {
     let (_, commit) = function_image.rsplit_once(':')?;
@@ -344,6 +390,25 @@ mod tests {
         );
         std::fs::write(dir.path().join("f.go"), "package main\nfunc API() {}\n").expect("w");
         assert!(check_go_exports(dir.path(), &[&api]).expect_err("main").contains("`main`"));
+    }
+
+    #[test]
+    fn the_deps_hash_follows_the_dependency_files_only() {
+        let dir = tempfile::tempdir().expect("dir");
+        let root = dir.path();
+        assert_eq!(deps_hash(root, "node").expect("hash"), None, "no dependency file, no install");
+        std::fs::write(root.join("package.json"), r#"{"dependencies":{"a":"1"}}"#).expect("w");
+        std::fs::write(root.join("functions.js"), "exports.API = 1").expect("w");
+        let first = deps_hash(root, "node").expect("hash").expect("some");
+        std::fs::write(root.join("functions.js"), "exports.API = 2").expect("w");
+        assert_eq!(deps_hash(root, "node").expect("hash").as_deref(), Some(first.as_str()), "a code change keeps the install");
+        std::fs::write(root.join("package-lock.json"), "{}").expect("w");
+        let locked = deps_hash(root, "node").expect("hash").expect("some");
+        assert_ne!(locked, first, "a lock file is part of the install");
+        assert_eq!(deps_hash(root, "python").expect("hash"), None, "another runtime's files");
+        assert_eq!(deps_hash(root, "golang").expect("hash"), None, "Go keeps its caches in the cache image");
+        assert_eq!(deps_tag("shop", &first), format!("eserveless/shop.deps:{first}"));
+        assert_eq!(first.len(), 16);
     }
 
     #[test]

@@ -58,6 +58,7 @@ impl Platform {
         shared.sort();
         shared.dedup();
         shared.push(crate::engine::build::cache_tag(project));
+        shared.extend(self.driver.image_tags(&crate::engine::build::deps_pattern(project)).await.unwrap_or_default());
         for image in &shared {
             if let Err(e) = self.driver.remove_image(image).await {
                 tracing::warn!(image, error = %e, "could not remove an image");

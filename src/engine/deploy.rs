@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::build::{self, SourceFacts};
 use crate::manifest::{self, FunctionSpec, Manifest, ParseContext, MANIFEST_FILE};
-use crate::engine::runtime::{FunctionVar, TemplateError, TemplateVars, BUILD_DIR, CACHE_STAGE};
+use crate::engine::runtime::{FunctionVar, TemplateError, TemplateVars, BUILD_DIR, CACHE_STAGE, DEPS_STAGE, TOOLCHAIN_FILE};
 use crate::engine::source::{self, RepoUrl};
 use crate::engine::{unless_cancelled, Platform, REMOVED_DURING_DEPLOY};
 use crate::infra::driver::{labels, BuildRequest, DriverError, LineSink};
@@ -231,6 +231,8 @@ impl Platform {
             functions,
             base_image: String::new(),
             cache_image: String::new(),
+            deps_seed: String::new(),
+            toolchain_image: String::new(),
         }
     }
 
@@ -405,8 +407,10 @@ impl Platform {
         Ok(())
     }
 
-    /// Builds the deployment's shared image (and first its `cache` stage, when the Dockerfile
-    /// has one, as the project's cache image); returns its tag and the context's warnings.
+    /// Builds the deployment's shared image; first, when its Dockerfile has them, the `deps`
+    /// stage (the dependency install, kept per dependency files: see [`Self::deps_seed`]) and
+    /// the `cache` stage (the project's cache image). Returns its tag and the context's
+    /// warnings.
     async fn build_base(
         &self,
         id: i64,
@@ -416,29 +420,47 @@ impl Platform {
         vars: &mut TemplateVars,
         removed: &CancellationToken,
     ) -> Result<(String, Vec<String>), BuildFailure> {
+        let engine = |e: DriverError| BuildFailure::message(e.to_string());
         let base = build::base_tag(project, &checkout.sha);
         let cache = build::cache_tag(project);
-        let previous_cache = self.driver.image_id(&cache).await.map_err(|e| BuildFailure::message(e.to_string()))?;
+        let previous_cache = self.driver.image_info(&cache).await.map_err(engine)?.map(|i| i.id);
         if previous_cache.is_some() {
             vars.cache_image = cache.clone();
         }
-        let rendered = self.templates.render_base(&manifest.runtime, vars).map_err(template_failure)?;
-        let has_cache_stage = rendered
-            .iter()
-            .find(|(p, _)| p.as_os_str() == "Dockerfile")
-            .is_some_and(|(_, text)| build::has_stage(text, CACHE_STAGE));
+        let deps = build::deps_hash(&checkout.dir, &manifest.runtime).map_err(|e| BuildFailure::message(e.to_string()))?;
+        if let Some(hash) = &deps {
+            vars.deps_seed = self.deps_seed(project, hash).await.map_err(engine)?;
+        }
+        let mut rendered = self.templates.render_base(&manifest.runtime, vars).map_err(template_failure)?;
+        if let Some(i) = rendered.iter().position(|(p, _)| p.as_os_str() == TOOLCHAIN_FILE) {
+            let (_, text) = rendered.remove(i);
+            vars.toolchain_image = self.ensure_toolchain(id, &manifest.runtime, &text, removed).await?;
+            rendered = self.templates.render_base(&manifest.runtime, vars).map_err(template_failure)?;
+            rendered.retain(|(p, _)| p.as_os_str() != TOOLCHAIN_FILE);
+        }
+        let dockerfile = rendered.iter().find(|(p, _)| p.as_os_str() == "Dockerfile").map(|(_, t)| t.clone()).unwrap_or_default();
         let dir = checkout.dir.clone();
         let (tar, ctx_warnings) = tokio::task::spawn_blocking(move || build::build_context(&dir, &rendered))
             .await
             .map_err(|e| BuildFailure::message(e.to_string()))?
             .map_err(|e| BuildFailure::message(e.to_string()))?;
         let mut log = String::new();
-        if has_cache_stage {
+        let mut base_labels = Vec::new();
+        if let (Some(hash), true) = (&deps, build::has_stage(&dockerfile, DEPS_STAGE)) {
+            let tag = build::deps_tag(project, hash);
+            self.log(id, &format!("installing the dependencies as {tag}"));
+            let mut req = self.build_request(id, project, None, &checkout.sha, tar.clone(), &tag, Some(DEPS_STAGE), false);
+            req.labels.insert(build::DEPS_LABEL.to_string(), hash.clone());
+            req.labels.insert(build::DEPS_SEED_LABEL.to_string(), vars.deps_seed.clone());
+            log.push_str(&self.run_build(req, removed).await?);
+            base_labels.push((build::DEPS_LABEL.to_string(), hash.clone()));
+        }
+        if build::has_stage(&dockerfile, CACHE_STAGE) {
             self.log(id, &format!("building the project's cache stage as {cache}"));
             let req = self.build_request(id, project, None, &checkout.sha, tar.clone(), &cache, Some(CACHE_STAGE), false);
             log.push_str(&self.run_build(req, removed).await?);
             // The previous cache image has handed on its caches: it is no longer needed.
-            let now = self.driver.image_id(&cache).await.ok().flatten();
+            let now = self.driver.image_info(&cache).await.ok().flatten().map(|i| i.id);
             if let (Some(old), Some(now)) = (previous_cache, now) {
                 if old != now {
                     let _ = self.driver.remove_image(&old).await;
@@ -446,12 +468,79 @@ impl Platform {
             }
         }
         self.log(id, &format!("building the deployment's shared image {base}"));
-        let req = self.build_request(id, project, None, &checkout.sha, tar, &base, None, false);
+        let mut req = self.build_request(id, project, None, &checkout.sha, tar, &base, None, false);
+        req.labels.extend(base_labels);
         log.push_str(&self.run_build(req, removed).await.map_err(|mut f| {
             f.log = format!("{log}{}", f.log);
             f
         })?);
         Ok((base, ctx_warnings))
+    }
+
+    /// The runtime's toolchain image for this rendered `toolchain.Dockerfile`, built when
+    /// missing. Named after its text and its base image's id, so a new base image (same
+    /// tag, new content) gets a new toolchain; never a project's (no project label), so
+    /// removing projects never removes it.
+    async fn ensure_toolchain(&self, id: i64, runtime: &str, text: &str, removed: &CancellationToken) -> Result<String, BuildFailure> {
+        use sha2::Digest;
+        let engine = |e: DriverError| BuildFailure::message(e.to_string());
+        let from = text.lines().find_map(|l| l.trim().strip_prefix("FROM ")).map(|f| f.split_whitespace().next().unwrap_or("").to_string());
+        let from_id = match &from {
+            Some(f) => self.driver.image_info(f).await.map_err(engine)?.map(|i| i.id).unwrap_or_default(),
+            None => String::new(),
+        };
+        let digest = sha2::Sha256::digest(format!("{text}\n{from_id}").as_bytes());
+        let hash: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+        let tag = format!("eserveless/toolchain-{runtime}:{hash}");
+        if self.driver.image_info(&tag).await.map_err(engine)?.is_some() {
+            return Ok(tag);
+        }
+        self.log(id, &format!("building the {runtime} toolchain image {tag} (once per base image, shared by every project)"));
+        let context_tar = build::rendered_context(&[(std::path::PathBuf::from("Dockerfile"), text.to_string())])
+            .map_err(|e| BuildFailure::message(e.to_string()))?;
+        let store = self.store.clone();
+        let req = BuildRequest {
+            context_tar,
+            dockerfile: format!("{BUILD_DIR}/Dockerfile"),
+            tag: tag.clone(),
+            labels: HashMap::from([
+                (labels::MANAGED.to_string(), "true".to_string()),
+                (labels::ROLE.to_string(), "toolchain".to_string()),
+            ]),
+            timeout: self.config.build_timeout,
+            target: None,
+            publish: false,
+            on_line: Some(Arc::new(move |line: &str| {
+                let _ = store.append_deployment_log(id, &format!("  {line}"));
+            })),
+        };
+        self.run_build(req, removed).await?;
+        Ok(tag)
+    }
+
+    /// The image a dependency install starts its package manager's cache from.
+    ///
+    /// The install is a layer cached while the dependency files are unchanged, so a change
+    /// to the code alone installs nothing; that only holds if the Dockerfile's text is the
+    /// same as last time, seed included. So: dependency files installed before (their deps
+    /// image exists) reuse the seed that install had; new ones start from the cache of the
+    /// live deployment's install, so only what changed is downloaded. Per project: one
+    /// project's install never reads another's cache.
+    async fn deps_seed(&self, project: &str, hash: &str) -> Result<String, DriverError> {
+        let exists = |info: &Option<crate::infra::driver::ImageInfo>| info.is_some();
+        if let Some(info) = self.driver.image_info(&build::deps_tag(project, hash)).await? {
+            let seed = info.labels.get(build::DEPS_SEED_LABEL).cloned().unwrap_or_default();
+            // A seed since removed: the install runs again, from no cache.
+            return Ok(if !seed.is_empty() && exists(&self.driver.image_info(&seed).await?) { seed } else { String::new() });
+        }
+        let live_base = self.store.project(project).ok().flatten().and_then(|p| p.live_deployment_id).and_then(|d| {
+            self.store.functions(d).ok()?.into_iter().find_map(|f| f.image).and_then(|i| build::base_of(project, &i))
+        });
+        let Some(live_base) = live_base else { return Ok(String::new()) };
+        let live_hash = self.driver.image_info(&live_base).await?.and_then(|i| i.labels.get(build::DEPS_LABEL).cloned());
+        let Some(live_hash) = live_hash else { return Ok(String::new()) };
+        let seed = build::deps_tag(project, &live_hash);
+        Ok(if exists(&self.driver.image_info(&seed).await?) { seed } else { String::new() })
     }
 
     /// Builds one function's image: a full build from the checkout, or (`with_checkout`
@@ -586,6 +675,18 @@ impl Platform {
         // After the functions' images, which are built upon them.
         for base in bases {
             let _ = self.driver.remove_image(&base).await;
+        }
+        // Dependency installs no kept deployment was built with.
+        let mut keep_deps = Vec::new();
+        for base in &keep_bases {
+            if let Ok(Some(info)) = self.driver.image_info(base).await {
+                keep_deps.extend(info.labels.get(build::DEPS_LABEL).map(|h| build::deps_tag(project, h)));
+            }
+        }
+        if let Ok(tags) = self.driver.image_tags(&build::deps_pattern(project)).await {
+            for tag in tags.into_iter().filter(|t| !keep_deps.contains(t)) {
+                let _ = self.driver.remove_image(&tag).await;
+            }
         }
     }
 }

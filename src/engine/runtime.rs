@@ -23,6 +23,15 @@ pub const BASE: &str = "base";
 /// image: the next deployment gets it as `cache_image`.
 pub const CACHE_STAGE: &str = "cache";
 
+/// The stage of a base Dockerfile that installs the dependencies, built first, alone, and kept
+/// per dependency files (`eserveless/<project>.deps:<hash>`): a later install starts its
+/// package manager's cache from one (`deps_seed`).
+pub const DEPS_STAGE: &str = "deps";
+
+/// A `base/` file built first, from nothing but itself, into an image every project of the
+/// runtime shares (`toolchain_image`): work that depends on the base image alone.
+pub const TOOLCHAIN_FILE: &str = "toolchain.Dockerfile";
+
 /// The directory, inside the build context, that holds the rendered template files.
 pub const BUILD_DIR: &str = ".eserveless-build";
 
@@ -63,6 +72,11 @@ pub struct TemplateVars {
     pub base_image: String,
     /// The project's cache image from its previous deployment, or empty.
     pub cache_image: String,
+    /// The deps image whose `/cache` the dependency install starts from, or empty.
+    pub deps_seed: String,
+    /// The runtime's toolchain image (its `base/toolchain.Dockerfile`, built once per base
+    /// image and shared by all projects), or empty.
+    pub toolchain_image: String,
 }
 
 /// A function as the base templates see it.
@@ -237,6 +251,8 @@ mod tests {
             functions: vec![fv("API", "http"), fv("Ticker", "cron")],
             base_image: "eserveless/p.base:abc".into(),
             cache_image: String::new(),
+            deps_seed: String::new(),
+            toolchain_image: "eserveless/toolchain-golang:abc".into(),
         }
     }
 
@@ -269,14 +285,16 @@ mod tests {
         let mut v = vars("", "http");
         let df = t.render_base("golang", &v).expect("renders");
         let d = file(&df, "Dockerfile");
-        assert!(d.contains("FROM go-img AS cache") && d.contains("FROM run-img"), "{d}");
+        assert!(d.contains("FROM eserveless/toolchain-golang:abc AS cache") && d.contains("FROM run-img"), "{d}");
+        let tc = file(&df, TOOLCHAIN_FILE);
+        assert!(tc.contains("FROM go-img\n") && tc.contains("go build -trimpath std"), "{tc}");
         assert_eq!(d.matches("go build -trimpath -ldflags").count(), 1, "one build for all functions: {d}");
         assert!(d.contains("eserveless_entry/API/main.go") && d.contains("eserveless_entry/Ticker/main.go"), "{d}");
         assert!(d.contains("RUN /out/Ticker --eserveless-check") && !d.contains("/out/API --eserveless-check"), "{d}");
         assert!(!d.contains("COPY --from=eserveless"), "no cache on a first deployment: {d}");
         v.cache_image = "eserveless/p.cache:latest".into();
         let d = t.render_base("golang", &v).expect("renders");
-        assert!(file(&d, "Dockerfile").contains("COPY --from=eserveless/p.cache:latest /cache /cache"), "{d:?}");
+        assert!(file(&d, "Dockerfile").contains("COPY --from=eserveless/p.cache:latest /project-cache/ /cache/"), "{d:?}");
         assert!(file(&d, "http.go").contains("\"github.com/example/gofns\"") && file(&d, "http.go").contains("fn.EsvFunction__"));
         assert!(crate::engine::build::has_stage(file(&d, "Dockerfile"), CACHE_STAGE));
     }
@@ -291,6 +309,12 @@ mod tests {
         assert!(d.contains("RUN node .eserveless-build/check.cjs API Ticker\n"), "{d}");
         assert!(d.contains("--build-snapshot"), "{d}");
         assert!(d.contains("ENV NODE_EXTRA_CA_CERTS=\n"), "skips the CA bundle parse: {d}");
+        assert!(crate::engine::build::has_stage(d, DEPS_STAGE) && !d.contains("COPY --from=eserveless"), "{d}");
+        v.deps_seed = "eserveless/p.deps:0123".into();
+        let seeded = t.render_base("node", &v).expect("renders");
+        let sd = file(&seeded, "Dockerfile");
+        let at = |needle: &str| sd.find(needle).unwrap_or_else(|| panic!("no {needle} in {sd}"));
+        assert!(at("AS deps") < at("COPY --from=eserveless/p.deps:0123 /cache /cache") && at("/cache /cache") < at("COPY package*.json"), "{sd}");
         v.has_http = false;
         let base = t.render_base("node", &v).expect("renders");
         assert!(!file(&base, "Dockerfile").contains("--build-snapshot"), "no snapshot without an http function");

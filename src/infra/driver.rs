@@ -333,8 +333,10 @@ pub struct BuildRequest {
 pub trait Driver: Send + Sync + 'static {
     async fn ping(&self) -> Result<()>;
     async fn image_exists(&self, image: &str) -> Result<bool>;
-    /// The id of the image `image` names now, if there is one.
-    async fn image_id(&self, image: &str) -> Result<Option<String>>;
+    /// The id and labels of the image `image` names now, if there is one.
+    async fn image_info(&self, image: &str) -> Result<Option<ImageInfo>>;
+    /// The tags of the images whose reference matches `pattern` (`repo:*` wildcards).
+    async fn image_tags(&self, pattern: &str) -> Result<Vec<String>>;
     /// Builds an image; returns its whole log.
     async fn build_image(&self, req: BuildRequest) -> Result<String>;
     /// Removes an image; `false` when there was none.
@@ -426,12 +428,29 @@ pub(crate) async fn image_exists_on(docker: &Docker, image: &str) -> Result<bool
     }
 }
 
-pub(crate) async fn image_id_on(docker: &Docker, image: &str) -> Result<Option<String>> {
+/// What the builds need to know of an image.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageInfo {
+    pub id: String,
+    pub labels: HashMap<String, String>,
+}
+
+pub(crate) async fn image_info_on(docker: &Docker, image: &str) -> Result<Option<ImageInfo>> {
     match docker.inspect_image(image).await {
-        Ok(i) => Ok(i.id),
+        Ok(i) => Ok(Some(ImageInfo {
+            id: i.id.unwrap_or_default(),
+            labels: i.config.and_then(|c| c.labels).unwrap_or_default(),
+        })),
         Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
         Err(e) => Err(e.into()),
     }
+}
+
+pub(crate) async fn image_tags_on(docker: &Docker, pattern: &str) -> Result<Vec<String>> {
+    let filters = HashMap::from([("reference".to_string(), vec![pattern.to_string()])]);
+    let opts = bollard::query_parameters::ListImagesOptionsBuilder::default().filters(&filters).build();
+    let images = docker.list_images(Some(opts)).await?;
+    Ok(images.into_iter().flat_map(|i| i.repo_tags).filter(|t| t != "<none>:<none>").collect())
 }
 
 pub(crate) async fn remove_image_on(docker: &Docker, image: &str) -> Result<bool> {
@@ -621,8 +640,12 @@ impl Driver for DockerDriver {
         image_exists_on(&self.docker, image).await
     }
 
-    async fn image_id(&self, image: &str) -> Result<Option<String>> {
-        image_id_on(&self.docker, image).await
+    async fn image_info(&self, image: &str) -> Result<Option<ImageInfo>> {
+        image_info_on(&self.docker, image).await
+    }
+
+    async fn image_tags(&self, pattern: &str) -> Result<Vec<String>> {
+        image_tags_on(&self.docker, pattern).await
     }
 
     async fn build_image(&self, req: BuildRequest) -> Result<String> {

@@ -76,8 +76,16 @@ impl Driver for FakeDriver {
     async fn image_exists(&self, _: &str) -> Result<bool> {
         Ok(true)
     }
-    async fn image_id(&self, image: &str) -> Result<Option<String>> {
-        Ok(self.recorded().builds.iter().any(|(t, _)| t == image).then(|| format!("id-of-{image}")))
+    async fn image_info(&self, image: &str) -> Result<Option<super::ImageInfo>> {
+        let rec = self.recorded();
+        let built = rec.builds.iter().rev().find(|(t, _)| t == image);
+        Ok(built.map(|(t, labels)| super::ImageInfo { id: format!("id-of-{t}"), labels: labels.clone() }))
+    }
+    async fn image_tags(&self, pattern: &str) -> Result<Vec<String>> {
+        let prefix = pattern.trim_end_matches('*');
+        let mut tags: Vec<String> = self.recorded().builds.iter().map(|(t, _)| t.clone()).filter(|t| t.starts_with(prefix)).collect();
+        tags.dedup();
+        Ok(tags)
     }
     async fn build_image(&self, req: BuildRequest) -> Result<String> {
         let mut entries = Vec::new();

@@ -951,8 +951,12 @@ impl Driver for SwarmDriver {
         image_exists_on(&self.docker, image).await
     }
 
-    async fn image_id(&self, image: &str) -> Result<Option<String>> {
-        super::image_id_on(&self.docker, image).await
+    async fn image_info(&self, image: &str) -> Result<Option<super::ImageInfo>> {
+        super::image_info_on(&self.docker, image).await
+    }
+
+    async fn image_tags(&self, pattern: &str) -> Result<Vec<String>> {
+        super::image_tags_on(&self.docker, pattern).await
     }
 
     /// Builds on the manager, as the single-host engine builds on its host, then pushes to

@@ -58,6 +58,8 @@ def render(template, variables):
 
     def value(expr, scope):
         expr = expr.strip()
+        if " or " in expr:
+            return any(value(part, scope) for part in expr.split(" or "))
         neg = expr.startswith("not ")
         if neg:
             expr = expr[4:].strip()
@@ -133,6 +135,7 @@ class Project:
             "python_image": IMAGE,
             "has_requirements": os.path.exists(os.path.join(self.ctx, "requirements.txt")),
             "has_pyproject": os.path.exists(os.path.join(self.ctx, "pyproject.toml")),
+            "deps_seed": "",
         }
 
     def build_base(self, tag):
