@@ -218,6 +218,12 @@ pub fn has_stage(dockerfile: &str, stage: &str) -> bool {
 /// A build context of the rendered files alone (a function's thin image on a shared one).
 pub fn rendered_context(rendered: &[(PathBuf, String)]) -> Result<Vec<u8>, ContextError> {
     let mut tar = tar::Builder::new(Vec::new());
+    append_rendered(&mut tar, rendered)?;
+    tar.into_inner().map_err(|e| ContextError::Io(PathBuf::from(BUILD_DIR), e))
+}
+
+/// Adds the rendered template files under [`BUILD_DIR`].
+fn append_rendered(tar: &mut tar::Builder<Vec<u8>>, rendered: &[(PathBuf, String)]) -> Result<(), ContextError> {
     for (path, text) in rendered {
         let mut header = tar::Header::new_gnu();
         header.set_size(text.len() as u64);
@@ -226,7 +232,7 @@ pub fn rendered_context(rendered: &[(PathBuf, String)]) -> Result<Vec<u8>, Conte
         let dest = Path::new(BUILD_DIR).join(path);
         tar.append_data(&mut header, &dest, text.as_bytes()).map_err(|e| ContextError::Io(dest.clone(), e))?;
     }
-    tar.into_inner().map_err(|e| ContextError::Io(PathBuf::from(BUILD_DIR), e))
+    Ok(())
 }
 
 fn is_inside(root: &Path, link_dir: &Path, target: &Path) -> bool {
@@ -317,14 +323,7 @@ fn context_archive(
         }
         // Sockets, fifos and devices never reach a build.
     }
-    for (path, text) in rendered {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(text.len() as u64);
-        header.set_mode(0o644);
-        header.set_mtime(0);
-        let dest = Path::new(BUILD_DIR).join(path);
-        tar.append_data(&mut header, dest, text.as_bytes()).map_err(io(path))?;
-    }
+    append_rendered(&mut tar, rendered)?;
     let bytes = tar.into_inner().map_err(io(checkout))?;
     Ok((bytes, warnings))
 }

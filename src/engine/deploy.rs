@@ -32,6 +32,17 @@ struct Checkout {
     facts: SourceFacts,
 }
 
+/// One deployment's build: what every build step of it needs.
+struct Job<'a> {
+    id: i64,
+    project: &'a str,
+    checkout: &'a Checkout,
+    manifest: &'a Manifest,
+    /// The functions' image tags, in manifest order.
+    images: &'a [String],
+    removed: &'a CancellationToken,
+}
+
 /// A function's image build failed: the short message and the build's log (may be empty).
 struct BuildFailure {
     message: String,
@@ -100,7 +111,8 @@ impl Platform {
         self.check_base_images(&manifest).await?;
         self.check_fits(&manifest).await?;
         let images = self.record_functions(id, project, &checkout.sha, &manifest)?;
-        self.build_functions(id, project, &checkout, &manifest, &images, &mut warnings, removed).await?;
+        let job = Job { id, project, checkout: &checkout, manifest: &manifest, images: &images, removed };
+        self.build_functions(&job, &mut warnings).await?;
         self.go_live(id, project, &checkout.sha, removed).await
     }
 
@@ -241,19 +253,10 @@ impl Platform {
     /// image on top, in parallel; another runtime builds one full image per function, in
     /// parallel. On the first failure the images built so far are removed and the deployment
     /// fails with the build's own `eserveless:` line for the user.
-    #[allow(clippy::too_many_arguments)]
-    async fn build_functions(
-        &self,
-        id: i64,
-        project: &str,
-        checkout: &Checkout,
-        manifest: &Manifest,
-        images: &[String],
-        warnings: &mut Vec<String>,
-        removed: &CancellationToken,
-    ) -> Result<(), String> {
+    async fn build_functions(&self, job: &Job<'_>, warnings: &mut Vec<String>) -> Result<(), String> {
+        let Job { id, project, checkout, manifest, images, .. } = *job;
         if manifest.runtime == manifest::CONTAINER_RUNTIME {
-            return self.build_own_images(id, project, checkout, manifest, images, warnings, removed).await;
+            return self.build_own_images(job, warnings).await;
         }
         let mut vars = self.template_vars(project, checkout, manifest);
         let mut shared_built = Vec::new();
@@ -262,7 +265,7 @@ impl Platform {
             for f in &manifest.functions {
                 self.store.set_build_state(id, f.name.as_str(), BuildState::Building, None).map_err(store_err)?;
             }
-            match self.build_base(id, project, checkout, manifest, &mut vars, removed).await {
+            match self.build_base(job, &mut vars).await {
                 Ok((base, ctx_warnings)) => {
                     self.add_warnings(id, manifest, warnings, ctx_warnings)?;
                     vars.base_image = base.clone();
@@ -304,7 +307,7 @@ impl Platform {
                 vars.function = name.to_string();
                 vars.kind = f.kind.function_type();
                 let with_checkout = !two_phase;
-                self.build_function(id, project, checkout, manifest, f, image, &vars, with_checkout, removed).await
+                self.build_function(job, f, image, &vars, with_checkout).await
             }
         });
         let results = futures_util::future::join_all(builds).await;
@@ -341,17 +344,8 @@ impl Platform {
     /// Builds each function of a `container` project from the repository's own Dockerfile,
     /// one after the other: functions that share a Dockerfile share its layers, so every build
     /// after the first is taken from the cache (it differs only in its labels).
-    #[allow(clippy::too_many_arguments)]
-    async fn build_own_images(
-        &self,
-        id: i64,
-        project: &str,
-        checkout: &Checkout,
-        manifest: &Manifest,
-        images: &[String],
-        warnings: &mut Vec<String>,
-        removed: &CancellationToken,
-    ) -> Result<(), String> {
+    async fn build_own_images(&self, job: &Job<'_>, warnings: &mut Vec<String>) -> Result<(), String> {
+        let Job { id, project, checkout, manifest, images, removed } = *job;
         let dir = checkout.dir.clone();
         let (tar, ctx_warnings) = tokio::task::spawn_blocking(move || build::own_dockerfile_context(&dir))
             .await
@@ -411,15 +405,8 @@ impl Platform {
     /// stage (the dependency install, kept per dependency files: see [`Self::deps_seed`]) and
     /// the `cache` stage (the project's cache image). Returns its tag and the context's
     /// warnings.
-    async fn build_base(
-        &self,
-        id: i64,
-        project: &str,
-        checkout: &Checkout,
-        manifest: &Manifest,
-        vars: &mut TemplateVars,
-        removed: &CancellationToken,
-    ) -> Result<(String, Vec<String>), BuildFailure> {
+    async fn build_base(&self, job: &Job<'_>, vars: &mut TemplateVars) -> Result<(String, Vec<String>), BuildFailure> {
+        let Job { id, project, checkout, manifest, removed, .. } = *job;
         let engine = |e: DriverError| BuildFailure::message(e.to_string());
         let base = build::base_tag(project, &checkout.sha);
         let cache = build::cache_tag(project);
@@ -449,10 +436,21 @@ impl Platform {
         if let (Some(hash), true) = (&deps, build::has_stage(&dockerfile, DEPS_STAGE)) {
             let tag = build::deps_tag(project, hash);
             self.log(id, &format!("installing the dependencies as {tag}"));
+            let before = self.driver.image_info(&tag).await.map_err(engine)?.map(|i| i.id);
             let mut req = self.build_request(id, project, None, &checkout.sha, tar.clone(), &tag, Some(DEPS_STAGE), false);
+            // Labels of the install alone (not of this deployment's revision or commit): an
+            // unchanged install is then the very same image, its tag does not move.
+            req.labels.remove(labels::REVISION);
+            req.labels.remove(labels::COMMIT);
             req.labels.insert(build::DEPS_LABEL.to_string(), hash.clone());
             req.labels.insert(build::DEPS_SEED_LABEL.to_string(), vars.deps_seed.clone());
             log.push_str(&self.run_build(req, removed).await?);
+            let after = self.driver.image_info(&tag).await.ok().flatten().map(|i| i.id);
+            if let (Some(old), Some(new)) = (before, after) {
+                if old != new {
+                    let _ = self.driver.remove_image(&old).await;
+                }
+            }
             base_labels.push((build::DEPS_LABEL.to_string(), hash.clone()));
         }
         if build::has_stage(&dockerfile, CACHE_STAGE) {
@@ -549,16 +547,13 @@ impl Platform {
     #[allow(clippy::too_many_arguments)]
     async fn build_function(
         &self,
-        id: i64,
-        project: &str,
-        checkout: &Checkout,
-        manifest: &Manifest,
+        job: &Job<'_>,
         f: &FunctionSpec,
         image: &str,
         vars: &TemplateVars,
         with_checkout: bool,
-        removed: &CancellationToken,
-    ) -> Result<(String, Vec<String>), BuildFailure> {
+) -> Result<(String, Vec<String>), BuildFailure> {
+        let Job { id, project, checkout, manifest, removed, .. } = *job;
         let name = f.name.as_str();
         let rendered = self.templates.render(&manifest.runtime, f.kind.as_str(), vars).map_err(template_failure)?;
         let (tar, ctx_warnings) = if with_checkout {

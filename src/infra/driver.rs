@@ -661,11 +661,20 @@ impl Driver for DockerDriver {
         let (ip, pid) = match self.container_addr(&id).await {
             Ok((Some(ip), pid)) => (ip, pid),
             Ok((None, _)) => {
+                // It exited before it could be given one: what it said is why.
+                let output = self.logs(&id, 4096).await.unwrap_or_default();
                 let _ = self.remove(&id).await;
-                return Err(DriverError::Engine(format!(
-                    "container {id} got no address on network {} (it may have exited at once; see the function's logs)",
-                    self.network
-                )));
+                let tail: Vec<&str> = output.lines().rev().take(10).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                return Err(DriverError::Engine(if tail.is_empty() {
+                    format!("container {id} exited at once, before it got an address on network {}", self.network)
+                } else {
+                    format!(
+                        "container {id} exited at once, before it got an address on network {}; its output ends with:\n{}",
+                        self.network,
+                        tail.join("\n")
+                    )
+                }));
             }
             Err(e) => {
                 let _ = self.remove(&id).await;

@@ -42,7 +42,14 @@ impl FunctionPool {
             let started = self.shared.driver.run(spec).await.map_err(|e| match e {
                 DriverError::NoCapacity(_) => StartError::NoRoom(e.to_string()),
                 DriverError::NoSuchContainer(_) | DriverError::NodeLost(_) => StartError::Lost(e.to_string()),
-                e => StartError::Failed(e.to_string()),
+                e => {
+                    // An image that dies at once under the sandbox: say why, as below.
+                    let text = e.to_string();
+                    StartError::Failed(match sandbox_hint(&text) {
+                        Some(hint) => format!("{text}\n{hint}"),
+                        None => text,
+                    })
+                }
             })?;
             let via = match self.shared.driver.connector(&r.project).await {
                 Ok(via) => via,
