@@ -259,6 +259,9 @@ async fn steps(driver: &Arc<SwarmDriver>, image: &str, created: &mut Vec<String>
             tag: tag.into(),
             labels: HashMap::from([(labels::MANAGED.to_string(), "true".to_string())]),
             timeout: Duration::from_secs(120),
+            target: None,
+            publish: true,
+            on_line: None,
         })
         .await
         .context("build")?;
