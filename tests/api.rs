@@ -356,19 +356,33 @@ async fn deploy_with_a_fake_engine() {
         assert_eq!(f["build_log"], "log", "{f}");
     }
 
-    // One image per function, tagged by project, function and commit, labelled as managed.
-    let mut builds = h.fake.builds();
-    builds.sort();
+    // One image per function, tagged by project, function and commit, on the deployment's
+    // shared image (and its dependency install), all labelled as managed and the project's.
     let short = &head[..12];
+    let builds = h.fake.builds();
+    let mut functions: Vec<String> = builds.iter().filter(|t| t.starts_with("eserveless/demo-")).cloned().collect();
+    functions.sort();
     let mut want: Vec<String> =
         ["api", "crash", "hang", "ticker"].iter().map(|f| format!("eserveless/demo-{f}:{short}")).collect();
     want.sort();
-    assert_eq!(builds, want);
-    for (_, labels) in h.fake.recorded().builds.iter() {
-        assert_eq!(labels.get("eserveless.managed").map(String::as_str), Some("true"));
-        assert_eq!(labels.get("eserveless.project").map(String::as_str), Some("demo"));
-        assert_eq!(labels.get("eserveless.commit").map(String::as_str), Some(head.as_str()));
+    assert_eq!(functions, want);
+    assert!(builds.contains(&format!("eserveless/demo.base:{short}")), "{builds:?}");
+    assert!(builds.iter().all(|t| t.starts_with("eserveless/demo-") || t.starts_with("eserveless/demo.")), "{builds:?}");
+    let rec = h.fake.recorded();
+    for ((tag, labels), context) in rec.builds.iter().zip(&rec.contexts) {
+        // Given to the engine, or written into the Dockerfile's one LABEL line.
+        let dockerfile = context
+            .iter()
+            .find(|(p, _, _)| p == ".eserveless-build/Dockerfile")
+            .map(|(_, _, b)| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_default();
+        let has = |k: &str, v: &str| labels.get(k).map(String::as_str) == Some(v) || dockerfile.contains(&format!("\"{k}\"=\"{v}\""));
+        assert!(has("eserveless.managed", "true") && has("eserveless.project", "demo"), "{tag}: {labels:?}\n{dockerfile}");
+        if !tag.contains(".deps:") {
+            assert!(has("eserveless.commit", &head), "{tag}: {labels:?}\n{dockerfile}");
+        }
     }
+    drop(rec);
 
     let p = get(&h.app, "/api/projects/demo").await;
     assert_eq!(p.status, StatusCode::OK, "{}", p.raw);
@@ -729,12 +743,12 @@ async fn hostile_repository_leaks_nothing_and_runs_nothing() {
     assert!(!warnings.contains("HOST-SECRET"), "{warnings}");
     assert!(!marker.exists(), "a hook ran during the checkout");
 
+    // The shared image's context holds the checkout; the function's thin one, its Dockerfile.
     let contexts = h.fake.recorded().contexts.clone();
-    assert_eq!(contexts.len(), 1);
-    let entries = &contexts[0];
+    assert_eq!(contexts.len(), 2);
+    let entries = contexts.iter().find(|c| c.iter().any(|(p, _, _)| p == "functions.js")).expect("a context with the checkout");
     let names: Vec<&str> = entries.iter().map(|(p, _, _)| p.as_str()).collect();
-    assert!(names.contains(&"functions.js"), "{names:?}");
-    for (p, link, bytes) in entries {
+    for (p, link, bytes) in contexts.iter().flatten() {
         assert!(!p.starts_with(".git/") && p != ".git", "git metadata in the context: {p}");
         assert!(!p.starts_with("vendor/secret/"), "the submodule was fetched: {p}");
         assert!(link.as_deref().map_or(true, |l| !l.starts_with('/') && !l.contains("..")), "escaping link {p} -> {link:?}");

@@ -215,6 +215,19 @@ pub fn has_stage(dockerfile: &str, stage: &str) -> bool {
     })
 }
 
+/// One Dockerfile `LABEL` instruction setting `labels` (sorted; values quoted).
+pub fn label_line(labels: &std::collections::HashMap<String, String>) -> String {
+    let mut pairs: Vec<_> = labels.iter().collect();
+    pairs.sort();
+    let quote = |v: &str| format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', " "));
+    let body: Vec<String> = pairs.iter().map(|(k, v)| format!("{}={}", quote(k), quote(v))).collect();
+    if body.is_empty() {
+        String::new()
+    } else {
+        format!("\nLABEL {}\n", body.join(" "))
+    }
+}
+
 /// A build context of the rendered files alone (a function's thin image on a shared one).
 pub fn rendered_context(rendered: &[(PathBuf, String)]) -> Result<Vec<u8>, ContextError> {
     let mut tar = tar::Builder::new(Vec::new());

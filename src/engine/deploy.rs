@@ -55,6 +55,30 @@ impl BuildFailure {
     }
 }
 
+/// The labels of a deployment's image (of a function's, with `function`).
+fn image_labels(id: i64, project: &str, function: Option<&str>, sha: &str) -> HashMap<String, String> {
+    let mut labels = HashMap::from([
+        (labels::MANAGED.to_string(), "true".to_string()),
+        (labels::PROJECT.to_string(), project.to_string()),
+        (labels::REVISION.to_string(), id.to_string()),
+        (labels::COMMIT.to_string(), sha.to_string()),
+    ]);
+    if let Some(f) = function {
+        labels.insert(labels::FUNCTION.to_string(), f.to_string());
+    }
+    labels
+}
+
+/// Moves a build's labels from the engine's build options into one `LABEL` line at the end
+/// of the rendered Dockerfile: the legacy builder makes a step (a container and a commit,
+/// about 0.1 s) of each label it is given; one line is one step.
+fn labels_into_dockerfile(rendered: &mut [(std::path::PathBuf, String)], req: &mut BuildRequest) {
+    if let Some((_, text)) = rendered.iter_mut().find(|(p, _)| p.as_os_str() == "Dockerfile") {
+        text.push_str(&build::label_line(&req.labels));
+        req.labels.clear();
+    }
+}
+
 /// A template that does not render, as a build failure.
 fn template_failure(e: TemplateError) -> BuildFailure {
     let mut m = e.to_string();
@@ -411,8 +435,10 @@ impl Platform {
         let base = build::base_tag(project, &checkout.sha);
         let cache = build::cache_tag(project);
         let previous_cache = self.driver.image_info(&cache).await.map_err(engine)?.map(|i| i.id);
-        if previous_cache.is_some() {
-            vars.cache_image = cache.clone();
+        // By id, not by its tag: the tag moves to this build's cache stage before the whole
+        // image is built, and that build must read what the stage read (a layer-cache hit).
+        if let Some(id) = &previous_cache {
+            vars.cache_image = id.clone();
         }
         let deps = build::deps_hash(&checkout.dir, &manifest.runtime).map_err(|e| BuildFailure::message(e.to_string()))?;
         if let Some(hash) = &deps {
@@ -426,14 +452,21 @@ impl Platform {
             rendered.retain(|(p, _)| p.as_os_str() != TOOLCHAIN_FILE);
         }
         let dockerfile = rendered.iter().find(|(p, _)| p.as_os_str() == "Dockerfile").map(|(_, t)| t.clone()).unwrap_or_default();
+        let deps = deps.filter(|_| build::has_stage(&dockerfile, DEPS_STAGE));
+        // The whole image's labels go into its last stage's text (the stages built alone
+        // before it do not see them).
+        let mut full = self.build_request(id, project, None, &checkout.sha, Vec::new(), &base, None, false);
+        if let Some(hash) = &deps {
+            full.labels.insert(build::DEPS_LABEL.to_string(), hash.clone());
+        }
+        labels_into_dockerfile(&mut rendered, &mut full);
         let dir = checkout.dir.clone();
         let (tar, ctx_warnings) = tokio::task::spawn_blocking(move || build::build_context(&dir, &rendered))
             .await
             .map_err(|e| BuildFailure::message(e.to_string()))?
             .map_err(|e| BuildFailure::message(e.to_string()))?;
         let mut log = String::new();
-        let mut base_labels = Vec::new();
-        if let (Some(hash), true) = (&deps, build::has_stage(&dockerfile, DEPS_STAGE)) {
+        if let Some(hash) = &deps {
             let tag = build::deps_tag(project, hash);
             self.log(id, &format!("installing the dependencies as {tag}"));
             let before = self.driver.image_info(&tag).await.map_err(engine)?.map(|i| i.id);
@@ -451,27 +484,28 @@ impl Platform {
                     let _ = self.driver.remove_image(&old).await;
                 }
             }
-            base_labels.push((build::DEPS_LABEL.to_string(), hash.clone()));
         }
         if build::has_stage(&dockerfile, CACHE_STAGE) {
             self.log(id, &format!("building the project's cache stage as {cache}"));
-            let req = self.build_request(id, project, None, &checkout.sha, tar.clone(), &cache, Some(CACHE_STAGE), false);
+            let mut req = self.build_request(id, project, None, &checkout.sha, tar.clone(), &cache, Some(CACHE_STAGE), false);
+            // The project's, of no deployment in particular (fewer label steps, too).
+            req.labels.remove(labels::REVISION);
+            req.labels.remove(labels::COMMIT);
             log.push_str(&self.run_build(req, removed).await?);
-            // The previous cache image has handed on its caches: it is no longer needed.
-            let now = self.driver.image_info(&cache).await.ok().flatten().map(|i| i.id);
-            if let (Some(old), Some(now)) = (previous_cache, now) {
-                if old != now {
-                    let _ = self.driver.remove_image(&old).await;
-                }
-            }
         }
         self.log(id, &format!("building the deployment's shared image {base}"));
-        let mut req = self.build_request(id, project, None, &checkout.sha, tar, &base, None, false);
-        req.labels.extend(base_labels);
-        log.push_str(&self.run_build(req, removed).await.map_err(|mut f| {
+        full.context_tar = tar;
+        log.push_str(&self.run_build(full, removed).await.map_err(|mut f| {
             f.log = format!("{log}{}", f.log);
             f
         })?);
+        // The previous cache image has handed on its caches: it is no longer needed.
+        let now = self.driver.image_info(&cache).await.ok().flatten().map(|i| i.id);
+        if let (Some(old), Some(now)) = (previous_cache, now) {
+            if old != now {
+                let _ = self.driver.remove_image(&old).await;
+            }
+        }
         Ok((base, ctx_warnings))
     }
 
@@ -555,7 +589,9 @@ impl Platform {
 ) -> Result<(String, Vec<String>), BuildFailure> {
         let Job { id, project, checkout, manifest, removed, .. } = *job;
         let name = f.name.as_str();
-        let rendered = self.templates.render(&manifest.runtime, f.kind.as_str(), vars).map_err(template_failure)?;
+        let mut rendered = self.templates.render(&manifest.runtime, f.kind.as_str(), vars).map_err(template_failure)?;
+        let mut req = self.build_request(id, project, Some(name), &checkout.sha, Vec::new(), image, None, true);
+        labels_into_dockerfile(&mut rendered, &mut req);
         let (tar, ctx_warnings) = if with_checkout {
             let dir = checkout.dir.clone();
             tokio::task::spawn_blocking(move || build::build_context(&dir, &rendered))
@@ -565,7 +601,7 @@ impl Platform {
         } else {
             (build::rendered_context(&rendered).map_err(|e| BuildFailure::message(e.to_string()))?, Vec::new())
         };
-        let mut req = self.build_request(id, project, Some(name), &checkout.sha, tar, image, None, true);
+        req.context_tar = tar;
         if !with_checkout {
             // A thin image on the shared one: its few steps say nothing worth a log line.
             req.on_line = None;
@@ -585,15 +621,7 @@ impl Platform {
         target: Option<&str>,
         publish: bool,
     ) -> BuildRequest {
-        let mut labels = HashMap::from([
-            (labels::MANAGED.to_string(), "true".to_string()),
-            (labels::PROJECT.to_string(), project.to_string()),
-            (labels::REVISION.to_string(), id.to_string()),
-            (labels::COMMIT.to_string(), sha.to_string()),
-        ]);
-        if let Some(f) = function {
-            labels.insert(labels::FUNCTION.to_string(), f.to_string());
-        }
+        let labels = image_labels(id, project, function, sha);
         // The build's steps reach the deployment's log as they happen (`eserveless deploy`
         // shows them live).
         let store = self.store.clone();

@@ -1,0 +1,5 @@
+VERSION = "v1"
+
+
+def Cold(request):
+    return "hello %s\n" % VERSION
