@@ -276,7 +276,9 @@ class ImageTest(unittest.TestCase):
         d = tempfile.mkdtemp(prefix="eserveless-pyproj-")
         self.addCleanup(shutil.rmtree, d, True)
         with open(os.path.join(d, "pyproject.toml"), "w") as f:
-            f.write('[project]\nname = "demo"\nversion = "1"\ndependencies = ["six>=1.16"]\n')
+            # A fresh description each run: the install layer of an earlier run is not reused.
+            f.write('[project]\nname = "demo"\nversion = "1"\ndescription = "%s"\ndependencies = ["six>=1.16"]\n'
+                    % os.urandom(6).hex())
         with open(os.path.join(d, "functions.py"), "w") as f:
             f.write('import six\nX = 1\ndef API(request):\n    return {"six": six.PY3, "x": X}\n')
         p = self.project(d, [{"name": "API", "kind": "http"}])
