@@ -202,9 +202,11 @@ async fn a_container_project_serves_its_own_image_on_port_under_the_sandbox() {
     // A small static file server (any image serving HTTP on $PORT would do), and a job.
     let server_js = r#"const http = require('http'), fs = require('fs'), path = require('path');
 http.createServer((req, res) => {
+  if (req.url === '/hang') return;
+  if (req.url === '/crash') process.exit(3);
   if (req.url === '/who') {
     const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => k.startsWith('ESERVELESS_')));
-    return res.end(JSON.stringify({ uid: process.getuid(), port: process.env.PORT, env }));
+    return res.end(JSON.stringify({ uid: process.getuid(), port: process.env.PORT, env, greeting: process.env.GREETING }));
   }
   const file = path.join('/srv', path.normalize(req.url).replace(/^(\.\.[/\\])+/, ''));
   fs.readFile(file, (err, data) => { if (err) { res.statusCode = 404; return res.end('not found'); } res.end(data); });
@@ -213,7 +215,7 @@ http.createServer((req, res) => {
     let repo = repo_with(&[
         (
             ".eserveless.yaml",
-            "runtime: container\nfunctions:\n  - name: Web\n    type: http\n    meta:\n      colour: blue\n  - name: Job\n    type: cron\n    schedule: \"*/2 * * * * *\"\n    dockerfile: jobs/Dockerfile\n    meta:\n      target: world\n  - name: Root\n    type: http\n    dockerfile: root/Dockerfile\n"
+            "runtime: container\nfunctions:\n  - name: Web\n    type: http\n    timeout: 2s\n    meta:\n      colour: blue\n  - name: Job\n    type: cron\n    schedule: \"*/2 * * * * *\"\n    dockerfile: jobs/Dockerfile\n    meta:\n      target: world\n  - name: Root\n    type: http\n    dockerfile: root/Dockerfile\n"
                 .to_string(),
         ),
         ("Dockerfile", format!("FROM {node}\nCOPY site/ /srv/\nCOPY server.js /srv-bin/server.js\nCMD [\"node\", \"/srv-bin/server.js\"]\n")),
@@ -247,6 +249,27 @@ http.createServer((req, res) => {
     assert_eq!(a.body["port"], "8080", "{}", a.raw);
     assert_eq!(a.body["env"]["ESERVELESS_COLOUR"], "blue", "{}", a.raw);
 
+    let a = answer(http.get(format!("{}/invoke/{project}/Web/hang", server.url)).send().await.expect("invoke")).await;
+    let m = assert_error(&a, 504, "function_timeout");
+    assert!(m.contains("Web"), "{m}");
+    let a = answer(http.get(format!("{}/invoke/{project}/Web/crash", server.url)).send().await.expect("invoke")).await;
+    assert!(a.status == 502 || a.status == 503, "{}", a.raw);
+    // A secret reaches the image's process like meta does.
+    let a = answer(
+        http.post(format!("{}/api/projects/{project}/secrets", server.url)).json(&serde_json::json!({"set": {"GREETING": "psst"}})).send().await.expect("secrets"),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.raw);
+    let began = std::time::Instant::now();
+    loop {
+        let a = answer(http.get(format!("{}/invoke/{project}/Web/who", server.url)).send().await.expect("invoke")).await;
+        if a.status == 200 && a.raw.contains("psst") {
+            break;
+        }
+        assert!(began.elapsed() < Duration::from_secs(30), "the secret never reached the container: {}", a.raw);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
     let run = wait_run(&http, &server.url, &project, "Job", 0, Duration::from_secs(60), |r| r["status"] == "succeeded").await;
     let output = run["output"].as_str().unwrap_or_default();
     assert!(output.contains("JOB target=world uid=65534"), "{run:#}");
@@ -256,6 +279,14 @@ http.createServer((req, res) => {
     assert!(a.status >= 500, "{}", a.raw);
     assert!(a.raw.contains("/var/run-state") && a.raw.contains("user 65534") && a.raw.contains("/tmp"), "{}", a.raw);
     eprintln!("[{:>5.1}s] sandbox refusal: {}", t0.elapsed().as_secs_f64(), a.raw);
+
+    // A redeploy: the new site is served.
+    std::fs::write(repo.path().join("site/index.html"), "<h1>static v2</h1>\n").expect("write");
+    commit_all(repo.path(), "v2");
+    let d2 = deploy_and_wait(&http, &server.url, repo.path(), &project).await;
+    assert_eq!(d2["status"], "ready", "{d2:#}");
+    let a = answer(http.get(format!("{}/invoke/{project}/Web/index.html", server.url)).send().await.expect("invoke")).await;
+    assert_eq!(a.raw, "<h1>static v2</h1>\n");
 
     // A Dockerfile that is not there: the deployment fails, naming it; the live one serves on.
     std::fs::remove_file(repo.path().join("jobs/Dockerfile")).expect("rm");
