@@ -368,8 +368,11 @@ async fn deploy_with_a_fake_engine() {
     assert_eq!(functions, want);
     assert!(builds.contains(&format!("eserveless/demo.base:{short}")), "{builds:?}");
     assert!(builds.iter().all(|t| t.starts_with("eserveless/demo-") || t.starts_with("eserveless/demo.")), "{builds:?}");
-    let rec = h.fake.recorded();
-    for ((tag, labels), context) in rec.builds.iter().zip(&rec.contexts) {
+    let (recorded_builds, recorded_contexts) = {
+        let rec = h.fake.recorded();
+        (rec.builds.clone(), rec.contexts.clone())
+    };
+    for ((tag, labels), context) in recorded_builds.iter().zip(&recorded_contexts) {
         // Given to the engine, or written into the Dockerfile's one LABEL line.
         let dockerfile = context
             .iter()
@@ -382,7 +385,6 @@ async fn deploy_with_a_fake_engine() {
             assert!(has("eserveless.commit", &head), "{tag}: {labels:?}\n{dockerfile}");
         }
     }
-    drop(rec);
 
     let p = get(&h.app, "/api/projects/demo").await;
     assert_eq!(p.status, StatusCode::OK, "{}", p.raw);
