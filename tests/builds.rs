@@ -16,6 +16,15 @@ use bollard::Docker;
 use common::*;
 use serde_json::Value;
 
+/// `rm` of the project through the API: nothing of it is left, shared and cache images included.
+async fn remove_project(http: &reqwest::Client, base: &str, project: &str) {
+    let a = answer(http.delete(format!("{base}/api/projects/{project}")).send().await.expect("DELETE")).await;
+    assert_eq!(a.status, 200, "{}", a.raw);
+    assert_project_gone(project).await;
+    let left = tags_of(&docker(), project).await;
+    assert!(left.is_empty(), "left after rm: {left:?}");
+}
+
 /// The layers of an image, bottom first.
 async fn layers(d: &Docker, image: &str) -> Vec<String> {
     let i = d.inspect_image(image).await.unwrap_or_else(|e| panic!("inspect {image}: {e}"));
@@ -112,10 +121,7 @@ async fn node_functions_share_one_image_and_a_code_change_installs_nothing() {
     assert_eq!((a.status, a.body["version"].as_str()), (200, Some("v2")), "{}", a.raw);
     eprintln!("[{:>5.1}s] dependency change live", t0.elapsed().as_secs_f64());
 
-    let a = answer(http.delete(format!("{}/api/projects/{project}", server.url)).send().await.expect("DELETE")).await;
-    assert_eq!(a.status, 200, "{}", a.raw);
-    assert_project_gone(&project).await;
-    assert!(tags_of(&d, &project).await.is_empty(), "left after rm: {:?}", tags_of(&d, &project).await);
+    remove_project(&http, &server.url, &project).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,10 +159,7 @@ async fn go_compiles_once_per_deployment_and_the_next_starts_from_its_caches() {
     assert!(d.inspect_image(cache_id.as_deref().unwrap_or("-")).await.is_err(), "the previous cache image was left behind");
     eprintln!("[{:>5.1}s] one-line change live", t0.elapsed().as_secs_f64());
 
-    let a = answer(http.delete(format!("{}/api/projects/{project}", server.url)).send().await.expect("DELETE")).await;
-    assert_eq!(a.status, 200, "{}", a.raw);
-    assert_project_gone(&project).await;
-    assert!(tags_of(&d, &project).await.is_empty(), "left after rm: {:?}", tags_of(&d, &project).await);
+    remove_project(&http, &server.url, &project).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,10 +190,7 @@ async fn images_of_deployments_older_than_the_last_n_are_pruned() {
     assert!(has(&commits[1]) && has(&commits[2]), "the last two deployments' images are kept: {tags:?}");
     let base_of = |c: &str| format!("eserveless/{project}.base:{}", &c[..12]);
     assert!(tags.contains(&base_of(&commits[1])) && !tags.contains(&base_of(&commits[0])), "{tags:?}");
-    let a = answer(http.delete(format!("{}/api/projects/{project}", server.url)).send().await.expect("DELETE")).await;
-    assert_eq!(a.status, 200, "{}", a.raw);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(tags_of(&d, &project).await.is_empty(), "left after rm: {:?}", tags_of(&d, &project).await);
+    remove_project(&http, &server.url, &project).await;
 }
 
 /// A `container` project: the repository's own Dockerfiles, run under the same sandbox.
@@ -298,7 +298,5 @@ http.createServer((req, res) => {
     let a = answer(http.get(format!("{}/invoke/{project}/Web/index.html", server.url)).send().await.expect("invoke")).await;
     assert_eq!(a.status, 200, "{}", a.raw);
 
-    let a = answer(http.delete(format!("{}/api/projects/{project}", server.url)).send().await.expect("DELETE")).await;
-    assert_eq!(a.status, 200, "{}", a.raw);
-    assert_project_gone(&project).await;
+    remove_project(&http, &server.url, &project).await;
 }

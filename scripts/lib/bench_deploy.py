@@ -53,6 +53,8 @@ import urllib.error
 import urllib.request
 from datetime import datetime, timezone
 
+from bench_common import logger, run
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FIXTURES = os.path.join(ROOT, "bench", "deploy")
 RUNTIMES = ("go", "node", "python")
@@ -69,15 +71,7 @@ FIGURES = (
 )
 
 
-def log(msg):
-    print(f"[bench deploy] {msg}", file=sys.stderr, flush=True)
-
-
-def run(cmd, check=True, **kw):
-    r = subprocess.run(cmd, text=True, capture_output=True, **kw)
-    if check and r.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.strip()[-2000:]}")
-    return r.stdout
+log = logger("deploy")
 
 
 def free_port():

@@ -35,19 +35,17 @@ import time
 import urllib.error
 import urllib.request
 
+from bench_common import logger, run as common_run
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 
 
-def log(msg):
-    print(f"[bench swarm] {msg}", file=sys.stderr, flush=True)
+log = logger("swarm")
 
 
 def run(cmd, check=True, **kw):
-    r = subprocess.run(cmd, text=True, capture_output=True, **kw)
-    if check and r.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.strip()[-2000:]}")
-    return r.stdout
+    return common_run(cmd, check=check, error=SystemExit, **kw)
 
 
 def median(xs):

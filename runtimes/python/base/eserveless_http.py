@@ -528,23 +528,31 @@ def plain_handler(fn):
     counts = loader._positional(fn)
     no_args = counts is not None and counts[1] == 0
 
+    async def call(exch):
+        request = Request(exch, await exch.read_all())
+        args = () if no_args else (request,)
+        if is_async:
+            result = await fn(*args)
+        else:
+            result = await loop.run_in_executor(None, fn, *args)
+        if hasattr(result, "__await__"):
+            result = await result
+        await send_result(exch, result)
+
     async def handle(exch):
-        try:
-            request = Request(exch, await exch.read_all())
-            args = () if no_args else (request,)
-            if is_async:
-                result = await fn(*args)
-            else:
-                result = await loop.run_in_executor(None, fn, *args)
-            if hasattr(result, "__await__"):
-                result = await result
-            await send_result(exch, result)
-        except BaseException as exc:
-            if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
-                raise
-            await exch.fail(exc)
+        await answer_or_fail(exch, call(exch))
 
     return handle
+
+
+async def answer_or_fail(exch, work):
+    """Awaits the function's work; any exception (but cancellation) is answered as its failure."""
+    try:
+        await work
+    except BaseException as exc:
+        if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
+            raise
+        await exch.fail(exc)
 
 
 # ---------------------------------------------------------------- WSGI
@@ -713,12 +721,7 @@ def wsgi_handler(app):
             if key in environ:
                 value = environ[key] + ("; " if key == "HTTP_COOKIE" else ",") + value
             environ[key] = value
-        try:
-            await loop.run_in_executor(None, run, exch, environ)
-        except BaseException as exc:
-            if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
-                raise
-            await exch.fail(exc)
+        await answer_or_fail(exch, loop.run_in_executor(None, run, exch, environ))
 
     return handle
 

@@ -445,8 +445,13 @@ class AsgiTest(Base):
         self.assertIn(b"LIFESPAN SHUTDOWN", s.proc.stdout.read())
 
 
-def flask_available():
-    return subprocess.run([PYTHON, "-c", "import flask"], capture_output=True).returncode == 0
+def require_module(test, name):
+    """Skips `test` when PYTHON cannot import `name`, except in the image run (test_image.py,
+    which CI requires and which installs it), where that fails it."""
+    if subprocess.run([PYTHON, "-c", "import " + name], capture_output=True).returncode != 0:
+        if os.environ.get("PYRT_REQUIRE_FLASK"):
+            test.fail("%s is not importable by %s" % (name, PYTHON))
+        test.skipTest("%s not installed (test_image.py runs this inside the image with it)" % name)
 
 
 class FlaskTest(Base):
@@ -465,10 +470,7 @@ class FlaskTest(Base):
     """
 
     def setUp(self):
-        if not flask_available():
-            if os.environ.get("PYRT_REQUIRE_FLASK"):  # set in the image run (test_image.py), which CI requires
-                self.fail("flask is not importable by %s" % PYTHON)
-            self.skipTest("flask not installed (test_image.py runs this inside the image with flask)")
+        require_module(self, "flask")
         super().setUp()
 
     def test_flask_app(self):
@@ -511,10 +513,7 @@ class StarletteTest(Base):
     """
 
     def setUp(self):
-        if subprocess.run([PYTHON, "-c", "import starlette"], capture_output=True).returncode != 0:
-            if os.environ.get("PYRT_REQUIRE_FLASK"):  # set in the image run (test_image.py), which CI requires
-                self.fail("starlette is not importable by %s" % PYTHON)
-            self.skipTest("starlette not installed (test_image.py runs this inside the image with it)")
+        require_module(self, "starlette")
         super().setUp()
 
     def test_starlette_app(self):
