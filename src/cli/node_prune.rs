@@ -3,8 +3,9 @@
 //! runs this once per node (a global job, `infra/driver/swarm/prune.rs`) with the node's
 //! Docker socket, so no image of the project stays on any node.
 //!
-//! Only images labelled with the project *and* named after it in this server's registry are
-//! removed, never forced: an image a container still uses stays.
+//! Only images labelled with the project *and* named after it (in this server's registry, or
+//! as built on the manager) or left nameless are removed, never forced: an image a container
+//! still uses stays.
 
 use anyhow::{Context, Result};
 use bollard::query_parameters::{ListImagesOptionsBuilder, RemoveImageOptionsBuilder};
@@ -69,21 +70,38 @@ impl NodePrune {
             let filters = std::collections::HashMap::from([("label", vec![format!("{}={}", labels::PROJECT, project)])]);
             let opts = ListImagesOptionsBuilder::default().all(false).filters(&filters).build();
             let images = docker.list_images(Some(opts)).await.context("cannot list this node's images")?;
-            for img in images {
-                let mut names = img.repo_tags.clone();
-                names.extend(img.repo_digests.iter().cloned());
-                names.retain(|n| n != "<none>:<none>" && n != "<none>@<none>");
-                if !prunable(&names, &self.prefix) {
-                    continue;
-                }
-                let opts = RemoveImageOptionsBuilder::default().force(false).build();
-                match docker.remove_image(&img.id, Some(opts), None).await {
-                    Ok(_) => removed += 1,
-                    Err(e) => {
-                        kept += 1;
-                        tracing::warn!(image = %img.id, error = %e, "image kept");
+            let mut pending: Vec<String> = images
+                .into_iter()
+                .filter(|img| {
+                    let mut names = img.repo_tags.clone();
+                    names.extend(img.repo_digests.iter().cloned());
+                    names.retain(|n| n != "<none>:<none>" && n != "<none>@<none>");
+                    // A nameless image of the project's is one the server untagged while a
+                    // container (now removed above) still used it: garbage too.
+                    names.is_empty() || prunable(&names, &self.prefix)
+                })
+                .map(|img| img.id)
+                .collect();
+            // A shared image goes once the functions' images built upon it have: passes
+            // until one removes nothing more.
+            loop {
+                let mut left = Vec::new();
+                for id in pending.iter() {
+                    let opts = RemoveImageOptionsBuilder::default().force(false).build();
+                    match docker.remove_image(id, Some(opts), None).await {
+                        Ok(_) => removed += 1,
+                        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+                        Err(e) => left.push((id.clone(), e)),
                     }
                 }
+                if left.is_empty() || left.len() == pending.len() {
+                    for (id, e) in &left {
+                        tracing::warn!(image = %id, error = %e, "image kept");
+                    }
+                    kept = left.len();
+                    break;
+                }
+                pending = left.into_iter().map(|(id, _)| id).collect();
             }
         }
         tracing::info!(project = ?self.project, containers, images = removed, kept, "node pruned");
