@@ -325,13 +325,15 @@ impl Platform {
             async move {
                 let _permit = limit.acquire().await.map_err(|_| BuildFailure::message("the build queue closed"))?;
                 let name = f.name.as_str();
-                self.store.set_build_state(id, name, BuildState::Building, None).map_err(|e| BuildFailure::message(store_err(e)))?;
+                if !two_phase {
+                    // (With a shared image, every function has been `building` since it began.)
+                    self.store.set_build_state(id, name, BuildState::Building, None).map_err(|e| BuildFailure::message(store_err(e)))?;
+                }
                 self.log(id, &format!("building {name} ({}) as {image}", f.kind.as_str()));
                 let mut vars = vars.clone();
                 vars.function = name.to_string();
                 vars.kind = f.kind.function_type();
-                let with_checkout = !two_phase;
-                self.build_function(job, f, image, &vars, with_checkout).await
+                self.build_function(job, f, image, &vars, !two_phase).await
             }
         });
         let results = futures_util::future::join_all(builds).await;
@@ -559,20 +561,25 @@ impl Platform {
     /// live deployment's install, so only what changed is downloaded. Per project: one
     /// project's install never reads another's cache.
     async fn deps_seed(&self, project: &str, hash: &str) -> Result<String, DriverError> {
-        let exists = |info: &Option<crate::infra::driver::ImageInfo>| info.is_some();
-        if let Some(info) = self.driver.image_info(&build::deps_tag(project, hash)).await? {
-            let seed = info.labels.get(build::DEPS_SEED_LABEL).cloned().unwrap_or_default();
-            // A seed since removed: the install runs again, from no cache.
-            return Ok(if !seed.is_empty() && exists(&self.driver.image_info(&seed).await?) { seed } else { String::new() });
+        let candidate = match self.driver.image_info(&build::deps_tag(project, hash)).await? {
+            // Installed before: the seed that install had (a seed since removed: no cache).
+            Some(info) => info.labels.get(build::DEPS_SEED_LABEL).cloned().unwrap_or_default(),
+            // New dependency files: the live deployment's install.
+            None => {
+                let live_base = self.store.project(project).ok().flatten().and_then(|p| p.live_deployment_id).and_then(|d| {
+                    self.store.functions(d).ok()?.into_iter().find_map(|f| f.image).and_then(|i| build::base_of(project, &i))
+                });
+                let live_hash = match live_base {
+                    Some(base) => self.driver.image_info(&base).await?.and_then(|i| i.labels.get(build::DEPS_LABEL).cloned()),
+                    None => None,
+                };
+                live_hash.map(|h| build::deps_tag(project, &h)).unwrap_or_default()
+            }
+        };
+        if candidate.is_empty() || self.driver.image_info(&candidate).await?.is_none() {
+            return Ok(String::new());
         }
-        let live_base = self.store.project(project).ok().flatten().and_then(|p| p.live_deployment_id).and_then(|d| {
-            self.store.functions(d).ok()?.into_iter().find_map(|f| f.image).and_then(|i| build::base_of(project, &i))
-        });
-        let Some(live_base) = live_base else { return Ok(String::new()) };
-        let live_hash = self.driver.image_info(&live_base).await?.and_then(|i| i.labels.get(build::DEPS_LABEL).cloned());
-        let Some(live_hash) = live_hash else { return Ok(String::new()) };
-        let seed = build::deps_tag(project, &live_hash);
-        Ok(if exists(&self.driver.image_info(&seed).await?) { seed } else { String::new() })
+        Ok(candidate)
     }
 
     /// Builds one function's image: a full build from the checkout, or (`with_checkout`

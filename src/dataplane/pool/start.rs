@@ -42,14 +42,8 @@ impl FunctionPool {
             let started = self.shared.driver.run(spec).await.map_err(|e| match e {
                 DriverError::NoCapacity(_) => StartError::NoRoom(e.to_string()),
                 DriverError::NoSuchContainer(_) | DriverError::NodeLost(_) => StartError::Lost(e.to_string()),
-                e => {
-                    // An image that dies at once under the sandbox: say why, as below.
-                    let text = e.to_string();
-                    StartError::Failed(match sandbox_hint(&text) {
-                        Some(hint) => format!("{text}\n{hint}"),
-                        None => text,
-                    })
-                }
+                // An image that dies at once under the sandbox: say why, as below.
+                e => StartError::Failed(with_sandbox_hint(e.to_string())),
             })?;
             let via = match self.shared.driver.connector(&r.project).await {
                 Ok(via) => via,
@@ -77,12 +71,8 @@ impl FunctionPool {
                 let logs = self.shared.driver.logs(&started.id, 4096).await.unwrap_or_default();
                 remove_container(&self.shared, &r.project, &r.function, &started.id).await;
                 let tail: String = logs.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-                let mut message = if tail.is_empty() { why.to_string() } else { format!("{why}; its output ends with:\n{tail}") };
-                if let Some(hint) = sandbox_hint(&tail) {
-                    message.push('\n');
-                    message.push_str(hint);
-                }
-                return Err(StartError::Failed(message));
+                let message = if tail.is_empty() { why.to_string() } else { format!("{why}; its output ends with:\n{tail}") };
+                return Err(StartError::Failed(with_sandbox_hint(message)));
             }
             // Opened only now that the container is known to run (and was not seen to die).
             let endpoint = Arc::new(
@@ -134,6 +124,14 @@ pub fn sandbox_hint(output: &str) -> Option<&'static str> {
         "eserveless: functions run as user 65534 (not root), with a read-only file system except /tmp, and listen on \
          $PORT (8080); make the image write only under /tmp (or $HOME, which is /tmp) and serve on $PORT as a non-root user",
     )
+}
+
+/// A start failure's message, with [`sandbox_hint`]'s advice when its output calls for it.
+fn with_sandbox_hint(message: String) -> String {
+    match sandbox_hint(&message) {
+        Some(hint) => format!("{message}\n{hint}"),
+        None => message,
+    }
 }
 
 async fn probe_ready(addr: SocketAddr, via: Option<&NetnsConnector>, dead: &AtomicBool, until: Instant) -> Result<(), &'static str> {
