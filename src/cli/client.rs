@@ -18,6 +18,16 @@ pub struct ClientArgs {
     /// API token [default: the saved login's]
     #[arg(long, env = "ESERVELESS_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
+    /// How to print answers: `text` for people, `json` for programs (the API's own answer)
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text, env = "ESERVELESS_OUTPUT", global = true)]
+    pub output: Format,
+}
+
+/// `-o`: the output format of every client command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
 }
 
 /// The saved login: `$XDG_CONFIG_HOME/eserveless/login.toml` (or `~/.config/...`), mode 0600.
@@ -54,6 +64,7 @@ pub(crate) struct Client {
     pub(crate) base: String,
     token: Option<String>,
     pub(crate) http: reqwest::Client,
+    pub(crate) format: Format,
 }
 
 impl Client {
@@ -63,7 +74,16 @@ impl Client {
         let http = reqwest::Client::builder().timeout(Duration::from_secs(300)).build()?;
         let base = args.server.clone().or(saved.server).unwrap_or_else(|| DEFAULT_SERVER.to_string());
         let token = args.token.clone().or(saved.token).filter(|t| !t.trim().is_empty());
-        Ok(Client { base: base.trim_end_matches('/').to_string(), token, http })
+        Ok(Client { base: base.trim_end_matches('/').to_string(), token, http, format: args.output })
+    }
+
+    /// With `-o json`, prints `answer` as JSON and returns true: the command prints nothing else.
+    pub(crate) fn print_json(&self, answer: &impl Serialize) -> Result<bool> {
+        if self.format != Format::Json {
+            return Ok(false);
+        }
+        println!("{}", serde_json::to_string_pretty(answer)?);
+        Ok(true)
     }
 
     pub(crate) async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {

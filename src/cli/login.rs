@@ -34,7 +34,7 @@ impl Login {
         if token.is_empty() {
             bail!("no token given; pass --with-token, or pipe it in (the first start wrote the admin token to <data dir>/admin-token)");
         }
-        let c = Client::new(&ClientArgs { server: self.client.server, token: Some(token.clone()) })?;
+        let c = Client::new(&ClientArgs { server: self.client.server, token: Some(token.clone()), output: self.client.output })?;
         let v: WhoAmI = c.get("/api/whoami").await?;
         let path = login_path().ok_or_else(|| anyhow!("neither XDG_CONFIG_HOME nor HOME is set; cannot save the login"))?;
         if let Some(dir) = path.parent() {
