@@ -53,10 +53,17 @@ impl ApiError {
     }
 }
 
+/// The header on every answer the platform itself gives (not a function), with its code.
+pub const ERROR_HEADER: &str = "x-eserveless-error";
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
         let mut resp = (self.status, axum::Json(body)).into_response();
+        // Marks the platform's own answers on /invoke, where a function's answer could look alike.
+        if let Ok(code) = HeaderValue::from_str(self.code) {
+            resp.headers_mut().insert(ERROR_HEADER, code);
+        }
         if let Some(s) = self.retry_after {
             resp.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from(s));
         }

@@ -30,7 +30,7 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     if let Some(token) = crate::engine::auth::bootstrap_admin(&store, &config.data_dir)? {
-        announce_admin_token(&token, &config.data_dir);
+        announce_admin_token(&token, &config.data_dir, config.listen);
     }
     let limits = ConnLimits::new(&config);
     let platform = Platform::new(store, driver, templates, config)?;
@@ -334,10 +334,33 @@ async fn serve_http(
 /// Prints the first admin token once, to the terminal only (not through the log, which may be
 /// shipped elsewhere); it is also in the 0600 file.
 #[allow(clippy::print_stdout)]
-fn announce_admin_token(token: &str, data_dir: &std::path::Path) {
+fn announce_admin_token(token: &str, data_dir: &std::path::Path, listen: std::net::SocketAddr) {
     println!(
         "eserveless: first start: created user `admin` with the API token\n\n    {token}\n\n\
-         It is also in {} (mode 0600). Use it with `eserveless login --with-token <token>` or ESERVELESS_TOKEN.",
-        data_dir.join(crate::engine::auth::ADMIN_TOKEN_FILE).display()
+         It is also in {} (mode 0600). Log the CLI in with it (or set ESERVELESS_TOKEN):\n\n    {}\n",
+        data_dir.join(crate::engine::auth::ADMIN_TOKEN_FILE).display(),
+        login_command(token, listen)
     );
+}
+
+/// The exact `eserveless login` for this server, as reached from this machine.
+fn login_command(token: &str, listen: std::net::SocketAddr) -> String {
+    let host = match listen.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_string(),
+        ip if ip.is_unspecified() => "[::1]".to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    format!("eserveless login --server http://{host}:{} --with-token {token}", listen.port())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_login_command_names_a_reachable_address() {
+        let cmd = |a: &str| super::login_command("esl_x", a.parse().expect("addr"));
+        assert_eq!(cmd("0.0.0.0:8000"), "eserveless login --server http://127.0.0.1:8000 --with-token esl_x");
+        assert_eq!(cmd("10.1.2.3:9000"), "eserveless login --server http://10.1.2.3:9000 --with-token esl_x");
+        assert_eq!(cmd("[::]:8000"), "eserveless login --server http://[::1]:8000 --with-token esl_x");
+    }
 }

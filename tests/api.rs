@@ -295,7 +295,7 @@ async fn unknown_things_are_json_404s() {
     for method in ["GET", "POST", "DELETE"] {
         let a = invoke(&h.app, method, "/invoke/nope/API").await;
         let m = assert_error(&a, StatusCode::NOT_FOUND, "function_not_found");
-        assert!(m.contains("nope") && m.contains("API"), "{m}");
+        assert!(m.contains("no project `nope` is live") && m.contains("eserveless ls"), "{m}");
     }
     let a = invoke(&h.app, "GET", "/invoke/nope/API/deeper/path?x=1").await;
     assert_error(&a, StatusCode::NOT_FOUND, "function_not_found");
@@ -425,7 +425,15 @@ async fn deploy_with_a_fake_engine() {
     let m = assert_error(&a, StatusCode::NOT_FOUND, "not_http");
     assert!(m.contains("Ticker"), "{m}");
     let a = invoke(&h.app, "GET", "/invoke/demo/Nope").await;
-    assert_error(&a, StatusCode::NOT_FOUND, "function_not_found");
+    let m = assert_error(&a, StatusCode::NOT_FOUND, "function_not_found");
+    assert!(m.contains("no live function `Nope`") && m.contains("its functions: API"), "{m}");
+    // The wrong case of a live name, and a near miss of a project's: the name they meant.
+    let a = invoke(&h.app, "GET", "/invoke/demo/api").await;
+    let m = assert_error(&a, StatusCode::NOT_FOUND, "function_not_found");
+    assert!(m.contains("did you mean `API`?"), "{m}");
+    let a = invoke(&h.app, "GET", "/invoke/dem0/API").await;
+    let m = assert_error(&a, StatusCode::NOT_FOUND, "function_not_found");
+    assert!(m.contains("did you mean `demo`?"), "{m}");
     let a = get(&h.app, "/api/projects/demo/functions/Nope/runs").await;
     assert_error(&a, StatusCode::NOT_FOUND, "function_not_found");
     let a = get(&h.app, "/api/projects/demo/functions/Ticker/runs").await;

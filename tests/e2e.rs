@@ -67,6 +67,7 @@ async fn node_project_end_to_end() {
     assert_eq!(b["transport"], "unix", "the gateway reaches instances over their Unix socket: {b:#}");
     assert_eq!(b["headers"]["x-test"], "yes");
     assert_eq!(b["headers"]["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(b["remoteAddress"], "127.0.0.1", "Node handlers see the client's address in req.socket.remoteAddress: {b:#}");
     assert_eq!(b["headers"]["x-forwarded-proto"], "http");
     assert_eq!(b["headers"]["x-forwarded-host"], server.url.trim_start_matches("http://"));
     assert_eq!(b["headers"]["x-forwarded-prefix"], format!("/invoke/{project}/API"));

@@ -71,9 +71,9 @@ mod tests {
         let s = |x: &str| x.to_string();
         let driver = || crate::engine::error::DriverError::Unreachable(s("connection refused"));
         let cases: Vec<(E, StatusCode, &str)> = vec![
-            (E::ProjectNotFound { project: s("p") }, StatusCode::NOT_FOUND, "project_not_found"),
+            (E::ProjectNotFound { project: s("p"), hint: s("") }, StatusCode::NOT_FOUND, "project_not_found"),
             (E::DeploymentNotFound { project: s("p"), deployment: s("x") }, StatusCode::NOT_FOUND, "deployment_not_found"),
-            (E::FunctionNotFound { project: s("p"), function: s("f") }, StatusCode::NOT_FOUND, "function_not_found"),
+            (E::FunctionNotFound { project: s("p"), function: s("f"), hint: s("") }, StatusCode::NOT_FOUND, "function_not_found"),
             (E::SecretNotFound { project: s("p"), secret: s("K") }, StatusCode::NOT_FOUND, "secret_not_found"),
             (E::UserNotFound { user: s("u") }, StatusCode::NOT_FOUND, "user_not_found"),
             (E::TokenNotFound { token: s("7") }, StatusCode::NOT_FOUND, "token_not_found"),
@@ -81,7 +81,7 @@ mod tests {
             (E::UserExists { user: s("u") }, StatusCode::CONFLICT, "user_exists"),
             (E::invalid("invalid_ref", "bad"), StatusCode::UNPROCESSABLE_ENTITY, "invalid_ref"),
             (E::wrong_state("last_admin", "last"), StatusCode::CONFLICT, "last_admin"),
-            (E::AdminOnly { user: s("u") }, StatusCode::FORBIDDEN, "admin_only"),
+            (E::AdminOnly { user: s("u"), action: "manage users" }, StatusCode::FORBIDDEN, "admin_only"),
             (E::TokenRequired, StatusCode::UNAUTHORIZED, "token_required"),
             (E::TokenInvalid { message: s("revoked") }, StatusCode::UNAUTHORIZED, "token_invalid"),
             (E::Source(SourceError::BadUrl(s("bad url"))), StatusCode::UNPROCESSABLE_ENTITY, "invalid_repository"),

@@ -68,7 +68,7 @@ pub(super) async fn list_projects(State(s): State<AppState>, Extension(who): Ext
 }
 
 fn project_function(project: &str, f: LiveFunction) -> ProjectFunction {
-    let LiveFunction { function: f, memory_bytes, cpu_millis, instances, instance_list } = f;
+    let LiveFunction { function: f, memory_bytes, cpu_millis, instances, instance_list, next_run, last_run } = f;
     let http = f.kind == FunctionType::Http;
     ProjectFunction {
         invoke_path: invoke_path(project, &f.name, f.kind),
@@ -83,6 +83,8 @@ fn project_function(project: &str, f: LiveFunction) -> ProjectFunction {
         image: f.image,
         instances,
         instance_list,
+        next_run,
+        last_run,
     }
 }
 

@@ -193,6 +193,12 @@ pub struct ProjectFunction {
     /// Each instance of an http function: id, state and (swarm) node.
     #[serde(default)]
     pub instance_list: Vec<InstanceInfo>,
+    /// Cron functions: the schedule's next firing (UTC).
+    #[serde(default)]
+    pub next_run: Option<DateTime<Utc>>,
+    /// Cron functions: the latest run, scheduled or by hand.
+    #[serde(default)]
+    pub last_run: Option<CronRun>,
 }
 
 /// `GET /api/projects/{name}`.

@@ -26,7 +26,7 @@ pub(super) async fn list_users(State(s): State<AppState>, Extension(who): Extens
 
 pub(super) async fn create_user(State(s): State<AppState>, Extension(who): Extension<Principal>, req: Request) -> Result<Response, ApiError> {
     // Refused before the body is read, as before: a non-admin learns nothing from a bad body.
-    crate::engine::access::admin_only(&who)?;
+    crate::engine::access::admin_only(&who, crate::engine::access::MANAGE_USERS)?;
     let body: NewUser = json_body(req.into_body()).await?;
     let u = s.platform.create_user(&who, &body.name, body.admin)?;
     let token = TokenCreated { id: u.token.id, name: u.token.name, token: u.token.token };

@@ -60,9 +60,63 @@ pub(crate) fn split_target(target: &str) -> Result<(&str, &str)> {
         .ok_or_else(|| anyhow!("expected PROJECT/FUNCTION, got `{target}`"))
 }
 
+/// Where a setting's value came from, for messages about a bad one.
+#[derive(Debug, Clone)]
+enum Origin {
+    Flag(&'static str),
+    Env(&'static str),
+    Saved(Option<std::path::PathBuf>),
+    Default,
+}
+
+impl Origin {
+    /// `flag` and `env` as clap declares them: the flag wins over the variable.
+    fn of(flag: &'static str, env: &'static str, saved: bool) -> Origin {
+        let on_command_line = std::env::args().any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+        if on_command_line {
+            Origin::Flag(flag)
+        } else if std::env::var_os(env).is_some_and(|v| !v.is_empty()) {
+            Origin::Env(env)
+        } else if saved {
+            Origin::Saved(login_path())
+        } else {
+            Origin::Default
+        }
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Flag(flag) => write!(f, "the {flag} flag"),
+            Origin::Env(var) => write!(f, "the {var} environment variable"),
+            Origin::Saved(Some(p)) => write!(f, "the saved login ({})", p.display()),
+            Origin::Saved(None) => write!(f, "the saved login"),
+            Origin::Default => write!(f, "the default"),
+        }
+    }
+}
+
+/// The server's URL, checked: `http(s)://host[:port]`, with a fix for the usual slips.
+fn server_url(text: &str, origin: &Origin) -> Result<String> {
+    let given = text.trim();
+    let has_scheme = given.contains("://");
+    let text = given.trim_end_matches('/');
+    let fix = |problem: &str, try_this: String| anyhow!("the server URL `{given}` (from {origin}) {problem}; use e.g. `{try_this}`");
+    match reqwest::Url::parse(text) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(text.to_string()),
+        Ok(u) if u.host().is_none() && !matches!(u.scheme(), "http" | "https") => Err(fix("has no http:// or https:// in front", format!("http://{text}"))),
+        Ok(u) => Err(fix(&format!("has the scheme `{}`, not http or https", u.scheme()), DEFAULT_SERVER.to_string())),
+        // "relative URL without a base": no scheme at all.
+        Err(e) if !has_scheme => Err(fix(&format!("has no http:// or https:// in front ({e})"), format!("http://{text}"))),
+        Err(e) => Err(fix(&format!("is not a URL ({e})"), DEFAULT_SERVER.to_string())),
+    }
+}
+
 pub(crate) struct Client {
     pub(crate) base: String,
     token: Option<String>,
+    token_origin: Origin,
     pub(crate) http: reqwest::Client,
     pub(crate) format: Format,
 }
@@ -72,9 +126,18 @@ impl Client {
     pub(crate) fn new(args: &ClientArgs) -> Result<Self> {
         let saved = saved_login();
         let http = reqwest::Client::builder().timeout(Duration::from_secs(300)).build()?;
+        let server_origin = match &args.server {
+            Some(_) => Origin::of("--server", "ESERVELESS_URL", false),
+            None => Origin::of("--server", "ESERVELESS_URL", saved.server.is_some()),
+        };
         let base = args.server.clone().or(saved.server).unwrap_or_else(|| DEFAULT_SERVER.to_string());
+        let base = server_url(&base, &server_origin)?;
+        let token_origin = match &args.token {
+            Some(_) => Origin::of("--token", "ESERVELESS_TOKEN", false),
+            None => Origin::of("--token", "ESERVELESS_TOKEN", saved.token.is_some()),
+        };
         let token = args.token.clone().or(saved.token).filter(|t| !t.trim().is_empty());
-        Ok(Client { base: base.trim_end_matches('/').to_string(), token, http, format: args.output })
+        Ok(Client { base, token, token_origin, http, format: args.output })
     }
 
     /// With `-o json`, prints `answer` as JSON and returns true: the command prints nothing else.
@@ -118,6 +181,17 @@ impl Client {
             if status == 401 && self.token.is_none() {
                 bail!("{msg} (HTTP 401); log in with `eserveless login`, or set ESERVELESS_TOKEN");
             }
+            if status == 401 {
+                bail!(
+                    "the token from {} was refused by {}: {msg} (HTTP 401); log in again with `eserveless login`{}",
+                    self.token_origin,
+                    self.base,
+                    match self.token_origin {
+                        Origin::Env(_) => ", or unset ESERVELESS_TOKEN to use the saved login",
+                        _ => "",
+                    }
+                );
+            }
             bail!("{msg} (HTTP {status})");
         }
         serde_json::from_str(&text).with_context(|| {
@@ -129,6 +203,22 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_urls_need_a_scheme() {
+        let o = Origin::Flag("--server");
+        assert_eq!(server_url("http://127.0.0.1:8000/", &o).expect("ok"), "http://127.0.0.1:8000");
+        assert_eq!(server_url("https://fn.example", &o).expect("ok"), "https://fn.example");
+        for (bad, says) in [
+            ("127.0.0.1:8000", "use e.g. `http://127.0.0.1:8000`"),
+            ("localhost:8000", "use e.g. `http://localhost:8000`"),
+            ("ftp://x", "scheme `ftp`"),
+            ("http://", "is not a URL"),
+        ] {
+            let e = server_url(bad, &o).expect_err(bad).to_string();
+            assert!(e.contains(says) && e.contains(&format!("`{bad}`")) && e.contains("the --server flag"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn targets_are_project_slash_function() {

@@ -4,8 +4,18 @@ use std::io::{IsTerminal, Write};
 
 use anyhow::{anyhow, Context, Result};
 
-use super::client::{split_target, Client, ClientArgs};
+use super::client::{split_target, Client, ClientArgs, Format};
 use crate::api::types::INVOKE_KEY_HEADER;
+
+/// `invoke -o json`: the function's answer.
+#[derive(Debug, serde::Serialize)]
+pub struct InvokeAnswer {
+    pub status: u16,
+    /// Header names in lowercase; a repeated header appears once per value.
+    pub headers: Vec<(String, String)>,
+    /// The body as text (invalid UTF-8 replaced).
+    pub body: String,
+}
 
 /// Invoke an http function: PROJECT/FUNCTION [PATH]
 #[derive(Debug, clap::Args)]
@@ -46,7 +56,25 @@ impl Invoke {
         }
         let resp = req.send().await.with_context(|| format!("cannot reach the server at {}", c.base))?;
         let status = resp.status();
+        let headers = resp.headers().clone();
         let body = resp.bytes().await?;
+        let platform_error = headers.get(crate::http_error::ERROR_HEADER).is_some();
+        if c.format == Format::Json {
+            let answer = InvokeAnswer {
+                status: status.as_u16(),
+                headers: headers.iter().map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect(),
+                body: String::from_utf8_lossy(&body).into_owned(),
+            };
+            println!("{}", serde_json::to_string_pretty(&answer)?);
+            return Ok(if status.is_success() { 0 } else { 1 });
+        }
+        if platform_error {
+            // The platform's own refusal (no such function, no key, overloaded): its message, not raw JSON.
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let message = v["error"]["message"].as_str().map_or_else(|| String::from_utf8_lossy(&body).into_owned(), str::to_string);
+            eprintln!("error: {message} (HTTP {status})");
+            return Ok(1);
+        }
         std::io::stdout().write_all(&body)?;
         if !body.ends_with(b"\n") && std::io::stdout().is_terminal() {
             println!();

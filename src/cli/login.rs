@@ -42,6 +42,9 @@ impl Login {
         }
         let text = toml::to_string(&SavedLogin { server: Some(c.base.clone()), token: Some(token) })?;
         crate::infra::datadir::write_private(&path, text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+        if c.print_json(&v)? {
+            return Ok(0);
+        }
         println!("logged in to {} as {}; saved to {}", c.base, v.user, path.display());
         Ok(0)
     }
@@ -58,6 +61,9 @@ impl Whoami {
     pub async fn run(self) -> Result<i32> {
         let c = Client::new(&self.client)?;
         let v: WhoAmI = c.get("/api/whoami").await?;
+        if c.print_json(&v)? {
+            return Ok(0);
+        }
         println!("{} at {}{}", v.user, c.base, if v.admin { " (admin)" } else { "" });
         Ok(0)
     }

@@ -12,6 +12,7 @@ pub mod node_guard;
 pub mod node_prune;
 mod output;
 mod projects;
+mod scaffold;
 mod secrets;
 mod users;
 
@@ -48,6 +49,9 @@ pub enum Command {
     Tokens(users::Tokens),
     Secrets(secrets::Secrets),
     Keys(projects::Keys),
+    New(scaffold::New),
+    Validate(scaffold::Validate),
+    Completions(scaffold::Completions),
     /// Write a consistent copy of the data directory (database, secrets key, server id) to FILE, while the server runs
     Backup {
         /// The tar file to write (mode 0600; it holds the secrets key)
@@ -97,6 +101,9 @@ pub async fn run_client(cmd: Command) -> Result<i32> {
         Command::Tokens(c) => c.run().await,
         Command::Secrets(c) => c.run().await,
         Command::Keys(c) => c.run().await,
+        Command::New(c) => c.run(),
+        Command::Validate(c) => c.run(),
+        Command::Completions(c) => c.run(),
         Command::NodeGuard(c) => c.run().await,
         Command::NodePrune(c) => c.run().await,
     }

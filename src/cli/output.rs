@@ -20,6 +20,32 @@ pub(crate) fn time(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
 }
 
+/// Bytes in the manifest's units: `128Mi`, `1Gi`, else `N bytes`.
+pub(crate) fn bytes(n: u64) -> String {
+    const MI: u64 = 1 << 20;
+    match n {
+        n if n >= 1 << 30 && n % (1 << 30) == 0 => format!("{}Gi", n >> 30),
+        n if n >= MI && n % MI == 0 => format!("{}Mi", n / MI),
+        n => format!("{n} bytes"),
+    }
+}
+
+/// Milli-CPUs as a CPU count: `0.5`, `2`.
+pub(crate) fn cpus(millis: u32) -> String {
+    format!("{}", f64::from(millis) / 1000.0)
+}
+
+/// Milliseconds in the manifest's units: `500ms`, `10s`, `5m`, `1h`.
+pub(crate) fn millis(ms: u64) -> String {
+    match ms {
+        0 => "0s".to_string(),
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -30,6 +56,9 @@ mod tests {
         assert_eq!(short("abc"), "abc");
         assert_eq!(or_dash(None::<u32>), "-");
         assert_eq!(or_dash(Some(3)), "3");
+        assert_eq!((bytes(128 << 20), bytes(2 << 30), bytes(1000)), ("128Mi".into(), "2Gi".into(), "1000 bytes".into()));
+        assert_eq!((cpus(500), cpus(2000)), ("0.5".into(), "2".into()));
+        assert_eq!([millis(500), millis(10_000), millis(300_000), millis(7_200_000), millis(1500)], ["500ms", "10s", "5m", "2h", "1500ms"]);
         let t = DateTime::<Utc>::from_timestamp(1_700_000_000, 5_000_000).expect("time");
         // The same text the API answered with, which the tables printed before they were typed.
         assert_eq!(serde_json::to_value(t).expect("json"), serde_json::Value::String(time(&t)));

@@ -49,18 +49,27 @@ impl Secrets {
                     set.insert(k.to_string(), value);
                 }
                 let names: Vec<String> = set.keys().cloned().collect();
-                let _: SecretsSet = c.post(&format!("/api/projects/{project}/secrets"), &SecretsChange { set }).await?;
+                let v: SecretsSet = c.post(&format!("/api/projects/{project}/secrets"), &SecretsChange { set }).await?;
+                if c.print_json(&v)? {
+                    return Ok(0);
+                }
                 println!("set {} on {project}; running instances were restarted with them", names.join(", "));
             }
             SecretsCommand::Ls { project } => {
                 let v: SecretList = c.get(&format!("/api/projects/{project}/secrets")).await?;
+                if c.print_json(&v)? {
+                    return Ok(0);
+                }
                 println!("{:<40} UPDATED", "SECRET");
                 for x in v.secrets {
                     println!("{:<40} {}", x.name, time(&x.updated_at));
                 }
             }
             SecretsCommand::Rm { project, name } => {
-                let _: Deleted = c.delete(&format!("/api/projects/{project}/secrets/{name}")).await?;
+                let v: Deleted = c.delete(&format!("/api/projects/{project}/secrets/{name}")).await?;
+                if c.print_json(&v)? {
+                    return Ok(0);
+                }
                 println!("removed {name} from {project}; running instances were restarted without it");
             }
         }

@@ -36,17 +36,26 @@ impl Users {
         match self.command {
             UsersCommand::Create { name, admin } => {
                 let v: UserCreated = c.post("/api/users", &NewUser { name, admin }).await?;
+                if c.print_json(&v)? {
+                    return Ok(0);
+                }
                 println!("created user {}{}; its API token (shown once):\n{}", v.name, if admin { " (admin)" } else { "" }, v.token.token);
             }
             UsersCommand::Ls => {
                 let v: UserList = c.get("/api/users").await?;
+                if c.print_json(&v)? {
+                    return Ok(0);
+                }
                 println!("{:<24} {:<6} {:<27} PROJECTS", "USER", "ADMIN", "CREATED");
                 for u in v.users {
                     println!("{:<24} {:<6} {:<27} {}", u.name, u.admin, time(&u.created_at), u.projects.join(","));
                 }
             }
             UsersCommand::Rm { name } => {
-                let _: Deleted = c.delete(&format!("/api/users/{name}")).await?;
+                let v: Deleted = c.delete(&format!("/api/users/{name}")).await?;
+                if c.print_json(&v)? {
+                    return Ok(0);
+                }
                 println!("removed user {name} and its tokens");
             }
         }
@@ -86,10 +95,16 @@ impl Tokens {
         match self.command {
             TokensCommand::Create { name, user } => {
                 let v: TokenCreated = c.post("/api/tokens", &NewToken { name, user }).await?;
+                if c.print_json(&v)? {
+                    return Ok(0);
+                }
                 println!("token {} created (shown once):\n{}", v.id, v.token);
             }
             TokensCommand::Ls { all } => {
                 let v: TokenList = c.get(if all { "/api/tokens?all=true" } else { "/api/tokens" }).await?;
+                if c.print_json(&v)? {
+                    return Ok(0);
+                }
                 println!("{:<6} {:<16} {:<20} {:<27} {:<27} REVOKED", "ID", "USER", "NAME", "CREATED", "LAST USED");
                 for t in v.tokens {
                     println!(
@@ -104,7 +119,10 @@ impl Tokens {
                 }
             }
             TokensCommand::Revoke { id } => {
-                let _: Revoked = c.delete(&format!("/api/tokens/{id}")).await?;
+                let v: Revoked = c.delete(&format!("/api/tokens/{id}")).await?;
+                if c.print_json(&v)? {
+                    return Ok(0);
+                }
                 println!("revoked token {id}");
             }
         }

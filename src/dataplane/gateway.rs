@@ -44,6 +44,22 @@ impl RouteTable {
         map.get(project).and_then(|fns| fns.get(function).cloned())
     }
 
+    /// Why `project`/`function` has no route, with the closest live name and what to type next.
+    /// Names only of live routes: what anyone could find by invoking.
+    pub fn not_found(&self, project: &str, function: &str) -> String {
+        let map = self.projects.read().unwrap_or_else(|p| p.into_inner());
+        let Some(functions) = map.get(project) else {
+            let hint = crate::manifest::suggest(project, map.keys().map(String::as_str));
+            let hint = hint.map_or_else(String::new, |p| format!(" (did you mean `{p}`?)"));
+            return format!("no project `{project}` is live on this server{hint}; `eserveless ls` lists your projects and `eserveless deploy` makes one live");
+        };
+        let mut names: Vec<&str> = functions.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        let hint = crate::manifest::suggest(function, names.iter().copied()).map_or_else(String::new, |f| format!("; did you mean `{f}`?"));
+        let listed = if names.len() > 10 { format!("{}, …", names[..10].join(", ")) } else { names.join(", ") };
+        format!("project `{project}` has no live function `{function}`{hint} (names are case-sensitive; its functions: {listed})")
+    }
+
     pub fn project(&self, project: &str) -> Option<Arc<HashMap<String, Route>>> {
         self.projects.read().unwrap_or_else(|p| p.into_inner()).get(project).cloned()
     }
@@ -280,10 +296,7 @@ impl Gateway {
                 "not_http",
                 format!("function `{function}` of project `{project}` is a cron function and cannot be invoked over HTTP"),
             )),
-            None => Err(ApiError::not_found(
-                "function_not_found",
-                format!("no live function `{function}` in project `{project}`; `eserveless show {project}` lists its functions"),
-            )),
+            None => Err(ApiError::not_found("function_not_found", self.routes.not_found(project, function))),
         }
     }
 
@@ -465,6 +478,8 @@ impl Call<'_> {
     async fn answer(&self, resp: Response<AnswerBody>, lease: Lease) -> Result<Response<Body>, ApiError> {
         let (mut parts, answer) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        // Only the platform's own refusals carry it: a function cannot pass for one.
+        parts.headers.remove(crate::http_error::ERROR_HEADER);
         let timing = format!("{};dur={}", lease.kind.as_str(), lease.took.as_millis());
         if let Ok(v) = HeaderValue::from_str(&timing) {
             parts.headers.append("server-timing", v);

@@ -43,12 +43,15 @@ pub struct CreatedUser {
     pub token: IssuedToken,
 }
 
-/// Fails unless `who` is an admin.
-pub fn admin_only(who: &Principal) -> Result<()> {
+/// What `users` commands need: "only admins manage users".
+pub const MANAGE_USERS: &str = "manage users";
+
+/// Fails unless `who` is an admin; `action` completes "only admins …".
+pub fn admin_only(who: &Principal, action: &'static str) -> Result<()> {
     if who.admin {
         Ok(())
     } else {
-        Err(EngineError::AdminOnly { user: who.name.clone() })
+        Err(EngineError::AdminOnly { user: who.name.clone(), action })
     }
 }
 
@@ -69,7 +72,7 @@ impl Platform {
 
     /// All users with the projects they own (admins only).
     pub fn users(&self, who: &Principal) -> Result<Vec<UserInfo>> {
-        admin_only(who)?;
+        admin_only(who, MANAGE_USERS)?;
         let mut out = Vec::new();
         for u in self.store.users()? {
             let projects = self.store.projects_owned_by(&u.name)?;
@@ -80,7 +83,7 @@ impl Platform {
 
     /// Creates a user with a first token named `initial` (admins only).
     pub fn create_user(&self, who: &Principal, name: &str, admin: bool) -> Result<CreatedUser> {
-        admin_only(who)?;
+        admin_only(who, MANAGE_USERS)?;
         auth::validate_user_name(name).map_err(|m| EngineError::invalid(m.code(), m.to_string()))?;
         let user = self.store.create_user(name, admin)?.ok_or_else(|| EngineError::UserExists { user: name.to_string() })?;
         let (id, token) = auth::issue_token(&self.store, user.id, "initial")?;
@@ -90,7 +93,7 @@ impl Platform {
 
     /// Removes a user that owns no project and is not the last admin (admins only).
     pub fn delete_user(&self, who: &Principal, name: &str) -> Result<()> {
-        admin_only(who)?;
+        admin_only(who, MANAGE_USERS)?;
         let user = self.store.user(name)?.ok_or_else(|| EngineError::UserNotFound { user: name.to_string() })?;
         let owned = self.store.projects_owned_by(name)?;
         if !owned.is_empty() {
@@ -110,11 +113,15 @@ impl Platform {
     /// Tokens of `who`, or of `user` or of everyone (`all`) for admins.
     pub fn tokens(&self, who: &Principal, user: Option<&str>, all: bool) -> Result<Vec<TokenInfo>> {
         let user = match (user, all) {
-            (_, true) | (Some(_), _) => {
-                admin_only(who)?;
+            (_, true) => {
+                admin_only(who, "list every user's tokens; without --all (`?all=true`) you see your own")?;
                 user
             }
-            (None, false) => Some(who.name.as_str()),
+            (Some(u), false) if u != who.name => {
+                admin_only(who, "list another user's tokens; without --user you see your own")?;
+                user
+            }
+            (_, false) => Some(who.name.as_str()),
         };
         Ok(self
             .store
@@ -136,7 +143,7 @@ impl Platform {
         auth::validate_token_name(name).map_err(|m| EngineError::invalid(m.code(), m.to_string()))?;
         let user_id = match user {
             Some(u) if u != who.name => {
-                admin_only(who)?;
+                admin_only(who, "make tokens for other users; without --user the token is yours")?;
                 self.store.user(u)?.ok_or_else(|| EngineError::UserNotFound { user: u.to_string() })?.id
             }
             _ => who.user_id,

@@ -160,34 +160,9 @@ impl Platform {
 
     /// Reads and parses the manifest at the checkout's root.
     fn read_manifest(&self, checkout: &Checkout) -> Result<Manifest, String> {
-        let manifest_path = checkout.dir.join(MANIFEST_FILE);
         let sha = &checkout.sha;
-        // Not followed if a link: the repository must not make the server read outside the checkout.
-        let text = match std::fs::symlink_metadata(&manifest_path) {
-            Ok(m) if m.is_file() && m.len() <= MAX_MANIFEST_BYTES => {
-                std::fs::read_to_string(&manifest_path).map_err(|e| format!("cannot read {MANIFEST_FILE}: {e}"))?
-            }
-            Ok(m) if m.is_file() => return Err(format!("{MANIFEST_FILE} is larger than 256 KiB")),
-            Ok(_) => return Err(format!("{MANIFEST_FILE} must be a regular file, not a link or directory")),
-            Err(_) => {
-                return Err(format!(
-                    "the repository has no {MANIFEST_FILE} at its root (commit {}); add one that lists the functions, see the README",
-                    &sha[..sha.len().min(12)]
-                ))
-            }
-        };
-        let mut runtimes = self.templates.runtimes();
-        runtimes.push(manifest::CONTAINER_RUNTIME.to_string());
-        manifest::parse(
-            &text,
-            &ParseContext {
-                known_runtimes: &runtimes,
-                root_files: &checkout.facts.root_files,
-                defaults: &self.config.scaling,
-                caps: self.config.caps,
-            },
-        )
-        .map_err(|e| e.to_string())
+        let at = format!("the repository has no {MANIFEST_FILE} at its root (commit {})", &sha[..sha.len().min(12)]);
+        read_manifest(&checkout.dir, &at, &self.templates, &checkout.facts.root_files, &self.config.scaling, self.config.caps)
     }
 
     /// Fails early, before any build, when a function asks more than the largest machine it
@@ -720,6 +695,32 @@ impl Platform {
         }
     }
 }
+
+/// Reads and parses the manifest at the root of `dir`: the checks of every deployment, and of
+/// `eserveless validate` on a developer's machine. `missing` says where it was looked for.
+pub fn read_manifest(
+    dir: &Path,
+    missing: &str,
+    templates: &crate::engine::runtime::Templates,
+    root_files: &[String],
+    defaults: &manifest::Scaling,
+    caps: manifest::ResourceCaps,
+) -> Result<Manifest, String> {
+    let manifest_path = dir.join(MANIFEST_FILE);
+    // Not followed if a link: the repository must not make the server read outside the checkout.
+    let text = match std::fs::symlink_metadata(&manifest_path) {
+        Ok(m) if m.is_file() && m.len() <= MAX_MANIFEST_BYTES => {
+            std::fs::read_to_string(&manifest_path).map_err(|e| format!("cannot read {MANIFEST_FILE}: {e}"))?
+        }
+        Ok(m) if m.is_file() => return Err(format!("{MANIFEST_FILE} is larger than 256 KiB")),
+        Ok(_) => return Err(format!("{MANIFEST_FILE} must be a regular file, not a link or directory")),
+        Err(_) => return Err(format!("{missing}; add one that lists the functions, see the README")),
+    };
+    let mut runtimes = templates.runtimes();
+    runtimes.push(manifest::CONTAINER_RUNTIME.to_string());
+    manifest::parse(&text, &ParseContext { known_runtimes: &runtimes, root_files, defaults, caps }).map_err(|e| e.to_string())
+}
+
 
 /// Whether every function's memory and CPU fit on `node`; else which does not, and how to fix it.
 fn fits(manifest: &Manifest, defaults: &crate::infra::driver::Limits, node: &crate::infra::driver::NodeCapacity) -> Result<(), String> {

@@ -10,13 +10,15 @@ pub use crate::infra::driver::DriverError;
 /// Why an engine operation failed. Callers branch on the variant; the message says how to fix it.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("no project `{project}`")]
-    ProjectNotFound { project: String },
+    /// `hint`: empty, or the closest name the caller may see and what to type next.
+    #[error("no project `{project}`{hint}")]
+    ProjectNotFound { project: String, hint: String },
     /// `deployment` is the id as the caller gave it (it may not even be a number).
     #[error("no deployment `{deployment}` in project `{project}`")]
     DeploymentNotFound { project: String, deployment: String },
-    #[error("project `{project}` has no live function `{function}`")]
-    FunctionNotFound { project: String, function: String },
+    /// `hint`: empty, or the closest live name and the project's functions.
+    #[error("project `{project}` has no live function `{function}`{hint}")]
+    FunctionNotFound { project: String, function: String, hint: String },
     #[error("project `{project}` has no secret `{secret}`")]
     SecretNotFound { project: String, secret: String },
     #[error("no user `{user}`")]
@@ -37,8 +39,9 @@ pub enum EngineError {
     #[error("{message}")]
     WrongState { code: &'static str, message: String },
 
-    #[error("user `{user}` is not an admin; only admins manage users")]
-    AdminOnly { user: String },
+    /// `action`: what only admins may do, and what the user can do instead.
+    #[error("user `{user}` is not an admin; only admins {action}")]
+    AdminOnly { user: String, action: &'static str },
     #[error("this endpoint needs an API token: send `Authorization: Bearer <token>` (see `eserveless login`)")]
     TokenRequired,
     /// The token is malformed, unknown or revoked; `message` says which and what to do.
@@ -79,7 +82,7 @@ impl EngineError {
         EngineError::WrongState { code, message: message.into() }
     }
     pub fn project_not_found(project: &str) -> Self {
-        EngineError::ProjectNotFound { project: project.to_string() }
+        EngineError::ProjectNotFound { project: project.to_string(), hint: String::new() }
     }
     pub fn internal(what: &'static str, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         EngineError::Internal { what, source: source.into() }

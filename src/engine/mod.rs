@@ -10,7 +10,7 @@ mod activate;
 pub mod auth;
 pub(crate) mod build;
 mod delete;
-mod deploy;
+pub(crate) mod deploy;
 pub(crate) mod error;
 pub mod runtime;
 pub(crate) mod source;

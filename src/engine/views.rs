@@ -41,6 +41,9 @@ pub struct LiveFunction {
     pub instances: Option<PoolCounts>,
     /// Each instance (http functions), with the node it runs on.
     pub instance_list: Vec<InstanceInfo>,
+    /// Cron functions: when the schedule fires next, and the latest run.
+    pub next_run: Option<DateTime<Utc>>,
+    pub last_run: Option<CronRunRow>,
 }
 
 /// A deployment with its functions.
@@ -82,7 +85,18 @@ impl Platform {
         self.store
             .project(name)?
             .filter(|p| who.owns(p.owner.as_deref()))
-            .ok_or_else(|| EngineError::project_not_found(name))
+            .ok_or_else(|| self.project_not_found(who, name))
+    }
+
+    /// `name` is not one of `who`'s projects: the closest of theirs, and how to list them.
+    fn project_not_found(&self, who: &Principal, name: &str) -> EngineError {
+        let mine: Vec<String> =
+            self.store.projects().unwrap_or_default().into_iter().filter(|p| who.owns(p.owner.as_deref())).map(|p| p.name).collect();
+        let hint = match crate::manifest::suggest(name, mine.iter().map(String::as_str)) {
+            Some(s) => format!("; did you mean `{s}`? (`eserveless ls` lists your projects)"),
+            None => "; `eserveless ls` lists your projects".to_string(),
+        };
+        EngineError::ProjectNotFound { project: name.to_string(), hint }
     }
 
     /// The projects `who` may see.
@@ -102,27 +116,27 @@ impl Platform {
         let live = p.live_deployment_id.map(|id| self.store.deployment(id)).transpose()?.flatten();
         let latest = self.store.latest_deployment(name)?;
         let routes = self.routes.project(name);
-        let functions = match &live {
-            Some(d) => self
-                .store
-                .functions(d.id)?
-                .into_iter()
-                .map(|f| {
-                    let (instances, instance_list) = match routes.as_ref().and_then(|r| r.get(&f.name)) {
-                        Some(Route::Http(pool)) => (Some(pool.counts()), pool.instance_list()),
-                        _ => (None, Vec::new()),
-                    };
-                    LiveFunction {
-                        memory_bytes: f.options.memory_bytes.unwrap_or(self.config.limits.memory_bytes()),
-                        cpu_millis: f.options.cpu_millis.unwrap_or(self.config.limits.cpu_millis()),
-                        instances,
-                        instance_list,
-                        function: f,
-                    }
-                })
-                .collect(),
-            None => Vec::new(),
-        };
+        let mut functions = Vec::new();
+        for f in live.as_ref().map(|d| self.store.functions(d.id)).transpose()?.unwrap_or_default() {
+            let (instances, instance_list) = match routes.as_ref().and_then(|r| r.get(&f.name)) {
+                Some(Route::Http(pool)) => (Some(pool.counts()), pool.instance_list()),
+                _ => (None, Vec::new()),
+            };
+            let next_run = f.schedule.as_deref().and_then(|s| crate::manifest::parse_schedule(s).ok()?.find_next_occurrence(&Utc::now(), false).ok());
+            let last_run = match f.kind {
+                FunctionType::Cron => self.store.cron_runs(name, &f.name, 1)?.into_iter().next(),
+                FunctionType::Http => None,
+            };
+            functions.push(LiveFunction {
+                memory_bytes: f.options.memory_bytes.unwrap_or(self.config.limits.memory_bytes()),
+                cpu_millis: f.options.cpu_millis.unwrap_or(self.config.limits.cpu_millis()),
+                instances,
+                instance_list,
+                next_run,
+                last_run,
+                function: f,
+            });
+        }
         Ok(ProjectDetail { project: p, live, latest, functions })
     }
 
@@ -140,15 +154,19 @@ impl Platform {
     /// Fails unless `function` is a live function of a project `who` may see.
     fn known_function(&self, who: &Principal, project: &str, function: &str) -> Result<()> {
         let p = self.owned_project(who, project)?;
-        let found = match p.live_deployment_id {
-            Some(id) => self.store.functions(id)?.iter().any(|f| f.name == function),
-            None => false,
+        let names: Vec<String> = match p.live_deployment_id {
+            Some(id) => self.store.functions(id)?.into_iter().map(|f| f.name).collect(),
+            None => Vec::new(),
         };
-        if found {
-            Ok(())
-        } else {
-            Err(EngineError::FunctionNotFound { project: project.to_string(), function: function.to_string() })
+        if names.iter().any(|f| f == function) {
+            return Ok(());
         }
+        let hint = match (names.is_empty(), crate::manifest::suggest(function, names.iter().map(String::as_str))) {
+            (true, _) => "; it has no live deployment".to_string(),
+            (false, Some(s)) => format!("; did you mean `{s}`? (names are case-sensitive)"),
+            (false, None) => format!("; its functions: {}", names.join(", ")),
+        };
+        Err(EngineError::FunctionNotFound { project: project.to_string(), function: function.to_string(), hint })
     }
 
     /// The latest cron runs of a live function, newest first.

@@ -12,8 +12,25 @@ const FUNCTION_NAME = process.argv[2];
 const port = parseInt(process.env.PORT || '{{ port }}', 10);
 const socketPath = process.env.ESERVELESS_SOCKET || '';
 
+// The client's address: the last X-Forwarded-For entry, the one the gateway appended (those
+// before it are the client's own claims). Only the gateway can connect here.
+function clientAddress(req) {
+  const xff = req.headers['x-forwarded-for'];
+  if (typeof xff !== 'string' || xff === '') return undefined;
+  return xff.slice(xff.lastIndexOf(',') + 1).trim() || undefined;
+}
+
 function main(handler) {
   const handle = (req, res) => {
+    // Through the Unix socket the peer has no address, and over TCP it is the gateway: give
+    // handlers the client's, where Node code looks for it (`req.socket.remoteAddress`,
+    // `req.connection.remoteAddress`). Set per request: a kept-alive connection carries
+    // requests of many clients, one at a time.
+    const ip = clientAddress(req);
+    if (ip !== undefined) {
+      Object.defineProperty(req.socket, 'remoteAddress', { value: ip, configurable: true, writable: true });
+      Object.defineProperty(req.socket, 'remoteFamily', { value: ip.includes(':') ? 'IPv6' : 'IPv4', configurable: true, writable: true });
+    }
     const fail = (err) => {
       console.error(`eserveless: function "${FUNCTION_NAME}" failed on ${req.method} ${req.url}:`, err);
       if (!res.headersSent) {
