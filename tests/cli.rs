@@ -85,3 +85,147 @@ async fn cli_errors_name_the_value_and_the_next_step() {
     assert_eq!(code, 1);
     assert!(err.contains("htp"), "{err}");
 }
+
+/// Reads `child`'s stdout until a line contains `needle`, for at most `within`.
+async fn wait_line(lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>, needle: &str, within: std::time::Duration) -> Option<String> {
+    tokio::time::timeout(within, async {
+        while let Ok(Some(l)) = lines.next_line().await {
+            eprintln!("  logs -f | {l}");
+            if l.contains(needle) {
+                return Some(l);
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// The loop, as a person types it: new → validate → deploy . → invoke → edit without
+/// committing → deploy . → deployments → rollback (no build) → logs -f → cron run → -o json.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_developer_loop_through_the_cli() {
+    use std::time::{Duration, Instant};
+    use tokio::io::AsyncBufReadExt;
+    require_docker!();
+    let Stage { _serial, t0, project, scene, server, http } = stage("loop").await;
+    let step = |what: &str| eprintln!("[{:>5.1}s] {what}", t0.elapsed().as_secs_f64());
+    std::fs::create_dir_all(&scene.scratch).expect("scratch");
+    let dir = scene.scratch.join(&project);
+    let dir_s = dir.to_str().expect("utf8").to_string();
+
+    step("new and validate");
+    let (code, out, err) = server.cli(&["new", &project, "--runtime", "node", "--dir", &dir_s]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(dir.join(".git").is_dir() && dir.join(".gitignore").is_file(), "new made a git repository with a .gitignore");
+    let (code, out, err) = server.cli(&["validate", &dir_s]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("valid") && out.contains("hello") && out.contains("tick"), "{out}");
+    commit_all(&dir, "first");
+
+    step("deploy the directory");
+    let (code, out, err) = server.cli(&["deploy", &dir_s]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("live"), "{out}");
+    assert!(!out.contains("invoke key"), "no private function, so no key: {out}");
+    let (code, out, err) = server.cli(&["invoke", &format!("{project}/hello"), "?name=one"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Hello, one!"), "{out}");
+
+    step("edit without committing, deploy again");
+    let js = dir.join("functions.js");
+    let text = std::fs::read_to_string(&js).expect("functions.js");
+    std::fs::write(&js, text.replace("process.env.ESERVELESS_GREETING || 'Hello'", "'Howdy'")).expect("edit");
+    let (code, out, err) = server.cli(&["deploy", &dir_s]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("dirty"), "the upload of a checkout with uncommitted changes says so: {out}");
+    let (_, out, _) = server.cli(&["invoke", &format!("{project}/hello"), "?name=two"]).await;
+    assert!(out.contains("Howdy, two!"), "the uncommitted edit is served: {out}");
+
+    step("deployments and rollback");
+    let (code, out, err) = server.cli(&["deployments", &project, "-o", "json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let list = json_of(&out);
+    let deployments = list["deployments"].as_array().unwrap_or_else(|| panic!("deployments: {list:#}"));
+    assert!(deployments.len() >= 2, "{list:#}");
+    let first = deployments.last().expect("first")["id"].as_i64().expect("id");
+    let (code, out, err) = server.cli(&["deployments", &project]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("upload") && out.contains("admin"), "{out}");
+    let before = images_of(&docker(), &project).await.len();
+    let began = Instant::now();
+    let (code, out, err) = server.cli(&["rollback", &project]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&first.to_string()), "rollback names the deployment it made live: {out}");
+    step(&format!("rollback took {:?}", began.elapsed()));
+    assert_eq!(images_of(&docker(), &project).await.len(), before, "a rollback whose images exist builds nothing");
+    let (_, out, _) = server.cli(&["invoke", &format!("{project}/hello"), "?name=three"]).await;
+    assert!(out.contains("Hello, three!"), "the first version is served again: {out}");
+
+    step("logs -f shows a line the function writes, within 2 s");
+    let home = tempfile::tempdir().expect("home");
+    let mut follow = tokio::process::Command::new(env!("CARGO_BIN_EXE_eserveless"))
+        .args(["logs", &format!("{project}/hello"), "-f", "--since", "1s"])
+        .env("ESERVELESS_URL", &server.url)
+        .env("ESERVELESS_TOKEN", &server.token)
+        .env("HOME", home.path())
+        .env_remove("XDG_CONFIG_HOME")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("logs -f");
+    let mut lines = tokio::io::BufReader::new(follow.stdout.take().expect("stdout")).lines();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let marker = format!("marker{}", std::process::id());
+    let sent = Instant::now();
+    let a = answer(http.get(format!("{}/invoke/{project}/hello?name={marker}", server.url)).send().await.expect("invoke")).await;
+    assert_eq!(a.status, 200, "{}", a.raw);
+    let line = wait_line(&mut lines, &marker, Duration::from_secs(2)).await;
+    let line = line.unwrap_or_else(|| panic!("logs -f did not show `{marker}` within 2 s of the request"));
+    step(&format!("line seen {:?} after the request: {line}", sent.elapsed()));
+    // The wrapper gives Node handlers the client's address (the template logs it).
+    assert!(line.contains("hello from 127.0.0.1"), "{line}");
+    // Each line carries its time (RFC 3339) and revision.
+    assert!(line.contains("T") && line.contains('Z'), "{line}");
+    let _ = follow.kill().await;
+
+    step("cron run by hand");
+    let (code, out, err) = server.cli(&["cron", "run", &format!("{project}/tick"), "--wait"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("tick for world"), "{out}");
+    let (code, out, err) = server.cli(&["runs", &format!("{project}/tick"), "-o", "json"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json_of(&out)["runs"].as_array().map(Vec::len), Some(1), "{out}");
+
+    step("-o json for each command");
+    for args in [
+        vec!["ls"],
+        vec!["show", &project],
+        vec!["whoami"],
+        vec!["deployments", &project],
+        vec!["secrets", "ls", &project],
+        vec!["tokens", "ls"],
+        vec!["users", "ls"],
+    ] {
+        let mut args: Vec<&str> = args;
+        args.extend(["-o", "json"]);
+        let (code, out, err) = server.cli(&args).await;
+        assert_eq!(code, 0, "{args:?}: {err}");
+        json_of(&out);
+    }
+    let (_, out, _) = server.cli(&["show", &project, "-o", "json"]).await;
+    let show = json_of(&out);
+    let tick = show["functions"].as_array().and_then(|f| f.iter().find(|f| f["name"] == "tick")).cloned().expect("tick");
+    assert!(tick["next_run"].is_string() && tick["last_run"]["status"].is_string(), "{tick:#}");
+    let (_, out, _) = server.cli(&["show", &project]).await;
+    assert!(out.contains("memory") && out.contains("scaling") && out.contains("next run") && out.contains("last run"), "{out}");
+
+    step("a wrong case gets the name that was meant");
+    let (code, _, err) = server.cli(&["invoke", &format!("{project}/Hello")]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("did you mean `hello`?"), "{err}");
+
+    let (code, _, err) = server.cli(&["rm", &project]).await;
+    assert_eq!(code, 0, "{err}");
+}
