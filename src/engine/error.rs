@@ -17,6 +17,9 @@ pub enum EngineError {
     DeploymentNotFound { project: String, deployment: String },
     #[error("project `{project}` has no live function `{function}`")]
     FunctionNotFound { project: String, function: String },
+    /// `run` is the id as the caller gave it.
+    #[error("`{project}/{function}` has no run `{run}`; see `eserveless runs {project}/{function}`")]
+    RunNotFound { project: String, function: String, run: String },
     #[error("project `{project}` has no secret `{secret}`")]
     SecretNotFound { project: String, secret: String },
     #[error("no user `{user}`")]

@@ -11,7 +11,7 @@ use crate::engine::Platform;
 use crate::infra::driver::labels;
 
 pub use crate::manifest::FunctionType;
-pub use crate::infra::store::{BuildState, CronRunRow, DeploymentRow, DeploymentStatus, FunctionRow, LogRow, ProjectRow, RunStatus};
+pub use crate::infra::store::{BuildState, CronRunRow, DeploymentRow, DeploymentStatus, FunctionRow, LogRow, ProjectRow, RunStatus, RunTrigger};
 
 /// A project in a listing.
 #[derive(Debug, Clone)]
@@ -151,9 +151,11 @@ impl Platform {
         }
     }
 
-    /// The latest cron runs of a live function, newest first.
+    /// The latest cron runs of a live cron function, newest first (an http function has none:
+    /// an error that says where its output is).
     pub fn function_runs(&self, who: &Principal, project: &str, function: &str, limit: u32) -> Result<Vec<CronRunRow>> {
-        self.known_function(who, project, function)?;
+        let f = self.live_function(who, project, function)?;
+        Self::require_cron(project, &f, "it has no cron runs")?;
         Ok(self.store.cron_runs(project, function, limit)?)
     }
 
