@@ -815,11 +815,23 @@ fn ids(list: &Value) -> Vec<i64> {
     list["deployments"].as_array().expect("deployments").iter().filter_map(|d| d["id"].as_i64()).collect()
 }
 
-/// The memory limit the newest container of `function` was started with.
-fn last_memory(h: &Harness, function: &str) -> (i64, String) {
-    let runs = h.fake.recorded().runs.clone();
-    let spec = runs.iter().rev().find(|r| r.labels.get("eserveless.function").map(String::as_str) == Some(function)).expect("a container");
-    (spec.limits.memory_bytes, spec.labels.get("eserveless.revision").cloned().unwrap_or_default())
+/// Sends a request to `project`'s `function` until the fake engine has been asked to start a
+/// container of it for deployment `revision` (the fake's instances never answer: the request
+/// itself is not waited for); returns that container's spec.
+async fn start_instance(h: &Harness, project: &str, function: &str, revision: i64) -> eserveless::infra::driver::ContainerSpec {
+    let began = Instant::now();
+    loop {
+        let _ = tokio::time::timeout(Duration::from_millis(300), invoke(&h.app, "GET", &format!("/invoke/{project}/{function}"))).await;
+        let runs = h.fake.recorded().runs.clone();
+        let found = runs.into_iter().rev().find(|r| {
+            r.labels.get("eserveless.function").map(String::as_str) == Some(function)
+                && r.labels.get("eserveless.revision").map(String::as_str) == Some(revision.to_string().as_str())
+        });
+        if let Some(spec) = found {
+            return spec;
+        }
+        assert!(began.elapsed() < Duration::from_secs(10), "no container of {project}/{function} for deployment {revision}");
+    }
 }
 
 #[tokio::test]
@@ -833,8 +845,6 @@ async fn deployments_are_listed_and_rollback_switches_without_a_build() {
     let d2 = deploy_wait(&h.app, &path, "hist").await;
     assert_eq!(d2["status"], "ready", "{d2:#}");
     let d2 = d2["id"].as_i64().expect("id");
-    invoke(&h.app, "GET", "/invoke/hist/API").await;
-    assert_eq!(last_memory(&h, "API"), (128 << 20, d2.to_string()), "v2 serves with v2's settings");
 
     // The history: newest first, who, which is live, and that both can be rolled back to.
     let a = get(&h.app, "/api/projects/hist/deployments").await;
@@ -864,12 +874,6 @@ async fn deployments_are_listed_and_rollback_switches_without_a_build() {
     assert_eq!(h.fake.builds().len(), builds, "a rollback builds nothing");
     let p = get(&h.app, "/api/projects/hist").await;
     assert_eq!((&p.body["live"]["deployment"], &p.body["live"]["commit"]), (&json!(d3), &json!(c1)), "{}", p.raw);
-    // New instances are v1's: its image and its settings, under the rollback's revision.
-    invoke(&h.app, "GET", "/invoke/hist/API").await;
-    assert_eq!(last_memory(&h, "API"), (64 << 20, d3.to_string()));
-    let v1_image = h.store.functions(d1).expect("fns").into_iter().find(|f| f.name == "API").and_then(|f| f.image);
-    let runs = h.fake.recorded().runs.clone();
-    assert_eq!(runs.last().map(|r| Some(r.image.clone())), Some(v1_image), "the rollback runs v1's image");
 
     // The history says what happened.
     let a = get(&h.app, "/api/projects/hist/deployments").await;
@@ -893,7 +897,13 @@ async fn deployments_are_listed_and_rollback_switches_without_a_build() {
     assert!(m.contains(&format!("deployment {d2}")), "{m}");
     let a = post_json(&h.app, "/api/projects/hist/rollback", &json!({"deployment": d3})).await;
     assert_eq!((a.status, &a.body["rollback_of"]), (StatusCode::OK, &json!(d1)), "{}", a.raw);
+    let d5 = a.body["deployment"].as_i64().expect("id");
     assert_eq!(h.fake.builds().len(), builds, "no rollback built anything");
+    // New instances are v1's: its image and its settings (v2 asked for 128Mi), under the rollback's revision.
+    let spec = start_instance(&h, "hist", "API", d5).await;
+    assert_eq!(spec.limits.memory_bytes, 64 << 20, "v1's settings");
+    let v1_image = h.store.functions(d1).expect("fns").into_iter().find(|f| f.name == "API").and_then(|f| f.image);
+    assert_eq!(Some(spec.image), v1_image, "the rollback runs v1's image");
 
     // Deployments that cannot be made live: unknown, another project's, failed.
     let a = post_json(&h.app, "/api/projects/hist/rollback", &json!({"deployment": 9999})).await;
