@@ -79,7 +79,7 @@ async fn rollback_serves_v1_again_with_no_build_and_no_failed_request_and_cron_r
     assert!(failures.is_empty(), "{} of {} requests failed during the rollback: {:#?}", failures.len(), samples.len(), &failures[..failures.len().min(10)]);
     assert!(samples.len() > 30, "only {} requests were made under load", samples.len());
     let stale: Vec<String> = samples.iter().filter(|s| s.sent >= live_at).filter_map(|s| s.field("version")).filter(|v| v != "v1").collect();
-    assert!(stale.is_empty(), "requests sent after the rollback answered {stale:?}");
+    assert!(stale.is_empty(), "{} requests sent after the rollback answered another version: {:?}", stale.len(), &stale[..stale.len().min(5)]);
     assert!(samples.iter().filter(|s| s.sent >= live_at).count() > 5, "too few requests after the switch");
     assert_eq!(image_ids(&project).await, images_before, "the rollback built no image");
     assert!(took < Duration::from_secs(30), "a rollback with no build took {took:?}");
