@@ -945,6 +945,13 @@ async fn deployments_are_listed_and_rollback_switches_without_a_build() {
         assert_error(&a, StatusCode::NOT_FOUND, "project_not_found");
     }
     assert_eq!(get(&h.app, "/api/projects/hist").await.body["live"]["deployment"], live_before, "bob changed nothing");
+
+    // While a deployment is on its way, a rollback would be overtaken by it: refused.
+    let queued = h.store.create_deployment("hist", &format!("file://{path}"), None, &c2).expect("a queued deployment");
+    let a = post_raw(&h.app, "/api/projects/hist/rollback", "").await;
+    let m = assert_error(&a, StatusCode::CONFLICT, "deployment_in_progress");
+    assert!(m.contains(&format!("deployment {queued}")) && m.contains("queued"), "{m}");
+    assert_eq!(get(&h.app, "/api/projects/hist").await.body["live"]["deployment"], live_before);
 }
 
 #[tokio::test]

@@ -18,13 +18,17 @@ functions:
   - name: Nightly
     type: cron
     schedule: \"0 3 * * *\"
+  - name: Broken
+    type: cron
+    schedule: \"0 3 * * *\"
 ";
 
 /// The code of `version`: API answers `{"version": ...}`; Nightly prints a line naming it.
 fn code(version: &str) -> String {
     format!(
         "exports.API = (req, res) => {{ req.resume(); res.setHeader('Content-Type', 'application/json'); res.end(JSON.stringify({{version: '{version}'}})); }};\n\
-         exports.Nightly = () => {{ console.log('nightly {version} ran'); }};\n"
+         exports.Nightly = () => {{ console.log('nightly {version} ran'); }};\n\
+         exports.Broken = () => {{ console.log('broken {version} starts'); process.exit(3); }};\n"
     )
 }
 
@@ -110,7 +114,14 @@ async fn rollback_serves_v1_again_with_no_build_and_no_failed_request_and_cron_r
     let (code_, out, err) = server.cli(&["runs", &format!("{project}/Nightly")]).await;
     assert_eq!(code_, 0, "{out}{err}");
     assert!(out.contains("manual") && out.contains("succeeded"), "{out}");
-    // `runs` of an http function is an error that says where its output is.
+    // A run that fails: `--wait` says so and exits 1.
+    let (code_, out, err) = server.cli(&["cron", "run", &format!("{project}/Broken"), "--wait"]).await;
+    assert_eq!(code_, 1, "{out}{err}");
+    assert!(out.contains("failed, exit code 3") && out.contains("broken v1 starts"), "{out}");
+    // An http function has no runs to start or list: errors that say where its output is.
+    let (code_, out, err) = server.cli(&["cron", "run", &format!("{project}/API")]).await;
+    assert_eq!(code_, 1, "{out}{err}");
+    assert!(err.contains("`API`") && err.contains("http function") && err.contains("(HTTP 422)"), "{err}");
     let (code_, out, err) = server.cli(&["runs", &format!("{project}/API")]).await;
     assert_eq!(code_, 1, "{out}{err}");
     assert!(err.contains("http function") && err.contains(&format!("eserveless logs {project}/API")), "{err}");

@@ -49,9 +49,18 @@ impl Platform {
     pub async fn history(&self, who: &Principal, project: &str, limit: u32) -> Result<Vec<HistoryEntry>> {
         let p = self.owned_project(who, project)?;
         let mut out = Vec::new();
+        // A rollback has the images of the deployment it stands for: each is asked once.
+        let mut known: std::collections::HashMap<i64, Option<bool>> = std::collections::HashMap::new();
         for d in self.store.deployments(project, limit)? {
             let images_present = match d.status {
-                DeploymentStatus::Ready => self.images_present(d.id).await.ok(),
+                DeploymentStatus::Ready => match known.get(&built(&d)) {
+                    Some(present) => *present,
+                    None => {
+                        let present = self.images_present(built(&d)).await.ok();
+                        known.insert(built(&d), present);
+                        present
+                    }
+                },
                 _ => None,
             };
             out.push(HistoryEntry { live: p.live_deployment_id == Some(d.id), deployment: d, images_present });
