@@ -39,7 +39,7 @@ async fn image_ids(project: &str) -> BTreeSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_serves_v1_again_with_no_build_and_no_failed_request_and_cron_runs_by_hand() {
     require_docker!();
-    let Stage { _serial, t0, project, scene: _scene, server, http } = stage("hist").await;
+    let Stage { _serial, t0, project, scene, mut server, http } = stage("hist").await;
     let log = |m: &str| eprintln!("[{:>5.1}s] {m}", t0.elapsed().as_secs_f64());
     let repo = repo_with(&[(".eserveless.yaml", MANIFEST.to_string()), ("functions.js", code("v1"))]);
     let d1 = deploy_and_wait(&http, &server.url, repo.path(), &project).await;
@@ -126,6 +126,14 @@ async fn rollback_serves_v1_again_with_no_build_and_no_failed_request_and_cron_r
     assert_eq!(code_, 1, "{out}{err}");
     assert!(err.contains("http function") && err.contains(&format!("eserveless logs {project}/API")), "{err}");
     log("history, rollback and cron run checked");
+
+    // A restart brings the rollback back as what is live.
+    server.kill();
+    let server = Server::start(&scene.data, &scene.images).await;
+    let a = api_get(&http, &server.invoke_url(&project, "API", "")).await;
+    assert_eq!((a.status, &a.body["version"]), (200, &Value::from("v1")), "after a restart: {}", a.raw);
+    let p = api_get(&http, &format!("{}/api/projects/{project}", server.url)).await;
+    assert_eq!(p.body["live"]["deployment"], d3, "{}", p.raw);
 
     let a = answer(http.delete(format!("{}/api/projects/{project}", server.url)).send().await.expect("DELETE")).await;
     assert_eq!(a.status, 200, "{}", a.raw);

@@ -82,7 +82,7 @@ impl Platform {
     /// Makes an earlier deployment of `project` live again: `target` as the caller gave it,
     /// else the newest deployment that went live by its own build before the live one.
     pub async fn rollback(self: &Arc<Self>, who: &Principal, project: &str, target: Option<i64>) -> Result<RolledBack> {
-        let p = self.owned_project(who, project)?;
+        self.owned_project(who, project)?;
         let list = || format!("see `eserveless deployments {project}`");
         if let Some(d) = self.store.latest_deployment(project)?.filter(|d| !d.status.is_final()) {
             return Err(EngineError::wrong_state(
@@ -95,6 +95,16 @@ impl Platform {
                 ),
             ));
         }
+        // One switch at a time per project (a deploy going live, a secrets change, another
+        // rollback), decided under it; never waited for: a build holds it for minutes.
+        let lock = self.project_lock(project);
+        let Ok(_held) = lock.try_lock() else {
+            return Err(EngineError::wrong_state(
+                "change_in_progress",
+                format!("another change of `{project}` is going on (a deployment going live, a secrets change or a rollback); try again in a moment"),
+            ));
+        };
+        let p = self.owned_project(who, project)?;
         let live = p.live_deployment_id.map(|id| self.store.deployment(id)).transpose()?.flatten();
         let target = match target {
             Some(id) => {
@@ -169,10 +179,7 @@ impl Platform {
             ));
         }
 
-        // One switch at a time per project (a deploy going live, a secrets change).
-        let lock = self.project_lock(project);
-        let _held = lock.lock().await;
-        let previous = self.store.project(project)?.and_then(|p| p.live_deployment_id);
+        let previous = live.as_ref().map(|l| l.id);
         let id = self.store.record_rollback(target.id, &who.name)?;
         self.log(
             id,
