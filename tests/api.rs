@@ -49,12 +49,18 @@ fn with_token(app: Router, token: &str) -> Router {
 }
 
 fn harness(allow_local: bool) -> Harness {
+    harness_with(allow_local, |_| {}, FakeDriver::reachable_at("127.0.0.1"))
+}
+
+/// A harness whose server settings `tune` adjusts, on `fake`.
+fn harness_with(allow_local: bool, tune: impl FnOnce(&mut ServeArgs), fake: FakeDriver) -> Harness {
     let data = tempfile::tempdir().expect("data dir");
     let mut args = ServeArgs::default();
     args.source.allow_local_repos = allow_local;
     args.listener.data_dir = data.path().to_path_buf();
+    tune(&mut args);
     let config = ServerConfig::resolve(&args).expect("config");
-    let fake = Arc::new(FakeDriver::reachable_at("127.0.0.1"));
+    let fake = Arc::new(fake);
     let store = Arc::new(Store::in_memory().expect("store"));
     let admin_token = eserveless::engine::auth::bootstrap_admin(&store, data.path()).expect("bootstrap").expect("first start");
     let platform = Platform::new(store.clone(), fake.clone(), Templates::embedded(), config).expect("platform");
@@ -765,4 +771,283 @@ async fn hostile_repository_leaks_nothing_and_runs_nothing() {
         assert!(!String::from_utf8_lossy(bytes).contains("HOST-SECRET-CONTENT"), "host file content in {p}");
     }
     assert!(!names.contains(&"leak.txt") && !names.contains(&"shadow"), "{names:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// History, rollback and cron runs by hand
+
+/// The manifest of `history_repo` at `version`: an http function whose memory changes with the
+/// version (so a rollback's settings can be told apart) and a cron function that never fires
+/// during a test.
+fn history_files(dir: &Path, version: u32) {
+    std::fs::write(
+        dir.join(".eserveless.yaml"),
+        format!(
+            "runtime: node\nfunctions:\n  - {{name: API, type: http, memory: {}Mi, timeout: 1s}}\n  - {{name: Nightly, type: cron, schedule: \"0 3 * * *\"}}\n",
+            64 * version
+        ),
+    )
+    .expect("manifest");
+    std::fs::write(dir.join("functions.js"), format!("exports.API = (q, s) => s.end('v{version}');\nexports.Nightly = () => console.log('nightly');\n"))
+        .expect("code");
+}
+
+/// A repository at version 1; returns it, its path and its commit.
+fn history_repo() -> (tempfile::TempDir, String, String) {
+    let dir = tempfile::tempdir().expect("repo dir");
+    history_files(dir.path(), 1);
+    git(dir.path(), &["init", "-q", "-b", "main"]);
+    git(dir.path(), &["add", "-A"]);
+    git(dir.path(), &["commit", "-qm", "v1"]);
+    let path = dir.path().to_str().expect("utf8").to_string();
+    let head = git(dir.path(), &["rev-parse", "HEAD"]);
+    (dir, path, head)
+}
+
+/// Commits `version` of the history repository; returns the commit.
+fn history_commit(dir: &Path, version: u32) -> String {
+    history_files(dir, version);
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-qm", &format!("v{version}")]);
+    git(dir, &["rev-parse", "HEAD"])
+}
+
+/// Deploys `path` as `project` and waits for the outcome; returns the deployment.
+async fn deploy_wait(app: &Router, path: &str, project: &str) -> Value {
+    let a = post_json(app, "/api/projects", &json!({"repository": path, "name": project})).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.raw);
+    wait_deployment(app, project, a.body["deployment"].as_i64().expect("deployment id")).await
+}
+
+fn ids(list: &Value) -> Vec<i64> {
+    list["deployments"].as_array().expect("deployments").iter().filter_map(|d| d["id"].as_i64()).collect()
+}
+
+/// Sends a request to `project`'s `function` until the fake engine has been asked to start a
+/// container of it for deployment `revision` (the fake's instances never answer: the request
+/// itself is not waited for); returns that container's spec.
+async fn start_instance(h: &Harness, project: &str, function: &str, revision: i64) -> eserveless::infra::driver::ContainerSpec {
+    let began = Instant::now();
+    loop {
+        let _ = tokio::time::timeout(Duration::from_millis(300), invoke(&h.app, "GET", &format!("/invoke/{project}/{function}"))).await;
+        let runs = h.fake.recorded().runs.clone();
+        let found = runs.into_iter().rev().find(|r| {
+            r.labels.get("eserveless.function").map(String::as_str) == Some(function)
+                && r.labels.get("eserveless.revision").map(String::as_str) == Some(revision.to_string().as_str())
+        });
+        if let Some(spec) = found {
+            return spec;
+        }
+        assert!(began.elapsed() < Duration::from_secs(10), "no container of {project}/{function} for deployment {revision}");
+    }
+}
+
+#[tokio::test]
+async fn deployments_are_listed_and_rollback_switches_without_a_build() {
+    let h = harness(true);
+    let (repo, path, c1) = history_repo();
+    let d1 = deploy_wait(&h.app, &path, "hist").await;
+    assert_eq!(d1["status"], "ready", "{d1:#}");
+    let d1 = d1["id"].as_i64().expect("id");
+    let c2 = history_commit(repo.path(), 2);
+    let d2 = deploy_wait(&h.app, &path, "hist").await;
+    assert_eq!(d2["status"], "ready", "{d2:#}");
+    let d2 = d2["id"].as_i64().expect("id");
+
+    // The history: newest first, who, which is live, and that both can be rolled back to.
+    let a = get(&h.app, "/api/projects/hist/deployments").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.raw);
+    assert_eq!(a.body["project"], "hist");
+    assert_eq!(ids(&a.body), [d2, d1]);
+    let list = a.body["deployments"].as_array().expect("list");
+    assert_eq!((&list[0]["live"], &list[1]["live"]), (&json!(true), &json!(false)), "{}", a.raw);
+    assert_eq!((&list[0]["commit"], &list[1]["commit"]), (&json!(c2), &json!(c1)));
+    for d in list {
+        assert_eq!(d["submitted_by"], "admin", "{d}");
+        assert_eq!(d["status"], "ready", "{d}");
+        assert_eq!(d["images_present"], true, "{d}");
+        assert!(d["rollback_of"].is_null(), "{d}");
+        assert!(d.get("log").is_none(), "no build logs in the listing: {d}");
+    }
+    assert_eq!(ids(&get(&h.app, "/api/projects/hist/deployments?limit=1").await.body), [d2]);
+
+    // Rollback with no body: the deployment before the live one, from its images.
+    let builds = h.fake.builds().len();
+    let a = post_raw(&h.app, "/api/projects/hist/rollback", "").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.raw);
+    assert_eq!((&a.body["rollback_of"], &a.body["previous"], &a.body["commit"]), (&json!(d1), &json!(d2), &json!(c1)), "{}", a.raw);
+    assert_eq!(a.body["rebuilt"], false);
+    let d3 = a.body["deployment"].as_i64().expect("the rollback's deployment");
+    assert!(d3 > d2, "{}", a.raw);
+    assert_eq!(h.fake.builds().len(), builds, "a rollback builds nothing");
+    let p = get(&h.app, "/api/projects/hist").await;
+    assert_eq!((&p.body["live"]["deployment"], &p.body["live"]["commit"]), (&json!(d3), &json!(c1)), "{}", p.raw);
+
+    // The history says what happened.
+    let a = get(&h.app, "/api/projects/hist/deployments").await;
+    assert_eq!(ids(&a.body), [d3, d2, d1]);
+    let top = &a.body["deployments"][0];
+    assert_eq!((&top["rollback_of"], &top["live"], &top["status"], &top["commit"]), (&json!(d1), &json!(true), &json!("ready"), &json!(c1)), "{top}");
+    assert_eq!(a.body["deployments"][1]["live"], false);
+    let shown = get(&h.app, &format!("/api/projects/hist/deployments/{d3}")).await;
+    assert_eq!((&shown.body["rollback_of"], &shown.body["live"]), (&json!(d1), &json!(true)), "{}", shown.raw);
+    assert!(shown.body["log"].as_str().unwrap_or("").contains("nothing is built"), "{}", shown.raw);
+
+    // Nothing older than v1: the default has nowhere to go.
+    let a = post_raw(&h.app, "/api/projects/hist/rollback", "{}").await;
+    let m = assert_error(&a, StatusCode::CONFLICT, "no_earlier_deployment");
+    assert!(m.contains(&format!("deployment {d1}")) && m.contains("eserveless deployments hist"), "{m}");
+    // Explicitly forward to v2; v2 again is live already; the rollback's id stands for v1.
+    let a = post_json(&h.app, "/api/projects/hist/rollback", &json!({"deployment": d2})).await;
+    assert_eq!((a.status, &a.body["rollback_of"], &a.body["previous"]), (StatusCode::OK, &json!(d2), &json!(d3)), "{}", a.raw);
+    let a = post_json(&h.app, "/api/projects/hist/rollback", &json!({"deployment": d2})).await;
+    let m = assert_error(&a, StatusCode::CONFLICT, "already_live");
+    assert!(m.contains(&format!("deployment {d2}")), "{m}");
+    let a = post_json(&h.app, "/api/projects/hist/rollback", &json!({"deployment": d3})).await;
+    assert_eq!((a.status, &a.body["rollback_of"]), (StatusCode::OK, &json!(d1)), "{}", a.raw);
+    let d5 = a.body["deployment"].as_i64().expect("id");
+    assert_eq!(h.fake.builds().len(), builds, "no rollback built anything");
+    // New instances are v1's: its image and its settings (v2 asked for 128Mi), under the rollback's revision.
+    let spec = start_instance(&h, "hist", "API", d5).await;
+    assert_eq!(spec.limits.memory_bytes, 64 << 20, "v1's settings");
+    let v1_image = h.store.functions(d1).expect("fns").into_iter().find(|f| f.name == "API").and_then(|f| f.image);
+    assert_eq!(Some(spec.image), v1_image, "the rollback runs v1's image");
+
+    // Deployments that cannot be made live: unknown, another project's, failed.
+    let a = post_json(&h.app, "/api/projects/hist/rollback", &json!({"deployment": 9999})).await;
+    let m = assert_error(&a, StatusCode::NOT_FOUND, "deployment_not_found");
+    assert!(m.contains("9999") && m.contains("hist"), "{m}");
+    let other = deploy_wait(&h.app, &path, "other").await["id"].as_i64().expect("id");
+    let a = post_json(&h.app, "/api/projects/hist/rollback", &json!({"deployment": other})).await;
+    let m = assert_error(&a, StatusCode::NOT_FOUND, "deployment_not_found");
+    assert!(m.contains(&other.to_string()), "{m}");
+    std::fs::write(repo.path().join(".eserveless.yaml"), "runtime: node\nfunctions: []\n").expect("break the manifest");
+    git(repo.path(), &["commit", "-qam", "broken"]);
+    let failed = deploy_wait(&h.app, &path, "hist").await;
+    assert_eq!(failed["status"], "failed", "{failed:#}");
+    let failed = failed["id"].as_i64().expect("id");
+    let a = post_json(&h.app, "/api/projects/hist/rollback", &json!({"deployment": failed})).await;
+    let m = assert_error(&a, StatusCode::CONFLICT, "deployment_not_ready");
+    assert!(m.contains(&format!("deployment {failed}")) && m.contains("failed"), "{m}");
+    for bad in [json!({"deployment": "one"}), json!({"deploy": 1}), json!([1])] {
+        let a = post_json(&h.app, "/api/projects/hist/rollback", &bad).await;
+        assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body");
+    }
+    let a = post_raw(&h.app, "/api/projects/nope/rollback", "").await;
+    assert_error(&a, StatusCode::NOT_FOUND, "project_not_found");
+    let a = get(&h.app, "/api/projects/nope/deployments").await;
+    assert_error(&a, StatusCode::NOT_FOUND, "project_not_found");
+
+    // Another user can neither see the history nor roll back, nor start a run.
+    let a = send_as(&h.raw, &h.admin_token, "POST", "/api/users", Some(&json!({"name": "bob"}))).await;
+    let bob = a.body["token"]["token"].as_str().expect("bob's token").to_string();
+    let live_before = get(&h.app, "/api/projects/hist").await.body["live"]["deployment"].clone();
+    for (method, p, body) in [
+        ("GET", "/api/projects/hist/deployments", None),
+        ("POST", "/api/projects/hist/rollback", None),
+        ("POST", "/api/projects/hist/rollback", Some(json!({"deployment": d2}))),
+        ("POST", "/api/projects/hist/functions/Nightly/runs", None),
+        ("GET", "/api/projects/hist/functions/Nightly/runs/1", None),
+    ] {
+        let a = send_as(&h.raw, &bob, method, p, body.as_ref()).await;
+        assert_error(&a, StatusCode::NOT_FOUND, "project_not_found");
+    }
+    assert_eq!(get(&h.app, "/api/projects/hist").await.body["live"]["deployment"], live_before, "bob changed nothing");
+
+    // While a deployment is on its way, a rollback would be overtaken by it: refused.
+    let queued = h.store.create_deployment("hist", &format!("file://{path}"), None, &c2).expect("a queued deployment");
+    let a = post_raw(&h.app, "/api/projects/hist/rollback", "").await;
+    let m = assert_error(&a, StatusCode::CONFLICT, "deployment_in_progress");
+    assert!(m.contains(&format!("deployment {queued}")) && m.contains("queued"), "{m}");
+    assert_eq!(get(&h.app, "/api/projects/hist").await.body["live"]["deployment"], live_before);
+}
+
+#[tokio::test]
+async fn rollback_to_a_deployment_whose_images_were_pruned_is_refused() {
+    let h = harness_with(true, |a| a.build.keep_deployments = 1, FakeDriver::reachable_at("127.0.0.1"));
+    let (repo, path, c1) = history_repo();
+    let d1 = deploy_wait(&h.app, &path, "pruned").await["id"].as_i64().expect("id");
+    history_commit(repo.path(), 2);
+    let d2 = deploy_wait(&h.app, &path, "pruned").await;
+    assert_eq!(d2["status"], "ready", "{d2:#}");
+    let d2 = d2["id"].as_i64().expect("id");
+
+    let a = get(&h.app, "/api/projects/pruned/deployments").await;
+    assert_eq!(ids(&a.body), [d2, d1]);
+    assert_eq!(a.body["deployments"][0]["images_present"], true, "{}", a.raw);
+    assert_eq!(a.body["deployments"][1]["images_present"], false, "v1's images were pruned: {}", a.raw);
+
+    let builds = h.fake.builds().len();
+    for body in ["", &json!({"deployment": d1}).to_string()] {
+        let a = post_raw(&h.app, "/api/projects/pruned/rollback", body.to_string()).await;
+        let m = assert_error(&a, StatusCode::CONFLICT, "images_removed");
+        assert!(m.contains(&format!("deployment {d1}")) && m.contains("--keep-deployments"), "{m}");
+        assert!(m.contains(&format!("--ref {c1}")) && m.contains("--name pruned"), "says how to rebuild it: {m}");
+    }
+    assert_eq!(h.fake.builds().len(), builds, "nothing was built");
+    assert_eq!(ids(&get(&h.app, "/api/projects/pruned/deployments").await.body), [d2, d1], "nothing was recorded");
+    assert_eq!(get(&h.app, "/api/projects/pruned").await.body["live"]["deployment"], d2, "v2 stays live");
+}
+
+async fn wait_run_done(app: &Router, project: &str, function: &str, run: i64) -> Value {
+    let began = Instant::now();
+    loop {
+        let a = get(app, &format!("/api/projects/{project}/functions/{function}/runs/{run}")).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.raw);
+        if a.body["status"] != "running" {
+            return a.body;
+        }
+        assert!(began.elapsed() < Duration::from_secs(10), "run {run} still running: {}", a.raw);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_cron_run_starts_by_hand_never_overlaps_and_http_functions_have_none() {
+    // Runs "take" 800 ms.
+    let fake = FakeDriver { run_for: Duration::from_millis(800), ..FakeDriver::reachable_at("127.0.0.1") };
+    let h = harness_with(true, |_| {}, fake);
+    let (_repo, path, _) = history_repo();
+    deploy_wait(&h.app, &path, "crons").await;
+
+    let a = post_raw(&h.app, "/api/projects/crons/functions/Nightly/runs", "").await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.raw);
+    let run = a.body["run"].as_i64().expect("run id");
+    assert_eq!((&a.body["trigger"], &a.body["function"]), (&json!("manual"), &json!("Nightly")), "{}", a.raw);
+    let link = format!("/api/projects/crons/functions/Nightly/runs/{run}");
+    assert_eq!(a.body["link"], link.as_str());
+    assert_eq!(a.headers.get("location").and_then(|v| v.to_str().ok()), Some(link.as_str()));
+    // While it runs, another is refused, naming the run going.
+    let a = post_raw(&h.app, "/api/projects/crons/functions/Nightly/runs", "").await;
+    let m = assert_error(&a, StatusCode::CONFLICT, "run_in_progress");
+    assert!(m.contains(&format!("run {run}")) && m.contains("crons/Nightly"), "{m}");
+    let r = get(&h.app, &link).await;
+    assert_eq!((&r.body["status"], &r.body["trigger"]), (&json!("running"), &json!("manual")), "{}", r.raw);
+
+    // Recorded like a scheduled run: status, exit code, output, in the runs list.
+    let done = wait_run_done(&h.app, "crons", "Nightly", run).await;
+    assert_eq!((&done["status"], &done["exit_code"]), (&json!("succeeded"), &json!(0)), "{done}");
+    assert!(done["output"].as_str().unwrap_or("").starts_with(&format!("ran esl-crons-nightly-run{run}")), "{done}");
+    let list = get(&h.app, "/api/projects/crons/functions/Nightly/runs").await;
+    assert_eq!(list.body["runs"][0]["id"], run, "{}", list.raw);
+    assert_eq!(list.body["runs"][0]["trigger"], "manual", "{}", list.raw);
+    // Once it ended, the next one starts.
+    let a = post_raw(&h.app, "/api/projects/crons/functions/Nightly/runs", "").await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.raw);
+    assert!(a.body["run"].as_i64().expect("run") > run);
+
+    // An http function has no runs: said with its type and where its output is.
+    for method in ["POST", "GET"] {
+        let a = send(&h.app, Request::builder().method(method).uri("/api/projects/crons/functions/API/runs").body(Body::empty()).expect("req")).await;
+        let m = assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "not_cron");
+        assert!(m.contains("`API`") && m.contains("http function") && m.contains("eserveless logs crons/API"), "{m}");
+    }
+    let a = post_raw(&h.app, "/api/projects/crons/functions/Nope/runs", "").await;
+    let m = assert_error(&a, StatusCode::NOT_FOUND, "function_not_found");
+    assert!(m.contains("Nope"), "{m}");
+    let a = get(&h.app, "/api/projects/crons/functions/Nightly/runs/999999").await;
+    let m = assert_error(&a, StatusCode::NOT_FOUND, "run_not_found");
+    assert!(m.contains("999999"), "{m}");
+    let a = get(&h.app, "/api/projects/crons/functions/Nightly/runs/x").await;
+    assert_error(&a, StatusCode::NOT_FOUND, "run_not_found");
 }

@@ -1,4 +1,5 @@
-//! `/api/projects/{name}/functions/{function}/{runs,logs}`: what a live function did and wrote.
+//! `/api/projects/{name}/functions/{function}/{runs,logs}`: what a live function did and
+//! wrote, and a cron run started by hand.
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -6,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
 use crate::api::error::ApiError;
-use crate::api::types::{LogEntry, RunList, RunsQuery};
+use crate::api::types::{CronRun, LogEntry, RunList, RunStarted, RunTrigger, RunsQuery};
 use crate::api::AppState;
 use crate::engine::Principal;
 
@@ -18,6 +19,33 @@ pub(super) async fn function_runs(
 ) -> Result<Json<RunList>, ApiError> {
     let runs = s.platform.function_runs(&who, &name, &function, q.limit.unwrap_or(50).min(500))?;
     Ok(Json(RunList { runs }))
+}
+
+/// Starts a run of a cron function now: 202 with the run's id (and its URL in `Location`).
+pub(super) async fn start_run(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path((name, function)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let run = s.platform.run_cron_now(&who, &name, &function).await?;
+    let link = format!("/api/projects/{name}/functions/{function}/runs/{run}");
+    let mut resp = (
+        axum::http::StatusCode::ACCEPTED,
+        Json(RunStarted { project: name, function, run, trigger: RunTrigger::Manual, link: link.clone() }),
+    )
+        .into_response();
+    if let Ok(v) = link.parse() {
+        resp.headers_mut().insert(axum::http::header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+pub(super) async fn function_run(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path((name, function, run)): Path<(String, String, String)>,
+) -> Result<Json<CronRun>, ApiError> {
+    Ok(Json(s.platform.cron_run(&who, &name, &function, &run)?))
 }
 
 /// A function's output: saved output of removed instances, running containers (read from the

@@ -23,9 +23,9 @@ use axum::routing::{any, delete, get, post};
 use axum::Router;
 use serde_json::Value;
 
-use crate::api::deployments::show_deployment;
+use crate::api::deployments::{list_deployments, rollback, show_deployment};
 use crate::api::error::ApiError;
-use crate::api::functions::{function_logs, function_runs};
+use crate::api::functions::{function_logs, function_run, function_runs, start_run};
 use crate::api::health::{healthz, metrics_text, root};
 use crate::api::projects::{create_project, delete_project, list_projects, show_project};
 use crate::api::secrets::{delete_secret, list_secrets, rotate_invoke_key, set_secrets};
@@ -57,9 +57,12 @@ pub fn app(platform: Arc<Platform>) -> Router {
         .route("/api/tokens/{id}", delete(revoke_token))
         .route("/api/projects", get(list_projects).post(create_project))
         .route("/api/projects/{name}", get(show_project).delete(delete_project))
+        .route("/api/projects/{name}/deployments", get(list_deployments))
         .route("/api/projects/{name}/deployments/{id}", get(show_deployment))
+        .route("/api/projects/{name}/rollback", post(rollback))
         .route("/api/projects/{name}/functions/{function}/logs", get(function_logs))
-        .route("/api/projects/{name}/functions/{function}/runs", get(function_runs))
+        .route("/api/projects/{name}/functions/{function}/runs", get(function_runs).post(start_run))
+        .route("/api/projects/{name}/functions/{function}/runs/{run}", get(function_run))
         .route("/api/projects/{name}/secrets", get(list_secrets).post(set_secrets))
         .route("/api/projects/{name}/secrets/{secret}", delete(delete_secret))
         .route("/api/projects/{name}/invoke-key", post(rotate_invoke_key))
@@ -109,10 +112,26 @@ async fn invoke(State(s): State<AppState>, ConnectInfo(addr): ConnectInfo<Socket
 
 /// Reads a JSON body of at most [`MAX_API_BODY`] bytes into `T`.
 pub async fn json_body<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiError> {
-    let bytes = axum::body::to_bytes(body, MAX_API_BODY).await.map_err(|_| {
+    parse_json_body(&read_body(body).await?)
+}
+
+/// Like [`json_body`], but an empty body is `T::default()` (for requests whose fields are all optional).
+pub async fn optional_json_body<T: serde::de::DeserializeOwned + Default>(body: Body) -> Result<T, ApiError> {
+    let bytes = read_body(body).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    parse_json_body(&bytes)
+}
+
+async fn read_body(body: Body) -> Result<bytes::Bytes, ApiError> {
+    axum::body::to_bytes(body, MAX_API_BODY).await.map_err(|_| {
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the request body is larger than {MAX_API_BODY} bytes"))
-    })?;
-    let value: Value = serde_json::from_slice(&bytes)
+    })
+}
+
+fn parse_json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let value: Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}")))?;
     if !value.is_object() {
         return Err(ApiError::unprocessable("invalid_body", "the body must be a JSON object"));

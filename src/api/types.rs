@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::manifest::{Access, Scaling};
 pub use crate::engine::views::{
     BuildState, CronRunRow as CronRun, DeploymentRow, DeploymentStatus, FunctionType, InstanceInfo, PoolCounts as InstanceCounts, RunStatus,
+    RunTrigger,
 };
 pub use crate::engine::access::TokenInfo as TokenAnswer;
 pub use crate::engine::{DeployRequest, SubmitStatus};
@@ -254,7 +255,83 @@ pub struct DeploymentAnswer {
     pub functions: Vec<DeploymentFunction>,
 }
 
+/// `GET /api/projects/{name}/deployments` query.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentsQuery {
+    /// At most this many, newest first (default 20, at most 200).
+    pub limit: Option<u32>,
+}
+
+/// A deployment in a project's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentListItem {
+    pub id: i64,
+    pub commit: String,
+    #[serde(rename = "ref")]
+    pub git_ref: Option<String>,
+    pub repository: String,
+    pub runtime: Option<String>,
+    pub status: DeploymentStatus,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The user whose request made it (`null` for deployments older than this field).
+    pub submitted_by: Option<String>,
+    /// For a rollback: the deployment it made live again (nothing was built).
+    pub rollback_of: Option<i64>,
+    /// It is the one serving now.
+    pub live: bool,
+    /// For a deployment that went live: whether its images are all still there, so that
+    /// `rollback` to it needs no build. `null` for the others (or when Docker did not answer).
+    pub images_present: Option<bool>,
+}
+
+/// `GET /api/projects/{name}/deployments`: newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentList {
+    pub project: String,
+    pub deployments: Vec<DeploymentListItem>,
+}
+
+/// `POST /api/projects/{name}/rollback` (the body may be empty).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// The deployment to make live again; default: the newest successful one older than the live one.
+    #[serde(default)]
+    pub deployment: Option<i64>,
+}
+
+/// `POST /api/projects/{name}/rollback` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackAnswer {
+    pub project: String,
+    /// The new deployment that records the rollback; live now.
+    pub deployment: i64,
+    /// The earlier deployment made live again.
+    pub rollback_of: i64,
+    pub commit: String,
+    /// The deployment that was live before.
+    pub previous: Option<i64>,
+    /// Always `false`: a rollback uses the images the deployment was built with, and is
+    /// refused (`images_removed`) when they are gone.
+    pub rebuilt: bool,
+    pub links: Links,
+}
+
 // --- functions ----------------------------------------------------------------------------
+
+/// `POST .../functions/{function}/runs` answer (202): the run started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunStarted {
+    pub project: String,
+    pub function: String,
+    pub run: i64,
+    pub trigger: RunTrigger,
+    /// `GET` it to follow the run.
+    pub link: String,
+}
 
 /// `GET .../runs` query.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -389,6 +466,8 @@ mod tests {
                 created_at: at,
                 started_at: None,
                 finished_at: None,
+                submitted_by: Some("admin".into()),
+                rollback_of: None,
             },
             live: true,
             functions: vec![],
@@ -396,7 +475,10 @@ mod tests {
         let v = serde_json::to_value(&a).expect("json");
         assert_eq!(
             keys(&v),
-            ["commit", "created_at", "error", "finished_at", "functions", "id", "live", "log", "project", "ref", "repository", "runtime", "started_at", "status", "warnings"]
+            [
+                "commit", "created_at", "error", "finished_at", "functions", "id", "live", "log", "project", "ref", "repository", "rollback_of",
+                "runtime", "started_at", "status", "submitted_by", "warnings"
+            ]
         );
         assert_eq!((&v["ref"], &v["status"], &v["live"]), (&json!("main"), &json!("ready"), &json!(true)));
         assert_eq!(serde_json::from_value::<DeploymentAnswer>(v).expect("back"), a);

@@ -43,10 +43,10 @@ impl Runs {
         let (project, function) = split_target(&self.target)?;
         let c = Client::new(&self.client)?;
         let v: RunList = c.get(&format!("/api/projects/{project}/functions/{function}/runs?limit={}", self.limit)).await?;
-        println!("{:<8} {:<10} {:<27} {:>9}  OUTPUT", "RUN", "STATUS", "STARTED", "DURATION");
+        println!("{:<8} {:<10} {:<8} {:<27} {:>9}  OUTPUT", "RUN", "STATUS", "TRIGGER", "STARTED", "DURATION");
         for r in v.runs {
             let out = r.output.lines().last().unwrap_or("");
-            println!("{:<8} {:<10} {:<27} {:>7}ms  {}", r.id, r.status, time(&r.started_at), or_dash(r.duration_ms), out);
+            println!("{:<8} {:<10} {:<8} {:<27} {:>7}ms  {}", r.id, r.status, r.trigger, time(&r.started_at), or_dash(r.duration_ms), out);
         }
         Ok(0)
     }

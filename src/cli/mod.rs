@@ -4,7 +4,9 @@
 //! answers (`api::types`) through [`client::Client`].
 
 mod client;
+mod cron;
 mod deploy;
+mod history;
 mod invoke;
 mod login;
 mod logs;
@@ -43,6 +45,9 @@ pub enum Command {
     Invoke(invoke::Invoke),
     Logs(logs::Logs),
     Runs(logs::Runs),
+    Deployments(history::Deployments),
+    Rollback(history::Rollback),
+    Cron(cron::Cron),
     Login(login::Login),
     Whoami(login::Whoami),
     Users(users::Users),
@@ -95,6 +100,9 @@ pub async fn run_client(cmd: Command) -> Result<i32> {
         Command::Invoke(c) => c.run().await,
         Command::Logs(c) => c.run().await,
         Command::Runs(c) => c.run().await,
+        Command::Deployments(c) => c.run().await,
+        Command::Rollback(c) => c.run().await,
+        Command::Cron(c) => c.run().await,
         Command::Login(c) => c.run().await,
         Command::Whoami(c) => c.run().await,
         Command::Users(c) => c.run().await,

@@ -1,9 +1,9 @@
 //! Cron: schedules per live cron function, firing each run in a fresh container with its
 //! timeout, never overlapping runs of one function (a firing during a run is recorded as
-//! skipped), and recording every run.
+//! skipped; a run asked for by hand during a run is refused), and recording every run.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,10 +13,26 @@ use tokio::task::JoinHandle;
 use crate::dataplane::Workload;
 use crate::infra::driver::{labels, ContainerSpec, Driver};
 use crate::manifest::FunctionType;
-use crate::infra::store::{RunStatus, Store};
+use crate::infra::store::{RunStatus, RunTrigger, Store};
 
 /// Runs kept per function.
 const RUNS_KEPT: u32 = 200;
+
+/// A function's run flag: no run going.
+const IDLE: i64 = 0;
+/// A function's run flag: a run is claimed and not yet recorded (then it holds the run's id).
+const CLAIMED: i64 = -1;
+
+/// Why [`Scheduler::run_now`] started nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunNowError {
+    /// The function is not a cron function of a live revision.
+    NotScheduled,
+    /// A run of the function is going: its id, once recorded.
+    Running(Option<i64>),
+    /// The run could not be recorded.
+    Store(String),
+}
 
 /// One cron function of a live revision.
 #[derive(Debug, Clone)]
@@ -33,11 +49,14 @@ struct Inner {
     /// Most output kept from one run.
     log_bytes: usize,
     tasks: Mutex<HashMap<String, Vec<JoinHandle<()>>>>,
+    /// Each project's live cron jobs, for runs asked for by hand.
+    jobs: Mutex<HashMap<String, Vec<CronJob>>>,
     /// Containers of runs in progress: their end is this scheduler's to handle (output kept,
     /// then removed), so the engine reconciler leaves them alone.
     active: Mutex<std::collections::HashSet<String>>,
-    /// (project, function) → a run is going. Kept across redeploys so runs never overlap.
-    running: Mutex<HashMap<(String, String), Arc<AtomicBool>>>,
+    /// (project, function) → [`IDLE`], [`CLAIMED`], or the id of the run going. Kept across
+    /// redeploys so runs never overlap, whatever started them.
+    running: Mutex<HashMap<(String, String), Arc<AtomicI64>>>,
 }
 
 #[derive(Clone)]
@@ -53,6 +72,7 @@ impl Scheduler {
                 store,
                 log_bytes,
                 tasks: Mutex::new(HashMap::new()),
+                jobs: Mutex::new(HashMap::new()),
                 active: Mutex::new(std::collections::HashSet::new()),
                 running: Mutex::new(HashMap::new()),
             }),
@@ -61,6 +81,7 @@ impl Scheduler {
 
     /// Replaces a project's schedules.
     pub fn set_project(&self, project: &str, jobs: Vec<CronJob>) {
+        self.inner.jobs.lock().unwrap_or_else(|p| p.into_inner()).insert(project.to_string(), jobs.clone());
         let handles = jobs.into_iter().map(|job| {
             let me = self.clone();
             tokio::spawn(async move { me.schedule_loop(job).await })
@@ -73,6 +94,7 @@ impl Scheduler {
     }
 
     pub fn remove_project(&self, project: &str) {
+        self.inner.jobs.lock().unwrap_or_else(|p| p.into_inner()).remove(project);
         let old = self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()).remove(project);
         for h in old.into_iter().flatten() {
             h.abort();
@@ -84,7 +106,7 @@ impl Scheduler {
         self.inner.active.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn running_flag(&self, job: &CronJob) -> Arc<AtomicBool> {
+    fn running_flag(&self, job: &CronJob) -> Arc<AtomicI64> {
         self.inner
             .running
             .lock()
@@ -114,11 +136,14 @@ impl Scheduler {
             };
             let wait = (next - now).to_std().unwrap_or(Duration::ZERO);
             tokio::time::sleep(wait).await;
-            if flag.swap(true, Ordering::AcqRel) {
+            if flag.compare_exchange(IDLE, CLAIMED, Ordering::AcqRel, Ordering::Acquire).is_err() {
                 tracing::info!(project = %job.project, function = %job.function, "previous run still going; firing skipped");
                 let store = self.inner.store.clone();
                 let j = job.clone();
-                let _ = tokio::task::spawn_blocking(move || store.start_cron_run(&j.project, &j.function, j.deployment_id, next, RunStatus::Skipped)).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    store.start_cron_run(&j.project, &j.function, j.deployment_id, next, RunStatus::Skipped, RunTrigger::Schedule)
+                })
+                .await;
                 continue;
             }
             let me = self.clone();
@@ -126,24 +151,77 @@ impl Scheduler {
             let f = flag.clone();
             // The run goes on even if the schedule is replaced meanwhile.
             tokio::spawn(async move {
-                me.run_once(&j, next).await;
-                f.store(false, Ordering::Release);
+                if let Ok(id) = me.record_start(&j, next, RunTrigger::Schedule).await {
+                    f.store(id, Ordering::Release);
+                    me.execute(&j, id).await;
+                }
+                f.store(IDLE, Ordering::Release);
             });
         }
     }
 
-    /// Runs the function once, records the run, and returns its status.
-    pub async fn run_once(&self, job: &CronJob, scheduled: chrono::DateTime<Utc>) -> RunStatus {
-        let inner = &self.inner;
-        let store = inner.store.clone();
-        let (p, f, d) = (job.project.clone(), job.function.clone(), job.deployment_id);
-        let run_id = match tokio::task::spawn_blocking(move || store.start_cron_run(&p, &f, d, scheduled, RunStatus::Running)).await {
-            Ok(Ok(id)) => id,
-            other => {
-                tracing::error!(?other, "cannot record a cron run");
-                return RunStatus::Failed;
+    /// Starts a run of `project`'s live cron function `function` now, unless one is going
+    /// (the same rule as a firing: runs never overlap); returns the run's id at once. The run
+    /// is recorded like a scheduled one, with the trigger `manual`.
+    pub async fn run_now(&self, project: &str, function: &str) -> Result<i64, RunNowError> {
+        let job = self
+            .inner
+            .jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(project)
+            .and_then(|jobs| jobs.iter().find(|j| j.function == function).cloned())
+            .ok_or(RunNowError::NotScheduled)?;
+        let flag = self.running_flag(&job);
+        if let Err(going) = flag.compare_exchange(IDLE, CLAIMED, Ordering::AcqRel, Ordering::Acquire) {
+            return Err(RunNowError::Running((going > 0).then_some(going)));
+        }
+        let id = match self.record_start(&job, Utc::now(), RunTrigger::Manual).await {
+            Ok(id) => id,
+            Err(e) => {
+                flag.store(IDLE, Ordering::Release);
+                return Err(RunNowError::Store(e));
             }
         };
+        flag.store(id, Ordering::Release);
+        let me = self.clone();
+        tokio::spawn(async move {
+            me.execute(&job, id).await;
+            flag.store(IDLE, Ordering::Release);
+        });
+        Ok(id)
+    }
+
+    /// Runs the function once, records the run, and returns its status.
+    #[cfg(test)]
+    pub async fn run_once(&self, job: &CronJob, scheduled: chrono::DateTime<Utc>) -> RunStatus {
+        match self.record_start(job, scheduled, RunTrigger::Schedule).await {
+            Ok(id) => self.execute(job, id).await,
+            Err(_) => RunStatus::Failed,
+        }
+    }
+
+    /// Records a run as `running`; returns its id.
+    async fn record_start(&self, job: &CronJob, scheduled: chrono::DateTime<Utc>, trigger: RunTrigger) -> Result<i64, String> {
+        let store = self.inner.store.clone();
+        let (p, f, d) = (job.project.clone(), job.function.clone(), job.deployment_id);
+        match tokio::task::spawn_blocking(move || store.start_cron_run(&p, &f, d, scheduled, RunStatus::Running, trigger)).await {
+            Ok(Ok(id)) => Ok(id),
+            Ok(Err(e)) => {
+                let chain = anyhow::Error::from(e);
+                tracing::error!(error = format!("{chain:#}"), "cannot record a cron run");
+                Err(format!("{chain:#}"))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record a cron run");
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Runs the recorded run `run_id` in a fresh container and records how it ended.
+    async fn execute(&self, job: &CronJob, run_id: i64) -> RunStatus {
+        let inner = &self.inner;
         let began = std::time::Instant::now();
         let fn_part = crate::names::FunctionName::parse(&job.function).map(|f| f.docker_part()).unwrap_or_else(|_| "fn".into());
         let spec = ContainerSpec {
@@ -249,6 +327,32 @@ mod tests {
         assert_eq!(done.exit_code, Some(0));
         assert!(done.output.starts_with("ran esl-p-tick-run"), "{:?}", done.output);
         assert!(done.duration_ms.unwrap_or(0) >= 2500, "{done:?}");
+    }
+
+    #[tokio::test]
+    async fn a_run_by_hand_is_recorded_and_never_overlaps_another() {
+        let store = Arc::new(Store::in_memory().expect("store"));
+        let s = Scheduler::new(Arc::new(slow(Duration::from_millis(1500))), store.clone(), 64 * 1024);
+        assert_eq!(s.run_now("p", "Tick").await, Err(RunNowError::NotScheduled), "no such cron job yet");
+        // Just after a second starts, so the first firing is most of a second away.
+        while Utc::now().timestamp_subsec_millis() > 100 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        s.set_project("p", vec![job(Duration::from_secs(30))]);
+        let id = s.run_now("p", "Tick").await.expect("a run starts");
+        assert_eq!(s.run_now("p", "Tick").await, Err(RunNowError::Running(Some(id))), "a second run by hand waits");
+        let run = &store.cron_runs("p", "Tick", 1).expect("runs")[0];
+        assert_eq!((run.id, run.status, run.trigger), (id, RunStatus::Running, RunTrigger::Manual));
+        // The schedule fires during the run by hand: skipped, as during a scheduled run.
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        let runs = store.cron_runs("p", "Tick", 100).expect("runs");
+        assert!(runs.iter().any(|r| r.status == RunStatus::Skipped && r.trigger == RunTrigger::Schedule), "{runs:?}");
+        assert_eq!(runs.iter().filter(|r| r.status == RunStatus::Running).count(), 1, "runs overlapped: {runs:?}");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        s.remove_project("p");
+        let done = store.cron_runs("p", "Tick", 100).expect("runs").into_iter().find(|r| r.id == id).expect("the run");
+        assert_eq!((done.status, done.exit_code, done.trigger), (RunStatus::Succeeded, Some(0), RunTrigger::Manual), "{done:?}");
+        assert_eq!(s.run_now("p", "Tick").await, Err(RunNowError::NotScheduled), "a removed project has no jobs");
     }
 
     #[tokio::test]

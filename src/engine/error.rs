@@ -19,6 +19,9 @@ pub enum EngineError {
     /// `hint`: empty, or the closest live name and the project's functions.
     #[error("project `{project}` has no live function `{function}`{hint}")]
     FunctionNotFound { project: String, function: String, hint: String },
+    /// `run` is the id as the caller gave it.
+    #[error("`{project}/{function}` has no run `{run}`; see `eserveless runs {project}/{function}`")]
+    RunNotFound { project: String, function: String, run: String },
     #[error("project `{project}` has no secret `{secret}`")]
     SecretNotFound { project: String, secret: String },
     #[error("no user `{user}`")]

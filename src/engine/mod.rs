@@ -3,15 +3,18 @@
 //! It speaks no HTTP: methods return typed results or an [`EngineError`].
 //!
 //! One type, [`Platform`], split by operation: `deploy` (running a deployment), `activate`
-//! (going live), `delete`, `access` (users, tokens, authentication), `views` (read-only answers).
+//! (going live), `history` (deployment history, rollback), `cron` (runs by hand), `delete`,
+//! `access` (users, tokens, authentication), `views` (read-only answers).
 
 pub(crate) mod access;
 mod activate;
 pub mod auth;
 pub(crate) mod build;
+mod cron;
 mod delete;
 pub(crate) mod deploy;
 pub(crate) mod error;
+pub(crate) mod history;
 pub mod runtime;
 pub(crate) mod source;
 pub(crate) mod views;

@@ -11,7 +11,7 @@ use crate::engine::Platform;
 use crate::infra::driver::labels;
 
 pub use crate::manifest::FunctionType;
-pub use crate::infra::store::{BuildState, CronRunRow, DeploymentRow, DeploymentStatus, FunctionRow, LogRow, ProjectRow, RunStatus};
+pub use crate::infra::store::{BuildState, CronRunRow, DeploymentRow, DeploymentStatus, FunctionRow, LogRow, ProjectRow, RunStatus, RunTrigger};
 
 /// A project in a listing.
 #[derive(Debug, Clone)]
@@ -151,17 +151,19 @@ impl Platform {
         Ok(DeploymentDetail { live: live_id == Some(d.id), deployment: d, functions })
     }
 
-    /// Fails unless `function` is a live function of a project `who` may see.
-    fn known_function(&self, who: &Principal, project: &str, function: &str) -> Result<()> {
+    /// The live function `function` of a project `who` may see; when there is none, the
+    /// error names the closest live name, or the project's functions.
+    pub(super) fn live_function(&self, who: &Principal, project: &str, function: &str) -> Result<FunctionRow> {
         let p = self.owned_project(who, project)?;
-        let names: Vec<String> = match p.live_deployment_id {
-            Some(id) => self.store.functions(id)?.into_iter().map(|f| f.name).collect(),
+        let mut functions = match p.live_deployment_id {
+            Some(id) => self.store.functions(id)?,
             None => Vec::new(),
         };
-        if names.iter().any(|f| f == function) {
-            return Ok(());
+        if let Some(i) = functions.iter().position(|f| f.name == function) {
+            return Ok(functions.swap_remove(i));
         }
-        let hint = match (names.is_empty(), crate::manifest::suggest(function, names.iter().map(String::as_str))) {
+        let names: Vec<&str> = functions.iter().map(|f| f.name.as_str()).collect();
+        let hint = match (names.is_empty(), crate::manifest::suggest(function, names.iter().copied())) {
             (true, _) => "; it has no live deployment".to_string(),
             (false, Some(s)) => format!("; did you mean `{s}`? (names are case-sensitive)"),
             (false, None) => format!("; its functions: {}", names.join(", ")),
@@ -169,15 +171,17 @@ impl Platform {
         Err(EngineError::FunctionNotFound { project: project.to_string(), function: function.to_string(), hint })
     }
 
-    /// The latest cron runs of a live function, newest first.
+    /// The latest cron runs of a live cron function, newest first (an http function has none:
+    /// an error that says where its output is).
     pub fn function_runs(&self, who: &Principal, project: &str, function: &str, limit: u32) -> Result<Vec<CronRunRow>> {
-        self.known_function(who, project, function)?;
+        let f = self.live_function(who, project, function)?;
+        Self::require_cron(project, &f, "it has no cron runs")?;
         Ok(self.store.cron_runs(project, function, limit)?)
     }
 
     /// What a live function wrote: saved output, recent cron runs, and its running containers.
     pub async fn function_logs(&self, who: &Principal, project: &str, function: &str) -> Result<FunctionLogs> {
-        self.known_function(who, project, function)?;
+        self.live_function(who, project, function)?;
         let instances = self.store.function_logs(project, function)?;
         let runs = self.store.cron_runs(project, function, 20)?.into_iter().rev().filter(|r| r.status != RunStatus::Skipped).collect();
         let running = match self.driver.list_managed().await {

@@ -126,6 +126,15 @@ fn migrations() -> Migrations<'static> {
         ALTER TABLE projects ADD COLUMN invoke_key_hash BLOB;
         ALTER TABLE functions ADD COLUMN options TEXT NOT NULL DEFAULT '{}';
         "#,
+    ),
+    // History and rollback: who submitted a deployment, which deployment a rollback made live
+    // again, and whether a cron run was started by its schedule or by hand.
+    M::up(
+        r#"
+        ALTER TABLE deployments ADD COLUMN submitted_by TEXT;
+        ALTER TABLE deployments ADD COLUMN rollback_of INTEGER;
+        ALTER TABLE cron_runs ADD COLUMN trigger TEXT NOT NULL DEFAULT 'schedule';
+        "#,
     )])
 }
 
@@ -241,6 +250,37 @@ impl std::fmt::Display for RunStatus {
     }
 }
 
+/// What started a cron run: its schedule, or someone (`eserveless cron run`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunTrigger {
+    #[default]
+    Schedule,
+    Manual,
+}
+
+impl RunTrigger {
+    /// The text stored in `cron_runs.trigger` and shown in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Schedule => "schedule",
+            Self::Manual => "manual",
+        }
+    }
+    fn parse(s: &str) -> Result<Self> {
+        [Self::Schedule, Self::Manual]
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| StoreError::Corrupt(format!("cron run trigger `{s}`")))
+    }
+}
+
+impl std::fmt::Display for RunTrigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 fn function_type(s: &str) -> Result<FunctionType> {
     FunctionType::parse(s).ok_or_else(|| StoreError::Corrupt(format!("function kind `{s}`")))
 }
@@ -273,6 +313,13 @@ pub struct DeploymentRow {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The user whose request made it (`None` for deployments from before this was recorded).
+    #[serde(default)]
+    pub submitted_by: Option<String>,
+    /// For a rollback: the earlier deployment it made live again (its images, its functions'
+    /// settings); nothing was built.
+    #[serde(default)]
+    pub rollback_of: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -299,6 +346,9 @@ pub struct CronRunRow {
     pub function: String,
     pub deployment_id: i64,
     pub status: RunStatus,
+    /// Started by the schedule or by hand.
+    #[serde(default)]
+    pub trigger: RunTrigger,
     pub scheduled_at: DateTime<Utc>,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -334,7 +384,7 @@ fn now() -> String {
 }
 
 const DEPLOYMENT_COLS: &str =
-    "id, project, repository, git_ref, commit_sha, runtime, status, error, warnings, log, created_at, started_at, finished_at";
+    "id, project, repository, git_ref, commit_sha, runtime, status, error, warnings, log, created_at, started_at, finished_at, submitted_by, rollback_of";
 
 fn deployment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(DeploymentRow, String, String)> {
     Ok((
@@ -352,6 +402,8 @@ fn deployment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(DeploymentRow
             created_at: ts(r.get(10)?)?,
             started_at: opt_ts(r.get(11)?)?,
             finished_at: opt_ts(r.get(12)?)?,
+            submitted_by: r.get(13)?,
+            rollback_of: r.get(14)?,
         },
         r.get::<_, String>(6)?,
         r.get::<_, String>(8)?,
@@ -370,6 +422,7 @@ pub struct EnqueueRequest<'a> {
     pub repository: &'a str,
     pub git_ref: Option<&'a str>,
     pub commit: &'a str,
+    /// Who asks: recorded on the deployment, and the owner of a project this request creates.
     pub owner: &'a str,
     /// Stored only when this request creates the project.
     pub new_invoke_key_hash: [u8; 32],
@@ -483,9 +536,9 @@ impl Store {
             params![req.project, req.repository, req.git_ref, now(), req.owner, &req.new_invoke_key_hash[..]],
         )?;
         tx.execute(
-            "INSERT INTO deployments (project, repository, git_ref, commit_sha, status, created_at)
-             VALUES (?1, ?2, ?3, ?4, 'queued', ?5)",
-            params![req.project, req.repository, req.git_ref, req.commit, now()],
+            "INSERT INTO deployments (project, repository, git_ref, commit_sha, status, created_at, submitted_by)
+             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6)",
+            params![req.project, req.repository, req.git_ref, req.commit, now(), req.owner],
         )?;
         let id = tx.last_insert_rowid();
         tx.commit()?;
@@ -574,6 +627,59 @@ impl Store {
             )
             .optional()?;
         row.map(finish_deployment).transpose()
+    }
+
+    /// The project's deployments, newest first.
+    pub fn deployments(&self, project: &str, limit: u32) -> Result<Vec<DeploymentRow>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare(&format!("SELECT {DEPLOYMENT_COLS} FROM deployments WHERE project = ?1 ORDER BY id DESC LIMIT ?2"))?;
+        let rows = stmt.query_map(params![project, limit], deployment_from_row)?;
+        rows.map(|r| finish_deployment(r?)).collect()
+    }
+
+    /// The project's newest deployment that went live by its own build (not a rollback) and is
+    /// older than `before`.
+    pub fn ready_build_before(&self, project: &str, before: i64) -> Result<Option<DeploymentRow>> {
+        let row = self
+            .conn()
+            .query_row(
+                &format!(
+                    "SELECT {DEPLOYMENT_COLS} FROM deployments WHERE project = ?1 AND id < ?2 AND status = 'ready'
+                     AND rollback_of IS NULL ORDER BY id DESC LIMIT 1"
+                ),
+                params![project, before],
+                deployment_from_row,
+            )
+            .optional()?;
+        row.map(finish_deployment).transpose()
+    }
+
+    /// Records a rollback to `target` by `who`: a new deployment (`building` until it goes
+    /// live with [`Store::make_live`]) of the same commit, whose functions are the target's,
+    /// with the same images and settings. Returns its id.
+    pub fn record_rollback(&self, target: i64, who: &str) -> Result<i64> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let at = now();
+        let n = tx.execute(
+            "INSERT INTO deployments (project, repository, git_ref, commit_sha, runtime, status, warnings, log, created_at, started_at, submitted_by, rollback_of)
+             SELECT project, repository, git_ref, commit_sha, runtime, 'building', warnings, '', ?2, ?2, ?3, id
+             FROM deployments WHERE id = ?1",
+            params![target, at, who],
+        )?;
+        if n != 1 {
+            return Err(StoreError::Corrupt(format!("deployment {target} vanished during a rollback")));
+        }
+        let id = tx.last_insert_rowid();
+        tx.execute(
+            "INSERT INTO functions (deployment_id, name, kind, schedule, env, timeout_ms, scaling, image, options, build_state, build_log)
+             SELECT ?2, name, kind, schedule, env, timeout_ms, scaling, image, options, build_state, ''
+             FROM functions WHERE deployment_id = ?1 ORDER BY rowid",
+            params![target, id],
+        )?;
+        tx.commit()?;
+        Ok(id)
     }
 
     /// Deployments not yet final (after a crash they are marked failed at start).
@@ -712,16 +818,19 @@ impl Store {
         Ok(out)
     }
 
-    /// Every image any deployment of the project recorded.
-    /// The project's last `n` deployments that went live, newest first.
+    /// The project's last `n` deployments that went live, newest first. A rollback counts as
+    /// the deployment it made live again (it has the same images), and each counts once.
     pub fn recent_ready_deployments(&self, project: &str, n: usize) -> Result<Vec<i64>> {
         let conn = self.conn();
-        let mut stmt =
-            conn.prepare("SELECT id FROM deployments WHERE project = ?1 AND status = 'ready' ORDER BY id DESC LIMIT ?2")?;
+        let mut stmt = conn.prepare(
+            "SELECT COALESCE(rollback_of, id) AS built FROM deployments WHERE project = ?1 AND status = 'ready'
+             GROUP BY built ORDER BY MAX(id) DESC LIMIT ?2",
+        )?;
         let rows = stmt.query_map(params![project, i64::try_from(n).unwrap_or(i64::MAX)], |r| r.get(0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Every image any deployment of the project recorded.
     pub fn project_images(&self, project: &str) -> Result<Vec<String>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
@@ -732,6 +841,7 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub fn start_cron_run(
         &self,
         project: &str,
@@ -739,14 +849,15 @@ impl Store {
         deployment_id: i64,
         scheduled_at: DateTime<Utc>,
         status: RunStatus,
+        trigger: RunTrigger,
     ) -> Result<i64> {
         let conn = self.conn();
         let started = now();
         let finished = if status == RunStatus::Skipped { Some(started.clone()) } else { None };
         conn.execute(
-            "INSERT INTO cron_runs (project, function, deployment_id, status, scheduled_at, started_at, finished_at, duration_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, CASE WHEN ?7 IS NULL THEN NULL ELSE 0 END)",
-            params![project, function, deployment_id, status.as_str(), scheduled_at.to_rfc3339(), started, finished],
+            "INSERT INTO cron_runs (project, function, deployment_id, status, scheduled_at, started_at, finished_at, duration_ms, trigger)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, CASE WHEN ?7 IS NULL THEN NULL ELSE 0 END, ?8)",
+            params![project, function, deployment_id, status.as_str(), scheduled_at.to_rfc3339(), started, finished, trigger.as_str()],
         )?;
         Ok(conn.last_insert_rowid())
     }
@@ -776,12 +887,21 @@ impl Store {
     }
 
     pub fn cron_runs(&self, project: &str, function: &str, limit: u32) -> Result<Vec<CronRunRow>> {
+        self.query_cron_runs("project = ?1 AND function = ?2 ORDER BY id DESC LIMIT ?3", params![project, function, limit])
+    }
+
+    /// One cron run of a function.
+    pub fn cron_run(&self, project: &str, function: &str, id: i64) -> Result<Option<CronRunRow>> {
+        Ok(self.query_cron_runs("project = ?1 AND function = ?2 AND id = ?3", params![project, function, id])?.pop())
+    }
+
+    fn query_cron_runs(&self, filter: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<CronRunRow>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT id, project, function, deployment_id, status, scheduled_at, started_at, finished_at, duration_ms, exit_code, output
-             FROM cron_runs WHERE project = ?1 AND function = ?2 ORDER BY id DESC LIMIT ?3",
-        )?;
-        let rows = stmt.query_map(params![project, function, limit], |r| {
+        let mut stmt = conn.prepare(&format!(
+            "SELECT id, project, function, deployment_id, status, scheduled_at, started_at, finished_at, duration_ms, exit_code, output, trigger
+             FROM cron_runs WHERE {filter}"
+        ))?;
+        let rows = stmt.query_map(args, |r| {
             Ok((
                 CronRunRow {
                     id: r.get(0)?,
@@ -797,14 +917,17 @@ impl Store {
                     duration_ms: r.get(8)?,
                     exit_code: r.get(9)?,
                     output: r.get(10)?,
+                    trigger: RunTrigger::Schedule,
                 },
                 r.get::<_, String>(4)?,
+                r.get::<_, String>(11)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (mut run, status) = row?;
+            let (mut run, status, trigger) = row?;
             run.status = RunStatus::parse(&status)?;
+            run.trigger = RunTrigger::parse(&trigger)?;
             out.push(run);
         }
         Ok(out)
@@ -924,20 +1047,63 @@ mod tests {
     }
 
     #[test]
+    fn a_rollback_is_a_new_deployment_with_the_targets_functions_and_counts_as_it() {
+        let s = Store::in_memory().expect("store");
+        let req = |commit| EnqueueRequest {
+            project: "p",
+            repository: "https://x/y",
+            git_ref: Some("main"),
+            commit,
+            owner: "bob",
+            new_invoke_key_hash: [1; 32],
+        };
+        let env = std::collections::BTreeMap::new();
+        let scaling = Scaling::default();
+        let mut ids = Vec::new();
+        for (commit, image) in [("aaa", "img:1"), ("bbb", "img:2")] {
+            let Enqueued::Queued { id, .. } = s.enqueue_deployment(&req(commit), |_| true).expect("enqueue") else { panic!("queued") };
+            let f = NewFunction { name: "API", kind: FunctionType::Http, schedule: None, env: &env, timeout_ms: 1000, scaling: &scaling, options: &Default::default(), image };
+            s.add_functions(id, &[f]).expect("fns");
+            s.set_build_state(id, "API", BuildState::Built, Some("long build log")).expect("state");
+            s.make_live(id).expect("live");
+            ids.push(id);
+        }
+        let (d1, d2) = (ids[0], ids[1]);
+        assert_eq!(s.deployment(d1).expect("get").expect("some").submitted_by.as_deref(), Some("bob"), "the submitter is recorded");
+        assert_eq!(s.ready_build_before("p", d2).expect("before").map(|d| d.id), Some(d1));
+        assert_eq!(s.ready_build_before("p", d1).expect("before"), None);
+
+        let r = s.record_rollback(d1, "eve").expect("rollback");
+        let d = s.deployment(r).expect("get").expect("some");
+        assert_eq!((d.rollback_of, d.commit.as_str(), d.git_ref.as_deref(), d.status), (Some(d1), "aaa", Some("main"), DeploymentStatus::Building));
+        assert_eq!(d.submitted_by.as_deref(), Some("eve"));
+        let f = &s.functions(r).expect("fns")[0];
+        assert_eq!((f.image.as_deref(), f.build_state, f.build_log.as_str()), (Some("img:1"), BuildState::Built, ""));
+        s.make_live(r).expect("live");
+        assert_eq!(s.project("p").expect("p").expect("some").live_deployment_id, Some(r));
+        // The rollback stands for v1 in what is kept, and is never the default target itself.
+        assert_eq!(s.recent_ready_deployments("p", 5).expect("recent"), vec![d1, d2]);
+        assert_eq!(s.recent_ready_deployments("p", 1).expect("recent"), vec![d1]);
+        assert_eq!(s.ready_build_before("p", r + 1).expect("before").map(|d| d.id), Some(d2));
+        assert_eq!(s.deployments("p", 10).expect("list").iter().map(|d| d.id).collect::<Vec<_>>(), vec![r, d2, d1]);
+        assert_eq!(s.deployments("p", 1).expect("list").len(), 1);
+    }
+
+    #[test]
     fn cron_runs_are_recorded_and_pruned() {
         let s = Store::in_memory().expect("store");
         for i in 0..5 {
-            let id = s.start_cron_run("p", "T", 1, Utc::now(), RunStatus::Running).expect("start");
+            let id = s.start_cron_run("p", "T", 1, Utc::now(), RunStatus::Running, RunTrigger::Schedule).expect("start");
             s.finish_cron_run(id, RunStatus::Succeeded, Some(0), i, "out").expect("finish");
         }
-        s.start_cron_run("p", "T", 1, Utc::now(), RunStatus::Skipped).expect("skip");
+        s.start_cron_run("p", "T", 1, Utc::now(), RunStatus::Skipped, RunTrigger::Schedule).expect("skip");
         let runs = s.cron_runs("p", "T", 100).expect("runs");
         assert_eq!(runs.len(), 6);
         assert_eq!(runs[0].status, RunStatus::Skipped);
         assert_eq!(runs[0].duration_ms, Some(0));
         s.prune_cron_runs("p", "T", 3).expect("prune");
         assert_eq!(s.cron_runs("p", "T", 100).expect("runs").len(), 3);
-        let id = s.start_cron_run("p", "T", 1, Utc::now(), RunStatus::Running).expect("start");
+        let id = s.start_cron_run("p", "T", 1, Utc::now(), RunStatus::Running, RunTrigger::Schedule).expect("start");
         assert_eq!(s.abandon_running_cron_runs().expect("abandon"), 1);
         assert_eq!(s.cron_runs("p", "T", 1).expect("runs")[0].id, id);
         assert_eq!(s.cron_runs("p", "T", 1).expect("runs")[0].status, RunStatus::Failed);
@@ -975,7 +1141,7 @@ mod tests {
     #[test]
     fn unknown_stored_kinds_and_statuses_are_corrupt() {
         let s = Store::in_memory().expect("store");
-        let id = s.start_cron_run("p", "T", 1, Utc::now(), RunStatus::Running).expect("start");
+        let id = s.start_cron_run("p", "T", 1, Utc::now(), RunStatus::Running, RunTrigger::Schedule).expect("start");
         s.conn().execute("UPDATE cron_runs SET status = 'exploded' WHERE id = ?1", [id]).expect("tamper");
         let e = s.cron_runs("p", "T", 10).expect_err("unknown status");
         assert!(matches!(&e, StoreError::Corrupt(m) if m == "cron run status `exploded`"), "{e:?}");

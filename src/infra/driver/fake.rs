@@ -23,6 +23,8 @@ pub struct Recorded {
     /// Every container started, http instances and jobs alike.
     pub runs: Vec<ContainerSpec>,
     pub removed_images: Vec<String>,
+    /// Images removed and not built again since: `image_info` no longer finds them.
+    pub gone_images: std::collections::HashSet<String>,
 }
 
 /// Containers "run" for `run_for`, then exit 0. An http instance gets `address` (none by
@@ -78,6 +80,9 @@ impl Driver for FakeDriver {
     }
     async fn image_info(&self, image: &str) -> Result<Option<super::ImageInfo>> {
         let rec = self.recorded();
+        if rec.gone_images.contains(image) {
+            return Ok(None);
+        }
         let built = rec.builds.iter().rev().find(|(t, _)| t == image);
         Ok(built.map(|(t, labels)| super::ImageInfo { id: format!("id-of-{t}"), labels: labels.clone() }))
     }
@@ -101,11 +106,14 @@ impl Driver for FakeDriver {
         }
         let mut rec = self.recorded();
         rec.contexts.push(entries);
+        rec.gone_images.remove(&req.tag);
         rec.builds.push((req.tag.clone(), req.labels.clone()));
         Ok("log".to_string())
     }
     async fn remove_image(&self, image: &str) -> Result<bool> {
-        self.recorded().removed_images.push(image.to_string());
+        let mut rec = self.recorded();
+        rec.removed_images.push(image.to_string());
+        rec.gone_images.insert(image.to_string());
         Ok(true)
     }
     async fn run(&self, spec: ContainerSpec) -> Result<Started> {
