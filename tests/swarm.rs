@@ -111,12 +111,12 @@ async fn api_nodes(server: &LabServer, project: &str, function: &str) -> BTreeSe
     }
     let p = server.project(project).await;
     let f = p["functions"].as_array().into_iter().flatten().find(|f| f["name"] == function).cloned().unwrap_or(Value::Null);
-    let mut nodes = Vec::new();
-    collect(&f, &mut nodes);
-    for n in &nodes {
+    let mut named = Vec::new();
+    collect(&f, &mut named);
+    for n in &named {
         assert!(nodes().contains(&n.as_str()), "the API names node `{n}` for an instance of {project}/{function}, not a lab node: {f:#}");
     }
-    nodes.into_iter().collect()
+    named.into_iter().collect()
 }
 
 /// Hosts (container ids) that answered, in order of first answer.

@@ -523,7 +523,7 @@ impl Placements {
         let (m, project) = (map.clone(), project.to_string());
         let task = tokio::spawn(async move {
             loop {
-                let polls = nodes().iter().map(|n| {
+                let polls = nodes().into_iter().map(|n| {
                     let script = format!("docker ps -aq --filter label=eserveless.project={project}");
                     async move { (n.to_string(), in_node_async(n, &script).await) }
                 });
