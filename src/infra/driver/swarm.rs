@@ -1076,6 +1076,7 @@ impl Driver for SwarmDriver {
     /// stopping on some node keeps the overlay and its image busy for a few seconds after its
     /// service is gone, so the prune (which force-removes the project's containers on every
     /// node) goes first and the overlay's removal is retried until its last task has left.
+    /// The project's anchor, on the overlay on every node, is removed before all of them.
     async fn forget_project(&self, project: &str) -> Result<()> {
         let mut failed = Vec::new();
         if let Err(e) = anchor::remove_anchor(&self.docker, &self.owner, project).await {
