@@ -11,6 +11,8 @@
 //!
 //! `ESERVELESS_SWARM_TEST_ARGS` replaces the shared server's engine arguments (default
 //! `--engine swarm --max-memory 256Gi`), e.g. to try the harness on the single-host engine.
+//! `ESERVELESS_LAB_PREFIX` and `ESERVELESS_LAB_SUBNET` pick a second lab, as for
+//! `scripts/swarm-lab` (nodes `PREFIX-1..3`, the manager at `.11` of the subnet).
 
 // `require_docker!` is not used here: the lab's checks stand for it.
 #[allow(unused_macros)]
@@ -109,12 +111,12 @@ async fn api_nodes(server: &LabServer, project: &str, function: &str) -> BTreeSe
     }
     let p = server.project(project).await;
     let f = p["functions"].as_array().into_iter().flatten().find(|f| f["name"] == function).cloned().unwrap_or(Value::Null);
-    let mut nodes = Vec::new();
-    collect(&f, &mut nodes);
-    for n in &nodes {
-        assert!(NODES.contains(&n.as_str()), "the API names node `{n}` for an instance of {project}/{function}, not a lab node: {f:#}");
+    let mut named = Vec::new();
+    collect(&f, &mut named);
+    for n in &named {
+        assert!(nodes().contains(&n.as_str()), "the API names node `{n}` for an instance of {project}/{function}, not a lab node: {f:#}");
     }
-    nodes.into_iter().collect()
+    named.into_iter().collect()
 }
 
 /// Hosts (container ids) that answered, in order of first answer.
@@ -237,7 +239,7 @@ async fn b_a_node_killed_under_load_fails_no_request_and_rejoins() {
     log(t0, &format!("deployed; containers per node {per:?}"));
     let victim = per
         .iter()
-        .filter(|(n, _)| n.as_str() != MANAGER)
+        .filter(|(n, _)| n.as_str() != manager())
         .max_by_key(|(_, c)| **c)
         .map(|(n, _)| n.clone())
         .unwrap_or_else(|| panic!("no worker holds an instance: {per:?}"));
@@ -387,7 +389,7 @@ async fn d_a_cron_run_on_a_remote_node_records_its_output() {
             log(t0, &format!("run {id}: succeeded on {node}, exit code {}, {} ms", r["exit_code"], r["duration_ms"]));
             seen.insert(id, (node, r.to_string()));
         }
-        if let Some((id, (node, run))) = seen.iter().find(|(_, (n, _))| NODES[1..].contains(&n.as_str())) {
+        if let Some((id, (node, run))) = seen.iter().find(|(_, (n, _))| nodes()[1..].contains(&n.as_str())) {
             break (*id, node.clone(), run.clone());
         }
         assert!(
@@ -427,6 +429,13 @@ async fn e_scaled_to_zero_a_cold_start_on_a_remote_node_answers() {
             assert!(began.elapsed() < Duration::from_secs(60), "{project} did not scale to zero within 60 s: {:?}", running_per_node(&project));
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+        if spread() > 1 && attempt > 1 {
+            // The anchor keeps the project's overlay on every node at zero instances: the cold
+            // start on a worker finds it there instead of setting it up first. (Not before the
+            // first: the overlay and its anchor are made with the project's first instance.)
+            let missing: Vec<&str> = nodes().iter().copied().filter(|n| networks_of(n, &project).is_empty()).collect();
+            assert!(missing.is_empty(), "{project} has no instance and its overlay is gone from {missing:?}: a cold start there sets it up again");
+        }
         let sent = Instant::now();
         let a = api_get(&http, &url).await;
         let took = sent.elapsed().as_secs_f64();
@@ -435,14 +444,14 @@ async fn e_scaled_to_zero_a_cold_start_on_a_remote_node_answers() {
         let node = watch.wait_node_of(&host, Duration::from_secs(5)).await.unwrap_or_else(|| format!("unknown({host})"));
         log(t0, &format!("cold start {attempt}: answered by {node} after {took:.2}s (from zero)"));
         cold.push((node.clone(), took));
-        if node != MANAGER && cold.iter().any(|(n, _)| n == MANAGER) {
+        if node != manager() && cold.iter().any(|(n, _)| n == manager()) {
             break;
         }
-        if node != MANAGER && attempt >= 3 {
+        if node != manager() && attempt >= 3 {
             break;
         }
     }
-    assert!(cold.iter().any(|(n, _)| NODES[1..].contains(&n.as_str())), "no cold start landed on a worker: {cold:?}");
+    assert!(cold.iter().any(|(n, _)| nodes()[1..].contains(&n.as_str())), "no cold start landed on a worker: {cold:?}");
     log(t0, &format!("cold starts (node, seconds to the answer): {cold:?}"));
     server.remove(&project).await;
 }
@@ -466,7 +475,8 @@ async fn f_a_restarted_server_adopts_its_services_without_duplicates() {
     let per = wait_spread(&project, 2, 1, Duration::from_secs(90)).await;
     // Counted once the pool has settled (a request during the warm-up may start one more).
     let before = settled_services(&project).await;
-    let containers_before: BTreeSet<String> = NODES.iter().flat_map(|n| function_containers_on(n, &project)).map(|c| c[..12].to_string()).collect();
+    let containers_before: BTreeSet<String> = nodes().iter().flat_map(|n| function_containers_on(n, &project)).map(|c| c[..12].to_string()).collect();
+    let anchors_before = if spread() > 1 { wait_anchored(&project, Duration::from_secs(60)).await } else { BTreeMap::new() };
     log(t0, &format!("deployed: {} services, containers per node {per:?}", before.len()));
 
     server.kill();
@@ -484,10 +494,14 @@ async fn f_a_restarted_server_adopts_its_services_without_duplicates() {
     // Give adoption and the pool's min_instances a moment to misbehave, if they would.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let after = services_of(&project);
-    let containers_after: BTreeSet<String> = NODES.iter().flat_map(|n| function_containers_on(n, &project)).map(|c| c[..12].to_string()).collect();
+    let containers_after: BTreeSet<String> = nodes().iter().flat_map(|n| function_containers_on(n, &project)).map(|c| c[..12].to_string()).collect();
     log(t0, &format!("after the restart: {} services (before {}), answers from {answered:?}", after.len(), before.len()));
     assert_eq!(after, before, "services changed across the restart (duplicated or replaced)\n{}", server.tail(60));
     assert_eq!(containers_after, containers_before, "containers changed across the restart");
+    if spread() > 1 {
+        let anchors_after = wait_anchored(&project, Duration::from_secs(10)).await;
+        assert_eq!(anchors_after, anchors_before, "the project's anchors changed across the restart (made again, not adopted)");
+    }
     assert!(answered.iter().all(|h| containers_before.contains(h)), "answers after the restart came from new instances: {answered:?} vs {containers_before:?}");
     server.remove(&project).await;
 }
@@ -527,13 +541,15 @@ async fn g_rm_leaves_no_service_network_image_or_registry_tag() {
     assert_eq!(a.status, 200, "{}", a.raw);
     let registry = own_registry(&server);
     assert!(registry.is_some() || spread() < 2, "the server runs no registry service of its own on the manager");
-    let before: Vec<(String, Vec<String>, Vec<String>)> = NODES.iter().map(|n| (n.to_string(), networks_of(n, &project), images_on(n, &project))).collect();
+    let before: Vec<(String, Vec<String>, Vec<String>)> = nodes().iter().map(|n| (n.to_string(), networks_of(n, &project), images_on(n, &project))).collect();
     let tags = registry.as_deref().map(|r| registry_tags_of(r, &project)).unwrap_or_default();
     log(t0, &format!("deployed: per node {per:?}; services {}; networks and images {before:?}; registry service {registry:?}, tags {tags:?}", services_of(&project).len()));
     if spread() > 1 {
         // The checks below look where things are: before rm they find them.
         assert!(!tags.is_empty(), "no tag of {project} in the server's registry ({registry:?}) after its deployment");
         assert!(before.iter().filter(|(_, n, _)| !n.is_empty()).count() >= 2, "the project's network is on fewer than 2 nodes: {before:?}");
+        let anchors = wait_anchored(&project, Duration::from_secs(60)).await;
+        log(t0, &format!("one anchor per node: {anchors:?}"));
     }
 
     server.remove(&project).await;
@@ -544,7 +560,15 @@ async fn g_rm_leaves_no_service_network_image_or_registry_tag() {
         if !s.is_empty() {
             left.push(format!("services {s:?}"));
         }
-        for n in NODES {
+        let anchors = anchor_services(&project);
+        if !anchors.is_empty() {
+            left.push(format!("anchor services {anchors:?}"));
+        }
+        for n in nodes() {
+            let anchors = anchors_on(n, &project);
+            if !anchors.is_empty() {
+                left.push(format!("{n}: anchors {anchors:?}"));
+            }
             let c = node_container_names(n, &project);
             let nets = networks_of(n, &project);
             let imgs = images_on(n, &project);
@@ -598,7 +622,7 @@ async fn h_bad_input_is_refused_with_clear_messages() {
     assert!(!out.status.success(), "the server started on an engine that is not a swarm manager:\n{text}");
     assert!(text.contains("docker swarm init"), "the refusal does not say `docker swarm init`:\n{text}");
 
-    let worker = NODES[1];
+    let worker = nodes()[1];
     let (ok, _, err) = docker_cli(&["cp", "-L", env!("CARGO_BIN_EXE_eserveless"), &format!("{worker}:/tmp/eserveless-swarm-test")]);
     assert!(ok, "docker cp into {worker}: {err}");
     let (ok, o, e) = in_node(worker, "timeout 60 /tmp/eserveless-swarm-test serve --engine swarm --listen 127.0.0.1:18999 --data-dir /tmp/esl-swarm-test-data; rc=$?; rm -rf /tmp/eserveless-swarm-test /tmp/esl-swarm-test-data; exit $rc");
@@ -615,7 +639,7 @@ async fn h_bad_input_is_refused_with_clear_messages() {
          ESERVELESS_RUN_IMAGE=eserveless/run:bookworm timeout 300 {run}/eserveless serve --listen 127.0.0.1:{} --engine swarm --registry http://127.0.0.1:1",
         free_lab_port()
     );
-    let (ok, o, e) = in_node(MANAGER, &script);
+    let (ok, o, e) = in_node(manager(), &script);
     let text = format!("{o}{e}");
     log(t0, &format!("--registry http://127.0.0.1:1 at start: {}", text.trim()));
     assert!(!ok, "the server started with an unreachable registry:\n{text}");

@@ -7,7 +7,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -17,11 +17,32 @@ use serde_json::Value;
 
 use super::common::*;
 
-/// The lab's node containers, manager first (`scripts/swarm-lab`).
-pub const NODES: [&str; 3] = ["esl-lab-1", "esl-lab-2", "esl-lab-3"];
-pub const MANAGER: &str = NODES[0];
-/// The manager's address on the lab's bridge: the host reaches servers in the manager there.
-pub const MANAGER_IP: &str = "172.30.77.11";
+/// The lab's node containers, manager first: `PREFIX-1..3` as `scripts/swarm-lab` names them
+/// (`ESERVELESS_LAB_PREFIX`, default `esl-lab`), so a second lab beside the default one can run
+/// the tier.
+pub fn nodes() -> [&'static str; 3] {
+    static NODES: std::sync::OnceLock<[&'static str; 3]> = std::sync::OnceLock::new();
+    *NODES.get_or_init(|| {
+        let prefix = std::env::var("ESERVELESS_LAB_PREFIX").unwrap_or_else(|_| "esl-lab".to_string());
+        [1, 2, 3].map(|i| &*Box::leak(format!("{prefix}-{i}").into_boxed_str()))
+    })
+}
+
+pub fn manager() -> &'static str {
+    nodes()[0]
+}
+
+/// The manager's address on the lab's bridge (`.11` of `ESERVELESS_LAB_SUBNET`, default
+/// 172.30.77.0/24): the host reaches servers in the manager there.
+pub fn manager_ip() -> &'static str {
+    static IP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    IP.get_or_init(|| {
+        let subnet = std::env::var("ESERVELESS_LAB_SUBNET").unwrap_or_else(|_| "172.30.77.0/24".to_string());
+        let net = subnet.split('/').next().unwrap_or_default();
+        let head = net.rsplit_once('.').map_or(net, |(h, _)| h);
+        format!("{head}.11")
+    })
+}
 /// Where a test run keeps its binary, data directories and repositories inside the manager.
 const RUN_ROOT: &str = "/var/tmp/esl-swarm-tests";
 
@@ -65,7 +86,7 @@ pub fn node_state(node: &str) -> String {
 
 /// `hostname -> status` of the swarm's nodes, as the manager sees them (`Ready`, `Down`, ...).
 pub fn swarm_nodes() -> HashMap<String, String> {
-    let (_, out, _) = in_node(MANAGER, "docker node ls --format '{{.Hostname}} {{.Status}}'");
+    let (_, out, _) = in_node(manager(), "docker node ls --format '{{.Hostname}} {{.Status}}'");
     out.lines().filter_map(|l| l.split_once(' ')).map(|(h, s)| (h.to_string(), s.trim().to_string())).collect()
 }
 
@@ -75,13 +96,13 @@ fn ready_nodes() -> usize {
 
 /// Whether the lab is up: every node container runs and the manager sees 3 `Ready` nodes.
 pub fn lab_check() -> Result<(), String> {
-    let states: Vec<String> = NODES.iter().map(|n| format!("{n}: {}", node_state(n))).collect();
-    if NODES.iter().any(|n| node_state(n) != "running") {
+    let states: Vec<String> = nodes().iter().map(|n| format!("{n}: {}", node_state(n))).collect();
+    if nodes().iter().any(|n| node_state(n) != "running") {
         return Err(format!("lab nodes not all running ({})", states.join(", ")));
     }
-    let nodes = swarm_nodes();
-    if nodes.values().filter(|s| *s == "Ready").count() < NODES.len() {
-        return Err(format!("the manager does not see {} Ready nodes: {nodes:?}", NODES.len()));
+    let seen = swarm_nodes();
+    if seen.values().filter(|s| *s == "Ready").count() < nodes().len() {
+        return Err(format!("the manager does not see {} Ready nodes: {seen:?}", nodes().len()));
     }
     Ok(())
 }
@@ -106,8 +127,8 @@ fn bring_up() -> Result<(), String> {
     if !docker_cli(&["version"]).0 {
         return Err(format!("no Docker engine reachable; {hint}"));
     }
-    if NODES.iter().all(|n| node_state(n).is_empty()) {
-        return Err(format!("the swarm lab is not up (no {} container); {hint}", NODES[0]));
+    if nodes().iter().all(|n| node_state(n).is_empty()) {
+        return Err(format!("the swarm lab is not up (no {} container); {hint}", nodes()[0]));
     }
     if lab_check().is_ok() {
         return Ok(());
@@ -169,11 +190,12 @@ pub fn run_dir() -> String {
         return d.clone();
     }
     let d = format!("{RUN_ROOT}/run-{}-{}", std::process::id(), unique("r").rsplit('-').next().unwrap_or("0"));
-    in_node_ok(MANAGER, &format!("mkdir -p {RUN_ROOT} && {JANITOR} && mkdir -p {d}/repos"));
+    in_node_ok(manager(), &format!("mkdir -p {RUN_ROOT} && {JANITOR} && mkdir -p {d}/repos"));
+    let mgr = manager();
     let began = Instant::now();
-    let (ok, _, err) = docker_cli(&["cp", "-L", env!("CARGO_BIN_EXE_eserveless"), &format!("{MANAGER}:{d}/eserveless")]);
-    assert!(ok, "docker cp of the eserveless binary into {MANAGER}: {err}");
-    eprintln!("copied this build's eserveless into {MANAGER}:{d} in {:.1}s", began.elapsed().as_secs_f64());
+    let (ok, _, err) = docker_cli(&["cp", "-L", env!("CARGO_BIN_EXE_eserveless"), &format!("{mgr}:{d}/eserveless")]);
+    assert!(ok, "docker cp of the eserveless binary into {mgr}: {err}");
+    eprintln!("copied this build's eserveless into {mgr}:{d} in {:.1}s", began.elapsed().as_secs_f64());
     *dir = Some(d.clone());
     d
 }
@@ -182,9 +204,10 @@ pub fn run_dir() -> String {
 /// replacing an earlier copy; returns the path to deploy there.
 pub fn copy_repo(repo: &Path, name: &str) -> String {
     let dst = format!("{}/repos/{name}", run_dir());
-    in_node_ok(MANAGER, &format!("rm -rf {dst}"));
-    let (ok, _, err) = docker_cli(&["cp", repo.to_str().expect("utf8 path"), &format!("{MANAGER}:{dst}")]);
-    assert!(ok, "docker cp of {} into {MANAGER}:{dst}: {err}", repo.display());
+    let mgr = manager();
+    in_node_ok(manager(), &format!("rm -rf {dst}"));
+    let (ok, _, err) = docker_cli(&["cp", repo.to_str().expect("utf8 path"), &format!("{mgr}:{dst}")]);
+    assert!(ok, "docker cp of {} into {mgr}:{dst}: {err}", repo.display());
     dst
 }
 
@@ -215,9 +238,10 @@ const START_WITHIN: Duration = Duration::from_secs(240);
 
 /// A port nobody listens on in the manager (the host reaches it through the bridge).
 pub fn free_lab_port() -> u16 {
+    let mgr_ip = manager_ip();
     loop {
         let p = 20000 + (free_port() % 20000);
-        if std::net::TcpStream::connect_timeout(&format!("{MANAGER_IP}:{p}").parse().expect("addr"), Duration::from_millis(300)).is_err() {
+        if std::net::TcpStream::connect_timeout(&format!("{mgr_ip}:{p}").parse().expect("addr"), Duration::from_millis(300)).is_err() {
             return p;
         }
     }
@@ -231,9 +255,10 @@ impl LabServer {
         let run = run_dir();
         let data = format!("{run}/data-{n}");
         let port = free_lab_port();
+        let mgr_ip = manager_ip();
         let mut s = LabServer {
             port,
-            url: format!("http://{MANAGER_IP}:{port}"),
+            url: format!("http://{mgr_ip}:{port}"),
             token: String::new(),
             log: format!("{data}.log"),
             pid_file: format!("{data}.pid"),
@@ -247,6 +272,7 @@ impl LabServer {
     /// Starts the process (again, after a kill) with the same port, data directory and arguments.
     pub async fn spawn(&mut self) {
         let run = run_dir();
+        let mgr = manager();
         let listen = format!("0.0.0.0:{}", self.port);
         let mut cmd = Command::new("docker");
         cmd.args(["exec", "-i"])
@@ -255,7 +281,7 @@ impl LabServer {
             .args(["-e", "ESERVELESS_GO_IMAGE=eserveless/go:bookworm"])
             .args(["-e", "ESERVELESS_RUN_IMAGE=eserveless/run:bookworm"])
             .args(["-e", "ESERVELESS_LOG=info,eserveless=debug"])
-            .arg(MANAGER)
+            .arg(manager())
             .args(["sh", "-c"])
             // The server runs in the background; `cat` waits for this test process's pipe to
             // close, then the server is killed: no server outlives its test run.
@@ -278,38 +304,38 @@ impl LabServer {
         loop {
             let up = matches!(http.get(format!("{}/healthz", self.url)).send().await, Ok(r) if r.status() == 200);
             if up {
-                let (ok, token, _) = in_node(MANAGER, &format!("cat {}/admin-token", self.data));
+                let (ok, token, _) = in_node(manager(), &format!("cat {}/admin-token", self.data));
                 if ok && !token.trim().is_empty() {
                     self.token = token.trim().to_string();
                     break;
                 }
             }
             if began.elapsed() > Duration::from_secs(2) && !self.alive() {
-                panic!("the server in {MANAGER} exited before it was healthy; its log:\n{}", self.tail(60));
+                panic!("the server in {mgr} exited before it was healthy; its log:\n{}", self.tail(60));
             }
             // A first start in swarm mode builds the node guard's image, pushes it to the
             // server's new registry and runs it on every node: a minute or two here.
             if began.elapsed() > START_WITHIN {
                 let log = self.tail(60);
                 self.kill();
-                panic!("the server in {MANAGER} did not answer /healthz within {START_WITHIN:?} (killed); its log:\n{log}");
+                panic!("the server in {mgr} did not answer /healthz within {START_WITHIN:?} (killed); its log:\n{log}");
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        eprintln!("server in {MANAGER} at {} (data {}, log {}) healthy after {:.1}s", self.url, self.data, self.log, began.elapsed().as_secs_f64());
+        eprintln!("server in {mgr} at {} (data {}, log {}) healthy after {:.1}s", self.url, self.data, self.log, began.elapsed().as_secs_f64());
     }
 
     pub fn pid(&self) -> String {
-        in_node(MANAGER, &format!("cat {}", self.pid_file)).1.trim().to_string()
+        in_node(manager(), &format!("cat {}", self.pid_file)).1.trim().to_string()
     }
 
     pub fn alive(&self) -> bool {
-        in_node(MANAGER, &format!("kill -0 $(cat {}) 2>/dev/null", self.pid_file)).0
+        in_node(manager(), &format!("kill -0 $(cat {}) 2>/dev/null", self.pid_file)).0
     }
 
     /// SIGKILLs the server (a crash: nothing cleaned up) and waits until it is gone.
     pub fn kill(&self) {
-        in_node(MANAGER, &format!("kill -9 $(cat {}) 2>/dev/null", self.pid_file));
+        in_node(manager(), &format!("kill -9 $(cat {}) 2>/dev/null", self.pid_file));
         let began = Instant::now();
         while self.alive() {
             assert!(began.elapsed() < Duration::from_secs(10), "the server survived SIGKILL");
@@ -319,12 +345,12 @@ impl LabServer {
 
     /// Its identity on the engine (`<data>/server-id`): the `eserveless.owner` label.
     pub fn server_id(&self) -> String {
-        in_node_ok(MANAGER, &format!("cat {}/server-id", self.data)).trim().to_string()
+        in_node_ok(manager(), &format!("cat {}/server-id", self.data)).trim().to_string()
     }
 
     /// The last `lines` lines of its log.
     pub fn tail(&self, lines: usize) -> String {
-        in_node(MANAGER, &format!("tail -n {lines} {}", self.log)).1
+        in_node(manager(), &format!("tail -n {lines} {}", self.log)).1
     }
 
     pub fn http(&self) -> reqwest::Client {
@@ -391,8 +417,8 @@ impl Drop for LabCleanup {
             });
             // Whatever the server left (a failed test may have killed it): services, then
             // containers on every node.
-            in_node(MANAGER, &format!("docker service ls -q --filter label=eserveless.project={project} | xargs -r docker service rm >/dev/null 2>&1"));
-            for n in NODES {
+            in_node(manager(), &format!("docker service ls -q --filter label=eserveless.project={project} | xargs -r docker service rm >/dev/null 2>&1"));
+            for n in nodes() {
                 if node_state(n) == "running" {
                     in_node(n, &format!("docker ps -aq --filter label=eserveless.project={project} | xargs -r docker rm -f >/dev/null 2>&1"));
                     in_node(n, &format!("docker ps -a --format '{{{{.ID}}}} {{{{.Names}}}}' | grep -F -- '-{project}' | cut -d' ' -f1 | xargs -r docker rm -f >/dev/null 2>&1"));
@@ -438,7 +464,7 @@ pub fn function_containers_on(node: &str, project: &str) -> Vec<String> {
 
 /// Running function containers of `project` per running node.
 pub fn running_per_node(project: &str) -> HashMap<String, usize> {
-    NODES
+    nodes()
         .iter()
         .filter(|n| node_state(n) == "running")
         .map(|n| (n.to_string(), function_containers_on(n, project).len()))
@@ -446,9 +472,38 @@ pub fn running_per_node(project: &str) -> HashMap<String, usize> {
         .collect()
 }
 
+/// Running anchor containers of `project` on `node` (the global service that keeps the
+/// project's overlay up on every node): full ids.
+pub fn anchors_on(node: &str, project: &str) -> Vec<String> {
+    let (_, out, _) = in_node(node, &format!("docker ps -q --no-trunc --filter label=eserveless.project={project} --filter label=eserveless.role=anchor"));
+    out.split_whitespace().map(str::to_string).collect()
+}
+
+/// The anchor services of `project` (the manager's view): names.
+pub fn anchor_services(project: &str) -> Vec<String> {
+    let (_, out, _) = in_node(manager(), &format!("docker service ls --format '{{{{.Name}}}}' --filter label=eserveless.project={project} --filter label=eserveless.role=anchor"));
+    out.split_whitespace().map(str::to_string).collect()
+}
+
+/// Waits (at most `within`) until one anchor service of `project` runs exactly one anchor on
+/// every running node; returns the anchor containers per node.
+pub async fn wait_anchored(project: &str, within: Duration) -> BTreeMap<String, Vec<String>> {
+    let began = Instant::now();
+    loop {
+        let per: BTreeMap<String, Vec<String>> =
+            nodes().iter().filter(|n| node_state(n) == "running").map(|n| (n.to_string(), anchors_on(n, project))).collect();
+        let services = anchor_services(project);
+        if services.len() == 1 && per.values().all(|a| a.len() == 1) {
+            return per;
+        }
+        assert!(began.elapsed() < within, "{project}: not one anchor per node after {within:?}: services {services:?}, containers {per:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Services of `project` on the swarm (the manager's view): ids.
 pub fn services_of(project: &str) -> Vec<String> {
-    let (_, out, _) = in_node(MANAGER, &format!("docker service ls -q --filter label=eserveless.project={project}"));
+    let (_, out, _) = in_node(manager(), &format!("docker service ls -q --filter label=eserveless.project={project}"));
     let mut v: Vec<String> = out.split_whitespace().map(str::to_string).collect();
     v.sort();
     v
@@ -468,7 +523,7 @@ impl Placements {
         let (m, project) = (map.clone(), project.to_string());
         let task = tokio::spawn(async move {
             loop {
-                let polls = NODES.iter().map(|n| {
+                let polls = nodes().into_iter().map(|n| {
                     let script = format!("docker ps -aq --filter label=eserveless.project={project}");
                     async move { (n.to_string(), in_node_async(n, &script).await) }
                 });
@@ -540,7 +595,7 @@ pub fn images_on(node: &str, project: &str) -> Vec<String> {
 /// the role `registry`): its service name, if there is one.
 pub fn own_registry(server: &LabServer) -> Option<String> {
     let owner = server.server_id();
-    let (_, out, _) = in_node(MANAGER, &format!("docker service ls --format '{{{{.Name}}}}' --filter label=eserveless.role=registry --filter label=eserveless.owner={owner}"));
+    let (_, out, _) = in_node(manager(), &format!("docker service ls --format '{{{{.Name}}}}' --filter label=eserveless.role=registry --filter label=eserveless.owner={owner}"));
     out.split_whitespace().next().map(str::to_string)
 }
 
@@ -549,10 +604,11 @@ pub fn own_registry(server: &LabServer) -> Option<String> {
 /// Docker Distribution deletes that directory when the tag is deleted, and reading the files
 /// needs no registry credentials.
 pub fn registry_tags_of(service: &str, project: &str) -> Vec<String> {
-    let container = in_node_ok(MANAGER, &format!("docker ps -q --filter label=com.docker.swarm.service.name={service}"));
-    let container = container.split_whitespace().next().unwrap_or_else(|| panic!("the registry service {service} runs no container on {MANAGER}"));
+    let container = in_node_ok(manager(), &format!("docker ps -q --filter label=com.docker.swarm.service.name={service}"));
+    let mgr = manager();
+    let container = container.split_whitespace().next().unwrap_or_else(|| panic!("the registry service {service} runs no container on {mgr}"));
     let out = in_node_ok(
-        MANAGER,
+        manager(),
         &format!(
             "docker exec {container} sh -c 'cd \"${{REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY:-/var/lib/docker-registry}}/docker/registry/v2/repositories\" 2>/dev/null && find . -path \"*/_manifests/tags/*/current\" -type d || true'"
         ),

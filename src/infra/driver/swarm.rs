@@ -8,7 +8,8 @@
 //! - Endpoint mode `dnsrr` and no published port: the lab's kernel has no IPVS (no virtual IP,
 //!   no routing mesh); the gateway reaches a task at its own address on the project's overlay.
 //! - One attachable overlay per project (`esl-<owner>-<project>`): overlays have no
-//!   `icc=false`, so projects are kept apart by network instead.
+//!   `icc=false`, so projects are kept apart by network instead. A global "anchor" service per
+//!   project ([`anchor`]) keeps the overlay up on every node between instances.
 //! - Memory reservation = memory limit, so Swarm's placement never overcommits a node, and an
 //!   instance no node can take fails at once with [`DriverError::NoCapacity`].
 //!
@@ -16,6 +17,7 @@
 //! `NetworksAttachments` (the Engine API's spec omits the field the daemon sends), and that
 //! field holds the one thing the gateway needs, the task's overlay address.
 
+pub mod anchor;
 pub mod attach;
 pub mod prune;
 pub mod registry;
@@ -317,8 +319,23 @@ impl SwarmDriver {
                 }
             }
         };
+        // Once per overlay and process: made with the overlay, adopted after a restart.
+        self.anchor(project, &id).await;
         known.insert(name, id.clone());
         Ok(id)
+    }
+
+    /// Makes (or adopts) `project`'s anchor on its overlay `network` ([`anchor`]). Not fatal:
+    /// without it a cold start on a worker sets the overlay up first, as it did before.
+    async fn anchor(&self, project: &str, network: &str) {
+        let image = self.tool_image.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(image) = image else {
+            tracing::warn!(project, "no per-node image published: the project's overlay gets no anchor (cold starts on workers set it up first)");
+            return;
+        };
+        if let Err(e) = anchor::ensure_anchor(&self.docker, anchor::anchor_spec(&self.owner, project, network, &image)).await {
+            tracing::warn!(project, error = %e, "the project's anchor could not be made: cold starts on workers set its overlay up first");
+        }
     }
 
     async fn inspect_network_id(&self, name: &str) -> Result<Option<String>> {
@@ -611,6 +628,19 @@ pub struct SwarmTask {
     pub status: TaskStatusRaw,
     pub desired_state: String,
     pub networks_attachments: Vec<NetworkAttachmentRaw>,
+    pub spec: TaskSpecRaw,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "PascalCase")]
+pub struct TaskSpecRaw {
+    pub container_spec: ContainerSpecRaw,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "PascalCase")]
+pub struct ContainerSpecRaw {
+    pub labels: HashMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -654,6 +684,12 @@ pub struct AttachedNetworkSpecRaw {
 }
 
 impl SwarmTask {
+    /// A task of an instance or a run (or of an unlabelled service): not of the server's own
+    /// services (node guard, project anchors, registry, prune), which the pool never counts.
+    pub fn is_the_pools(&self) -> bool {
+        self.spec.container_spec.labels.get(labels::ROLE).map_or(true, |r| matches!(r.as_str(), "http" | "cron"))
+    }
+
     /// The task will not run (again): it ended, failed, was refused or taken down.
     pub fn is_final(&self) -> bool {
         matches!(self.status.state.as_str(), "complete" | "failed" | "rejected" | "shutdown" | "orphaned" | "remove")
@@ -839,8 +875,8 @@ pub fn diff_liveness(before: &HashMap<String, Liveness>, now: &HashMap<String, L
 
 /// Managed services as the pool sees containers: `running` while the task runs on a ready
 /// node; `stopped` once it ended or its node is down; `ip` its address on the project's overlay.
-/// The node guard ([`guard`]) is no function container: left out, so that the pool never
-/// adopts or removes it.
+/// The node guard ([`guard`]) and the project anchors ([`anchor`]) are no function
+/// containers: left out, so that the pool never adopts or removes them.
 pub fn managed_containers(
     services: Vec<(String, HashMap<String, String>)>,
     tasks: &[SwarmTask],
@@ -849,7 +885,7 @@ pub fn managed_containers(
 ) -> Vec<ManagedContainer> {
     services
         .into_iter()
-        .filter(|(_, labels)| labels.get(labels::ROLE).map(String::as_str) != Some(guard::GUARD_ROLE))
+        .filter(|(_, labels)| !matches!(labels.get(labels::ROLE).map(String::as_str), Some(guard::GUARD_ROLE | anchor::ANCHOR_ROLE)))
         .map(|(id, labels)| {
             let mine: Vec<SwarmTask> = tasks.iter().filter(|t| t.service_id == id).cloned().collect();
             let task = current_task(&mine);
@@ -925,7 +961,8 @@ async fn snapshot(docker: &Docker, owner: &str, suspects: &watch::Suspects) -> R
     let owned = format!("{}={owner}", labels::OWNER);
     // The label filter of /tasks matches the labels of the task's service.
     let filters = filters_query(&[("label", &[&managed, &owned])]);
-    let tasks: Vec<SwarmTask> = get_json(docker, &format!("/tasks?filters={filters}")).await?;
+    let mut tasks: Vec<SwarmTask> = get_json(docker, &format!("/tasks?filters={filters}")).await?;
+    tasks.retain(SwarmTask::is_the_pools);
     let nodes = docker.list_nodes(None).await?;
     let ready = nodes
         .into_iter()
@@ -1039,8 +1076,12 @@ impl Driver for SwarmDriver {
     /// stopping on some node keeps the overlay and its image busy for a few seconds after its
     /// service is gone, so the prune (which force-removes the project's containers on every
     /// node) goes first and the overlay's removal is retried until its last task has left.
+    /// The project's anchor, on the overlay on every node, is removed before all of them.
     async fn forget_project(&self, project: &str) -> Result<()> {
         let mut failed = Vec::new();
+        if let Err(e) = anchor::remove_anchor(&self.docker, &self.owner, project).await {
+            failed.push(format!("anchor service: {e}"));
+        }
         if let Err(e) = self.attach.remove(project).await {
             failed.push(format!("attach container: {e}"));
         }
@@ -1506,8 +1547,24 @@ mod tests {
         // The node guard is not a function container: never listed, so never removed.
         let mut g = HashMap::from([(labels::MANAGED.to_string(), "true".to_string()), (labels::OWNER.to_string(), owner.to_string())]);
         g.insert(labels::ROLE.into(), guard::GUARD_ROLE.into());
-        let got = managed_containers(vec![("guard".to_string(), g), ("s1".to_string(), l.clone())], &tasks, &ready, owner);
+        // Nor is a project's anchor, though it carries the project's label.
+        let mut a = g.clone();
+        a.insert(labels::ROLE.into(), anchor::ANCHOR_ROLE.into());
+        a.insert(labels::PROJECT.into(), "shop".into());
+        let services = vec![("guard".to_string(), g), ("anchor".to_string(), a), ("s1".to_string(), l.clone())];
+        let got = managed_containers(services, &tasks, &ready, owner);
         assert_eq!(got.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), vec!["s1"]);
+    }
+
+    #[test]
+    fn only_the_tasks_of_instances_and_runs_reach_the_pool() {
+        let with_role = |role: &str| task(serde_json::json!({"Spec": {"ContainerSpec": {"Labels": {"eserveless.role": role}}}}));
+        assert!(with_role("http").is_the_pools());
+        assert!(with_role("cron").is_the_pools());
+        assert!(task(serde_json::json!({"ID": "t"})).is_the_pools(), "a task without labels is not hidden");
+        for role in [anchor::ANCHOR_ROLE, guard::GUARD_ROLE, "registry", "prune"] {
+            assert!(!with_role(role).is_the_pools(), "{role}: one of the server's own services");
+        }
     }
 
     #[test]
