@@ -11,6 +11,7 @@ pub use crate::manifest::{Access, Scaling};
 pub use crate::engine::views::{
     BuildState, CronRunRow as CronRun, DeploymentRow, DeploymentStatus, FunctionType, InstanceInfo, PoolCounts as InstanceCounts, RunStatus,
 };
+pub use crate::engine::{SourceKind, UploadRequest};
 pub use crate::engine::access::TokenInfo as TokenAnswer;
 pub use crate::engine::{DeployRequest, SubmitStatus};
 
@@ -126,14 +127,25 @@ pub struct Links {
     pub project: String,
 }
 
-/// `POST /api/projects` answer.
+/// `POST /api/projects` and `POST /api/projects/{name}/uploads` answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeployAnswer {
     pub project: String,
     pub deployment: i64,
+    /// The git commit (for an upload, its checkout's HEAD; empty when not a checkout).
     pub commit: String,
+    /// `git` or `upload`.
+    #[serde(default)]
+    pub source: SourceKind,
+    /// Uploads of a checkout: uncommitted changes were uploaded.
+    #[serde(default)]
+    pub dirty: Option<bool>,
+    /// Uploads: `sha256:<hex>` of the tar.
+    #[serde(default)]
+    pub digest: Option<String>,
     pub status: SubmitStatus,
-    /// Only when this request created the project: the one time the key is shown.
+    /// Only when this request issued the project's key (its first deployment with
+    /// `auth: private` functions): the one time the key is shown.
     pub invoke_key: Option<String>,
     pub links: Links,
 }
@@ -143,6 +155,12 @@ pub struct DeployAnswer {
 pub struct DeploymentSummary {
     pub id: i64,
     pub commit: String,
+    #[serde(default)]
+    pub source: SourceKind,
+    #[serde(default)]
+    pub dirty: Option<bool>,
+    #[serde(default)]
+    pub digest: Option<String>,
     #[serde(rename = "ref")]
     pub git_ref: Option<String>,
     pub status: DeploymentStatus,
@@ -171,6 +189,12 @@ pub struct ProjectList {
 pub struct LiveDeployment {
     pub deployment: i64,
     pub commit: String,
+    #[serde(default)]
+    pub source: SourceKind,
+    #[serde(default)]
+    pub dirty: Option<bool>,
+    #[serde(default)]
+    pub digest: Option<String>,
     pub runtime: Option<String>,
     pub warnings: Vec<String>,
 }
@@ -353,6 +377,9 @@ mod tests {
             project: "p".into(),
             deployment: 1,
             commit: "abc".into(),
+            source: SourceKind::Git,
+            dirty: None,
+            digest: None,
             status: SubmitStatus::Queued,
             invoke_key: None,
             links: Links { deployment: "/api/projects/p/deployments/1".into(), project: "/api/projects/p".into() },
@@ -375,6 +402,9 @@ mod tests {
                 repository: "https://example.com/r.git".into(),
                 git_ref: Some("main".into()),
                 commit: "abc".into(),
+                source: SourceKind::Upload,
+                dirty: Some(true),
+                digest: Some("sha256:00".into()),
                 runtime: Some("node".into()),
                 status: DeploymentStatus::Ready,
                 error: None,
@@ -390,8 +420,12 @@ mod tests {
         let v = serde_json::to_value(&a).expect("json");
         assert_eq!(
             keys(&v),
-            ["commit", "created_at", "error", "finished_at", "functions", "id", "live", "log", "project", "ref", "repository", "runtime", "started_at", "status", "warnings"]
+            [
+                "commit", "created_at", "digest", "dirty", "error", "finished_at", "functions", "id", "live", "log", "project", "ref", "repository",
+                "runtime", "source", "started_at", "status", "warnings"
+            ]
         );
+        assert_eq!((&v["source"], &v["dirty"]), (&json!("upload"), &json!(true)));
         assert_eq!((&v["ref"], &v["status"], &v["live"]), (&json!("main"), &json!("ready"), &json!(true)));
         assert_eq!(serde_json::from_value::<DeploymentAnswer>(v).expect("back"), a);
     }

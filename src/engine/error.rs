@@ -45,6 +45,10 @@ pub enum EngineError {
     #[error("{message}")]
     TokenInvalid { message: String },
 
+    /// An upload larger than the server's cap (`--max-upload`); the message names the cap.
+    #[error("{message}")]
+    UploadTooLarge { message: String },
+
     /// Reading the repository failed (bad URL, unreachable, unknown ref, timeout).
     #[error(transparent)]
     Source(#[from] SourceError),
