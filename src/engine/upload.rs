@@ -93,8 +93,21 @@ impl std::fmt::Display for CapExceeded {
 }
 impl std::error::Error for CapExceeded {}
 
+/// Whether the cap cut the stream (the tar reader wraps the error it read in its own).
 fn is_cap(e: &std::io::Error) -> bool {
-    e.get_ref().is_some_and(|i| i.is::<CapExceeded>())
+    let mut next: Option<&(dyn std::error::Error + 'static)> = e.get_ref().map(|i| i as &(dyn std::error::Error + 'static));
+    while let Some(err) = next {
+        if err.is::<CapExceeded>() {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.get_ref().is_some_and(|i| i.is::<CapExceeded>()) {
+                return true;
+            }
+        }
+        next = err.source();
+    }
+    false
 }
 
 /// Checks an entry's path: relative, no `..`, no root or prefix; `./` is dropped. Returns
