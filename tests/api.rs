@@ -845,7 +845,7 @@ async fn an_upload_over_the_cap_is_413() {
     let dir = tempfile::tempdir().expect("dir");
     copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/node-app"), dir.path());
     // Random bytes do not compress: the body itself is over the cap.
-    let noise: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let noise: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13).to_le_bytes()[0]).collect();
     std::fs::write(dir.path().join("noise.bin"), noise).expect("write");
     let a = upload(&h.app, "big", "", tar_gz(dir.path())).await;
     let m = assert_error(&a, StatusCode::PAYLOAD_TOO_LARGE, "upload_too_large");
