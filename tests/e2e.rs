@@ -33,7 +33,8 @@ async fn node_project_end_to_end() {
     let repo_path = repo.path().to_str().expect("utf8").to_string();
 
     // --- deploy with the CLI
-    let (code, out, err) = server.cli(&["deploy", &repo_path, "--name", &project]).await;
+    // A `file://` URL: the repository, fetched by the server (a path would be uploaded).
+    let (code, out, err) = server.cli(&["deploy", &format!("file://{repo_path}"), "--name", &project]).await;
     assert_eq!(code, 0, "deploy failed:\n{out}\n{err}");
     assert!(out.contains("is live"), "{out}");
     assert!(out.contains("warning: no `runtime` key; detected `node`"), "{out}");

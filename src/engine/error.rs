@@ -61,7 +61,7 @@ pub enum EngineError {
         /// The data directory, for the message.
         dir: String,
         #[source]
-        source: StoreError,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// Secrets were saved but the live functions could not be restarted with them.
     #[error("the secrets are saved, but the functions could not be restarted with them")]
@@ -97,7 +97,7 @@ impl From<StoreError> for EngineError {
             crate::infra::datadir::note_storage_full();
             let dir = crate::infra::datadir::storage_dir_display();
             tracing::error!(data_dir = %dir, "a write failed: database or disk is full");
-            EngineError::StorageFull { dir, source: e }
+            EngineError::StorageFull { dir, source: Box::new(e) }
         } else {
             EngineError::internal("the store failed", e)
         }

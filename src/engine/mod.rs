@@ -247,8 +247,10 @@ impl Platform {
         if let Some(done) = self.shortcut(&enqueue(&commit), who)? {
             return Ok(done);
         }
-        let work = self.work_dir("checkout-")?;
-        let (dir, sha) = source::checkout(&url, &commit, git_ref.as_ref(), work.path(), &self.source_policy).await?;
+        let work = self.work_dir("checkout-").map_err(|e| self.or_full(e))?;
+        let (dir, sha) = source::checkout(&url, &commit, git_ref.as_ref(), work.path(), &self.source_policy)
+            .await
+            .map_err(|e| self.or_full(e.into()))?;
         let described = format!("checked out {} at {sha}", url.as_str());
         let prepared = self.prepare(work, dir, sha.clone(), described)?;
         self.enqueue_and_start(enqueue(&sha), prepared, who)

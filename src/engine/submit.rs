@@ -58,6 +58,16 @@ impl From<UploadError> for EngineError {
 }
 
 impl Platform {
+    /// A failure while the source was written under the data directory is its full disk
+    /// when the data directory has no room left: 507, as the store's own writes answer.
+    pub(super) fn or_full(&self, e: EngineError) -> EngineError {
+        if matches!(e, EngineError::StorageFull { .. }) || crate::infra::datadir::storage_problem(&self.config.data_dir).is_none() {
+            return e;
+        }
+        crate::infra::datadir::note_storage_full();
+        EngineError::StorageFull { dir: crate::infra::datadir::storage_dir_display(), source: Box::new(e) }
+    }
+
     /// A fresh directory under the data directory's `work/`, removed when dropped.
     pub(super) fn work_dir(&self, prefix: &str) -> Result<tempfile::TempDir> {
         let root = self.config.data_dir.join("work");
@@ -153,11 +163,11 @@ impl Platform {
         };
         let dirty = (!commit.is_empty()).then_some(req.dirty);
         self.check_name_free(&name, who)?;
-        let work = self.work_dir("upload-")?;
+        let work = self.work_dir("upload-").map_err(|e| self.or_full(e))?;
         let archive = work.path().join("upload.tar.gz");
-        spool(body, &archive, self.config.max_upload).await?;
+        spool(body, &archive, self.config.max_upload).await.map_err(|e| self.or_full(e))?;
         let dir = work.path().join("src");
-        std::fs::create_dir(&dir).map_err(|e| EngineError::internal("cannot create a work directory", e))?;
+        std::fs::create_dir(&dir).map_err(|e| self.or_full(EngineError::internal("cannot create a work directory", e)))?;
         let limits = UploadLimits { max_bytes: self.config.max_upload, ..UploadLimits::default() };
         let (from, to) = (archive.clone(), dir.clone());
         let unpacked = tokio::task::spawn_blocking(move || {
@@ -165,7 +175,8 @@ impl Platform {
             upload::unpack(std::io::BufReader::new(f), &to, limits)
         })
         .await
-        .map_err(|e| EngineError::internal("unpacking an upload failed", e))??;
+        .map_err(|e| EngineError::internal("unpacking an upload failed", e))?
+        .map_err(|e| self.or_full(e.into()))?;
         let _ = std::fs::remove_file(&archive);
         let req = EnqueueRequest {
             project: name.as_str(),
