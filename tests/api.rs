@@ -845,9 +845,20 @@ async fn an_upload_over_the_cap_is_413() {
     let dir = tempfile::tempdir().expect("dir");
     copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/node-app"), dir.path());
     // Random bytes do not compress: the body itself is over the cap.
-    let noise: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13).to_le_bytes()[0]).collect();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let noise: Vec<u8> = (0..200_000)
+        .map(|_| {
+            // xorshift64: noise gzip cannot shrink.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()[0]
+        })
+        .collect();
     std::fs::write(dir.path().join("noise.bin"), noise).expect("write");
-    let a = upload(&h.app, "big", "", tar_gz(dir.path())).await;
+    let body = tar_gz(dir.path());
+    assert!(body.len() > 100_000, "the body itself is over the cap: {}", body.len());
+    let a = upload(&h.app, "big", "", body).await;
     let m = assert_error(&a, StatusCode::PAYLOAD_TOO_LARGE, "upload_too_large");
     assert!(m.contains("is larger than 64 KiB") && m.contains("--max-upload"), "{m}");
     // Zeros compress to little: the unpacked size is capped too (a gzip bomb stops there).
