@@ -113,7 +113,10 @@ impl Deploy {
                 let req = DeployRequest { repository: repository.clone(), git_ref: self.git_ref.clone(), name: self.name.clone() };
                 c.post("/api/projects", &req).await.map_err(|e| {
                     if owner_repo {
-                        e.context(format!("(`{repository}` is not a directory here, so it was taken for the GitHub repository {repository})"))
+                        anyhow::anyhow!(
+                            "{e:#}\n(`{repository}` is not a directory here, so it was taken for the GitHub repository \
+                             https://github.com/{repository}; to upload a directory, give a path that exists)"
+                        )
                     } else {
                         e
                     }
@@ -248,4 +251,31 @@ async fn follow(c: &Client, project: &str, id: i64, print: bool) -> Result<Deplo
         pb.finish_and_clear();
     }
     Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_that_exists_is_always_a_directory() {
+        let d = tempfile::tempdir().expect("dir");
+        let inner = d.path().join("ux/mistakes");
+        std::fs::create_dir_all(&inner).expect("mkdir");
+        // `ux/mistakes` looks like owner/repo; as a path that exists it is a directory.
+        let cwd_relative = inner.to_str().expect("utf8");
+        assert_eq!(classify(cwd_relative).expect("dir"), Source::Directory(inner.clone()));
+        assert_eq!(classify(".").expect("dot"), Source::Directory(PathBuf::from(".")));
+        for repo in ["owner/repo", "https://github.com/a/b", "git@github.com:a/b.git", "file:///srv/git/app"] {
+            assert_eq!(classify(repo).expect(repo), Source::Repository(repo.to_string()), "{repo}");
+        }
+        for missing in ["./no-such-dir", "no-such-dir", "a/b/c", "../x/y"] {
+            let e = classify(missing).expect_err(missing).to_string();
+            assert!(e.contains(&format!("no directory `{missing}`")), "{e}");
+        }
+        std::fs::write(d.path().join("file.txt"), "x").expect("write");
+        let f = d.path().join("file.txt");
+        let e = classify(f.to_str().expect("utf8")).expect_err("a file").to_string();
+        assert!(e.contains("is a file, not a directory"), "{e}");
+    }
 }
