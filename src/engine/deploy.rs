@@ -11,7 +11,6 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::build::{self, SourceFacts};
 use crate::manifest::{self, FunctionSpec, Manifest, ParseContext, MANIFEST_FILE};
 use crate::engine::runtime::{FunctionVar, TemplateError, TemplateVars, BUILD_DIR, CACHE_STAGE, DEPS_STAGE, TOOLCHAIN_FILE};
-use crate::engine::submit::Prepared;
 use crate::engine::{unless_cancelled, Platform, REMOVED_DURING_DEPLOY};
 use crate::infra::driver::{labels, BuildRequest, DriverError, LineSink};
 use crate::infra::store::{BuildState, NewFunction, StoreError};
@@ -31,6 +30,17 @@ pub(super) struct Checkout {
     pub(super) dir: PathBuf,
     pub(super) sha: String,
     pub(super) facts: SourceFacts,
+}
+
+/// A source on disk with its manifest read (`engine/submit.rs` makes it when it accepts a
+/// request): what a queued deployment builds.
+pub(super) struct Prepared {
+    /// Removed with the deployment's job.
+    pub(super) _work: tempfile::TempDir,
+    pub(super) checkout: Checkout,
+    pub(super) manifest: Manifest,
+    /// The deployment log's first line.
+    pub(super) described: String,
 }
 
 /// One deployment's build: what every build step of it needs.

@@ -12,7 +12,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::engine::auth::Principal;
 use crate::engine::build::SourceFacts;
-use crate::engine::deploy::Checkout;
+use crate::engine::deploy::{Checkout, Prepared};
 use crate::engine::error::{EngineError, Result};
 use crate::engine::upload::{self, UploadError, UploadLimits};
 use crate::engine::{Platform, SubmitStatus, Submitted};
@@ -30,16 +30,6 @@ pub struct UploadRequest {
     /// Whether that checkout had uncommitted changes.
     #[serde(default)]
     pub dirty: bool,
-}
-
-/// A source on disk with its manifest read: what a queued deployment builds.
-pub(super) struct Prepared {
-    /// Removed with the deployment's job.
-    pub(super) _work: tempfile::TempDir,
-    pub(super) checkout: Checkout,
-    pub(super) manifest: Manifest,
-    /// The deployment log's first line.
-    pub(super) described: String,
 }
 
 /// Whether the manifest has http functions that need the invoke key.
