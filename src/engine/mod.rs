@@ -154,6 +154,14 @@ impl Platform {
 
     /// Brings back what was live before a restart.
     pub async fn restore(self: &Arc<Self>) -> anyhow::Result<()> {
+        // Sources (checkouts, uploads) a previous run left behind: the data directory is locked
+        // to this server, and nothing is accepted before this returns.
+        let work = self.config.data_dir.join("work");
+        if let Err(e) = std::fs::remove_dir_all(&work) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %work.display(), error = %e, "cannot remove the previous run's work directory");
+            }
+        }
         for id in self.store.unfinished_deployments()? {
             self.store.fail_deployment(id, "the server stopped while this deployment was in progress; deploy again")?;
         }
