@@ -71,6 +71,8 @@ pub struct ServerConfig {
     pub network: String,
     pub build_timeout: Duration,
     pub clone_timeout: Duration,
+    /// Largest directory upload, compressed (the request body) and unpacked.
+    pub max_upload: u64,
     pub queue_depth: u32,
     pub queue_timeout: Duration,
     /// Limits of a function that asks for nothing (memory, CPU, pids, OCI runtime, ...).
@@ -174,6 +176,7 @@ impl ServerConfig {
             network: sandbox.network.clone(),
             build_timeout: build.build_timeout,
             clone_timeout: source.clone_timeout,
+            max_upload: source.max_upload,
             queue_depth: pools.queue_depth,
             queue_timeout: pools.queue_timeout,
             limits,

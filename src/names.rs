@@ -83,8 +83,19 @@ impl ProjectName {
         };
         let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
         let tail = &parts[parts.len().saturating_sub(2)..];
+        Self::sanitized(&tail.join("-"), url)
+    }
+
+    /// A project name from a directory's name (`My_App` → `my-app`), sanitized as a
+    /// repository's is.
+    pub fn from_directory(dir_name: &str) -> Result<Self, NameError> {
+        Self::sanitized(dir_name, dir_name)
+    }
+
+    /// Lower case, every run of other characters one `-`, at most 63 characters (the end kept).
+    fn sanitized(text: &str, from: &str) -> Result<Self, NameError> {
         let mut name = String::new();
-        for c in tail.join("-").chars() {
+        for c in text.chars() {
             let c = c.to_ascii_lowercase();
             if c.is_ascii_lowercase() || c.is_ascii_digit() {
                 name.push(c);
@@ -97,7 +108,7 @@ impl ProjectName {
         ProjectName::parse(name).map_err(|_| {
             NameError(format!(
                 "cannot derive a project name from `{}`; pass one explicitly with `--name` (lower-case letters, digits and `-`)",
-                url.escape_debug()
+                from.escape_debug()
             ))
         })
     }
@@ -174,6 +185,11 @@ mod tests {
         }
         assert!(ProjectName::from_repository("https://example.com/").is_err());
         assert!(ProjectName::from_repository("https://example.com/___/").is_err());
+        for (dir, want) in [("My_App", "my-app"), ("hello-world", "hello-world"), ("ux mistakes!", "ux-mistakes")] {
+            assert_eq!(ProjectName::from_directory(dir).expect(dir).as_str(), want);
+        }
+        let e = ProjectName::from_directory("___").expect_err("nothing left").to_string();
+        assert!(e.contains("`___`") && e.contains("--name"), "{e}");
     }
 
     #[test]

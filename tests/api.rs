@@ -921,9 +921,12 @@ async fn deployments_are_listed_and_rollback_switches_without_a_build() {
     let a = post_json(&h.app, "/api/projects/hist/rollback", &json!({"deployment": other})).await;
     let m = assert_error(&a, StatusCode::NOT_FOUND, "deployment_not_found");
     assert!(m.contains(&other.to_string()), "{m}");
-    std::fs::write(repo.path().join(".eserveless.yaml"), "runtime: node\nfunctions: []\n").expect("break the manifest");
+    // A deployment that fails after it was accepted (its build breaks).
+    std::fs::write(repo.path().join("functions.js"), "exports.API = (q, s) => s.end('broken');\n").expect("change");
     git(repo.path(), &["commit", "-qam", "broken"]);
+    h.fake.recorded().fail_builds = true;
     let failed = deploy_wait(&h.app, &path, "hist").await;
+    h.fake.recorded().fail_builds = false;
     assert_eq!(failed["status"], "failed", "{failed:#}");
     let failed = failed["id"].as_i64().expect("id");
     let a = post_json(&h.app, "/api/projects/hist/rollback", &json!({"deployment": failed})).await;
@@ -1050,4 +1053,193 @@ async fn a_cron_run_starts_by_hand_never_overlaps_and_http_functions_have_none()
     assert!(m.contains("999999"), "{m}");
     let a = get(&h.app, "/api/projects/crons/functions/Nightly/runs/x").await;
     assert_error(&a, StatusCode::NOT_FOUND, "run_not_found");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Uploads (`eserveless deploy DIR`)
+
+/// `dir` as the CLI sends it: a gzip-compressed tar of its files.
+fn tar_gz(dir: &Path) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut b = tar::Builder::new(gz);
+    b.follow_symlinks(false);
+    b.append_dir_all(".", dir).expect("tar");
+    b.into_inner().expect("tar").finish().expect("gz")
+}
+
+/// A tar.gz of `(path, content)` files written with raw headers (paths the builder refuses).
+fn raw_tar_gz(files: &[(&str, &str)]) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut b = tar::Builder::new(gz);
+    for (path, text) in files {
+        let mut h = tar::Header::new_old();
+        h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+        h.set_size(text.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        b.append(&h, text.as_bytes()).expect("append");
+    }
+    b.into_inner().expect("tar").finish().expect("gz")
+}
+
+async fn upload(app: &Router, project: &str, query: &str, body: Vec<u8>) -> Answer {
+    let req = Request::post(format!("/api/projects/{project}/uploads{query}"))
+        .header("content-type", "application/gzip")
+        .body(Body::from(body))
+        .expect("request");
+    send(app, req).await
+}
+
+/// An upload deploys with no `--allow-local-repos`, is recorded as an upload with its commit,
+/// dirty flag and digest; the same content again is unchanged, other content a new deployment.
+#[tokio::test]
+async fn an_upload_deploys_without_local_repositories_allowed() {
+    let h = harness(false);
+    let dir = tempfile::tempdir().expect("dir");
+    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/node-app"), dir.path());
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let a = upload(&h.app, "up", &format!("?commit={commit}&dirty=true"), tar_gz(dir.path())).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.raw);
+    assert_eq!((&a.body["source"], &a.body["commit"], &a.body["dirty"]), (&json!("upload"), &json!(commit), &json!(true)), "{}", a.raw);
+    let digest = a.body["digest"].as_str().expect("digest").to_string();
+    assert!(digest.starts_with("sha256:") && digest.len() == 71, "{digest}");
+    assert!(a.body["invoke_key"].is_null(), "no private function, no key: {}", a.raw);
+    let id = a.body["deployment"].as_i64().expect("id");
+    let d = wait_deployment(&h.app, "up", id).await;
+    assert_eq!(d["status"], "ready", "{d:#}");
+    assert_eq!((&d["source"], &d["dirty"], &d["digest"]), (&json!("upload"), &json!(true), &json!(digest)), "{d:#}");
+    assert!(d["log"].as_str().unwrap_or_default().contains("upload of 0123456789ab (dirty)"), "{d:#}");
+    let short = &digest["sha256:".len()..][..12];
+    assert!(h.fake.builds().contains(&format!("eserveless/up-api:{short}")), "images are tagged by content: {:?}", h.fake.builds());
+    let p = get(&h.app, "/api/projects/up").await;
+    assert_eq!((&p.body["live"]["source"], &p.body["live"]["digest"]), (&json!("upload"), &json!(digest)), "{}", p.raw);
+    assert_eq!(p.body["latest_deployment"]["source"], "upload", "{}", p.raw);
+
+    // The same content: unchanged, nothing built.
+    let builds = h.fake.builds().len();
+    let a = upload(&h.app, "up", &format!("?commit={commit}&dirty=true"), tar_gz(dir.path())).await;
+    assert_eq!((a.status, &a.body["status"], &a.body["deployment"]), (StatusCode::OK, &json!("unchanged"), &json!(id)), "{}", a.raw);
+    assert_eq!(h.fake.builds().len(), builds);
+    // An edit (same commit, still dirty): a new deployment. A plain directory has no commit.
+    std::fs::write(dir.path().join("functions.js"), "exports.API = (q, s) => s.end('v2');\nexports.Ticker = () => {};\nexports.Hang = () => {};\nexports.Crash = () => {};\n").expect("edit");
+    let a = upload(&h.app, "up", "", tar_gz(dir.path())).await;
+    assert_eq!((a.status, &a.body["commit"], &a.body["dirty"]), (StatusCode::ACCEPTED, &json!(""), &json!(null)), "{}", a.raw);
+    assert_ne!(a.body["digest"], json!(digest));
+    let d = wait_deployment(&h.app, "up", a.body["deployment"].as_i64().expect("id")).await;
+    assert_eq!(d["status"], "ready", "{d:#}");
+}
+
+/// Over the server's cap: 413 naming the cap and the setting; nothing is recorded.
+#[tokio::test]
+async fn an_upload_over_the_cap_is_413() {
+    let h = harness_with(false, |a| a.source.max_upload = 64 * 1024, FakeDriver::reachable_at("127.0.0.1"));
+    let dir = tempfile::tempdir().expect("dir");
+    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/node-app"), dir.path());
+    // Random bytes do not compress: the body itself is over the cap.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let noise: Vec<u8> = (0..200_000)
+        .map(|_| {
+            // xorshift64: noise gzip cannot shrink.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()[0]
+        })
+        .collect();
+    std::fs::write(dir.path().join("noise.bin"), noise).expect("write");
+    let body = tar_gz(dir.path());
+    assert!(body.len() > 100_000, "the body itself is over the cap: {}", body.len());
+    let a = upload(&h.app, "big", "", body).await;
+    let m = assert_error(&a, StatusCode::PAYLOAD_TOO_LARGE, "upload_too_large");
+    assert!(m.contains("is larger than 64 KiB") && m.contains("--max-upload"), "{m}");
+    // Zeros compress to little: the unpacked size is capped too (a gzip bomb stops there).
+    std::fs::write(dir.path().join("noise.bin"), vec![0u8; 4 << 20]).expect("write");
+    let body = tar_gz(dir.path());
+    assert!(body.len() < 64 * 1024, "{}", body.len());
+    let a = upload(&h.app, "big", "", body).await;
+    let m = assert_error(&a, StatusCode::PAYLOAD_TOO_LARGE, "upload_too_large");
+    assert!(m.contains("unpacks to more than 64 KiB"), "{m}");
+    assert_error(&get(&h.app, "/api/projects/big").await, StatusCode::NOT_FOUND, "project_not_found");
+    assert!(h.fake.builds().is_empty());
+}
+
+/// A source whose manifest is missing or broken is refused with the manifest's message,
+/// before anything is created: for uploads and for repositories alike.
+#[tokio::test]
+async fn a_missing_manifest_creates_no_project() {
+    let h = harness(true);
+    let a = upload(&h.app, "nomanifest", "", raw_tar_gz(&[("functions.js", "exports.API = () => {};\n")])).await;
+    let m = assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "invalid_manifest");
+    assert!(m.contains("no .eserveless.yaml at the root"), "{m}");
+    let a = upload(&h.app, "badyaml", "", raw_tar_gz(&[(".eserveless.yaml", "functions:\n  - name: API\n    type: [http\n")])).await;
+    let m = assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "invalid_manifest");
+    assert!(m.contains("line"), "{m}");
+
+    let repo = tempfile::tempdir().expect("repo");
+    std::fs::write(repo.path().join("functions.js"), "exports.API = () => {};\n").expect("w");
+    git(repo.path(), &["init", "-q", "-b", "main"]);
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-qm", "no manifest"]);
+    let a = post_json(&h.app, "/api/projects", &json!({"repository": repo.path().to_str().expect("utf8"), "name": "gitnomanifest"})).await;
+    let m = assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "invalid_manifest");
+    assert!(m.contains(".eserveless.yaml"), "{m}");
+
+    assert_eq!(get(&h.app, "/api/projects").await.body, json!({"projects": []}), "nothing was created");
+    assert!(h.fake.builds().is_empty());
+}
+
+/// Uploads need a token like every API route, and hostile archives are refused by entry.
+#[tokio::test]
+async fn uploads_need_a_token_and_refuse_hostile_archives() {
+    let h = harness(false);
+    let body = raw_tar_gz(&[(".eserveless.yaml", "functions: []\n")]);
+    let a = upload(&h.raw, "anon", "", body.clone()).await;
+    assert_error(&a, StatusCode::UNAUTHORIZED, "token_required");
+    let a = send_as(&h.raw, "esl_999_AAAA", "GET", "/api/whoami", None).await;
+    assert_error(&a, StatusCode::UNAUTHORIZED, "token_invalid");
+    for (path, why) in [("../escape.txt", "`..`"), ("/etc/cron.d/x", "absolute")] {
+        let a = upload(&h.app, "hostile", "", raw_tar_gz(&[(".eserveless.yaml", "functions: []\n"), (path, "x")])).await;
+        let m = assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "invalid_upload");
+        assert!(m.contains(&format!("`{path}`")) && m.contains(why), "{m}");
+    }
+    let a = upload(&h.app, "hostile", "", b"not a tarball".to_vec()).await;
+    assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "invalid_upload");
+    let a = upload(&h.app, "hostile", "?commit=not-hex", body.clone()).await;
+    let m = assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "invalid_commit");
+    assert!(m.contains("not-hex"), "{m}");
+    let a = upload(&h.app, "hostile", "?color=red", body.clone()).await;
+    assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "invalid_query");
+    let a = upload(&h.app, "Bad_Name", "", body).await;
+    assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "invalid_name");
+    assert_error(&get(&h.app, "/api/projects/hostile").await, StatusCode::NOT_FOUND, "project_not_found");
+}
+
+/// The invoke key is shown only for a project with private functions: issued by the first
+/// deployment that has one, once.
+#[tokio::test]
+async fn the_invoke_key_comes_with_the_first_private_function() {
+    let h = harness(false);
+    let public = raw_tar_gz(&[
+        (".eserveless.yaml", "runtime: node\nfunctions:\n  - {name: Open, type: http}\n"),
+        ("functions.js", "exports.Open = (q, s) => s.end('o');\n"),
+    ]);
+    let a = upload(&h.app, "keys", "", public).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.raw);
+    assert!(a.body["invoke_key"].is_null(), "{}", a.raw);
+    wait_deployment(&h.app, "keys", a.body["deployment"].as_i64().expect("id")).await;
+    let private = |v: &str| {
+        let code = format!("exports.Open = (q, s) => s.end('{v}');\nexports.Closed = (q, s) => s.end('c');\n");
+        raw_tar_gz(&[
+            (".eserveless.yaml", "runtime: node\nfunctions:\n  - {name: Open, type: http}\n  - {name: Closed, type: http, auth: private}\n"),
+            ("functions.js", &code),
+        ])
+    };
+    let a = upload(&h.app, "keys", "", private("o2")).await;
+    let key = a.body["invoke_key"].as_str().unwrap_or_else(|| panic!("the first private function brings the key: {}", a.raw)).to_string();
+    wait_deployment(&h.app, "keys", a.body["deployment"].as_i64().expect("id")).await;
+    let with_key = send(&h.raw, invoke_req("/invoke/keys/Closed", Some(&key))).await;
+    assert!(with_key.status != StatusCode::UNAUTHORIZED, "the issued key opens the private function: {}", with_key.raw);
+    let a = upload(&h.app, "keys", "", private("o3")).await;
+    assert!(a.body["invoke_key"].is_null(), "a key is shown once: {}", a.raw);
 }

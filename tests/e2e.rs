@@ -33,7 +33,8 @@ async fn node_project_end_to_end() {
     let repo_path = repo.path().to_str().expect("utf8").to_string();
 
     // --- deploy with the CLI
-    let (code, out, err) = server.cli(&["deploy", &repo_path, "--name", &project]).await;
+    // A `file://` URL: the repository, fetched by the server (a path would be uploaded).
+    let (code, out, err) = server.cli(&["deploy", &format!("file://{repo_path}"), "--name", &project]).await;
     assert_eq!(code, 0, "deploy failed:\n{out}\n{err}");
     assert!(out.contains("is live"), "{out}");
     assert!(out.contains("warning: no `runtime` key; detected `node`"), "{out}");
@@ -317,30 +318,27 @@ async fn bad_inputs_end_to_end() {
     let a = api_get(&http, &format!("{}/api/projects/e2e-missing", server.url)).await;
     assert_error(&a, 404, "project_not_found");
 
-    // No manifest: the CLI reports the failure and exits 1.
+    // No manifest: refused before anything is created; the CLI says why and exits 1.
     let repo = repo_with(&[("functions.js", functions_js.clone())]);
     let (code, out, err) =
         server.cli(&["deploy", repo.path().to_str().expect("utf8"), "--name", &no_manifest]).await;
     assert_eq!(code, 1, "{out}\n{err}");
-    assert!(err.contains("failed") && err.contains(".eserveless.yaml"), "{err}");
+    assert!(err.contains("no .eserveless.yaml") && err.contains("HTTP 422"), "{err}");
+    assert!(!out.contains("invoke key") && !err.contains("invoke key"), "no key for a project that was not created: {out}{err}");
     let p = api_get(&http, &format!("{}/api/projects/{no_manifest}", server.url)).await;
-    assert_eq!(p.status, 200, "{}", p.raw);
-    assert_eq!(p.body["latest_deployment"]["status"], "failed");
-    assert!(p.body["latest_deployment"]["error"].as_str().unwrap_or_default().contains(".eserveless.yaml"), "{:#}", p.body);
-    assert!(p.body["live"].is_null());
-    assert_eq!(p.body["functions"], json!([]));
+    assert_error(&p, 404, "project_not_found");
     let a = answer(http.get(format!("{}/invoke/{no_manifest}/API", server.url)).send().await.expect("invoke")).await;
     assert_error(&a, 404, "function_not_found");
 
-    // Malformed YAML: the error says where.
+    // Malformed YAML: refused at once, the error says where; no project.
     let repo = repo_with(&[
         ("functions.js", functions_js.clone()),
         (".eserveless.yaml", "runtime: node\nfunctions:\n  - name: API\n    type: [http\n".to_string()),
     ]);
-    let d = deploy_and_wait(&http, &server.url, repo.path(), &bad_yaml).await;
-    assert_eq!(d["status"], "failed", "{d:#}");
-    let error = d["error"].as_str().unwrap_or_default();
+    let a = deploy(&http, &server.url, repo.path(), &bad_yaml).await;
+    let error = assert_error(&a, 422, "invalid_manifest");
     assert!(error.contains(".eserveless.yaml") && error.contains("line"), "{error}");
+    assert_error(&api_get(&http, &format!("{}/api/projects/{bad_yaml}", server.url)).await, 404, "project_not_found");
 
     // A function the code does not export: the build says so, by name.
     let repo = repo_with(&[
@@ -368,7 +366,7 @@ async fn bad_inputs_end_to_end() {
     // Checked at the end, so that the rest of the scenario still runs.
     let not_exported_error = d["error"].as_str().unwrap_or_default().to_string();
 
-    for p in [&no_manifest, &bad_yaml, &not_exported] {
+    for p in [&not_exported] {
         let a = answer(http.delete(format!("{}/api/projects/{p}", server.url)).send().await.expect("DELETE")).await;
         assert_eq!(a.status, 200, "{}", a.raw);
     }
@@ -657,4 +655,73 @@ async fn python_project_end_to_end() {
         assert_eq!(a.status, 200, "{}", a.raw);
         assert_project_gone(p).await;
     }
+}
+
+/// `deploy DIR` with the real CLI: a git checkout is packed and uploaded (no commit needed),
+/// an edit saved but not committed is what the next `deploy` (of `.`) serves, the deployment
+/// says it is a dirty upload of the checkout's HEAD, and the same files again are unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_a_directory_serves_uncommitted_edits() {
+    require_docker!();
+    let Stage { _serial, t0, project, scene: _scene, server, http } = stage("e2e-upload").await;
+    let repo = fixture_repo("node-app");
+    std::fs::write(repo.path().join(".gitignore"), "local-notes.txt\n").expect("write");
+    std::fs::write(repo.path().join("local-notes.txt"), "not for the server").expect("write");
+    let head = commit_all(repo.path(), "ignore notes");
+    let dir = repo.path().to_str().expect("utf8").to_string();
+
+    let (code, out, err) = server.cli(&["deploy", &dir, "--name", &project]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("upload of {}", &head[..12])) && !out.contains("(dirty)"), "{out}");
+    assert!(out.contains("is live"), "{out}");
+    assert!(!out.contains("invoke key"), "no private function, no key: {out}");
+    let invoke = || async {
+        answer(http.get(format!("{}/invoke/{project}/API", server.url)).send().await.expect("invoke")).await
+    };
+    let a = invoke().await;
+    assert_eq!((a.status, &a.body["version"]), (200, &json!("v1")), "{}", a.raw);
+    eprintln!("[{:>5.1}s] upload v1 live", t0.elapsed().as_secs_f64());
+
+    // An edit, saved and not committed; deployed from inside the directory with `deploy`.
+    let code_path = repo.path().join("functions.js");
+    let code_text = std::fs::read_to_string(&code_path).expect("read");
+    std::fs::write(&code_path, code_text.replace("const VERSION = \"v1\";", "const VERSION = \"v2\";")).expect("edit");
+    let (code, out, err) = cli_in(repo.path(), &["deploy", "--name", &project], &server).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("upload of {} (dirty)", &head[..12])), "{out}");
+    let a = invoke().await;
+    assert_eq!((a.status, &a.body["version"]), (200, &json!("v2")), "the uncommitted edit is served: {}", a.raw);
+    let p = api_get(&http, &format!("{}/api/projects/{project}", server.url)).await;
+    let live = &p.body["live"];
+    assert_eq!((&live["source"], &live["commit"], &live["dirty"]), (&json!("upload"), &json!(head), &json!(true)), "{:#}", p.body);
+    assert!(live["digest"].as_str().is_some_and(|d| d.starts_with("sha256:")), "{:#}", p.body);
+    eprintln!("[{:>5.1}s] uncommitted edit live", t0.elapsed().as_secs_f64());
+
+    // The same files again: nothing to build.
+    let (code, out, err) = cli_in(repo.path(), &["deploy", "--name", &project], &server).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("is already live"), "{out}");
+    // A path that is not there is named, never taken for a GitHub repository.
+    let (code, _, err) = cli_in(repo.path(), &["deploy", "./no-such-dir"], &server).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("no directory `./no-such-dir`"), "{err}");
+}
+
+/// Runs the CLI in `dir` against `server` (admin token), with no saved login.
+async fn cli_in(dir: &std::path::Path, args: &[&str], server: &Server) -> (i32, String, String) {
+    let home = tempfile::tempdir().expect("home dir");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_eserveless"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("XDG_CONFIG_HOME")
+        .env("HOME", home.path())
+        .env("ESERVELESS_URL", &server.url)
+        .env("ESERVELESS_TOKEN", &server.token)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("run the CLI");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    eprintln!("$ (in {}) eserveless {}\n{stdout}{stderr}", dir.display(), args.join(" "));
+    (out.status.code().unwrap_or(-1), stdout, stderr)
 }

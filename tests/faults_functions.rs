@@ -409,8 +409,8 @@ async fn quick_cron_runs_succeed_with_their_output() {
 
 /// Fault: two first deploys of one project at the same time; then two different commits
 /// deployed at the same time while its function is called in a loop.
-/// Proves: both first deploys are accepted and exactly one answer carries the new project's
-/// invoke key (it is shown once, and only one can be the project's); the project ends with
+/// Proves: both first deploys are accepted and neither carries an invoke key (the project has
+/// no private function; the store's test races the key's issue); the project ends with
 /// one deployment live; in the second race the loop sees no failure, exactly one of the two
 /// deployments is live, its commit serves, and after draining only containers of the live
 /// revision (label `eserveless.revision`) remain.
@@ -425,8 +425,9 @@ async fn racing_deploys_leave_one_live_revision() {
     for x in [&a, &b] {
         assert_eq!(x.status, 202, "{}", x.raw);
     }
+    // No private function: no key (which of two racing requests issues it is a store test).
     let keys = [&a, &b].iter().filter(|x| x.body["invoke_key"].is_string()).count();
-    assert_eq!(keys, 1, "both racing first deploys were handed an invoke key (only one can work):\n{}\n{}", a.raw, b.raw);
+    assert_eq!(keys, 0, "an invoke key for a project without private functions:\n{}\n{}", a.raw, b.raw);
     for x in [&a, &b] {
         let id = x.body["deployment"].as_i64().expect("deployment id");
         let d = wait_deployment(&http, &server.url, &project, id).await;

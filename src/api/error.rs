@@ -28,6 +28,7 @@ impl From<EngineError> for ApiError {
             E::AdminOnly { .. } => Self::forbidden("admin_only", message),
             E::TokenRequired => Self::unauthorized("token_required", message),
             E::TokenInvalid { message } => Self::unauthorized("token_invalid", message),
+            E::UploadTooLarge { message } => Self::new(StatusCode::PAYLOAD_TOO_LARGE, "upload_too_large", message),
             E::Source(s) => match s {
                 SourceError::BadUrl(_) => Self::unprocessable("invalid_repository", message),
                 SourceError::Timeout(..) => Self::new(StatusCode::GATEWAY_TIMEOUT, "repository_timeout", message),
@@ -86,6 +87,7 @@ mod tests {
             (E::AdminOnly { user: s("u"), action: "manage users" }, StatusCode::FORBIDDEN, "admin_only"),
             (E::TokenRequired, StatusCode::UNAUTHORIZED, "token_required"),
             (E::TokenInvalid { message: s("revoked") }, StatusCode::UNAUTHORIZED, "token_invalid"),
+            (E::UploadTooLarge { message: s("over 64 MiB") }, StatusCode::PAYLOAD_TOO_LARGE, "upload_too_large"),
             (E::Source(SourceError::BadUrl(s("bad url"))), StatusCode::UNPROCESSABLE_ENTITY, "invalid_repository"),
             (
                 E::Source(SourceError::Timeout(std::time::Duration::from_secs(1), s("u"))),

@@ -27,7 +27,7 @@ use crate::api::deployments::{list_deployments, rollback, show_deployment};
 use crate::api::error::ApiError;
 use crate::api::functions::{function_logs, function_run, function_runs, start_run};
 use crate::api::health::{healthz, metrics_text, root};
-use crate::api::projects::{create_project, delete_project, list_projects, show_project};
+use crate::api::projects::{create_project, delete_project, list_projects, show_project, upload_project};
 use crate::api::secrets::{delete_secret, list_secrets, rotate_invoke_key, set_secrets};
 use crate::api::tokens::{create_token, list_tokens, revoke_token};
 use crate::api::users::{create_user, delete_user, list_users, whoami};
@@ -58,6 +58,7 @@ pub fn app(platform: Arc<Platform>) -> Router {
         .route("/api/projects", get(list_projects).post(create_project))
         .route("/api/projects/{name}", get(show_project).delete(delete_project))
         .route("/api/projects/{name}/deployments", get(list_deployments))
+        .route("/api/projects/{name}/uploads", post(upload_project))
         .route("/api/projects/{name}/deployments/{id}", get(show_deployment))
         .route("/api/projects/{name}/rollback", post(rollback))
         .route("/api/projects/{name}/functions/{function}/logs", get(function_logs))

@@ -8,7 +8,7 @@ use axum::{Extension, Json};
 use crate::api::error::ApiError;
 use crate::api::types::{FunctionType, 
     DeployAnswer, DeployRequest, DeploymentSummary, Links, LiveDeployment, ProjectAnswer, ProjectDeleted,
-    ProjectFunction, ProjectList, ProjectListItem, SubmitStatus,
+    ProjectFunction, ProjectList, ProjectListItem, SubmitStatus, UploadRequest,
 };
 use crate::api::{json_body, AppState};
 use crate::engine::views::{DeploymentRow, LiveFunction};
@@ -23,6 +23,9 @@ fn summary(d: &DeploymentRow) -> DeploymentSummary {
     DeploymentSummary {
         id: d.id,
         commit: d.commit.clone(),
+        source: d.source,
+        dirty: d.dirty,
+        digest: d.digest.clone(),
         git_ref: d.git_ref.clone(),
         status: d.status,
         error: d.error.clone(),
@@ -34,6 +37,27 @@ fn summary(d: &DeploymentRow) -> DeploymentSummary {
 pub(super) async fn create_project(State(s): State<AppState>, Extension(who): Extension<Principal>, req: Request) -> Result<Response, ApiError> {
     let body: DeployRequest = json_body(req.into_body()).await?;
     let submitted = s.platform.submit(body, &who).await?;
+    Ok(deploy_answer(submitted))
+}
+
+/// `POST /api/projects/{name}/uploads?commit=SHA&dirty=true`: the body is the directory as a
+/// gzip-compressed tar (`eserveless deploy DIR` makes it), streamed to disk under the
+/// server's `--max-upload` cap.
+pub(super) async fn upload_project(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let query = axum::extract::Query::<UploadRequest>::try_from_uri(req.uri())
+        .map_err(|e| ApiError::unprocessable("invalid_query", format!("the upload's query does not match (`commit`, `dirty`): {}", e.body_text())))?
+        .0;
+    let body = req.into_body().into_data_stream();
+    let submitted = s.platform.submit_upload(&name, query, body, &who).await?;
+    Ok(deploy_answer(submitted))
+}
+
+fn deploy_answer(submitted: crate::engine::Submitted) -> Response {
     let status = if submitted.status == SubmitStatus::Unchanged { StatusCode::OK } else { StatusCode::ACCEPTED };
     let location = format!("/api/projects/{}/deployments/{}", submitted.project, submitted.deployment_id);
     let answer = DeployAnswer {
@@ -41,6 +65,9 @@ pub(super) async fn create_project(State(s): State<AppState>, Extension(who): Ex
         project: submitted.project,
         deployment: submitted.deployment_id,
         commit: submitted.commit,
+        source: submitted.source,
+        dirty: submitted.dirty,
+        digest: submitted.digest,
         status: submitted.status,
         invoke_key: submitted.invoke_key,
     };
@@ -48,7 +75,7 @@ pub(super) async fn create_project(State(s): State<AppState>, Extension(who): Ex
     if let Ok(v) = location.parse() {
         resp.headers_mut().insert(axum::http::header::LOCATION, v);
     }
-    Ok(resp)
+    resp
 }
 
 pub(super) async fn list_projects(State(s): State<AppState>, Extension(who): Extension<Principal>) -> Result<Json<ProjectList>, ApiError> {
@@ -97,7 +124,15 @@ pub(super) async fn show_project(State(s): State<AppState>, Extension(who): Exte
         repository: d.project.repository,
         git_ref: d.project.git_ref,
         created_at: d.project.created_at,
-        live: d.live.map(|l| LiveDeployment { deployment: l.id, commit: l.commit, runtime: l.runtime, warnings: l.warnings }),
+        live: d.live.map(|l| LiveDeployment {
+            deployment: l.id,
+            commit: l.commit,
+            source: l.source,
+            dirty: l.dirty,
+            digest: l.digest,
+            runtime: l.runtime,
+            warnings: l.warnings,
+        }),
         latest_deployment: d.latest.as_ref().map(summary),
         functions,
     }))

@@ -12,6 +12,7 @@ pub use crate::engine::views::{
     BuildState, CronRunRow as CronRun, DeploymentRow, DeploymentStatus, FunctionType, InstanceInfo, PoolCounts as InstanceCounts, RunStatus,
     RunTrigger,
 };
+pub use crate::engine::{SourceKind, UploadRequest};
 pub use crate::engine::access::TokenInfo as TokenAnswer;
 pub use crate::engine::{DeployRequest, SubmitStatus};
 
@@ -127,14 +128,25 @@ pub struct Links {
     pub project: String,
 }
 
-/// `POST /api/projects` answer.
+/// `POST /api/projects` and `POST /api/projects/{name}/uploads` answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeployAnswer {
     pub project: String,
     pub deployment: i64,
+    /// The git commit (for an upload, its checkout's HEAD; empty when not a checkout).
     pub commit: String,
+    /// `git` or `upload`.
+    #[serde(default)]
+    pub source: SourceKind,
+    /// Uploads of a checkout: uncommitted changes were uploaded.
+    #[serde(default)]
+    pub dirty: Option<bool>,
+    /// Uploads: `sha256:<hex>` of the tar.
+    #[serde(default)]
+    pub digest: Option<String>,
     pub status: SubmitStatus,
-    /// Only when this request created the project: the one time the key is shown.
+    /// Only when this request issued the project's key (its first deployment with
+    /// `auth: private` functions): the one time the key is shown.
     pub invoke_key: Option<String>,
     pub links: Links,
 }
@@ -144,6 +156,12 @@ pub struct DeployAnswer {
 pub struct DeploymentSummary {
     pub id: i64,
     pub commit: String,
+    #[serde(default)]
+    pub source: SourceKind,
+    #[serde(default)]
+    pub dirty: Option<bool>,
+    #[serde(default)]
+    pub digest: Option<String>,
     #[serde(rename = "ref")]
     pub git_ref: Option<String>,
     pub status: DeploymentStatus,
@@ -172,6 +190,12 @@ pub struct ProjectList {
 pub struct LiveDeployment {
     pub deployment: i64,
     pub commit: String,
+    #[serde(default)]
+    pub source: SourceKind,
+    #[serde(default)]
+    pub dirty: Option<bool>,
+    #[serde(default)]
+    pub digest: Option<String>,
     pub runtime: Option<String>,
     pub warnings: Vec<String>,
 }
@@ -436,6 +460,9 @@ mod tests {
             project: "p".into(),
             deployment: 1,
             commit: "abc".into(),
+            source: SourceKind::Git,
+            dirty: None,
+            digest: None,
             status: SubmitStatus::Queued,
             invoke_key: None,
             links: Links { deployment: "/api/projects/p/deployments/1".into(), project: "/api/projects/p".into() },
@@ -458,6 +485,9 @@ mod tests {
                 repository: "https://example.com/r.git".into(),
                 git_ref: Some("main".into()),
                 commit: "abc".into(),
+                source: SourceKind::Upload,
+                dirty: Some(true),
+                digest: Some("sha256:00".into()),
                 runtime: Some("node".into()),
                 status: DeploymentStatus::Ready,
                 error: None,
@@ -476,10 +506,11 @@ mod tests {
         assert_eq!(
             keys(&v),
             [
-                "commit", "created_at", "error", "finished_at", "functions", "id", "live", "log", "project", "ref", "repository", "rollback_of",
-                "runtime", "started_at", "status", "submitted_by", "warnings"
+                "commit", "created_at", "digest", "dirty", "error", "finished_at", "functions", "id", "live", "log", "project", "ref", "repository",
+                "rollback_of", "runtime", "source", "started_at", "status", "submitted_by", "warnings"
             ]
         );
+        assert_eq!((&v["source"], &v["dirty"]), (&json!("upload"), &json!(true)));
         assert_eq!((&v["ref"], &v["status"], &v["live"]), (&json!("main"), &json!("ready"), &json!(true)));
         assert_eq!(serde_json::from_value::<DeploymentAnswer>(v).expect("back"), a);
     }

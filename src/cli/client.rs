@@ -161,16 +161,27 @@ impl Client {
         self.call(reqwest::Method::DELETE, path, None::<&()>).await
     }
 
+    /// POSTs raw bytes (an upload) and reads the answer as `T`.
+    pub(crate) async fn post_bytes<T: DeserializeOwned>(&self, path: &str, content_type: &str, body: Vec<u8>) -> Result<T> {
+        let req = self.http.post(format!("{}{}", self.base, path)).header(reqwest::header::CONTENT_TYPE, content_type).body(body);
+        self.answer(reqwest::Method::POST, path, req).await
+    }
+
     /// Calls the management API with the token (never sent to /invoke: functions must not see
     /// it) and reads the answer as `T`: a field the server no longer sends is an error here,
     /// not a silent "-" in a table.
     async fn call<T: DeserializeOwned>(&self, method: reqwest::Method, path: &str, body: Option<&impl Serialize>) -> Result<T> {
         let mut req = self.http.request(method.clone(), format!("{}{}", self.base, path));
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t.trim());
-        }
         if let Some(b) = body {
             req = req.json(b);
+        }
+        self.answer(method, path, req).await
+    }
+
+    /// Sends `req` with the token and reads the answer as `T` (or the API's error message).
+    async fn answer<T: DeserializeOwned>(&self, method: reqwest::Method, path: &str, mut req: reqwest::RequestBuilder) -> Result<T> {
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t.trim());
         }
         let resp = req.send().await.with_context(|| format!("cannot reach the server at {}; is `eserveless serve` running?", self.base))?;
         let status = resp.status().as_u16();

@@ -13,6 +13,7 @@ mod logs;
 pub mod node_guard;
 pub mod node_prune;
 mod output;
+mod pack;
 mod projects;
 mod scaffold;
 mod secrets;

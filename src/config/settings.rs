@@ -50,6 +50,9 @@ pub struct SourceSettings {
     /// Longest a git clone or lookup may take, e.g. 2m
     #[arg(long, env = "ESERVELESS_CLONE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "2m", hide_default_value = true)]
     pub clone_timeout: Duration,
+    /// Largest directory upload (`eserveless deploy DIR`), compressed and unpacked, e.g. 64Mi
+    #[arg(long, env = "ESERVELESS_MAX_UPLOAD", value_parser = parse_memory_arg, default_value = "64Mi", hide_default_value = true)]
+    pub max_upload: u64,
 }
 
 /// How function images are built.

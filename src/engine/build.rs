@@ -248,7 +248,7 @@ fn append_rendered(tar: &mut tar::Builder<Vec<u8>>, rendered: &[(PathBuf, String
     Ok(())
 }
 
-fn is_inside(root: &Path, link_dir: &Path, target: &Path) -> bool {
+pub(crate) fn is_inside(root: &Path, link_dir: &Path, target: &Path) -> bool {
     // Resolve lexically: the target must stay within the checkout.
     let joined = if target.is_absolute() { return false } else { link_dir.join(target) };
     let mut depth: Vec<Component<'_>> = Vec::new();

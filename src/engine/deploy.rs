@@ -3,7 +3,7 @@
 //! on the deployment (what the user reads with `eserveless status`).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -11,11 +11,10 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::build::{self, SourceFacts};
 use crate::manifest::{self, FunctionSpec, Manifest, ParseContext, MANIFEST_FILE};
 use crate::engine::runtime::{FunctionVar, TemplateError, TemplateVars, BUILD_DIR, CACHE_STAGE, DEPS_STAGE, TOOLCHAIN_FILE};
-use crate::engine::source::{self, RepoUrl};
 use crate::engine::{unless_cancelled, Platform, REMOVED_DURING_DEPLOY};
 use crate::infra::driver::{labels, BuildRequest, DriverError, LineSink};
 use crate::infra::store::{BuildState, NewFunction, StoreError};
-use crate::names::{FunctionName, GitRef, ProjectName};
+use crate::names::{FunctionName, ProjectName};
 
 /// The message recorded when the store fails mid-deployment.
 fn store_err(e: StoreError) -> String {
@@ -25,11 +24,23 @@ fn store_err(e: StoreError) -> String {
 /// The largest manifest read: a manifest is a short list of functions.
 const MAX_MANIFEST_BYTES: u64 = 256 * 1024;
 
-/// A checked-out commit.
-struct Checkout {
-    dir: PathBuf,
-    sha: String,
-    facts: SourceFacts,
+/// A source on disk: a checked-out commit, or an unpacked upload (whose `sha` is its
+/// content digest, so that its images are tagged by content).
+pub(super) struct Checkout {
+    pub(super) dir: PathBuf,
+    pub(super) sha: String,
+    pub(super) facts: SourceFacts,
+}
+
+/// A source on disk with its manifest read (`engine/submit.rs` makes it when it accepts a
+/// request): what a queued deployment builds.
+pub(super) struct Prepared {
+    /// Removed with the deployment's job.
+    pub(super) _work: tempfile::TempDir,
+    pub(super) checkout: Checkout,
+    pub(super) manifest: Manifest,
+    /// The deployment log's first line.
+    pub(super) described: String,
 }
 
 /// One deployment's build: what every build step of it needs.
@@ -104,25 +115,19 @@ impl Platform {
         }
     }
 
+    /// Builds a deployment whose source is on disk and whose manifest was read when it was
+    /// accepted ([`Prepared`]), and makes it live.
     pub(super) async fn run_deployment(
         self: &Arc<Self>,
         id: i64,
         project: &str,
-        url: &RepoUrl,
-        commit: &str,
-        git_ref: Option<&GitRef>,
+        prepared: Prepared,
         removed: &CancellationToken,
     ) -> Result<(), String> {
+        // The work directory goes when this function returns, whatever the outcome.
+        let Prepared { _work, checkout, manifest, described } = prepared;
         self.store.set_deployment_started(id).map_err(store_err)?;
-        let work_root = self.config.data_dir.join("work");
-        std::fs::create_dir_all(&work_root).map_err(|e| format!("cannot create {}: {e}", work_root.display()))?;
-        // Removed when this function returns, whatever the outcome.
-        let work = tempfile::Builder::new()
-            .prefix(&format!("deploy-{id}-"))
-            .tempdir_in(&work_root)
-            .map_err(|e| format!("cannot create a work directory: {e}"))?;
-        let checkout = self.checkout(id, url, commit, git_ref, work.path(), removed).await?;
-        let manifest = self.read_manifest(&checkout)?;
+        self.log(id, &described);
         let mut warnings = manifest.warnings.clone();
         self.store.set_deployment_building(id, &manifest.runtime, &warnings).map_err(store_err)?;
         for w in &warnings {
@@ -140,29 +145,10 @@ impl Platform {
         self.go_live(id, project, &checkout.sha, removed).await
     }
 
-    /// Checks out `commit` under `work` (stopped at once if the project is removed).
-    async fn checkout(
-        &self,
-        id: i64,
-        url: &RepoUrl,
-        commit: &str,
-        git_ref: Option<&GitRef>,
-        work: &Path,
-        removed: &CancellationToken,
-    ) -> Result<Checkout, String> {
-        self.log(id, &format!("checking out {} at {commit}", url.as_str()));
-        let (dir, sha) = unless_cancelled(removed, source::checkout(url, commit, git_ref, work, &self.source_policy))
-            .await?
-            .map_err(|e| e.to_string())?;
-        let facts = SourceFacts::read(&dir).map_err(|e| e.to_string())?;
-        Ok(Checkout { dir, sha, facts })
-    }
-
     /// Reads and parses the manifest at the checkout's root.
-    fn read_manifest(&self, checkout: &Checkout) -> Result<Manifest, String> {
-        let sha = &checkout.sha;
-        let at = format!("the repository has no {MANIFEST_FILE} at its root (commit {})", &sha[..sha.len().min(12)]);
-        read_manifest(&checkout.dir, &at, &self.templates, &checkout.facts.root_files, &self.config.scaling, self.config.caps)
+    pub(super) fn read_manifest(&self, checkout: &Checkout) -> Result<Manifest, String> {
+        let missing = format!("there is no {MANIFEST_FILE} at the root of the source");
+        read_manifest(&checkout.dir, &missing, &self.templates, &checkout.facts.root_files, &self.config.scaling, self.config.caps)
     }
 
     /// Fails early, before any build, when a function asks more than the largest machine it
@@ -699,7 +685,7 @@ impl Platform {
 /// Reads and parses the manifest at the root of `dir`: the checks of every deployment, and of
 /// `eserveless validate` on a developer's machine. `missing` says where it was looked for.
 pub fn read_manifest(
-    dir: &Path,
+    dir: &std::path::Path,
     missing: &str,
     templates: &crate::engine::runtime::Templates,
     root_files: &[String],

@@ -51,6 +51,10 @@ pub enum EngineError {
     #[error("{message}")]
     TokenInvalid { message: String },
 
+    /// An upload larger than the server's cap (`--max-upload`); the message names the cap.
+    #[error("{message}")]
+    UploadTooLarge { message: String },
+
     /// Reading the repository failed (bad URL, unreachable, unknown ref, timeout).
     #[error(transparent)]
     Source(#[from] SourceError),
@@ -63,7 +67,7 @@ pub enum EngineError {
         /// The data directory, for the message.
         dir: String,
         #[source]
-        source: StoreError,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// Secrets were saved but the live functions could not be restarted with them.
     #[error("the secrets are saved, but the functions could not be restarted with them")]
@@ -99,7 +103,7 @@ impl From<StoreError> for EngineError {
             crate::infra::datadir::note_storage_full();
             let dir = crate::infra::datadir::storage_dir_display();
             tracing::error!(data_dir = %dir, "a write failed: database or disk is full");
-            EngineError::StorageFull { dir, source: e }
+            EngineError::StorageFull { dir, source: Box::new(e) }
         } else {
             EngineError::internal("the store failed", e)
         }

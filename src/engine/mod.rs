@@ -17,6 +17,8 @@ pub(crate) mod error;
 pub(crate) mod history;
 pub mod runtime;
 pub(crate) mod source;
+mod submit;
+pub mod upload;
 pub(crate) mod views;
 
 use std::collections::HashMap;
@@ -29,12 +31,14 @@ use crate::dataplane::scheduler::Scheduler;
 use crate::engine::runtime::Templates;
 use crate::engine::source::SourcePolicy;
 use crate::infra::driver::{Driver, DriverError};
-use crate::infra::store::{Enqueued, Store};
+use crate::infra::store::{EnqueueRequest, Store};
 use crate::names::{GitRef, ProjectName};
 
 pub use crate::engine::auth::Principal;
 pub use crate::engine::delete::Deleted;
 pub use crate::engine::error::EngineError;
+pub use crate::engine::submit::UploadRequest;
+pub use crate::infra::store::SourceKind;
 
 /// A deployment request, as received.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -52,9 +56,16 @@ pub struct DeployRequest {
 pub struct Submitted {
     pub project: String,
     pub deployment_id: i64,
+    /// The git commit (an upload's checkout HEAD; empty for an upload of a plain directory).
     pub commit: String,
+    pub source: SourceKind,
+    /// Uploads of a git checkout: whether it had uncommitted changes.
+    pub dirty: Option<bool>,
+    /// Uploads: `sha256:<hex>` of the tar.
+    pub digest: Option<String>,
     pub status: SubmitStatus,
-    /// The invoke key of a project this request created (shown this once).
+    /// The project's invoke key, when this request issued it: the first deployment whose
+    /// manifest has `auth: private` functions (shown this once).
     pub invoke_key: Option<String>,
 }
 
@@ -146,6 +157,14 @@ impl Platform {
 
     /// Brings back what was live before a restart.
     pub async fn restore(self: &Arc<Self>) -> anyhow::Result<()> {
+        // Sources (checkouts, uploads) a previous run left behind: the data directory is locked
+        // to this server, and nothing is accepted before this returns.
+        let work = self.config.data_dir.join("work");
+        if let Err(e) = std::fs::remove_dir_all(&work) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %work.display(), error = %e, "cannot remove the previous run's work directory");
+            }
+        }
         for id in self.store.unfinished_deployments()? {
             self.store.fail_deployment(id, "the server stopped while this deployment was in progress; deploy again")?;
         }
@@ -206,7 +225,9 @@ impl Platform {
         Ok(())
     }
 
-    /// Validates a request, resolves the commit, and queues the build unless it is live already.
+    /// Validates a request, resolves the commit, and queues the build unless it is live
+    /// already. The commit is fetched and its manifest checked first: a request that cannot
+    /// deploy is refused (422) and records nothing, not even its project.
     pub async fn submit(self: &Arc<Self>, req: DeployRequest, who: &Principal) -> error::Result<Submitted> {
         let url = source::parse_repository(&req.repository, &self.source_policy)?;
         let git_ref = req
@@ -220,61 +241,30 @@ impl Platform {
             None => ProjectName::from_repository(url.as_str()),
         }
         .map_err(|e| EngineError::invalid("invalid_name", e.to_string()))?;
-        let existing = self.store.project(name.as_str())?;
-        if let Some(p) = &existing {
-            if !who.owns(p.owner.as_deref()) {
-                return Err(EngineError::NameTaken { project: name.to_string() });
-            }
-        }
+        self.check_name_free(&name, who)?;
         let commit = source::resolve_commit(&url, git_ref.as_ref(), &self.source_policy).await?;
-
-        // Decided in one store transaction: two requests racing for a new project must not
-        // both create it (only one invoke key can be the project's) or both queue one commit.
-        // Not under the project lock: that is held by a running build, and answering must not wait for it.
-        let (invoke_key, key_hash) = crate::engine::auth::new_invoke_key();
-        let decided = self.store.enqueue_deployment(
-            &crate::infra::store::EnqueueRequest {
-                project: name.as_str(),
-                repository: url.as_str(),
-                git_ref: git_ref.as_ref().map(GitRef::as_str),
-                commit: &commit,
-                owner: &who.name,
-                new_invoke_key_hash: key_hash,
-            },
-            |owner| who.owns(owner),
-        )?;
-        let submitted = |deployment_id, status, invoke_key| Submitted { project: name.to_string(), deployment_id, commit: commit.clone(), status, invoke_key };
-        let (id, invoke_key) = match decided {
-            Enqueued::NameTaken => return Err(EngineError::NameTaken { project: name.to_string() }),
-            Enqueued::Unchanged(id) => return Ok(submitted(id, SubmitStatus::Unchanged, None)),
-            Enqueued::Following(id) => return Ok(submitted(id, SubmitStatus::Queued, None)),
-            Enqueued::Queued { id, created_project } => {
-                if created_project {
-                    self.routes.set_invoke_key(name.as_str(), &key_hash);
-                }
-                (id, created_project.then_some(invoke_key))
-            }
+        let enqueue = |commit| EnqueueRequest {
+            project: name.as_str(),
+            repository: url.as_str(),
+            git_ref: git_ref.as_ref().map(GitRef::as_str),
+            commit,
+            owner: &who.name,
+            source: SourceKind::Git,
+            digest: None,
+            dirty: None,
+            invoke_key_hash: None,
         };
-        tracing::info!(project = %name, deployment = id, commit = %commit, "deployment queued");
-        let me = self.clone();
-        let project = name.to_string();
-        let commit_for_build = commit.clone();
-        let removed = self.removal_token(&project);
-        tokio::spawn(async move {
-            let commit = commit_for_build;
-            let lock = me.project_lock(&project);
-            let run = async {
-                let _one_at_a_time = unless_cancelled(&removed, lock.lock()).await?;
-                me.run_deployment(id, &project, &url, &commit, git_ref.as_ref(), &removed).await
-            };
-            if let Err(message) = run.await {
-                tracing::warn!(project = %project, deployment = id, error = %message, "deployment failed");
-                if let Err(e) = me.store.fail_deployment(id, &message) {
-                    tracing::error!(error = %e, "could not record a failed deployment");
-                }
-            }
-        });
-        Ok(Submitted { project: name.to_string(), deployment_id: id, commit, status: SubmitStatus::Queued, invoke_key })
+        // Live already, or on its way: nothing to fetch.
+        if let Some(done) = self.shortcut(&enqueue(&commit), who)? {
+            return Ok(done);
+        }
+        let work = self.work_dir("checkout-").map_err(|e| self.or_full(e))?;
+        let (dir, sha) = source::checkout(&url, &commit, git_ref.as_ref(), work.path(), &self.source_policy)
+            .await
+            .map_err(|e| self.or_full(e.into()))?;
+        let described = format!("checked out {} at {sha}", url.as_str());
+        let prepared = self.prepare(work, dir, sha.clone(), described)?;
+        self.enqueue_and_start(enqueue(&sha), prepared, who)
     }
 
     /// Sets and removes secrets of a project, then recycles its running instances so they

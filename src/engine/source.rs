@@ -254,14 +254,36 @@ async fn run_git(mut cmd: Command, what: &str, timeout: Duration) -> Result<Stri
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let detail = err
-            .lines()
-            .rfind(|l| !l.trim().is_empty())
-            .unwrap_or("unknown error")
-            .trim_start_matches("fatal: ")
-            .to_string();
-        Err(SourceError::Git(detail))
+        Err(SourceError::Git(git_message(&String::from_utf8_lossy(&out.stderr))))
+    }
+}
+
+/// git's whole error output as one line: each `fatal:`/`error:` message a sentence of its
+/// own, the lines that continue one (git wraps its advice) joined to it; at most 1000 bytes.
+fn git_message(stderr: &str) -> String {
+    let mut out = String::new();
+    for line in stderr.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let (new_sentence, text) = match ["fatal: ", "error: ", "remote: ", "warning: "].iter().find_map(|p| line.strip_prefix(p)) {
+            Some(rest) => (true, rest),
+            None => (false, line),
+        };
+        if !out.is_empty() {
+            out.push_str(if new_sentence && !out.ends_with('.') { "; " } else { " " });
+        }
+        out.push_str(text);
+    }
+    if out.len() > 1000 {
+        let mut cut = 1000;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push('…');
+    }
+    if out.is_empty() {
+        "unknown error (git printed nothing)".to_string()
+    } else {
+        out
     }
 }
 
@@ -269,6 +291,16 @@ async fn run_git(mut cmd: Command, what: &str, timeout: Duration) -> Result<Stri
 pub async fn resolve_commit(url: &RepoUrl, reference: Option<&GitRef>, policy: &SourcePolicy) -> Result<String, SourceError> {
     // The address policy holds whatever the ref: checked before anything else.
     let guard = http_guard(url, policy).await?;
+    if url.local {
+        // git's own words for a missing path are about remote access rights.
+        let path = Path::new(url.as_str().trim_start_matches("file://"));
+        if std::fs::symlink_metadata(path).is_err() {
+            return Err(SourceError::Unreachable {
+                url: url.as_str().to_string(),
+                detail: format!("`{}` does not exist on the server's file system", path.display()),
+            });
+        }
+    }
     if let Some(r) = reference {
         if r.is_full_sha() {
             // ls-remote lists refs, not commits: a full sha is taken as given and checked at fetch.
@@ -549,7 +581,28 @@ mod tests {
         let url = parse_repository("/nonexistent/repo", &p).expect("url");
         let e = resolve_commit(&url, None, &p).await.expect_err("missing");
         let text = e.to_string();
-        assert!(text.starts_with("repository `file:///nonexistent/repo` could not be read:"), "{text}");
+        assert_eq!(
+            text,
+            "repository `file:///nonexistent/repo` could not be read: `/nonexistent/repo` does not exist on the server's file system; \
+             check that it exists and is reachable"
+        );
+        // A directory that is not a repository: git's whole message, not its last line.
+        let empty = tempfile::tempdir().expect("dir");
+        let url = parse_repository(empty.path().to_str().expect("utf8"), &p).expect("url");
+        let text = resolve_commit(&url, None, &p).await.expect_err("not a repository").to_string();
+        assert!(text.contains("does not appear to be a git repository") && text.contains("and the repository exists"), "{text}");
+        assert!(text.contains(&empty.path().display().to_string()), "{text}");
+    }
+
+    #[test]
+    fn git_messages_are_kept_whole() {
+        let stderr = "fatal: '/x' does not appear to be a git repository\nfatal: Could not read from remote repository.\n\nPlease make sure you have the correct access rights\nand the repository exists.\n";
+        assert_eq!(
+            git_message(stderr),
+            "'/x' does not appear to be a git repository; Could not read from remote repository. Please make sure you have the correct access rights and the repository exists."
+        );
+        assert_eq!(git_message(""), "unknown error (git printed nothing)");
+        assert!(git_message(&"fatal: x\n".repeat(500)).len() <= 1004);
     }
 
     #[tokio::test]

@@ -135,6 +135,15 @@ fn migrations() -> Migrations<'static> {
         ALTER TABLE deployments ADD COLUMN rollback_of INTEGER;
         ALTER TABLE cron_runs ADD COLUMN trigger TEXT NOT NULL DEFAULT 'schedule';
         "#,
+    ),
+    // Deployments of an uploaded directory: where the source came from, its content digest
+    // (sha256 of the tar, what "unchanged" compares) and whether the checkout was dirty.
+    M::up(
+        r#"
+        ALTER TABLE deployments ADD COLUMN source TEXT NOT NULL DEFAULT 'git';
+        ALTER TABLE deployments ADD COLUMN dirty INTEGER;
+        ALTER TABLE deployments ADD COLUMN digest TEXT;
+        "#,
     )])
 }
 
@@ -171,6 +180,33 @@ impl DeploymentStatus {
     }
     pub fn is_final(self) -> bool {
         matches!(self, Self::Ready | Self::Failed)
+    }
+}
+
+/// Where a deployment's source came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// A commit fetched from a repository.
+    #[default]
+    Git,
+    /// A directory uploaded by the client (`eserveless deploy DIR`).
+    Upload,
+}
+
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Git => "git",
+            Self::Upload => "upload",
+        }
+    }
+    fn parse(s: &str) -> Result<Self> {
+        match s {
+            "git" => Ok(Self::Git),
+            "upload" => Ok(Self::Upload),
+            other => Err(StoreError::Corrupt(format!("deployment source `{other}`"))),
+        }
     }
 }
 
@@ -304,7 +340,19 @@ pub struct DeploymentRow {
     pub repository: String,
     #[serde(rename = "ref")]
     pub git_ref: Option<String>,
+    /// The git commit: the one fetched, or for an upload the checkout's HEAD (empty when the
+    /// uploaded directory was not a git checkout).
     pub commit: String,
+    /// `git` or `upload`.
+    #[serde(default)]
+    pub source: SourceKind,
+    /// Uploads: whether the checkout had uncommitted changes (`None` for git, and for an
+    /// upload of a directory that is not a checkout).
+    #[serde(default)]
+    pub dirty: Option<bool>,
+    /// Uploads: `sha256:<hex>` of the uploaded tar; the same digest live is "unchanged".
+    #[serde(default)]
+    pub digest: Option<String>,
     pub runtime: Option<String>,
     pub status: DeploymentStatus,
     pub error: Option<String>,
@@ -320,6 +368,28 @@ pub struct DeploymentRow {
     /// settings); nothing was built.
     #[serde(default)]
     pub rollback_of: Option<i64>,
+}
+
+impl DeploymentRow {
+    /// What was deployed, for people: `commit abc123def456`, `upload of abc123def456 (dirty)`,
+    /// or `upload 1a2b3c4d5e6f` (a directory that is not a checkout: its digest).
+    pub fn describe(&self) -> String {
+        describe_source(self.source, &self.commit, self.dirty, self.digest.as_deref())
+    }
+}
+
+/// See [`DeploymentRow::describe`].
+pub fn describe_source(source: SourceKind, commit: &str, dirty: Option<bool>, digest: Option<&str>) -> String {
+    let short = |s: &str| s.chars().take(12).collect::<String>();
+    match source {
+        SourceKind::Git => format!("commit {}", short(commit)),
+        SourceKind::Upload if !commit.is_empty() => {
+            format!("upload of {}{}", short(commit), if dirty == Some(true) { " (dirty)" } else { "" })
+        }
+        SourceKind::Upload => {
+            format!("upload {}", short(digest.unwrap_or("").trim_start_matches("sha256:")))
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -384,9 +454,9 @@ fn now() -> String {
 }
 
 const DEPLOYMENT_COLS: &str =
-    "id, project, repository, git_ref, commit_sha, runtime, status, error, warnings, log, created_at, started_at, finished_at, submitted_by, rollback_of";
+    "id, project, repository, git_ref, commit_sha, runtime, status, error, warnings, log, created_at, started_at, finished_at, submitted_by, rollback_of, source, dirty, digest";
 
-fn deployment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(DeploymentRow, String, String)> {
+fn deployment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(DeploymentRow, String, String, String)> {
     Ok((
         DeploymentRow {
             id: r.get(0)?,
@@ -394,6 +464,9 @@ fn deployment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(DeploymentRow
             repository: r.get(2)?,
             git_ref: r.get(3)?,
             commit: r.get(4)?,
+            source: SourceKind::Git,
+            dirty: r.get(16)?,
+            digest: r.get(17)?,
             runtime: r.get(5)?,
             status: DeploymentStatus::Queued,
             error: r.get(7)?,
@@ -407,16 +480,19 @@ fn deployment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(DeploymentRow
         },
         r.get::<_, String>(6)?,
         r.get::<_, String>(8)?,
+        r.get::<_, String>(15)?,
     ))
 }
 
-fn finish_deployment((mut d, status, warnings): (DeploymentRow, String, String)) -> Result<DeploymentRow> {
+fn finish_deployment((mut d, status, warnings, source): (DeploymentRow, String, String, String)) -> Result<DeploymentRow> {
     d.status = DeploymentStatus::parse(&status)?;
+    d.source = SourceKind::parse(&source)?;
     d.warnings = serde_json::from_str(&warnings).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     Ok(d)
 }
 
-/// A deployment request, validated and resolved to a commit.
+/// A deployment request, validated, resolved to a commit (or an upload's digest), its
+/// manifest checked.
 pub struct EnqueueRequest<'a> {
     pub project: &'a str,
     pub repository: &'a str,
@@ -424,8 +500,13 @@ pub struct EnqueueRequest<'a> {
     pub commit: &'a str,
     /// Who asks: recorded on the deployment, and the owner of a project this request creates.
     pub owner: &'a str,
-    /// Stored only when this request creates the project.
-    pub new_invoke_key_hash: [u8; 32],
+    pub source: SourceKind,
+    /// Uploads: the content digest; compared instead of the commit.
+    pub digest: Option<&'a str>,
+    pub dirty: Option<bool>,
+    /// Set when the manifest has `auth: private` functions: stored as the project's invoke
+    /// key hash if the project has none yet (then [`Enqueued::Queued`] says `key_issued`).
+    pub invoke_key_hash: Option<[u8; 32]>,
 }
 
 /// What [`Store::enqueue_deployment`] decided.
@@ -437,7 +518,8 @@ pub enum Enqueued {
     Unchanged(i64),
     /// The same commit is already queued or building: follow that deployment.
     Following(i64),
-    Queued { id: i64, created_project: bool },
+    /// `key_issued`: the request's invoke key hash became the project's (show the key once).
+    Queued { id: i64, created_project: bool, key_issued: bool },
 }
 
 /// New function record for a deployment.
@@ -450,6 +532,50 @@ pub struct NewFunction<'a> {
     pub scaling: &'a crate::manifest::Scaling,
     pub options: &'a crate::manifest::FunctionOptions,
     pub image: &'a str,
+}
+
+enum Decision {
+    Done(Enqueued),
+    Queue { existed: bool },
+}
+
+/// Whether `req` is refused, live already or on its way, or is to be queued.
+fn decide(conn: &Connection, req: &EnqueueRequest<'_>, may_use: &dyn Fn(Option<&str>) -> bool) -> Result<Decision> {
+    let existing: Option<(Option<i64>, Option<String>)> = conn
+        .query_row("SELECT live_deployment_id, owner FROM projects WHERE name = ?1", [req.project], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((live, owner)) = existing else { return Ok(Decision::Queue { existed: false }) };
+    if !may_use(owner.as_deref()) {
+        return Ok(Decision::Done(Enqueued::NameTaken));
+    }
+    // An upload is its content; a git deployment its repository and commit.
+    let same_source = |d: &DeploymentRow| match req.digest {
+        Some(digest) => d.digest.as_deref() == Some(digest),
+        None => d.digest.is_none() && d.commit == req.commit && d.repository == req.repository,
+    };
+    if let Some(live) = live {
+        let row = conn
+            .query_row(&format!("SELECT {DEPLOYMENT_COLS} FROM deployments WHERE id = ?1"), [live], deployment_from_row)
+            .optional()?
+            .map(finish_deployment)
+            .transpose()?;
+        if let Some(d) = row.filter(|d| same_source(d)) {
+            return Ok(Decision::Done(Enqueued::Unchanged(d.id)));
+        }
+    }
+    let latest = conn
+        .query_row(
+            &format!("SELECT {DEPLOYMENT_COLS} FROM deployments WHERE project = ?1 ORDER BY id DESC LIMIT 1"),
+            [req.project],
+            deployment_from_row,
+        )
+        .optional()?
+        .map(finish_deployment)
+        .transpose()?;
+    if let Some(d) = latest.filter(|d| !d.status.is_final() && same_source(d)) {
+        return Ok(Decision::Done(Enqueued::Following(d.id)));
+    }
+    Ok(Decision::Queue { existed: true })
 }
 
 impl Store {
@@ -497,52 +623,40 @@ impl Store {
     pub fn enqueue_deployment(&self, req: &EnqueueRequest<'_>, may_use: impl Fn(Option<&str>) -> bool) -> Result<Enqueued> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let existing: Option<(Option<i64>, Option<String>)> = tx
-            .query_row("SELECT live_deployment_id, owner FROM projects WHERE name = ?1", [req.project], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()?;
-        if let Some((live, owner)) = &existing {
-            if !may_use(owner.as_deref()) {
-                return Ok(Enqueued::NameTaken);
-            }
-            let same_source = |d: &DeploymentRow| d.commit == req.commit && d.repository == req.repository;
-            if let Some(live) = live {
-                let row = tx
-                    .query_row(&format!("SELECT {DEPLOYMENT_COLS} FROM deployments WHERE id = ?1"), [live], deployment_from_row)
-                    .optional()?
-                    .map(finish_deployment)
-                    .transpose()?;
-                if let Some(d) = row.filter(|d| same_source(d)) {
-                    return Ok(Enqueued::Unchanged(d.id));
-                }
-            }
-            let latest = tx
-                .query_row(
-                    &format!("SELECT {DEPLOYMENT_COLS} FROM deployments WHERE project = ?1 ORDER BY id DESC LIMIT 1"),
-                    [req.project],
-                    deployment_from_row,
-                )
-                .optional()?
-                .map(finish_deployment)
-                .transpose()?;
-            if let Some(d) = latest.filter(|d| !d.status.is_final() && same_source(d)) {
-                return Ok(Enqueued::Following(d.id));
-            }
-        }
+        let existed = match decide(&tx, req, &may_use)? {
+            Decision::Done(d) => return Ok(d),
+            Decision::Queue { existed } => existed,
+        };
+        let key = req.invoke_key_hash.as_ref().map(|k| &k[..]);
         tx.execute(
             "INSERT INTO projects (name, repository, git_ref, created_at, owner, invoke_key_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT(name) DO UPDATE SET repository = excluded.repository, git_ref = excluded.git_ref",
-            params![req.project, req.repository, req.git_ref, now(), req.owner, &req.new_invoke_key_hash[..]],
+            params![req.project, req.repository, req.git_ref, now(), req.owner, key],
         )?;
+        let key_issued = match key {
+            None => false,
+            Some(_) if !existed => true,
+            Some(k) => tx.execute("UPDATE projects SET invoke_key_hash = ?2 WHERE name = ?1 AND invoke_key_hash IS NULL", params![req.project, k])? > 0,
+        };
         tx.execute(
-            "INSERT INTO deployments (project, repository, git_ref, commit_sha, status, created_at, submitted_by)
-             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6)",
-            params![req.project, req.repository, req.git_ref, req.commit, now(), req.owner],
+            "INSERT INTO deployments (project, repository, git_ref, commit_sha, status, created_at, submitted_by, source, dirty, digest)
+             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?9)",
+            params![req.project, req.repository, req.git_ref, req.commit, now(), req.owner, req.source.as_str(), req.dirty, req.digest],
         )?;
         let id = tx.last_insert_rowid();
         tx.commit()?;
-        Ok(Enqueued::Queued { id, created_project: existing.is_none() })
+        Ok(Enqueued::Queued { id, created_project: !existed, key_issued })
+    }
+
+    /// What [`Store::enqueue_deployment`] would answer without queueing (`NameTaken`,
+    /// `Unchanged`, `Following`), or `None` when it would queue: lets the engine skip fetching
+    /// and checking a source that is live already. Decided again when queueing.
+    pub fn enqueue_shortcut(&self, req: &EnqueueRequest<'_>, may_use: impl Fn(Option<&str>) -> bool) -> Result<Option<Enqueued>> {
+        let conn = self.conn();
+        Ok(match decide(&conn, req, &may_use)? {
+            Decision::Done(d) => Some(d),
+            Decision::Queue { .. } => None,
+        })
     }
 
     pub fn project(&self, name: &str) -> Result<Option<ProjectRow>> {
@@ -663,8 +777,8 @@ impl Store {
         let tx = conn.transaction()?;
         let at = now();
         let n = tx.execute(
-            "INSERT INTO deployments (project, repository, git_ref, commit_sha, runtime, status, warnings, log, created_at, started_at, submitted_by, rollback_of)
-             SELECT project, repository, git_ref, commit_sha, runtime, 'building', warnings, '', ?2, ?2, ?3, id
+            "INSERT INTO deployments (project, repository, git_ref, commit_sha, runtime, status, warnings, log, created_at, started_at, submitted_by, rollback_of, source, dirty, digest)
+             SELECT project, repository, git_ref, commit_sha, runtime, 'building', warnings, '', ?2, ?2, ?3, id, source, dirty, digest
              FROM deployments WHERE id = ?1",
             params![target, at, who],
         )?;
@@ -986,11 +1100,14 @@ mod tests {
             git_ref: None,
             commit,
             owner,
-            new_invoke_key_hash: [key; 32],
+            source: SourceKind::Git,
+            digest: None,
+            dirty: None,
+            invoke_key_hash: Some([key; 32]),
         };
         let anyone = |_: Option<&str>| true;
         let first = s.enqueue_deployment(&req("aaa", "bob", 1), anyone).expect("first");
-        let Enqueued::Queued { id, created_project: true } = first else { panic!("{first:?}") };
+        let Enqueued::Queued { id, created_project: true, key_issued: true } = first else { panic!("{first:?}") };
         // The same commit again while the first is queued: follow it, create nothing.
         assert_eq!(s.enqueue_deployment(&req("aaa", "bob", 2), anyone).expect("second"), Enqueued::Following(id));
         // Only the creator's key is the project's.
@@ -1006,6 +1123,41 @@ mod tests {
         // A live commit asked for again is unchanged.
         s.make_live(id).expect("live");
         assert_eq!(s.enqueue_deployment(&req("aaa", "bob", 5), anyone).expect("again"), Enqueued::Unchanged(id));
+        assert_eq!(s.enqueue_shortcut(&req("aaa", "bob", 5), anyone).expect("peek"), Some(Enqueued::Unchanged(id)));
+        assert_eq!(s.enqueue_shortcut(&req("ddd", "bob", 5), anyone).expect("peek"), None);
+    }
+
+    /// An upload is unchanged when its digest is live, whatever commit it names; the invoke
+    /// key is issued by the first request whose manifest has private functions, once.
+    #[test]
+    fn uploads_compare_digests_and_keys_come_with_private_functions() {
+        let s = Store::in_memory().expect("store");
+        let up = |digest, key: Option<u8>| EnqueueRequest {
+            project: "u",
+            repository: "upload",
+            git_ref: None,
+            commit: "c0ffee",
+            owner: "bob",
+            source: SourceKind::Upload,
+            digest: Some(digest),
+            dirty: Some(true),
+            invoke_key_hash: key.map(|k| [k; 32]),
+        };
+        let anyone = |_: Option<&str>| true;
+        let first = s.enqueue_deployment(&up("sha256:aa", None), anyone).expect("first");
+        let Enqueued::Queued { id, created_project: true, key_issued: false } = first else { panic!("{first:?}") };
+        assert_eq!(s.invoke_key_hash("u").expect("hash"), None, "no private function, no key");
+        let d = s.deployment(id).expect("read").expect("row");
+        assert_eq!((d.source, d.dirty, d.digest.as_deref(), d.commit.as_str()), (SourceKind::Upload, Some(true), Some("sha256:aa"), "c0ffee"));
+        assert_eq!(d.describe(), "upload of c0ffee (dirty)");
+        s.make_live(id).expect("live");
+        assert_eq!(s.enqueue_deployment(&up("sha256:aa", Some(1)), anyone).expect("same"), Enqueued::Unchanged(id));
+        // Other content, same commit: a new deployment; private functions now: the key is issued.
+        let second = s.enqueue_deployment(&up("sha256:bb", Some(2)), anyone).expect("second");
+        assert!(matches!(second, Enqueued::Queued { created_project: false, key_issued: true, .. }), "{second:?}");
+        let third = s.enqueue_deployment(&up("sha256:cc", Some(3)), anyone).expect("third");
+        assert!(matches!(third, Enqueued::Queued { key_issued: false, .. }), "a key is issued once: {third:?}");
+        assert_eq!(s.invoke_key_hash("u").expect("hash").as_deref(), Some(&[2u8; 32][..]));
     }
 
     #[test]
@@ -1055,7 +1207,10 @@ mod tests {
             git_ref: Some("main"),
             commit,
             owner: "bob",
-            new_invoke_key_hash: [1; 32],
+            source: SourceKind::Git,
+            digest: None,
+            dirty: None,
+            invoke_key_hash: None,
         };
         let env = std::collections::BTreeMap::new();
         let scaling = Scaling::default();

@@ -25,6 +25,8 @@ pub struct Recorded {
     pub removed_images: Vec<String>,
     /// Images removed and not built again since: `image_info` no longer finds them.
     pub gone_images: std::collections::HashSet<String>,
+    /// While set, every build fails (a deployment that fails after it was accepted).
+    pub fail_builds: bool,
 }
 
 /// Containers "run" for `run_for`, then exit 0. An http instance gets `address` (none by
@@ -93,6 +95,9 @@ impl Driver for FakeDriver {
         Ok(tags)
     }
     async fn build_image(&self, req: BuildRequest) -> Result<String> {
+        if self.recorded().fail_builds {
+            return Err(DriverError::BuildFailed { message: "the build failed (FakeDriver::fail_builds)".into(), log: String::new() });
+        }
         let mut entries = Vec::new();
         let mut archive = tar::Archive::new(&req.context_tar[..]);
         let unreadable = |e: std::io::Error| DriverError::Engine(format!("the build context is not a tar: {e}"));
