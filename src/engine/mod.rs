@@ -11,6 +11,7 @@ pub mod auth;
 pub(crate) mod build;
 mod delete;
 mod deploy;
+pub mod logs;
 pub(crate) mod error;
 pub mod runtime;
 pub(crate) mod source;

@@ -12,6 +12,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use rusqlite_migration::{Migrations, M};
 use serde::{Deserialize, Serialize};
 
+use crate::infra::logs::{LogLine, LogStream, RawLine, SourceKind};
 use crate::manifest::FunctionType;
 
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +126,48 @@ fn migrations() -> Migrations<'static> {
         );
         ALTER TABLE projects ADD COLUMN invoke_key_hash BLOB;
         ALTER TABLE functions ADD COLUMN options TEXT NOT NULL DEFAULT '{}';
+        "#,
+    ),
+    // Saved output as timed lines (`logs --since/--tail`), with their revision. The output
+    // saved before becomes lines at the time it was saved, revision 0 (not recorded then).
+    M::up(
+        r#"
+        CREATE TABLE log_sources (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            project TEXT NOT NULL,
+            function TEXT NOT NULL,
+            revision INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            container TEXT NOT NULL,
+            run INTEGER,
+            saved_at TEXT NOT NULL
+        );
+        CREATE INDEX log_sources_fn ON log_sources(project, function, id);
+        CREATE TABLE log_lines (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            source_id INTEGER NOT NULL REFERENCES log_sources(id) ON DELETE CASCADE,
+            project TEXT NOT NULL,
+            function TEXT NOT NULL,
+            time_ns INTEGER NOT NULL,
+            stream TEXT NOT NULL,
+            line TEXT NOT NULL
+        );
+        CREATE INDEX log_lines_time ON log_lines(project, function, time_ns, id);
+        CREATE INDEX log_lines_source ON log_lines(source_id);
+        INSERT INTO log_sources (id, project, function, revision, kind, container, run, saved_at)
+            SELECT id, project, function, 0, 'instance', container, NULL, at FROM function_logs;
+        INSERT INTO log_lines (source_id, project, function, time_ns, stream, line)
+            WITH RECURSIVE split(source_id, project, function, at, line, rest) AS (
+                SELECT id, project, function, at, NULL, output || char(10) FROM function_logs
+                UNION ALL
+                SELECT source_id, project, function, at, substr(rest, 1, instr(rest, char(10)) - 1),
+                       substr(rest, instr(rest, char(10)) + 1)
+                FROM split WHERE rest <> ''
+            )
+            SELECT source_id, project, function, CAST(round((julianday(at) - 2440587.5) * 86400000.0) AS INTEGER) * 1000000,
+                   'stdout', line
+            FROM split WHERE line IS NOT NULL;
+        DROP TABLE function_logs;
         "#,
     )])
 }
@@ -307,11 +350,54 @@ pub struct CronRunRow {
     pub output: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct LogRow {
+/// Saved output kept per function: the lines of its newest this many containers and runs.
+const LOG_SOURCES_KEPT: u32 = 100;
+
+/// Which saved lines to read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogFilter {
+    pub project: String,
+    pub function: String,
+    /// Lines at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Lines of this deployment's instances and runs only.
+    pub revision: Option<i64>,
+}
+
+/// Where saved lines came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSource {
+    pub project: String,
+    pub function: String,
+    pub revision: i64,
+    pub kind: SourceKind,
     pub container: String,
-    pub at: DateTime<Utc>,
-    pub output: String,
+    pub run: Option<i64>,
+}
+
+fn time_ns(t: DateTime<Utc>) -> i64 {
+    t.timestamp_nanos_opt().unwrap_or(if t.timestamp() < 0 { i64::MIN } else { i64::MAX })
+}
+
+const LOG_LINE_COLS: &str = "l.id, l.time_ns, s.kind, s.container, s.run, s.revision, l.stream, l.line";
+
+fn log_line(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, std::result::Result<LogLine, String>)> {
+    let id: i64 = r.get(0)?;
+    let kind: String = r.get(2)?;
+    let stream: String = r.get(6)?;
+    let line = match (SourceKind::parse(&kind), LogStream::parse(&stream)) {
+        (Some(source), Some(stream)) => Ok(LogLine {
+            time: DateTime::from_timestamp_nanos(r.get(1)?),
+            source,
+            instance: r.get(3)?,
+            run: r.get(4)?,
+            revision: r.get(5)?,
+            stream,
+            line: r.get(7)?,
+        }),
+        _ => Err(format!("log line {id}: source `{kind}`, stream `{stream}`")),
+    };
+    Ok((id, line))
 }
 
 /// The store. Cheap to share behind an `Arc`.
@@ -534,7 +620,7 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute("DELETE FROM cron_runs WHERE project = ?1", [name])?;
-        tx.execute("DELETE FROM function_logs WHERE project = ?1", [name])?;
+        tx.execute("DELETE FROM log_sources WHERE project = ?1", [name])?;
         let n = tx.execute("DELETE FROM projects WHERE name = ?1", [name])?;
         tx.commit()?;
         Ok(n > 0)
@@ -810,32 +896,96 @@ impl Store {
         Ok(out)
     }
 
-    pub fn save_function_log(&self, project: &str, function: &str, container: &str, output: &str) -> Result<()> {
+    /// Saves a removed container's (or a finished run's) last lines; keeps the lines of the
+    /// newest [`LOG_SOURCES_KEPT`] per function.
+    pub fn save_log_lines(&self, src: &LogSource, lines: &[RawLine]) -> Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute(
-            "INSERT INTO function_logs (project, function, container, at, output) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![project, function, container, now(), output],
+            "INSERT INTO log_sources (project, function, revision, kind, container, run, saved_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![src.project, src.function, src.revision, src.kind.as_str(), src.container, src.run, now()],
         )?;
-        // Keep the newest 50 saved outputs per function.
+        let source_id = tx.last_insert_rowid();
+        {
+            let mut stmt = tx.prepare(
+                "INSERT INTO log_lines (source_id, project, function, time_ns, stream, line) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for l in lines {
+                stmt.execute(params![source_id, src.project, src.function, time_ns(l.time), l.stream.as_str(), l.text])?;
+            }
+        }
         tx.execute(
-            "DELETE FROM function_logs WHERE project = ?1 AND function = ?2 AND id NOT IN
-             (SELECT id FROM function_logs WHERE project = ?1 AND function = ?2 ORDER BY id DESC LIMIT 50)",
-            params![project, function],
+            "DELETE FROM log_sources WHERE project = ?1 AND function = ?2 AND id NOT IN
+             (SELECT id FROM log_sources WHERE project = ?1 AND function = ?2 ORDER BY id DESC LIMIT ?3)",
+            params![src.project, src.function, LOG_SOURCES_KEPT],
         )?;
         tx.commit()?;
         Ok(())
     }
 
-    pub fn function_logs(&self, project: &str, function: &str) -> Result<Vec<LogRow>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT container, at, output FROM function_logs WHERE project = ?1 AND function = ?2 ORDER BY id",
+    /// Saved lines matching `f`, in time order, after `after` (a `(time_ns, id)` cursor from
+    /// the previous page); at most `limit`. Each with its row id.
+    pub fn log_lines_page(&self, f: &LogFilter, after: Option<(i64, i64)>, limit: u32) -> Result<Vec<(i64, LogLine)>> {
+        let (t, id) = after.unwrap_or((i64::MIN, i64::MIN));
+        let since = f.since.map_or(i64::MIN, time_ns);
+        self.log_lines_query(
+            &format!(
+                "SELECT {LOG_LINE_COLS} FROM log_lines l JOIN log_sources s ON s.id = l.source_id
+                 WHERE l.project = ?1 AND l.function = ?2 AND l.time_ns >= ?3 AND (?4 IS NULL OR s.revision = ?4)
+                   AND (l.time_ns > ?5 OR (l.time_ns = ?5 AND l.id > ?6))
+                 ORDER BY l.time_ns, l.id LIMIT ?7"
+            ),
+            params![f.project, f.function, since, f.revision, t, id, limit],
+        )
+    }
+
+    /// The last `n` saved lines matching `f`, in time order.
+    pub fn log_lines_last(&self, f: &LogFilter, n: u32) -> Result<Vec<(i64, LogLine)>> {
+        let since = f.since.map_or(i64::MIN, time_ns);
+        let mut out = self.log_lines_query(
+            &format!(
+                "SELECT {LOG_LINE_COLS} FROM log_lines l JOIN log_sources s ON s.id = l.source_id
+                 WHERE l.project = ?1 AND l.function = ?2 AND l.time_ns >= ?3 AND (?4 IS NULL OR s.revision = ?4)
+                 ORDER BY l.time_ns DESC, l.id DESC LIMIT ?5"
+            ),
+            params![f.project, f.function, since, f.revision, n],
         )?;
-        let rows = stmt.query_map(params![project, function], |r| {
-            Ok(LogRow { container: r.get(0)?, at: ts(r.get(1)?)?, output: r.get(2)? })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Lines matching `f` saved after row `after_id` (what a follower has not seen), in the
+    /// order they were saved; at most `limit`.
+    pub fn log_lines_saved_after(&self, f: &LogFilter, after_id: i64, limit: u32) -> Result<Vec<(i64, LogLine)>> {
+        let since = f.since.map_or(i64::MIN, time_ns);
+        self.log_lines_query(
+            &format!(
+                "SELECT {LOG_LINE_COLS} FROM log_lines l JOIN log_sources s ON s.id = l.source_id
+                 WHERE l.project = ?1 AND l.function = ?2 AND l.time_ns >= ?3 AND (?4 IS NULL OR s.revision = ?4) AND l.id > ?5
+                 ORDER BY l.id LIMIT ?6"
+            ),
+            params![f.project, f.function, since, f.revision, after_id, limit],
+        )
+    }
+
+    /// The newest saved line's row id (0 when none).
+    pub fn last_log_line_id(&self) -> Result<i64> {
+        Ok(self.conn().query_row("SELECT COALESCE(MAX(id), 0) FROM log_lines", [], |r| r.get(0))?)
+    }
+
+    fn log_lines_query(&self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<(i64, LogLine)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(sql)?;
+        let rows = stmt.query_map(params, log_line)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, line) = row?;
+            out.push((id, line.map_err(StoreError::Corrupt)?));
+        }
+        Ok(out)
     }
 
     /// Keeps the newest `keep` cron runs per function.
