@@ -222,7 +222,7 @@ impl LineTail {
             out.push(RawLine {
                 time,
                 stream: LogStream::System,
-                text: format!("{} earlier lines not kept (the last {} bytes are)", self.dropped, self.cap),
+                text: format!("{} earlier lines not kept (at most the last {} bytes of output are)", self.dropped, self.cap),
             });
         }
         out.extend(self.lines);
@@ -335,8 +335,8 @@ mod tests {
         }
         let out = t.finish();
         assert_eq!(out[0].stream, LogStream::System);
-        assert!(out[0].text.starts_with("991 earlier lines not kept"), "{}", out[0].text);
+        assert!(out[0].text.starts_with("990 earlier lines not kept"), "{}", out[0].text);
         assert_eq!(out.last().map(|l| l.text.as_str()), Some("line 0999"));
-        assert!(join_lines(&out).starts_with("[eserveless: 991 earlier lines not kept"));
+        assert!(join_lines(&out).starts_with("[eserveless: 990 earlier lines not kept"));
     }
 }

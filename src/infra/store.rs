@@ -158,7 +158,8 @@ fn migrations() -> Migrations<'static> {
             SELECT id, project, function, 0, 'instance', container, NULL, at FROM function_logs;
         INSERT INTO log_lines (source_id, project, function, time_ns, stream, line)
             WITH RECURSIVE split(source_id, project, function, at, line, rest) AS (
-                SELECT id, project, function, at, NULL, output || char(10) FROM function_logs
+                SELECT id, project, function, at, NULL,
+                       CASE WHEN substr(output, -1) = char(10) THEN output ELSE output || char(10) END FROM function_logs
                 UNION ALL
                 SELECT source_id, project, function, at, substr(rest, 1, instr(rest, char(10)) - 1),
                        substr(rest, instr(rest, char(10)) + 1)
@@ -1003,6 +1004,78 @@ impl Store {
 mod tests {
     use super::*;
     use crate::manifest::Scaling;
+
+    fn line(t: &str, text: &str) -> RawLine {
+        RawLine { time: DateTime::parse_from_rfc3339(t).expect("t").with_timezone(&Utc), stream: LogStream::Stdout, text: text.into() }
+    }
+
+    fn source(container: &str, revision: i64) -> LogSource {
+        LogSource { project: "p".into(), function: "F".into(), revision, kind: SourceKind::Instance, container: container.into(), run: None }
+    }
+
+    #[test]
+    fn saved_lines_read_back_in_time_order_by_page_tail_and_filter() {
+        let s = Store::in_memory().expect("store");
+        s.save_log_lines(&source("a", 1), &[line("2026-01-01T00:00:01Z", "a1"), line("2026-01-01T00:00:03Z", "a3")]).expect("save");
+        s.save_log_lines(&source("b", 2), &[line("2026-01-01T00:00:02Z", "b2"), line("2026-01-01T00:00:04.5Z", "b4")]).expect("save");
+        let f = LogFilter { project: "p".into(), function: "F".into(), ..LogFilter::default() };
+        let text = |v: Vec<(i64, LogLine)>| v.into_iter().map(|(_, l)| l.line).collect::<Vec<_>>();
+        let first = s.log_lines_page(&f, None, 3).expect("page");
+        let cursor = first.last().map(|(id, l)| (l.time.timestamp_nanos_opt().expect("ns"), *id));
+        assert_eq!(text(first), ["a1", "b2", "a3"]);
+        assert_eq!(text(s.log_lines_page(&f, cursor, 3).expect("page")), ["b4"]);
+        assert_eq!(text(s.log_lines_last(&f, 2).expect("tail")), ["a3", "b4"]);
+        let since = LogFilter { since: Some(line("2026-01-01T00:00:03Z", "").time), ..f.clone() };
+        assert_eq!(text(s.log_lines_page(&since, None, 10).expect("since")), ["a3", "b4"]);
+        let rev = LogFilter { revision: Some(2), ..f.clone() };
+        assert_eq!(text(s.log_lines_last(&rev, 10).expect("rev")), ["b2", "b4"]);
+        let after = s.log_lines_page(&f, None, 10).expect("all")[1].0;
+        assert_eq!(text(s.log_lines_saved_after(&f, after, 10).expect("after")), ["b4"], "by save order, after a row");
+        let l = &s.log_lines_last(&f, 1).expect("one")[0].1;
+        assert_eq!((l.instance.as_str(), l.revision, l.source, l.time.timestamp_subsec_millis()), ("b", 2, SourceKind::Instance, 500));
+
+        // Only the newest sources' lines are kept; a removed project's go with it.
+        for i in 0..LOG_SOURCES_KEPT + 5 {
+            s.save_log_lines(&source(&format!("c{i}"), 3), &[line("2026-01-02T00:00:00Z", "c")]).expect("save");
+        }
+        let sources: i64 = s.conn().query_row("SELECT COUNT(*) FROM log_sources", [], |r| r.get(0)).expect("count");
+        assert_eq!(sources, i64::from(LOG_SOURCES_KEPT));
+        assert_eq!(s.log_lines_last(&f, 10_000).expect("all").len(), LOG_SOURCES_KEPT as usize, "lines went with their sources");
+        s.conn().execute("INSERT INTO projects (name, repository, created_at) VALUES ('p', 'r', '2026-01-01T00:00:00Z')", []).expect("p");
+        assert!(s.delete_project("p").expect("delete"));
+        assert!(s.log_lines_last(&f, 10).expect("none").is_empty());
+    }
+
+    /// Output saved before lines had times becomes lines at its save time, in order.
+    #[test]
+    fn older_saved_output_becomes_timed_lines() {
+        let mut conn = Connection::open_in_memory().expect("db");
+        migrations().to_version(&mut conn, 2).expect("the schema before timed lines");
+        conn.execute(
+            "INSERT INTO function_logs (project, function, container, at, output) VALUES ('p', 'F', 'c1', '2026-01-01T00:00:01.250+00:00', 'one\ntwo\n')",
+            [],
+        )
+        .expect("old row");
+        conn.execute(
+            "INSERT INTO function_logs (project, function, container, at, output) VALUES ('p', 'F', 'c2', '2026-01-01T00:00:02+00:00', 'three')",
+            [],
+        )
+        .expect("old row");
+        migrations().to_latest(&mut conn).expect("migrate");
+        let s = Store { conn: Mutex::new(conn) };
+        let f = LogFilter { project: "p".into(), function: "F".into(), ..LogFilter::default() };
+        let lines: Vec<LogLine> = s.log_lines_page(&f, None, 10).expect("lines").into_iter().map(|(_, l)| l).collect();
+        let got: Vec<(&str, &str, String)> =
+            lines.iter().map(|l| (l.instance.as_str(), l.line.as_str(), l.time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))).collect();
+        assert_eq!(
+            got,
+            [
+                ("c1", "one", "2026-01-01T00:00:01.250Z".to_string()),
+                ("c1", "two", "2026-01-01T00:00:01.250Z".to_string()),
+                ("c2", "three", "2026-01-01T00:00:02.000Z".to_string()),
+            ]
+        );
+    }
 
     #[test]
     fn racing_requests_create_a_project_once_and_queue_a_commit_once() {
