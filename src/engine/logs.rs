@@ -114,9 +114,10 @@ struct Reader {
     driver: Arc<dyn Driver>,
     store: Arc<Store>,
     filter: LogFilter,
-    /// Per container: the time of the last line of it read, so no line is sent twice when
-    /// a container's lines arrive both live and saved.
-    seen: HashMap<String, DateTime<Utc>>,
+    /// Per container and stream: the time of the last line of it read, so no line is sent
+    /// twice when a container's lines arrive both live and saved. Per stream, because the
+    /// engine times stdout and stderr apart: only within one are times in write order.
+    seen: HashMap<(String, LogStream), DateTime<Utc>>,
     tx: mpsc::Sender<LogLine>,
 }
 
@@ -126,16 +127,17 @@ impl Reader {
         // Lines saved after this are the follower's to pick up.
         let mut saved_cursor = blocking(move || store.last_log_line_id()).await?;
         let running = self.running().await?;
-        if req.tail == Some(0) {
-            // No history: only what running containers write from now on.
-            let now = Utc::now();
-            for s in &running {
-                self.seen.insert(s.container.clone(), now);
-            }
-        }
+        let began = Utc::now();
         match self.history(req, &running).await {
             Ok(()) => {}
             Err(Gone) => return Ok(()),
+        }
+        // A stream of a running container with no line read had none before the history was
+        // read (or none wanted, with tail 0): follow it from then.
+        for s in &running {
+            for stream in [LogStream::Stdout, LogStream::Stderr, LogStream::System] {
+                self.seen.entry((s.container.clone(), stream)).or_insert(began);
+            }
         }
         if !req.follow {
             return Ok(());
@@ -231,7 +233,7 @@ impl Reader {
             };
             let line = heads[i].take().expect("chosen among the present heads");
             heads[i] = sources[i].next().await;
-            self.seen.insert(line.instance.clone(), line.time);
+            self.seen.insert((line.instance.clone(), line.stream), line.time);
             match req.tail {
                 Some(n) => {
                     if kept.len() == n as usize {
@@ -259,9 +261,10 @@ impl Reader {
         if !attached.insert(s.container.clone()) {
             return;
         }
-        let since = match (self.seen.get(&s.container), self.filter.since) {
-            (Some(&t), Some(f)) => Some(t.max(f)),
-            (t, f) => t.copied().or(f),
+        let seen = [LogStream::Stdout, LogStream::Stderr].iter().filter_map(|&k| self.seen.get(&(s.container.clone(), k)).copied()).min();
+        let since = match (seen, self.filter.since) {
+            (Some(t), Some(f)) => Some(t.max(f)),
+            (t, f) => t.or(f),
         };
         let (driver, out) = (self.driver.clone(), out.clone());
         live.spawn(async move {
@@ -274,13 +277,14 @@ impl Reader {
         });
     }
 
-    /// Sends a line unless one at its time or later was sent of its container already, or it
-    /// is older than `since`.
+    /// Sends a line unless one at its time or later was sent of its container's stream
+    /// already, or it is older than `since`.
     async fn send_new(&mut self, l: LogLine) -> std::result::Result<(), Gone> {
-        if self.filter.since.is_some_and(|t| l.time < t) || self.seen.get(&l.instance).is_some_and(|&t| l.time <= t) {
+        let key = (l.instance.clone(), l.stream);
+        if self.filter.since.is_some_and(|t| l.time < t) || self.seen.get(&key).is_some_and(|&t| l.time <= t) {
             return Ok(());
         }
-        self.seen.insert(l.instance.clone(), l.time);
+        self.seen.insert(key, l.time);
         self.tx.send(l).await.map_err(|_| Gone)
     }
 }

@@ -17,7 +17,7 @@ pub const CUT_MARK: &str = " [eserveless: line cut]";
 
 /// Which output a line was written to; `system` lines are the platform's own notes
 /// (dropped output, a run's exit status).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogStream {
     Stdout,
