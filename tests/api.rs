@@ -812,6 +812,11 @@ async fn logs_harness() -> (Harness, i64) {
     (h, rev)
 }
 
+/// A GET whose answer must end within 10 s: a log that is not followed ends.
+async fn get_soon(app: &Router, path: &str) -> Answer {
+    tokio::time::timeout(Duration::from_secs(10), get(app, path)).await.unwrap_or_else(|_| panic!("GET {path} did not end within 10 s"))
+}
+
 /// The lines of an NDJSON answer.
 fn ndjson(a: &Answer) -> Vec<Value> {
     assert_eq!(a.status, StatusCode::OK, "{}", a.raw);
@@ -830,7 +835,7 @@ fn texts(lines: &[Value]) -> Vec<&str> {
 #[tokio::test]
 async fn logs_are_one_stream_in_time_order_with_source_and_revision() {
     let (h, rev) = logs_harness().await;
-    let lines = ndjson(&get(&h.app, "/api/projects/demo/functions/Open/logs").await);
+    let lines = ndjson(&get_soon(&h.app, "/api/projects/demo/functions/Open/logs").await);
     assert_eq!(texts(&lines), ["one", "two", "three", "four", "other revision"]);
     assert_eq!(
         lines[0],
@@ -840,15 +845,15 @@ async fn logs_are_one_stream_in_time_order_with_source_and_revision() {
     assert_eq!((lines[3]["source"].as_str(), lines[3]["run"].as_i64()), (Some("run"), Some(5)));
 
     // Filters: the last N of the whole stream, since a time, one revision; none in the future.
-    let tail = ndjson(&get(&h.app, "/api/projects/demo/functions/Open/logs?tail=2").await);
+    let tail = ndjson(&get_soon(&h.app, "/api/projects/demo/functions/Open/logs?tail=2").await);
     assert_eq!(texts(&tail), ["four", "other revision"]);
-    let since = ndjson(&get(&h.app, "/api/projects/demo/functions/Open/logs?since=2026-12-01T10:00:02Z").await);
+    let since = ndjson(&get_soon(&h.app, "/api/projects/demo/functions/Open/logs?since=2026-12-01T10:00:02Z").await);
     assert_eq!(texts(&since), ["two", "three", "four", "other revision"]);
-    let one = ndjson(&get(&h.app, &format!("/api/projects/demo/functions/Open/logs?revision={rev}&tail=3")).await);
+    let one = ndjson(&get_soon(&h.app, &format!("/api/projects/demo/functions/Open/logs?revision={rev}&tail=3")).await);
     assert_eq!(texts(&one), ["two", "three", "four"]);
-    let future = get(&h.app, "/api/projects/demo/functions/Open/logs?since=2099-01-01T00:00:00Z").await;
+    let future = get_soon(&h.app, "/api/projects/demo/functions/Open/logs?since=2099-01-01T00:00:00Z").await;
     assert!(ndjson(&future).is_empty(), "{}", future.raw);
-    let none = get(&h.app, "/api/projects/demo/functions/Open/logs?tail=0").await;
+    let none = get_soon(&h.app, "/api/projects/demo/functions/Open/logs?tail=0").await;
     assert!(ndjson(&none).is_empty(), "{}", none.raw);
 }
 
@@ -863,17 +868,17 @@ async fn bad_log_filters_are_named_with_the_accepted_forms() {
         ("follow=maybe", "`maybe`", "follow=true"),
         ("revision=abc", "`abc`", "deployment id"),
     ] {
-        let a = get(&h.app, &format!("/api/projects/demo/functions/Open/logs?{query}")).await;
+        let a = get_soon(&h.app, &format!("/api/projects/demo/functions/Open/logs?{query}")).await;
         let m = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_log_filter");
         assert!(m.contains(value) && m.contains(hint), "{query}: {m}");
     }
-    let a = get(&h.app, &format!("/api/projects/demo/functions/Open/logs?revision={}", rev + 100)).await;
+    let a = get_soon(&h.app, &format!("/api/projects/demo/functions/Open/logs?revision={}", rev + 100)).await;
     let m = assert_error(&a, StatusCode::NOT_FOUND, "deployment_not_found");
     assert!(m.contains(&(rev + 100).to_string()), "{m}");
-    let a = get(&h.app, "/api/projects/demo/functions/Nope/logs").await;
+    let a = get_soon(&h.app, "/api/projects/demo/functions/Nope/logs").await;
     assert_error(&a, StatusCode::NOT_FOUND, "function_not_found");
     // The same access rules as every project route: a token, and only the owner's projects.
-    let a = get(&h.raw, "/api/projects/demo/functions/Open/logs").await;
+    let a = get_soon(&h.raw, "/api/projects/demo/functions/Open/logs").await;
     assert_error(&a, StatusCode::UNAUTHORIZED, "token_required");
 }
 
