@@ -326,7 +326,7 @@ pub fn parse_since(v: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String>
 /// `--tail`: a number of lines, 0 to [`MAX_TAIL`].
 pub fn parse_tail(v: &str) -> Result<u32, String> {
     match v.trim().parse::<u64>() {
-        Ok(n) if n <= u64::from(MAX_TAIL) => Ok(n as u32),
+        Ok(n) if n <= u64::from(MAX_TAIL) => Ok(u32::try_from(n).unwrap_or(MAX_TAIL)),
         Ok(_) => Err(format!("tail `{v}` is more than the {MAX_TAIL} lines kept in hand; use --since to go further back")),
         Err(_) => Err(format!("tail `{v}` is not a number of lines; use a whole number from 0 to {MAX_TAIL}, e.g. tail=100")),
     }

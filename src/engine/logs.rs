@@ -227,10 +227,8 @@ impl Reader {
             heads.push(s.next().await);
         }
         let mut kept: VecDeque<LogLine> = VecDeque::new();
-        loop {
-            let Some(i) = (0..heads.len()).filter(|&i| heads[i].is_some()).min_by_key(|&i| heads[i].as_ref().map(|l| l.time)) else {
-                break;
-            };
+        // The source whose next line is the oldest, while any has one.
+        while let Some(i) = (0..heads.len()).filter(|&i| heads[i].is_some()).min_by_key(|&i| heads[i].as_ref().map(|l| l.time)) {
             let line = heads[i].take().expect("chosen among the present heads");
             heads[i] = sources[i].next().await;
             self.seen.insert((line.instance.clone(), line.stream), line.time);
