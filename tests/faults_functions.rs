@@ -217,6 +217,9 @@ async fn read_log(http: reqwest::Client, url: String, stop: std::sync::Arc<std::
         buf.extend_from_slice(&chunk);
         while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
             let wire: Vec<u8> = buf.drain(..=nl).collect();
+            if wire == b"\n" {
+                continue; // a keep-alive
+            }
             match serde_json::from_slice::<Value>(&wire) {
                 Ok(v) => {
                     let text = v["line"].as_str().unwrap_or_default();

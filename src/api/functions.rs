@@ -21,10 +21,13 @@ pub(super) async fn function_runs(
     Ok(Json(RunList { runs }))
 }
 
+/// How long a log answer stays silent before an empty keep-alive line.
+const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// A function's output as NDJSON, one [`LogLine`](crate::api::types::LogLine) per line, in
 /// time order across instances and cron runs; filters in the query ([`LogsQuery`]). With
 /// `follow=true` the answer goes on with lines as they are written (instances and runs that
-/// start later included) until the client closes it. Sent through a bounded channel: a slow
+/// start later included) until the client closes it; empty lines are keep-alives. Sent through a bounded channel: a slow
 /// client slows the reading, and the server never holds more than a few lines per source.
 pub(super) async fn function_logs(
     State(s): State<AppState>,
@@ -36,7 +39,12 @@ pub(super) async fn function_logs(
     // Access, the function and the revision are checked before the answer starts: still a status.
     let rx = s.platform.function_logs(&who, &name, &function, req).await?;
     let lines = futures_util::stream::unfold(rx, |mut rx| async move {
-        let line = rx.recv().await?;
+        let line = match tokio::time::timeout(KEEP_ALIVE, rx.recv()).await {
+            Ok(line) => line?,
+            // An empty line while nothing is written: a client that went away is noticed (the
+            // write fails) and its reader stops, and proxies see a live connection.
+            Err(_) => return Some((Ok(bytes::Bytes::from_static(b"\n")), rx)),
+        };
         let mut json = match serde_json::to_vec(&line) {
             Ok(j) => j,
             // A struct of strings, numbers and times always serializes; never send a broken line.

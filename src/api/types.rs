@@ -267,7 +267,8 @@ pub use crate::engine::logs::{LogLine, LogStream, LogsRequest, SourceKind, MAX_T
 /// `GET .../logs` query: the filters as sent, checked by [`LogsQuery::parse`] (so a bad value
 /// gets a message naming it and the accepted forms, not a generic query error). The answer
 /// is NDJSON (`application/x-ndjson`): one [`LogLine`] per line, in time order; with
-/// `follow=true` it goes on until the client closes it.
+/// `follow=true` it goes on until the client closes it, with an empty line after 15 s of
+/// silence (a keep-alive: skip it).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogsQuery {
     /// `true` or `false`.

@@ -69,7 +69,10 @@ impl Logs {
             buf.extend_from_slice(&chunk.context("the server closed the log stream")?);
             while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
                 let wire: Vec<u8> = buf.drain(..=nl).collect();
-                print_line(&mut out, &wire[..nl], c.format)?;
+                // An empty line is the server's keep-alive.
+                if nl > 0 {
+                    print_line(&mut out, &wire[..nl], c.format)?;
+                }
             }
             if buf.len() > MAX_WIRE_LINE {
                 bail!("the server sent a log line longer than {MAX_WIRE_LINE} bytes; is it an eserveless server of this version?");
