@@ -243,8 +243,9 @@ async fn read_log(http: reqwest::Client, url: String, stop: std::sync::Arc<std::
 /// Fault: one request makes a function write 50 MiB to stdout (lines of 64 KiB) while a
 /// client follows the function's logs (`follow=true`) and another function is called in a
 /// loop; then four clients read the whole log at once.
-/// Proves: the other function keeps serving (no failed request); the follower gets the lines
-/// as they are written, each cut to 8 KiB and marked; each reader gets every line the engine
+/// Proves: the other function keeps serving (no failed request); the follower gets lines as
+/// they are written (at least what the engine keeps; how many of the 800 is logged), each cut
+/// to 8 KiB and marked; each reader gets every line the engine
 /// kept, cut and marked likewise; and the server's RSS (sampled every 20 ms) stays below its
 /// baseline + 40 MB throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,6 +276,8 @@ async fn flooded_output_is_cut_and_reading_it_keeps_memory_bounded() {
             peak
         })
     };
+    // Loud's instance runs before the follower starts: it follows from its first look.
+    assert_eq!(invoke(&server, &project, "Loud", "?mb=1").await.status, 200);
     let logs_url = format!("{}/api/projects/{project}/functions/Loud/logs", server.url);
     let stop_follow = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let follower = tokio::spawn(read_log(server.http(), format!("{logs_url}?follow=true&tail=0"), stop_follow.clone()));
@@ -313,11 +316,11 @@ async fn flooded_output_is_cut_and_reading_it_keeps_memory_bounded() {
         faults.push(format!("server RSS rose from {baseline} to {peak} bytes while a follower and 4 readers read the logs (limit +{LIMIT})"));
     }
     // Docker keeps 2 files of 8 MB: about 190 of the 64 KiB lines (with its JSON framing). The
-    // follower read while they were written, so more than that; not always all 800: Docker
-    // rotates its files away under a reader that is behind (docs/architecture.md, Logs).
-    for (who, r, least) in std::iter::once(("the follower", &followed, 250)).chain(answers.iter().map(|r| ("a reader", r, 150))) {
+    // follower reads while they are written, but not always all 800: Docker rotates its files
+    // away under a reader that is behind (docs/architecture.md, Logs; logged above).
+    for (who, r, least) in std::iter::once(("the follower", &followed, 150)).chain(answers.iter().map(|r| ("a reader", r, 150))) {
         faults.extend(r.faults.iter().map(|f| format!("{who}: {f}")));
-        // The follower also sees the instance's start line (the instance starts after it).
+        // A follower attached late may see the instance's start line, which is short.
         let uncut_allowed = if who == "the follower" { 1 } else { 0 };
         if r.lines < least || r.cut + uncut_allowed < r.lines {
             faults.push(format!("{who} got {} lines, {} cut and marked (expected at least {least}, all cut)", r.lines, r.cut));
