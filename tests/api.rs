@@ -1243,3 +1243,170 @@ async fn the_invoke_key_comes_with_the_first_private_function() {
     let a = upload(&h.app, "keys", "", private("o3")).await;
     assert!(a.body["invoke_key"].is_null(), "a key is shown once: {}", a.raw);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Logs: one NDJSON stream of timed lines, from saved output and running containers
+
+use eserveless::infra::driver::ManagedContainer;
+use eserveless::infra::logs::{LineSource, LogStream, RawLine};
+use eserveless::infra::store::LogSource;
+
+fn at(s: &str) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(s).expect("time").with_timezone(&chrono::Utc)
+}
+
+fn raw(time: &str, stream: LogStream, text: &str) -> RawLine {
+    RawLine { time: at(time), stream, text: text.to_string() }
+}
+
+/// A running container of `demo/Open` as the engine lists it.
+fn running_container(id: &str, revision: i64, role: &str, run: Option<i64>) -> ManagedContainer {
+    let mut labels = eserveless::infra::driver::labels::for_container("demo", "Open", revision, role);
+    if let Some(r) = run {
+        labels.insert(eserveless::infra::driver::labels::RUN.to_string(), r.to_string());
+    }
+    ManagedContainer { id: id.to_string(), labels, running: true, paused: false, stopped: false, ip: None, node: None }
+}
+
+/// `demo` deployed (revision `rev`), with: a running instance `c-live` (lines at :01 and
+/// :03), a removed instance's saved line (:02, stderr), a finished cron run's saved line (:04)
+/// and a saved line of another revision (:05).
+async fn logs_harness() -> (Harness, i64) {
+    let h = harness(true);
+    let (_repo, path) = access_repo();
+    let a = post_json(&h.app, "/api/projects", &json!({"repository": path, "name": "demo"})).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.raw);
+    let rev = a.body["deployment"].as_i64().expect("id");
+    assert_eq!(wait_deployment(&h.app, "demo", rev).await["status"], "ready");
+    h.fake.managed.lock().expect("fake").push(running_container("c-live", rev, "http", None));
+    h.fake.lines.lock().expect("fake").insert(
+        "c-live".into(),
+        vec![raw("2026-12-01T10:00:01Z", LogStream::Stdout, "one"), raw("2026-12-01T10:00:03Z", LogStream::Stdout, "three")],
+    );
+    let src = |container: &str, kind, run, revision| LogSource {
+        project: "demo".into(),
+        function: "Open".into(),
+        revision,
+        kind,
+        container: container.into(),
+        run,
+    };
+    h.store.save_log_lines(&src("c-gone", LineSource::Instance, None, rev), &[raw("2026-12-01T10:00:02Z", LogStream::Stderr, "two")]).expect("save");
+    h.store.save_log_lines(&src("c-run", LineSource::Run, Some(5), rev), &[raw("2026-12-01T10:00:04Z", LogStream::Stdout, "four")]).expect("save");
+    h.store.save_log_lines(&src("c-old", LineSource::Instance, None, rev + 100), &[raw("2026-12-01T10:00:05Z", LogStream::Stdout, "other revision")]).expect("save");
+    (h, rev)
+}
+
+/// A GET whose answer must end within 10 s: a log that is not followed ends.
+async fn get_soon(app: &Router, path: &str) -> Answer {
+    tokio::time::timeout(Duration::from_secs(10), get(app, path)).await.unwrap_or_else(|_| panic!("GET {path} did not end within 10 s"))
+}
+
+/// The lines of an NDJSON answer.
+fn ndjson(a: &Answer) -> Vec<Value> {
+    assert_eq!(a.status, StatusCode::OK, "{}", a.raw);
+    assert_eq!(header_of(a, "content-type"), "application/x-ndjson");
+    a.raw.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("line `{l}`: {e}"))).collect()
+}
+
+fn header_of<'a>(a: &'a Answer, name: &str) -> &'a str {
+    a.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+fn texts(lines: &[Value]) -> Vec<&str> {
+    lines.iter().map(|l| l["line"].as_str().expect("line")).collect()
+}
+
+#[tokio::test]
+async fn logs_are_one_stream_in_time_order_with_source_and_revision() {
+    let (h, rev) = logs_harness().await;
+    let lines = ndjson(&get_soon(&h.app, "/api/projects/demo/functions/Open/logs").await);
+    assert_eq!(texts(&lines), ["one", "two", "three", "four", "other revision"]);
+    assert_eq!(
+        lines[0],
+        json!({"time": "2026-12-01T10:00:01Z", "source": "instance", "instance": "c-live", "revision": rev, "stream": "stdout", "line": "one"})
+    );
+    assert_eq!((lines[1]["instance"].as_str(), lines[1]["stream"].as_str()), (Some("c-gone"), Some("stderr")));
+    assert_eq!((lines[3]["source"].as_str(), lines[3]["run"].as_i64()), (Some("run"), Some(5)));
+
+    // Filters: the last N of the whole stream, since a time, one revision; none in the future.
+    let tail = ndjson(&get_soon(&h.app, "/api/projects/demo/functions/Open/logs?tail=2").await);
+    assert_eq!(texts(&tail), ["four", "other revision"]);
+    let since = ndjson(&get_soon(&h.app, "/api/projects/demo/functions/Open/logs?since=2026-12-01T10:00:02Z").await);
+    assert_eq!(texts(&since), ["two", "three", "four", "other revision"]);
+    let one = ndjson(&get_soon(&h.app, &format!("/api/projects/demo/functions/Open/logs?revision={rev}&tail=3")).await);
+    assert_eq!(texts(&one), ["two", "three", "four"]);
+    let future = get_soon(&h.app, "/api/projects/demo/functions/Open/logs?since=2099-01-01T00:00:00Z").await;
+    assert!(ndjson(&future).is_empty(), "{}", future.raw);
+    let none = get_soon(&h.app, "/api/projects/demo/functions/Open/logs?tail=0").await;
+    assert!(ndjson(&none).is_empty(), "{}", none.raw);
+}
+
+#[tokio::test]
+async fn bad_log_filters_are_named_with_the_accepted_forms() {
+    let (h, rev) = logs_harness().await;
+    for (query, value, hint) in [
+        ("since=yesterday", "`yesterday`", "10m"),
+        ("since=10", "`10`", "RFC 3339"),
+        ("tail=-1", "`-1`", "whole number"),
+        ("tail=999999", "`999999`", "10000"),
+        ("follow=maybe", "`maybe`", "follow=true"),
+        ("revision=abc", "`abc`", "deployment id"),
+    ] {
+        let a = get_soon(&h.app, &format!("/api/projects/demo/functions/Open/logs?{query}")).await;
+        let m = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_log_filter");
+        assert!(m.contains(value) && m.contains(hint), "{query}: {m}");
+    }
+    let a = get_soon(&h.app, &format!("/api/projects/demo/functions/Open/logs?revision={}", rev + 100)).await;
+    let m = assert_error(&a, StatusCode::NOT_FOUND, "deployment_not_found");
+    assert!(m.contains(&(rev + 100).to_string()), "{m}");
+    let a = get_soon(&h.app, "/api/projects/demo/functions/Nope/logs").await;
+    assert_error(&a, StatusCode::NOT_FOUND, "function_not_found");
+    // The same access rules as every project route: a token, and only the owner's projects.
+    let a = get_soon(&h.raw, "/api/projects/demo/functions/Open/logs").await;
+    assert_error(&a, StatusCode::UNAUTHORIZED, "token_required");
+}
+
+/// Reads NDJSON lines from a streamed answer until `want` has arrived or `within` passes.
+async fn read_until(body: &mut (impl futures_util::Stream<Item = Result<bytes::Bytes, axum::Error>> + Unpin), want: &str, within: Duration) -> Vec<Value> {
+    use futures_util::StreamExt;
+    let deadline = Instant::now() + within;
+    let (mut buf, mut out) = (Vec::new(), Vec::new());
+    while Instant::now() < deadline {
+        let Ok(Some(chunk)) = tokio::time::timeout_at(deadline.into(), body.next()).await else { break };
+        buf.extend_from_slice(&chunk.expect("chunk"));
+        while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=nl).collect();
+            out.push(serde_json::from_slice::<Value>(&line).expect("an NDJSON line"));
+        }
+        if out.iter().any(|l| l["line"] == want) {
+            break;
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn following_sends_new_lines_of_new_instances_and_of_saved_runs() {
+    let (h, rev) = logs_harness().await;
+    let req = Request::get("/api/projects/demo/functions/Open/logs?follow=true&tail=1").body(Body::empty()).expect("request");
+    let resp = h.app.clone().oneshot(req).await.expect("the router answers");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body().into_data_stream();
+    let first = read_until(&mut body, "other revision", Duration::from_secs(3)).await;
+    assert_eq!(texts(&first), ["other revision"], "the tail before following");
+
+    // An instance that starts after the follower began, and a cron run that ran and was saved
+    // between two looks: both reach the follower, each line once.
+    let now = chrono::Utc::now();
+    h.fake.managed.lock().expect("fake").push(running_container("c-new", rev, "http", None));
+    h.fake.lines.lock().expect("fake").insert("c-new".into(), vec![RawLine { time: now, stream: LogStream::Stdout, text: "new instance".into() }]);
+    let got = read_until(&mut body, "new instance", Duration::from_secs(3)).await;
+    assert_eq!(texts(&got), ["new instance"]);
+    assert_eq!(got[0]["instance"], "c-new");
+    let src = LogSource { project: "demo".into(), function: "Open".into(), revision: rev, kind: LineSource::Run, container: "c-run2".into(), run: Some(6) };
+    h.store.save_log_lines(&src, &[RawLine { time: now, stream: LogStream::Stdout, text: "quick run".into() }]).expect("save");
+    let got = read_until(&mut body, "quick run", Duration::from_secs(3)).await;
+    assert_eq!(texts(&got), ["quick run"], "no line twice (c-live and c-new are followed too)");
+    assert_eq!(got[0]["run"], 6);
+}

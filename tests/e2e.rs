@@ -725,3 +725,141 @@ async fn cli_in(dir: &std::path::Path, args: &[&str], server: &Server) -> (i32, 
     eprintln!("$ (in {}) eserveless {}\n{stdout}{stderr}", dir.display(), args.join(" "));
     (out.status.code().unwrap_or(-1), stdout, stderr)
 }
+
+/// `eserveless logs` against the real engine: `-f` (the real CLI) prints a line a function
+/// writes during a request within 2 s, with its time, instance and revision, although the
+/// instance started after the follower did; a cron run's lines arrive as `run N`; `--tail 1`
+/// gives one line; `--since` in the future gives none; `-o json` is the API's line type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_follow_new_instances_and_runs() {
+    require_docker!();
+    let Stage { _serial, t0, project, scene: _scene, server, http } = stage("e2e-logs").await;
+    let repo = repo_with(&[
+        (
+            ".eserveless.yaml",
+            "runtime: node\nfunctions:\n  - {name: Say, type: http}\n  - {name: Tick, type: cron, schedule: \"*/2 * * * * *\"}\n"
+                .to_string(),
+        ),
+        (
+            "functions.js",
+            "exports.Say = (req, res) => { console.log('said ' + req.url); console.error('to stderr'); res.end('ok'); };\n\
+             exports.Tick = () => { console.log('tick'); };\n"
+                .to_string(),
+        ),
+    ]);
+    let d = deploy_and_wait(&http, &server.url, repo.path(), &project).await;
+    assert_eq!(d["status"], "ready", "{d:#}");
+    let revision = d["id"].as_i64().expect("deployment id");
+    let log = |m: &str| eprintln!("[{:>5.1}s] {m}", t0.elapsed().as_secs_f64());
+    log("deployed");
+
+    // The follower starts before any instance exists.
+    let target = format!("{project}/Say");
+    let (mut follower, mut lines) = follow(&server, &[&target, "-f"]);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let id = unique("line");
+    let a = answer(http.get(server.invoke_url(&project, "Say", &format!("?id={id}"))).send().await.expect("invoke")).await;
+    assert_eq!(a.status, 200, "{}", a.raw);
+    let invoked = Instant::now();
+    // `said <path>?id=<id>`: the path as the wrapper hands it to the handler.
+    let want = format!("?id={id}");
+    let mut earlier = Vec::new();
+    let line = loop {
+        let left = Duration::from_secs(2).saturating_sub(invoked.elapsed());
+        match tokio::time::timeout(left, lines.recv()).await {
+            Ok(Some(l)) if l.ends_with(&want) && l.contains("  said ") => break l,
+            Ok(Some(l)) => earlier.push(l),
+            _ => panic!("`logs -f` did not print `{want}` within 2 s of the answer"),
+        }
+    };
+    log(&format!("followed in {:?}: {line}", invoked.elapsed()));
+    let instance = function_containers(&docker(), &project, "Say").await.first().expect("Say's instance").0.clone();
+    let parts: Vec<&str> = line.splitn(4, ' ').collect();
+    let time = chrono::DateTime::parse_from_rfc3339(parts[0]).unwrap_or_else(|e| panic!("time `{}`: {e}", parts[0]));
+    assert_eq!(parts[0].len(), "2026-12-01T21:40:15.123Z".len(), "milliseconds, UTC: {line}");
+    assert!((chrono::Utc::now() - time.with_timezone(&chrono::Utc)).num_seconds().abs() < 10, "{line}");
+    assert_eq!(parts[1], format!("r{revision}"), "{line}");
+    assert_eq!(parts[2], &instance[..12], "the instance's short id: {line}");
+    // The engine times stdout and stderr apart: the stderr line may come first.
+    let err = tokio::time::timeout(Duration::from_secs(2), async {
+        if let Some(l) = earlier.iter().find(|l| l.ends_with("  [stderr] to stderr")) {
+            return l.clone();
+        }
+        while let Some(l) = lines.recv().await {
+            if l.ends_with("  [stderr] to stderr") {
+                return l;
+            }
+        }
+        panic!("the follower ended");
+    });
+    err.await.expect("the stderr line of the same request within 2 s");
+    follower.start_kill().expect("stop the follower");
+
+    // The history: the last line only; nothing since a future time; JSON lines.
+    // The instance's start line and the request's two lines can share a millisecond, and the
+    // engine times stdout and stderr apart: which is last is the engine's to say.
+    let (code, last3, err) = server.cli(&["logs", &target, "--tail", "3"]).await;
+    assert_eq!((code, last3.lines().count()), (0, 3), "{last3}{err}");
+    assert!(last3.contains(&want) && last3.contains("[stderr] to stderr"), "{last3}");
+    let (code, out, err) = server.cli(&["logs", &target, "--tail", "1"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), last3.lines().skip(2).collect::<Vec<_>>(), "the last of the stream");
+    let (code, out, err) = server.cli(&["logs", &target, "--since", "2099-01-01T00:00:00Z"]).await;
+    assert_eq!((code, out.as_str()), (0, ""), "{err}");
+    let (code, out, err) = server.cli(&["logs", &target, "--since", "10m", "-o", "json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let json: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("`{l}`: {e}"))).collect();
+    let said = json.iter().find(|l| l["line"].as_str().is_some_and(|t| t.starts_with("said ") && t.ends_with(&want))).unwrap_or_else(|| panic!("{out}"));
+    assert_eq!((said["source"].as_str(), said["instance"].as_str(), said["revision"].as_i64()), (Some("instance"), Some(instance.as_str()), Some(revision)));
+    assert_eq!(said["stream"], "stdout");
+    let (code, _, err) = server.cli(&["logs", &target, "--since", "yesterday"]).await;
+    assert!(code != 0 && err.contains("`yesterday`") && err.contains("RFC 3339"), "{err}");
+
+    // A cron function's runs, started after the follower: `run N` lines.
+    let (mut follower, mut lines) = follow(&server, &[&format!("{project}/Tick"), "-f", "--tail", "0"]);
+    let line = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(l) = lines.recv().await {
+            if l.ends_with(" tick") {
+                return l;
+            }
+        }
+        panic!("the follower ended");
+    })
+    .await
+    .expect("a cron run's line within 10 s");
+    let parts: Vec<&str> = line.splitn(5, ' ').collect();
+    assert_eq!((parts[1], parts[2]), (format!("r{revision}").as_str(), "run"), "{line}");
+    assert!(parts[3].parse::<i64>().is_ok(), "{line}");
+    log(&format!("cron run followed: {line}"));
+    follower.start_kill().expect("stop the follower");
+
+    let a = answer(http.delete(format!("{}/api/projects/{project}", server.url)).send().await.expect("rm")).await;
+    assert_eq!(a.status, 200, "{}", a.raw);
+}
+
+/// Starts `eserveless logs ARGS` against `server`; its stdout lines arrive on the receiver.
+fn follow(server: &Server, args: &[&str]) -> (tokio::process::Child, tokio::sync::mpsc::Receiver<String>) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_eserveless"))
+        .arg("logs")
+        .args(args)
+        .env("ESERVELESS_URL", &server.url)
+        .env("ESERVELESS_TOKEN", &server.token)
+        .env_remove("ESERVELESS_OUTPUT")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start `eserveless logs -f`");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = tokio::sync::mpsc::channel(1000);
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        while let Ok(Some(l)) = lines.next_line().await {
+            if tx.send(l).await.is_err() {
+                return;
+            }
+        }
+    });
+    (child, rx)
+}

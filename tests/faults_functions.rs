@@ -190,12 +190,64 @@ async fn functions_that_cannot_start_fail_fast_and_pile_nothing_up() {
 // ---------------------------------------------------------------------------------------------
 // 2. A function that floods its output
 
-/// Fault: one request makes a function write 50 MiB to stdout (lines of 64 KiB), while another
-/// function is called in a loop; then four clients read the function's logs at once.
-/// Proves: the other function keeps serving (no failed request); each logs request answers 200
-/// with every entry at most `--log-bytes` (64 KiB by default) plus the truncation marker, the
-/// flooding instance's entry beginning with `[eserveless: N earlier bytes not kept; the last M
-/// are below]`; and the server's RSS (sampled every 20 ms) stays below its baseline + 40 MB.
+/// What one reader of a function's NDJSON log got.
+#[derive(Debug, Default)]
+struct LogRead {
+    lines: u64,
+    cut: u64,
+    /// Faults seen in the lines (an unparsable line, a line over the cap).
+    faults: Vec<String>,
+}
+
+/// Reads `url` (NDJSON log lines) until it ends or `stop` is set, checking every line.
+async fn read_log(http: reqwest::Client, url: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> LogRead {
+    use futures_util::StreamExt;
+    const CAP: usize = 8 * 1024 + 64;
+    let mut got = LogRead::default();
+    let resp = http.get(&url).send().await.expect("GET logs");
+    if resp.status() != 200 {
+        got.faults.push(format!("logs answered {}: {:.300}", resp.status(), resp.text().await.unwrap_or_default()));
+        return got;
+    }
+    let mut body = resp.bytes_stream();
+    let mut buf = Vec::new();
+    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+        let Ok(next) = tokio::time::timeout(Duration::from_millis(200), body.next()).await else { continue };
+        let Some(Ok(chunk)) = next else { break };
+        buf.extend_from_slice(&chunk);
+        while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+            let wire: Vec<u8> = buf.drain(..=nl).collect();
+            if wire == b"\n" {
+                continue; // a keep-alive
+            }
+            match serde_json::from_slice::<Value>(&wire) {
+                Ok(v) => {
+                    let text = v["line"].as_str().unwrap_or_default();
+                    got.lines += 1;
+                    got.cut += u64::from(text.ends_with("[eserveless: line cut]"));
+                    if text.len() > CAP {
+                        got.faults.push(format!("a line of {} bytes (over the 8 KiB cap)", text.len()));
+                    }
+                }
+                Err(e) => got.faults.push(format!("a line that is not JSON ({e}): {:.100}", String::from_utf8_lossy(&wire))),
+            }
+        }
+        if buf.len() > 1 << 20 {
+            got.faults.push("over 1 MiB without a line end".into());
+            break;
+        }
+    }
+    got
+}
+
+/// Fault: one request makes a function write 50 MiB to stdout (lines of 64 KiB) while a
+/// client follows the function's logs (`follow=true`) and another function is called in a
+/// loop; then four clients read the whole log at once.
+/// Proves: the other function keeps serving (no failed request); the follower gets lines as
+/// they are written (at least what the engine keeps; how many of the 800 is logged), each cut
+/// to 8 KiB and marked; each reader gets every line the engine
+/// kept, cut and marked likewise; and the server's RSS (sampled every 20 ms) stays below its
+/// baseline + 40 MB throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flooded_output_is_cut_and_reading_it_keeps_memory_bounded() {
     require_docker!();
@@ -208,12 +260,6 @@ async fn flooded_output_is_cut_and_reading_it_keeps_memory_bounded() {
     let sleep_url = format!("{}/invoke/{project}/Sleep", server.url);
     assert_eq!(invoke(&server, &project, "Sleep", "").await.status, 200);
     let load = RequestLoop::start(vec![sleep_url], Duration::from_millis(20));
-
-    let a = invoke(&server, &project, "Loud", "?mb=50").await;
-    assert_eq!(a.status, 200, "{}", a.raw);
-    assert_eq!(a.body["written"], 50 * 1024 * 1024, "{}", a.raw);
-    log(t0, "Loud wrote 50 MiB");
-    wait_engine_logged(&project, "Loud").await;
 
     const LIMIT: u64 = 40 * 1000 * 1000;
     let pid = server.pid();
@@ -230,59 +276,54 @@ async fn flooded_output_is_cut_and_reading_it_keeps_memory_bounded() {
             peak
         })
     };
-    let reading = Instant::now();
+    // Loud's instance runs before the follower starts: it follows from its first look.
+    assert_eq!(invoke(&server, &project, "Loud", "?mb=1").await.status, 200);
     let logs_url = format!("{}/api/projects/{project}/functions/Loud/logs", server.url);
-    let readers: Vec<_> = (0..4)
-        .map(|_| {
-            let (http, url) = (server.http(), logs_url.clone());
-            tokio::spawn(async move { answer(http.get(&url).send().await.expect("GET logs")).await })
-        })
-        .collect();
+    let stop_follow = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let follower = tokio::spawn(read_log(server.http(), format!("{logs_url}?follow=true&tail=0"), stop_follow.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let a = invoke(&server, &project, "Loud", "?mb=50").await;
+    assert_eq!(a.status, 200, "{}", a.raw);
+    assert_eq!(a.body["written"], 50 * 1024 * 1024, "{}", a.raw);
+    log(t0, "Loud wrote 50 MiB");
+    wait_engine_logged(&project, "Loud").await;
+    // The follower catches up with what the engine has, then stops.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop_follow.store(true, std::sync::atomic::Ordering::Release);
+    let followed = follower.await.expect("the follower");
+    log(t0, &format!("the follower got {} lines, {} of them cut", followed.lines, followed.cut));
+
+    let reading = Instant::now();
+    let never = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..4).map(|_| tokio::spawn(read_log(server.http(), logs_url.clone(), never.clone()))).collect();
     let mut answers = Vec::new();
     for r in readers {
         answers.push(r.await.expect("a logs reader"));
     }
     stop.store(true, std::sync::atomic::Ordering::Release);
     let peak = sampler.await.expect("the RSS sampler").max(rss_bytes(pid));
-    log(t0, &format!("4 logs reads in {:?}: RSS baseline {} MB, peak {} MB", reading.elapsed(), baseline / 1_000_000, peak / 1_000_000));
+    log(t0, &format!("4 logs reads ({} lines each) in {:?}: RSS baseline {} MB, peak {} MB", answers[0].lines, reading.elapsed(), baseline / 1_000_000, peak / 1_000_000));
     let samples = load.finish().await;
     let failed: Vec<&String> = samples.iter().filter_map(|s| s.result.as_ref().err()).collect();
 
-    // Every failure is reported at once: memory and marker are separate faults.
+    // Every failure is reported at once: memory and lines are separate faults.
     let mut faults = Vec::new();
     if !failed.is_empty() {
         faults.push(format!("{} of {} requests to Sleep failed, e.g. {}", failed.len(), samples.len(), failed[0]));
     }
     if peak > baseline + LIMIT {
-        faults.push(format!("server RSS rose from {baseline} to {peak} bytes while 4 clients read the logs (limit +{LIMIT})"));
+        faults.push(format!("server RSS rose from {baseline} to {peak} bytes while a follower and 4 readers read the logs (limit +{LIMIT})"));
     }
-    for a in &answers {
-        if a.status != 200 {
-            faults.push(format!("logs answered {}: {:.300}", a.status, a.raw));
-            continue;
-        }
-        let entries = a.body["entries"].as_array().cloned().unwrap_or_default();
-        let running: Vec<&Value> = entries.iter().filter(|e| e["running"] == true).collect();
-        if running.len() != 1 {
-            faults.push(format!("expected one running entry (Loud's instance), got {}", running.len()));
-        }
-        for e in &entries {
-            let out = e["output"].as_str().unwrap_or_default();
-            let (marker, rest) = out.split_once('\n').unwrap_or((out, ""));
-            let counts = marker
-                .strip_prefix("[eserveless: ")
-                .and_then(|m| m.strip_suffix(" are below]"))
-                .and_then(|m| m.split_once(" earlier bytes not kept; the last "))
-                .and_then(|(n, m)| Some((n.parse::<u64>().ok()?, m.parse::<u64>().ok()?)));
-            match counts {
-                Some((n, m)) if n > 0 && usize::try_from(m) == Ok(rest.len()) && m <= 64 * 1024 => {}
-                Some(nm) => faults.push(format!("marker `{marker}` {nm:?} does not fit the {} bytes below it", rest.len())),
-                None if out.len() > 64 * 1024 => faults.push(format!("an entry of {} bytes (over 64 KiB)", out.len())),
-                None if e["running"] == true => {
-                    faults.push(format!("Loud's entry ({} bytes) does not begin with the truncation marker: {:.100}", out.len(), out))
-                }
-                None => {}
-            }
+    // Docker keeps 2 files of 8 MB: about 190 of the 64 KiB lines (with its JSON framing). The
+    // follower reads while they are written, but not always all 800: Docker rotates its files
+    // away under a reader that is behind (docs/architecture.md, Logs; logged above).
+    for (who, r, least) in std::iter::once(("the follower", &followed, 150)).chain(answers.iter().map(|r| ("a reader", r, 150))) {
+        faults.extend(r.faults.iter().map(|f| format!("{who}: {f}")));
+        // A follower attached late may see the instance's start line, which is short.
+        let uncut_allowed = if who == "the follower" { 1 } else { 0 };
+        if r.lines < least || r.cut + uncut_allowed < r.lines {
+            faults.push(format!("{who} got {} lines, {} cut and marked (expected at least {least}, all cut)", r.lines, r.cut));
         }
     }
     faults.dedup();

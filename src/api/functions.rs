@@ -1,5 +1,5 @@
-//! `/api/projects/{name}/functions/{function}/{runs,logs}`: what a live function did and
-//! wrote, and a cron run started by hand.
+//! `/api/projects/{name}/functions/{function}/{runs,logs}`: what a live function did and wrote
+//! (the logs as a stream of lines), and a cron run started by hand.
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
 use crate::api::error::ApiError;
-use crate::api::types::{CronRun, LogEntry, RunList, RunStarted, RunTrigger, RunsQuery};
+use crate::api::types::{CronRun, LogsQuery, RunList, RunStarted, RunTrigger, RunsQuery};
 use crate::api::AppState;
 use crate::engine::Principal;
 
@@ -48,90 +48,44 @@ pub(super) async fn function_run(
     Ok(Json(s.platform.cron_run(&who, &name, &function, &run)?))
 }
 
-/// A function's output: saved output of removed instances, running containers (read from the
-/// engine as the answer is sent) and recent cron runs. The answer is streamed entry by entry,
-/// so the server holds at most one container's output tail (`--log-bytes`) at a time while
-/// reading from the engine, whatever the function wrote.
+/// How long a log answer stays silent before an empty keep-alive line.
+const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// A function's output as NDJSON, one [`LogLine`](crate::api::types::LogLine) per line, in
+/// time order across instances and cron runs; filters in the query ([`LogsQuery`]). With
+/// `follow=true` the answer goes on with lines as they are written (instances and runs that
+/// start later included) until the client closes it; empty lines are keep-alives. Sent through a bounded channel: a slow
+/// client slows the reading, and the server never holds more than a few lines per source.
 pub(super) async fn function_logs(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
     Path((name, function)): Path<(String, String)>,
+    Query(q): Query<LogsQuery>,
 ) -> Result<Response, ApiError> {
-    // What the store holds is read before the answer starts: a store error is still a status.
-    let logs = s.platform.function_logs(&who, &name, &function).await?;
-    let platform = s.platform.clone();
-    let saved_instances: Vec<LogEntry> = logs
-        .instances
-        .into_iter()
-        .map(|l| LogEntry {
-            source: "instance".to_string(),
-            container: Some(l.container),
-            run: None,
-            at: l.at,
-            status: None,
-            output: l.output,
-            running: false,
-        })
-        .collect();
-    let saved_runs: Vec<LogEntry> = logs
-        .runs
-        .into_iter()
-        .map(|r| LogEntry {
-            source: "cron".to_string(),
-            container: None,
-            run: Some(r.id),
-            at: r.started_at,
-            status: Some(r.status),
-            output: r.output,
-            running: false,
-        })
-        .collect();
-    let running = logs.running;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::convert::Infallible>>(1);
-    tokio::spawn(async move {
-        let mut first = true;
-        let mut send = |v: &LogEntry| {
-            let mut chunk = if std::mem::take(&mut first) { b"{\"entries\":[".to_vec() } else { b",".to_vec() };
-            match serde_json::to_vec(v) {
-                Ok(json) => chunk.extend_from_slice(&json),
-                // A struct of strings, numbers and times always serializes; never send a broken document.
-                Err(e) => {
-                    tracing::error!(error = %e, "a log entry did not serialize");
-                    chunk.extend_from_slice(b"null");
-                }
-            }
-            bytes::Bytes::from(chunk)
+    let req = q.parse(chrono::Utc::now()).map_err(|m| ApiError::bad_request("invalid_log_filter", m))?;
+    // Access, the function and the revision are checked before the answer starts: still a status.
+    let rx = s.platform.function_logs(&who, &name, &function, req).await?;
+    let lines = futures_util::stream::unfold(rx, |mut rx| async move {
+        let line = match tokio::time::timeout(KEEP_ALIVE, rx.recv()).await {
+            Ok(line) => line?,
+            // An empty line while nothing is written: a client that went away is noticed (the
+            // write fails) and its reader stops, and proxies see a live connection.
+            Err(_) => return Some((Ok(bytes::Bytes::from_static(b"\n")), rx)),
         };
-        for v in &saved_instances {
-            if tx.send(Ok(send(v))).await.is_err() {
-                return;
+        let mut json = match serde_json::to_vec(&line) {
+            Ok(j) => j,
+            // A struct of strings, numbers and times always serializes; never send a broken line.
+            Err(e) => {
+                tracing::error!(error = %e, "a log line did not serialize");
+                return Some((Ok::<_, std::convert::Infallible>(bytes::Bytes::new()), rx));
             }
-        }
-        for c in running {
-            let Some(out) = platform.container_output(&c).await else { continue };
-            let v = LogEntry {
-                source: if c.cron { "cron" } else { "instance" }.to_string(),
-                container: Some(c.id),
-                run: None,
-                at: chrono::Utc::now(),
-                status: None,
-                output: out,
-                running: true,
-            };
-            let chunk = send(&v);
-            drop(v);
-            if tx.send(Ok(chunk)).await.is_err() {
-                return;
-            }
-        }
-        for v in &saved_runs {
-            if tx.send(Ok(send(v))).await.is_err() {
-                return;
-            }
-        }
-        let end: &[u8] = if first { b"{\"entries\":[]}" } else { b"]}" };
-        let _ = tx.send(Ok(bytes::Bytes::from_static(end))).await;
+        };
+        json.push(b'\n');
+        Some((Ok(bytes::Bytes::from(json)), rx))
     });
-    let body = Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) }));
-    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson"), (axum::http::header::CACHE_CONTROL, "no-cache")],
+        Body::from_stream(lines),
+    )
+        .into_response())
 }

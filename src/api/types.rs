@@ -369,27 +369,75 @@ pub struct RunList {
     pub runs: Vec<CronRun>,
 }
 
-/// One piece of a function's output: an instance's (`container`) or a cron run's (`run`, `status`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogEntry {
-    /// `instance` or `cron`.
-    pub source: String,
+pub use crate::engine::logs::{LogLine, LogStream, LogsRequest, LineSource, MAX_TAIL};
+
+/// `GET .../logs` query: the filters as sent, checked by [`LogsQuery::parse`] (so a bad value
+/// gets a message naming it and the accepted forms, not a generic query error). The answer
+/// is NDJSON (`application/x-ndjson`): one [`LogLine`] per line, in time order; with
+/// `follow=true` it goes on until the client closes it, with an empty line after 15 s of
+/// silence (a keep-alive: skip it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogsQuery {
+    /// `true` or `false`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub container: Option<String>,
+    pub follow: Option<String>,
+    /// A duration back from now (`90s`, `10m`, `2h`, `1d`) or an RFC 3339 time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub run: Option<i64>,
-    pub at: DateTime<Utc>,
+    pub since: Option<String>,
+    /// The last N lines, 0 to [`MAX_TAIL`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<RunStatus>,
-    pub output: String,
-    /// Read from a container still running as the answer was sent.
-    pub running: bool,
+    pub tail: Option<String>,
+    /// A deployment id of the project.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
 }
 
-/// `GET .../logs` (streamed entry by entry, but one JSON document).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FunctionLogsAnswer {
-    pub entries: Vec<LogEntry>,
+impl LogsQuery {
+    /// The request these values ask for, `since` taken back from `now`; or a message that
+    /// names the bad value and the forms accepted.
+    pub fn parse(&self, now: DateTime<Utc>) -> Result<LogsRequest, String> {
+        let follow = match self.follow.as_deref() {
+            None | Some("false" | "0" | "") => false,
+            Some("true" | "1") => true,
+            Some(v) => return Err(format!("follow `{v}` is not a yes/no value; use follow=true or follow=false")),
+        };
+        let since = self.since.as_deref().map(|v| parse_since(v, now)).transpose()?;
+        let tail = self.tail.as_deref().map(parse_tail).transpose()?;
+        let revision = match self.revision.as_deref() {
+            None => None,
+            Some(v) => Some(v.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                format!("revision `{v}` is not a deployment id; use a number from `eserveless show` or the deployments list, e.g. revision=12")
+            })?),
+        };
+        Ok(LogsRequest { follow, since, tail, revision })
+    }
+}
+
+/// `--since`: a duration back from `now` (`30s`, `10m`, `2h`, `1d`, `1h30m`) or an RFC 3339
+/// time (`2026-12-01T21:40:00Z`).
+pub fn parse_since(v: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    let bad = || {
+        format!("since `{v}` is neither a duration back from now (30s, 10m, 2h, 1d) nor an RFC 3339 time (2026-12-01T21:40:00Z)")
+    };
+    if let Ok(t) = DateTime::parse_from_rfc3339(v.trim()) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    // Durations only with a unit: a bare `10` could mean seconds or minutes.
+    if !v.trim().ends_with(|c: char| c.is_ascii_alphabetic()) {
+        return Err(bad());
+    }
+    let d = humantime::parse_duration(v.trim()).map_err(|_| bad())?;
+    let d = chrono::Duration::from_std(d).map_err(|_| bad())?;
+    now.checked_sub_signed(d).ok_or_else(bad)
+}
+
+/// `--tail`: a number of lines, 0 to [`MAX_TAIL`].
+pub fn parse_tail(v: &str) -> Result<u32, String> {
+    match v.trim().parse::<u64>() {
+        Ok(n) if n <= u64::from(MAX_TAIL) => Ok(u32::try_from(n).unwrap_or(MAX_TAIL)),
+        Ok(_) => Err(format!("tail `{v}` is more than the {MAX_TAIL} lines kept in hand; use --since to go further back")),
+        Err(_) => Err(format!("tail `{v}` is not a number of lines; use a whole number from 0 to {MAX_TAIL}, e.g. tail=100")),
+    }
 }
 
 // --- secrets ------------------------------------------------------------------------------
@@ -431,26 +479,45 @@ mod tests {
         k
     }
 
-    /// An instance's entry has no `run` or `status`, a cron run's no `container`: the shapes
-    /// the logs answer had when it was built by hand.
     #[test]
-    fn log_entries_carry_only_their_fields() {
-        let at = DateTime::<Utc>::from_timestamp(0, 0).expect("epoch");
-        let instance = LogEntry {
-            source: "instance".into(),
-            container: Some("c1".into()),
-            run: None,
-            at,
-            status: None,
-            output: "hi".into(),
-            running: false,
-        };
-        let v = serde_json::to_value(&instance).expect("json");
-        assert_eq!(keys(&v), ["at", "container", "output", "running", "source"]);
-        let run = LogEntry { source: "cron".into(), container: None, run: Some(3), status: Some(RunStatus::Succeeded), ..instance };
-        let v = serde_json::to_value(&run).expect("json");
-        assert_eq!(keys(&v), ["at", "output", "run", "running", "source", "status"]);
-        assert_eq!(serde_json::from_value::<LogEntry>(v).expect("back"), run);
+    fn since_takes_a_duration_or_a_time() {
+        let now = DateTime::parse_from_rfc3339("2026-12-01T12:00:00Z").expect("t").with_timezone(&Utc);
+        let ago = |v: &str| (now - parse_since(v, now).expect(v)).num_seconds();
+        assert_eq!(ago("90s"), 90);
+        assert_eq!(ago("10m"), 600);
+        assert_eq!(ago("2h"), 7200);
+        assert_eq!(ago("1d"), 86400);
+        assert_eq!(ago("1h30m"), 5400);
+        assert_eq!(parse_since("2026-12-01T21:40:00.5+01:00", now).expect("rfc").to_rfc3339(), "2026-12-01T20:40:00.500+00:00");
+        for bad in ["10", "ten minutes ago", "", "-5m", "2026-13-01T00:00:00Z", "5 parsecs"] {
+            let e = parse_since(bad, now).expect_err(bad);
+            assert!(e.contains(&format!("`{bad}`")) && e.contains("10m") && e.contains("RFC 3339"), "{e}");
+        }
+    }
+
+    #[test]
+    fn tail_is_a_bounded_count() {
+        assert_eq!(parse_tail("0"), Ok(0));
+        assert_eq!(parse_tail("100"), Ok(100));
+        assert_eq!(parse_tail(&MAX_TAIL.to_string()), Ok(MAX_TAIL));
+        let e = parse_tail("10001").expect_err("too many");
+        assert!(e.contains("`10001`") && e.contains("10000"), "{e}");
+        for bad in ["-1", "x", "1.5", ""] {
+            let e = parse_tail(bad).expect_err(bad);
+            assert!(e.contains(&format!("`{bad}`")) && e.contains("whole number"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_logs_query_parses_each_filter_and_names_a_bad_one() {
+        let now = Utc::now();
+        let q = LogsQuery { follow: Some("true".into()), since: None, tail: Some("5".into()), revision: Some("12".into()) };
+        assert_eq!(q.parse(now), Ok(LogsRequest { follow: true, since: None, tail: Some(5), revision: Some(12) }));
+        assert_eq!(LogsQuery::default().parse(now), Ok(LogsRequest::default()));
+        let e = LogsQuery { follow: Some("yes".into()), ..LogsQuery::default() }.parse(now).expect_err("follow");
+        assert!(e.contains("`yes`") && e.contains("follow=true"), "{e}");
+        let e = LogsQuery { revision: Some("abc".into()), ..LogsQuery::default() }.parse(now).expect_err("revision");
+        assert!(e.contains("`abc`") && e.contains("deployment id"), "{e}");
     }
 
     /// Absent optional values are sent as `null` (clients test for it), and read back.

@@ -167,6 +167,23 @@ impl Client {
         self.answer(reqwest::Method::POST, path, req).await
     }
 
+    /// Opens a streamed GET of `path_and_query` (a log, NDJSON) with no overall timeout: a
+    /// followed log has no end. An error answer reads exactly as [`Client::get`]'s: the GET
+    /// (which changes nothing) is asked again through it.
+    pub(crate) async fn get_stream(&self, path_and_query: &str) -> Result<reqwest::Response> {
+        let mut req = self.http.get(format!("{}{}", self.base, path_and_query)).timeout(Duration::from_secs(10 * 365 * 86400));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t.trim());
+        }
+        let resp = req.send().await.with_context(|| format!("cannot reach the server at {}; is `eserveless serve` running?", self.base))?;
+        if resp.status().as_u16() >= 400 {
+            drop(resp);
+            self.get::<serde_json::Value>(path_and_query).await?;
+            bail!("the server refused GET {path_and_query}, then answered it");
+        }
+        Ok(resp)
+    }
+
     /// Calls the management API with the token (never sent to /invoke: functions must not see
     /// it) and reads the answer as `T`: a field the server no longer sends is an error here,
     /// not a silent "-" in a table.

@@ -13,7 +13,8 @@ use tokio::task::JoinHandle;
 use crate::dataplane::Workload;
 use crate::infra::driver::{labels, ContainerSpec, Driver};
 use crate::manifest::FunctionType;
-use crate::infra::store::{RunStatus, RunTrigger, Store};
+use crate::infra::logs::LineSource;
+use crate::infra::store::{LogSource, RunStatus, RunTrigger, Store};
 
 /// Runs kept per function.
 const RUNS_KEPT: u32 = 200;
@@ -228,7 +229,11 @@ impl Scheduler {
             name: format!("esl-{}-{}-run{}", job.project, fn_part, run_id),
             image: job.image.clone(),
             env: job.env.clone(),
-            labels: labels::for_container(&job.project, &job.function, job.deployment_id, FunctionType::Cron.as_str()),
+            labels: {
+                let mut l = labels::for_container(&job.project, &job.function, job.deployment_id, FunctionType::Cron.as_str());
+                l.insert(labels::RUN.to_string(), run_id.to_string());
+                l
+            },
             limits: job.limits.clone(),
         };
         // A run needs no address: start it, wait for it, keep its output and exit code,
@@ -247,10 +252,16 @@ impl Scheduler {
                         format!("eserveless: killed after its timeout of {}\n", humantime::format_duration(job.timeout)),
                     ),
                 };
-                let logs = match inner.driver.logs(&id, inner.log_bytes).await {
-                    Ok(l) => l,
-                    Err(e) => format!("eserveless: the run's output could not be read: {e}\n"),
+                // Saved as timed lines for `logs`, and as text in the run's record for `runs`.
+                let src = LogSource {
+                    project: job.project.clone(),
+                    function: job.function.clone(),
+                    revision: job.deployment_id,
+                    kind: LineSource::Run,
+                    container: id.clone(),
+                    run: Some(run_id),
                 };
+                let logs = crate::infra::logs::join_lines(&crate::dataplane::save_output(inner.driver.as_ref(), &inner.store, src, inner.log_bytes).await);
                 if let Err(e) = inner.driver.remove(&id).await {
                     tracing::warn!(container = %id, error = %e, "could not remove a cron container; the reconciler retries");
                 }

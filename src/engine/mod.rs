@@ -13,6 +13,7 @@ pub(crate) mod build;
 mod cron;
 mod delete;
 pub(crate) mod deploy;
+pub mod logs;
 pub(crate) mod error;
 pub(crate) mod history;
 pub mod runtime;

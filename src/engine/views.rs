@@ -8,10 +8,9 @@ pub use crate::dataplane::pool::{InstanceInfo, PoolCounts};
 use crate::engine::auth::Principal;
 use crate::engine::error::{EngineError, Result};
 use crate::engine::Platform;
-use crate::infra::driver::labels;
 
 pub use crate::manifest::FunctionType;
-pub use crate::infra::store::{BuildState, CronRunRow, DeploymentRow, DeploymentStatus, FunctionRow, LogRow, ProjectRow, RunStatus, RunTrigger};
+pub use crate::infra::store::{BuildState, CronRunRow, DeploymentRow, DeploymentStatus, FunctionRow, ProjectRow, RunStatus, RunTrigger};
 
 /// A project in a listing.
 #[derive(Debug, Clone)]
@@ -59,24 +58,6 @@ pub struct DeploymentDetail {
 pub struct SecretInfo {
     pub name: String,
     pub updated_at: DateTime<Utc>,
-}
-
-/// A function's output that the engine holds, and its running containers (whose output is
-/// read one at a time with [`Platform::container_output`] so a reader holds at most one).
-#[derive(Debug, Clone)]
-pub struct FunctionLogs {
-    /// Saved output of removed instances.
-    pub instances: Vec<LogRow>,
-    /// Recent cron runs, oldest first, skipped runs left out.
-    pub runs: Vec<CronRunRow>,
-    pub running: Vec<RunningContainer>,
-}
-
-/// A running container of a function (an http instance or a cron run in progress).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunningContainer {
-    pub id: String,
-    pub cron: bool,
 }
 
 impl Platform {
@@ -153,7 +134,7 @@ impl Platform {
 
     /// The live function `function` of a project `who` may see; when there is none, the
     /// error names the closest live name, or the project's functions.
-    pub(super) fn live_function(&self, who: &Principal, project: &str, function: &str) -> Result<FunctionRow> {
+    pub(crate) fn live_function(&self, who: &Principal, project: &str, function: &str) -> Result<FunctionRow> {
         let p = self.owned_project(who, project)?;
         let mut functions = match p.live_deployment_id {
             Some(id) => self.store.functions(id)?,
@@ -177,35 +158,6 @@ impl Platform {
         let f = self.live_function(who, project, function)?;
         Self::require_cron(project, &f, "it has no cron runs")?;
         Ok(self.store.cron_runs(project, function, limit)?)
-    }
-
-    /// What a live function wrote: saved output, recent cron runs, and its running containers.
-    pub async fn function_logs(&self, who: &Principal, project: &str, function: &str) -> Result<FunctionLogs> {
-        self.live_function(who, project, function)?;
-        let instances = self.store.function_logs(project, function)?;
-        let runs = self.store.cron_runs(project, function, 20)?.into_iter().rev().filter(|r| r.status != RunStatus::Skipped).collect();
-        let running = match self.driver.list_managed().await {
-            Ok(list) => list
-                .into_iter()
-                .filter(|c| {
-                    c.running
-                        && c.labels.get(labels::PROJECT).map(String::as_str) == Some(project)
-                        && c.labels.get(labels::FUNCTION).map(String::as_str) == Some(function)
-                })
-                .map(|c| RunningContainer { cron: c.labels.get(labels::ROLE).map(String::as_str) == Some("cron"), id: c.id })
-                .collect(),
-            Err(e) => {
-                // The saved output is still worth answering with.
-                tracing::warn!(error = %e, "cannot list running containers for logs");
-                Vec::new()
-            }
-        };
-        Ok(FunctionLogs { instances, runs, running })
-    }
-
-    /// The output tail (at most `--log-bytes`) of a running container; `None` if it is gone.
-    pub async fn container_output(&self, c: &RunningContainer) -> Option<String> {
-        self.driver.logs(&c.id, self.config.log_bytes).await.ok()
     }
 
     /// The names of a project's secrets.

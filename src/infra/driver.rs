@@ -19,6 +19,8 @@ use bollard::Docker;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 
+use crate::infra::logs::{LineSplitter, LineTail, LogStream, RawLine};
+
 /// Removes terminal escape sequences (the classic builder colours step output).
 pub fn strip_ansi(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -111,6 +113,85 @@ pub(crate) async fn read_logs(
     Ok(())
 }
 
+/// Which lines of a container's output [`Driver::log_lines`] reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogRead {
+    /// Keep the stream open and send lines as they are written, until the container stops.
+    pub follow: bool,
+    /// Only lines from this time on (the engine filters by the second; callers filter exactly).
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only the last this many lines (before following).
+    pub tail: Option<u64>,
+}
+
+impl LogRead {
+    /// Docker's `since`: whole seconds since the epoch, rounded down (0: from the start).
+    pub(crate) fn since_secs(&self) -> i32 {
+        self.since.map_or(0, |t| i32::try_from(t.timestamp().max(0)).unwrap_or(i32::MAX))
+    }
+    pub(crate) fn tail_param(&self) -> String {
+        self.tail.map_or_else(|| "all".to_string(), |n| n.to_string())
+    }
+}
+
+/// An engine log stream read with `timestamps=true` as timed lines, through a
+/// [`LineSplitter`](crate::infra::logs::LineSplitter) (bounded per line); a 404 is
+/// [`DriverError::NoSuchContainer`].
+pub(crate) fn timed_lines<'a>(
+    stream: impl futures_util::Stream<Item = std::result::Result<bollard::container::LogOutput, bollard::errors::Error>> + Send + 'a,
+    id: &str,
+) -> BoxStream<'a, Result<RawLine>> {
+    use bollard::container::LogOutput;
+    let id = id.to_string();
+    let state = (Box::pin(stream), LineSplitter::default(), std::collections::VecDeque::<RawLine>::new(), false);
+    futures_util::stream::unfold(state, move |(mut stream, mut split, mut ready, mut done)| {
+        let id = id.clone();
+        async move {
+            loop {
+                if let Some(l) = ready.pop_front() {
+                    return Some((Ok(l), (stream, split, ready, done)));
+                }
+                if done {
+                    return None;
+                }
+                match stream.next().await {
+                    Some(Ok(LogOutput::StdErr { message })) => ready.extend(split.push(LogStream::Stderr, &message)),
+                    Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message })) => {
+                        ready.extend(split.push(LogStream::Stdout, &message))
+                    }
+                    Some(Ok(LogOutput::StdIn { .. })) => {}
+                    Some(Err(e)) => {
+                        done = true;
+                        let e = match e {
+                            bollard::errors::Error::DockerResponseServerError { status_code: 404, .. } => {
+                                DriverError::NoSuchContainer(id)
+                            }
+                            e => e.into(),
+                        };
+                        return Some((Err(e), (stream, split, ready, done)));
+                    }
+                    None => {
+                        done = true;
+                        ready.extend(split.finish());
+                    }
+                }
+            }
+        }
+    })
+    .boxed()
+}
+
+/// A stopped container's last lines within `max_bytes` (its saved output), marked when
+/// earlier lines were dropped.
+pub async fn read_saved_lines(driver: &dyn Driver, id: &str, max_bytes: usize) -> Result<Vec<RawLine>> {
+    let mut tail = LineTail::new(max_bytes);
+    let mut lines = driver.log_lines(id, LogRead::default());
+    while let Some(l) = lines.next().await {
+        tail.push(l?);
+    }
+    Ok(tail.finish())
+}
+
 /// Cap of a container's own log on the engine's disk: a function that prints without end
 /// must not fill the machine. The engine keeps at most two files of this size.
 const ENGINE_LOG_FILE_BYTES: &str = "8m";
@@ -128,6 +209,8 @@ pub mod labels {
     pub const REVISION: &str = "eserveless.revision";
     pub const COMMIT: &str = "eserveless.commit";
     pub const ROLE: &str = "eserveless.role";
+    /// A cron run's container: the run's id.
+    pub const RUN: &str = "eserveless.run";
     /// A digest of what an http instance was started with (image, environment, limits): an
     /// instance is adopted after a restart only if it still matches its revision.
     pub const CONFIG: &str = "eserveless.config";
@@ -358,6 +441,10 @@ pub trait Driver: Send + Sync + 'static {
     /// its tail, read through a bounded buffer, and marked when earlier output was dropped
     /// (see [`LogTail`]).
     async fn logs(&self, id: &str, max_bytes: usize) -> Result<String>;
+    /// The container's output as lines with the engine's own times (stdout and stderr
+    /// apart), read as it streams: nothing is held whole. With `follow`, it ends when the
+    /// container stops.
+    fn log_lines(&self, id: &str, read: LogRead) -> BoxStream<'static, Result<RawLine>>;
     async fn list_managed(&self) -> Result<Vec<ManagedContainer>>;
     /// The running container's first process as the host sees it, if the engine says.
     async fn init_pid(&self, _id: &str) -> Result<Option<u32>> {
@@ -725,6 +812,20 @@ impl Driver for DockerDriver {
         let mut tail = LogTail::new(max_bytes);
         read_logs(self.docker.logs(id, Some(opts)), id, &mut tail).await?;
         Ok(tail.finish())
+    }
+
+    fn log_lines(&self, id: &str, read: LogRead) -> BoxStream<'static, Result<RawLine>> {
+        let opts = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .timestamps(true)
+            .follow(read.follow)
+            .since(read.since_secs())
+            .tail(&read.tail_param())
+            .build();
+        // A followed stream lives as long as the container: no request timeout.
+        let docker = if read.follow { self.docker.clone().with_timeout(Duration::from_secs(u64::MAX / 4)) } else { self.docker.clone() };
+        timed_lines(docker.logs(id, Some(opts)), id)
     }
 
     async fn list_managed(&self) -> Result<Vec<ManagedContainer>> {

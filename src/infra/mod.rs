@@ -9,6 +9,7 @@ pub(crate) mod datadir;
 pub mod driver;
 pub(crate) mod firewall;
 pub(crate) mod keys;
+pub mod logs;
 pub(crate) mod metrics;
 pub mod netns;
 pub(crate) mod secrets;

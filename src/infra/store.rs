@@ -12,6 +12,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use rusqlite_migration::{Migrations, M};
 use serde::{Deserialize, Serialize};
 
+use crate::infra::logs::{LogLine, LogStream, RawLine, LineSource};
 use crate::manifest::FunctionType;
 
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +144,49 @@ fn migrations() -> Migrations<'static> {
         ALTER TABLE deployments ADD COLUMN source TEXT NOT NULL DEFAULT 'git';
         ALTER TABLE deployments ADD COLUMN dirty INTEGER;
         ALTER TABLE deployments ADD COLUMN digest TEXT;
+        "#,
+    ),
+    // Saved output as timed lines (`logs --since/--tail`), with their revision. The output
+    // saved before becomes lines at the time it was saved, revision 0 (not recorded then).
+    M::up(
+        r#"
+        CREATE TABLE log_sources (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            project TEXT NOT NULL,
+            function TEXT NOT NULL,
+            revision INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            container TEXT NOT NULL,
+            run INTEGER,
+            saved_at TEXT NOT NULL
+        );
+        CREATE INDEX log_sources_fn ON log_sources(project, function, id);
+        CREATE TABLE log_lines (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            source_id INTEGER NOT NULL REFERENCES log_sources(id) ON DELETE CASCADE,
+            project TEXT NOT NULL,
+            function TEXT NOT NULL,
+            time_ns INTEGER NOT NULL,
+            stream TEXT NOT NULL,
+            line TEXT NOT NULL
+        );
+        CREATE INDEX log_lines_time ON log_lines(project, function, time_ns, id);
+        CREATE INDEX log_lines_source ON log_lines(source_id);
+        INSERT INTO log_sources (id, project, function, revision, kind, container, run, saved_at)
+            SELECT id, project, function, 0, 'instance', container, NULL, at FROM function_logs;
+        INSERT INTO log_lines (source_id, project, function, time_ns, stream, line)
+            WITH RECURSIVE split(source_id, project, function, at, line, rest) AS (
+                SELECT id, project, function, at, NULL,
+                       CASE WHEN substr(output, -1) = char(10) THEN output ELSE output || char(10) END FROM function_logs
+                UNION ALL
+                SELECT source_id, project, function, at, substr(rest, 1, instr(rest, char(10)) - 1),
+                       substr(rest, instr(rest, char(10)) + 1)
+                FROM split WHERE rest <> ''
+            )
+            SELECT source_id, project, function, CAST(round((julianday(at) - 2440587.5) * 86400000.0) AS INTEGER) * 1000000,
+                   'stdout', line
+            FROM split WHERE line IS NOT NULL;
+        DROP TABLE function_logs;
         "#,
     )])
 }
@@ -427,11 +471,54 @@ pub struct CronRunRow {
     pub output: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct LogRow {
+/// Saved output kept per function: the lines of its newest this many containers and runs.
+const LOG_SOURCES_KEPT: u32 = 100;
+
+/// Which saved lines to read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogFilter {
+    pub project: String,
+    pub function: String,
+    /// Lines at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Lines of this deployment's instances and runs only.
+    pub revision: Option<i64>,
+}
+
+/// Where saved lines came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSource {
+    pub project: String,
+    pub function: String,
+    pub revision: i64,
+    pub kind: LineSource,
     pub container: String,
-    pub at: DateTime<Utc>,
-    pub output: String,
+    pub run: Option<i64>,
+}
+
+fn time_ns(t: DateTime<Utc>) -> i64 {
+    t.timestamp_nanos_opt().unwrap_or(if t.timestamp() < 0 { i64::MIN } else { i64::MAX })
+}
+
+const LOG_LINE_COLS: &str = "l.id, l.time_ns, s.kind, s.container, s.run, s.revision, l.stream, l.line";
+
+fn log_line(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, std::result::Result<LogLine, String>)> {
+    let id: i64 = r.get(0)?;
+    let kind: String = r.get(2)?;
+    let stream: String = r.get(6)?;
+    let line = match (LineSource::parse(&kind), LogStream::parse(&stream)) {
+        (Some(source), Some(stream)) => Ok(LogLine {
+            time: DateTime::from_timestamp_nanos(r.get(1)?),
+            source,
+            instance: r.get(3)?,
+            run: r.get(4)?,
+            revision: r.get(5)?,
+            stream,
+            line: r.get(7)?,
+        }),
+        _ => Err(format!("log line {id}: source `{kind}`, stream `{stream}`")),
+    };
+    Ok((id, line))
 }
 
 /// The store. Cheap to share behind an `Arc`.
@@ -701,7 +788,7 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute("DELETE FROM cron_runs WHERE project = ?1", [name])?;
-        tx.execute("DELETE FROM function_logs WHERE project = ?1", [name])?;
+        tx.execute("DELETE FROM log_sources WHERE project = ?1", [name])?;
         let n = tx.execute("DELETE FROM projects WHERE name = ?1", [name])?;
         tx.commit()?;
         Ok(n > 0)
@@ -1047,32 +1134,96 @@ impl Store {
         Ok(out)
     }
 
-    pub fn save_function_log(&self, project: &str, function: &str, container: &str, output: &str) -> Result<()> {
+    /// Saves a removed container's (or a finished run's) last lines; keeps the lines of the
+    /// newest [`LOG_SOURCES_KEPT`] per function.
+    pub fn save_log_lines(&self, src: &LogSource, lines: &[RawLine]) -> Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute(
-            "INSERT INTO function_logs (project, function, container, at, output) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![project, function, container, now(), output],
+            "INSERT INTO log_sources (project, function, revision, kind, container, run, saved_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![src.project, src.function, src.revision, src.kind.as_str(), src.container, src.run, now()],
         )?;
-        // Keep the newest 50 saved outputs per function.
+        let source_id = tx.last_insert_rowid();
+        {
+            let mut stmt = tx.prepare(
+                "INSERT INTO log_lines (source_id, project, function, time_ns, stream, line) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for l in lines {
+                stmt.execute(params![source_id, src.project, src.function, time_ns(l.time), l.stream.as_str(), l.text])?;
+            }
+        }
         tx.execute(
-            "DELETE FROM function_logs WHERE project = ?1 AND function = ?2 AND id NOT IN
-             (SELECT id FROM function_logs WHERE project = ?1 AND function = ?2 ORDER BY id DESC LIMIT 50)",
-            params![project, function],
+            "DELETE FROM log_sources WHERE project = ?1 AND function = ?2 AND id NOT IN
+             (SELECT id FROM log_sources WHERE project = ?1 AND function = ?2 ORDER BY id DESC LIMIT ?3)",
+            params![src.project, src.function, LOG_SOURCES_KEPT],
         )?;
         tx.commit()?;
         Ok(())
     }
 
-    pub fn function_logs(&self, project: &str, function: &str) -> Result<Vec<LogRow>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT container, at, output FROM function_logs WHERE project = ?1 AND function = ?2 ORDER BY id",
+    /// Saved lines matching `f`, in time order, after `after` (a `(time_ns, id)` cursor from
+    /// the previous page); at most `limit`. Each with its row id.
+    pub fn log_lines_page(&self, f: &LogFilter, after: Option<(i64, i64)>, limit: u32) -> Result<Vec<(i64, LogLine)>> {
+        let (t, id) = after.unwrap_or((i64::MIN, i64::MIN));
+        let since = f.since.map_or(i64::MIN, time_ns);
+        self.log_lines_query(
+            &format!(
+                "SELECT {LOG_LINE_COLS} FROM log_lines l JOIN log_sources s ON s.id = l.source_id
+                 WHERE l.project = ?1 AND l.function = ?2 AND l.time_ns >= ?3 AND (?4 IS NULL OR s.revision = ?4)
+                   AND (l.time_ns > ?5 OR (l.time_ns = ?5 AND l.id > ?6))
+                 ORDER BY l.time_ns, l.id LIMIT ?7"
+            ),
+            params![f.project, f.function, since, f.revision, t, id, limit],
+        )
+    }
+
+    /// The last `n` saved lines matching `f`, in time order.
+    pub fn log_lines_last(&self, f: &LogFilter, n: u32) -> Result<Vec<(i64, LogLine)>> {
+        let since = f.since.map_or(i64::MIN, time_ns);
+        let mut out = self.log_lines_query(
+            &format!(
+                "SELECT {LOG_LINE_COLS} FROM log_lines l JOIN log_sources s ON s.id = l.source_id
+                 WHERE l.project = ?1 AND l.function = ?2 AND l.time_ns >= ?3 AND (?4 IS NULL OR s.revision = ?4)
+                 ORDER BY l.time_ns DESC, l.id DESC LIMIT ?5"
+            ),
+            params![f.project, f.function, since, f.revision, n],
         )?;
-        let rows = stmt.query_map(params![project, function], |r| {
-            Ok(LogRow { container: r.get(0)?, at: ts(r.get(1)?)?, output: r.get(2)? })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Lines matching `f` saved after row `after_id` (what a follower has not seen), in the
+    /// order they were saved; at most `limit`.
+    pub fn log_lines_saved_after(&self, f: &LogFilter, after_id: i64, limit: u32) -> Result<Vec<(i64, LogLine)>> {
+        let since = f.since.map_or(i64::MIN, time_ns);
+        self.log_lines_query(
+            &format!(
+                "SELECT {LOG_LINE_COLS} FROM log_lines l JOIN log_sources s ON s.id = l.source_id
+                 WHERE l.project = ?1 AND l.function = ?2 AND l.time_ns >= ?3 AND (?4 IS NULL OR s.revision = ?4) AND l.id > ?5
+                 ORDER BY l.id LIMIT ?6"
+            ),
+            params![f.project, f.function, since, f.revision, after_id, limit],
+        )
+    }
+
+    /// The newest saved line's row id (0 when none).
+    pub fn last_log_line_id(&self) -> Result<i64> {
+        Ok(self.conn().query_row("SELECT COALESCE(MAX(id), 0) FROM log_lines", [], |r| r.get(0))?)
+    }
+
+    fn log_lines_query(&self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<(i64, LogLine)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(sql)?;
+        let rows = stmt.query_map(params, log_line)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, line) = row?;
+            out.push((id, line.map_err(StoreError::Corrupt)?));
+        }
+        Ok(out)
     }
 
     /// Keeps the newest `keep` cron runs per function.
@@ -1090,6 +1241,78 @@ impl Store {
 mod tests {
     use super::*;
     use crate::manifest::Scaling;
+
+    fn line(t: &str, text: &str) -> RawLine {
+        RawLine { time: DateTime::parse_from_rfc3339(t).expect("t").with_timezone(&Utc), stream: LogStream::Stdout, text: text.into() }
+    }
+
+    fn source(container: &str, revision: i64) -> LogSource {
+        LogSource { project: "p".into(), function: "F".into(), revision, kind: LineSource::Instance, container: container.into(), run: None }
+    }
+
+    #[test]
+    fn saved_lines_read_back_in_time_order_by_page_tail_and_filter() {
+        let s = Store::in_memory().expect("store");
+        s.save_log_lines(&source("a", 1), &[line("2026-01-01T00:00:01Z", "a1"), line("2026-01-01T00:00:03Z", "a3")]).expect("save");
+        s.save_log_lines(&source("b", 2), &[line("2026-01-01T00:00:02Z", "b2"), line("2026-01-01T00:00:04.5Z", "b4")]).expect("save");
+        let f = LogFilter { project: "p".into(), function: "F".into(), ..LogFilter::default() };
+        let text = |v: Vec<(i64, LogLine)>| v.into_iter().map(|(_, l)| l.line).collect::<Vec<_>>();
+        let first = s.log_lines_page(&f, None, 3).expect("page");
+        let cursor = first.last().map(|(id, l)| (l.time.timestamp_nanos_opt().expect("ns"), *id));
+        assert_eq!(text(first), ["a1", "b2", "a3"]);
+        assert_eq!(text(s.log_lines_page(&f, cursor, 3).expect("page")), ["b4"]);
+        assert_eq!(text(s.log_lines_last(&f, 2).expect("tail")), ["a3", "b4"]);
+        let since = LogFilter { since: Some(line("2026-01-01T00:00:03Z", "").time), ..f.clone() };
+        assert_eq!(text(s.log_lines_page(&since, None, 10).expect("since")), ["a3", "b4"]);
+        let rev = LogFilter { revision: Some(2), ..f.clone() };
+        assert_eq!(text(s.log_lines_last(&rev, 10).expect("rev")), ["b2", "b4"]);
+        let after = s.log_lines_page(&f, None, 10).expect("all")[1].0;
+        assert_eq!(text(s.log_lines_saved_after(&f, after, 10).expect("after")), ["b4"], "by save order, after a row");
+        let l = &s.log_lines_last(&f, 1).expect("one")[0].1;
+        assert_eq!((l.instance.as_str(), l.revision, l.source, l.time.timestamp_subsec_millis()), ("b", 2, LineSource::Instance, 500));
+
+        // Only the newest sources' lines are kept; a removed project's go with it.
+        for i in 0..LOG_SOURCES_KEPT + 5 {
+            s.save_log_lines(&source(&format!("c{i}"), 3), &[line("2026-01-02T00:00:00Z", "c")]).expect("save");
+        }
+        let sources: i64 = s.conn().query_row("SELECT COUNT(*) FROM log_sources", [], |r| r.get(0)).expect("count");
+        assert_eq!(sources, i64::from(LOG_SOURCES_KEPT));
+        assert_eq!(s.log_lines_last(&f, 10_000).expect("all").len(), LOG_SOURCES_KEPT as usize, "lines went with their sources");
+        s.conn().execute("INSERT INTO projects (name, repository, created_at) VALUES ('p', 'r', '2026-01-01T00:00:00Z')", []).expect("p");
+        assert!(s.delete_project("p").expect("delete"));
+        assert!(s.log_lines_last(&f, 10).expect("none").is_empty());
+    }
+
+    /// Output saved before lines had times becomes lines at its save time, in order.
+    #[test]
+    fn older_saved_output_becomes_timed_lines() {
+        let mut conn = Connection::open_in_memory().expect("db");
+        migrations().to_version(&mut conn, 2).expect("the schema before timed lines");
+        conn.execute(
+            "INSERT INTO function_logs (project, function, container, at, output) VALUES ('p', 'F', 'c1', '2026-01-01T00:00:01.250+00:00', 'one\ntwo\n')",
+            [],
+        )
+        .expect("old row");
+        conn.execute(
+            "INSERT INTO function_logs (project, function, container, at, output) VALUES ('p', 'F', 'c2', '2026-01-01T00:00:02+00:00', 'three')",
+            [],
+        )
+        .expect("old row");
+        migrations().to_latest(&mut conn).expect("migrate");
+        let s = Store { conn: Mutex::new(conn) };
+        let f = LogFilter { project: "p".into(), function: "F".into(), ..LogFilter::default() };
+        let lines: Vec<LogLine> = s.log_lines_page(&f, None, 10).expect("lines").into_iter().map(|(_, l)| l).collect();
+        let got: Vec<(&str, &str, String)> =
+            lines.iter().map(|l| (l.instance.as_str(), l.line.as_str(), l.time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))).collect();
+        assert_eq!(
+            got,
+            [
+                ("c1", "one", "2026-01-01T00:00:01.250Z".to_string()),
+                ("c1", "two", "2026-01-01T00:00:01.250Z".to_string()),
+                ("c2", "three", "2026-01-01T00:00:02.000Z".to_string()),
+            ]
+        );
+    }
 
     #[test]
     fn racing_requests_create_a_project_once_and_queue_a_commit_once() {

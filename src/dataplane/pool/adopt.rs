@@ -28,7 +28,7 @@ impl PoolManager {
                     Ok(via) => via,
                     Err(e) => {
                         tracing::warn!(container = %c.id, error = %e, "cannot reach the instance's network; not adopted");
-                        remove_container(&self.shared, &pool.revision.project, &pool.revision.function, &c.id).await;
+                        remove_container(&self.shared, &pool.revision.project, &pool.revision.function, pool.revision.deployment_id, &c.id).await;
                         removed += 1;
                         continue;
                     }
@@ -54,7 +54,8 @@ impl PoolManager {
             }
             let project = c.labels.get(labels::PROJECT).cloned().unwrap_or_default();
             let function = c.labels.get(labels::FUNCTION).cloned().unwrap_or_default();
-            remove_container(&self.shared, &project, &function, &c.id).await;
+            let revision = c.labels.get(labels::REVISION).and_then(|r| r.parse().ok()).unwrap_or(0);
+            remove_container(&self.shared, &project, &function, revision, &c.id).await;
             removed += 1;
         }
         Ok((adopted, removed))

@@ -23,7 +23,8 @@ use crate::dataplane::Workload;
 use crate::infra::driver::{labels, Driver};
 use crate::manifest::Scaling;
 use crate::infra::metrics::Metrics;
-use crate::infra::store::Store;
+use crate::infra::logs::LineSource;
+use crate::infra::store::{LogSource, Store};
 use crate::dataplane::upstream::Endpoint;
 
 mod acquire;
@@ -353,7 +354,7 @@ impl PoolManager {
         let get = |k: &str| c.labels.get(k).cloned().unwrap_or_default();
         // A cron run's output belongs in its run record, written by the scheduler.
         let project = if get(labels::ROLE) == "http" { get(labels::PROJECT) } else { String::new() };
-        remove_container(&self.shared, &project, &get(labels::FUNCTION), &c.id).await;
+        remove_container(&self.shared, &project, &get(labels::FUNCTION), get(labels::REVISION).parse().unwrap_or(0), &c.id).await;
     }
 
     /// A notification each time the engine's event stream had to be reconnected: events may
@@ -368,19 +369,17 @@ impl PoolManager {
     }
 }
 
-async fn remove_container(shared: &Arc<Shared>, project: &str, function: &str, id: &str) {
-    match shared.driver.logs(id, shared.config.log_bytes).await {
-        Ok(out) if !out.is_empty() && !project.is_empty() => {
-            let store = shared.store.clone();
-            let (p, f, c) = (project.to_string(), function.to_string(), id.to_string());
-            let _ = tokio::task::spawn_blocking(move || {
-                if let Err(e) = store.save_function_log(&p, &f, &c, &out) {
-                    tracing::warn!(error = %e, "could not save container output");
-                }
-            })
-            .await;
-        }
-        _ => {}
+async fn remove_container(shared: &Arc<Shared>, project: &str, function: &str, revision: i64, id: &str) {
+    if !project.is_empty() {
+        let src = LogSource {
+            project: project.to_string(),
+            function: function.to_string(),
+            revision,
+            kind: LineSource::Instance,
+            container: id.to_string(),
+            run: None,
+        };
+        crate::dataplane::save_output(shared.driver.as_ref(), &shared.store, src, shared.config.log_bytes).await;
     }
     if let Err(e) = shared.driver.remove(id).await {
         tracing::warn!(container = %id, error = %e, "could not remove container");
@@ -465,8 +464,8 @@ impl FunctionPool {
 
     fn spawn_remove(&self, id: String) {
         let shared = self.shared.clone();
-        let (p, f) = (self.revision.project.clone(), self.revision.function.clone());
-        tokio::spawn(async move { remove_container(&shared, &p, &f, &id).await });
+        let (p, f, r) = (self.revision.project.clone(), self.revision.function.clone(), self.revision.deployment_id);
+        tokio::spawn(async move { remove_container(&shared, &p, &f, r, &id).await });
     }
 
     /// Takes an instance out of rotation; it is removed once idle.
@@ -512,7 +511,7 @@ impl FunctionPool {
         self.changed.notify_waiters();
         let n = ids.len();
         for id in ids {
-            remove_container(&self.shared, &self.revision.project, &self.revision.function, &id).await;
+            remove_container(&self.shared, &self.revision.project, &self.revision.function, self.revision.deployment_id, &id).await;
         }
         n
     }

@@ -103,7 +103,7 @@ impl FunctionPool {
         };
         for id in to_remove {
             tracing::info!(container = %id, function = %self.revision.function, "idle instance removed");
-            remove_container(&self.shared, &self.revision.project, &self.revision.function, &id).await;
+            remove_container(&self.shared, &self.revision.project, &self.revision.function, self.revision.deployment_id, &id).await;
         }
         for id in to_pause {
             let ok = self.shared.driver.pause(&id).await;

@@ -48,7 +48,7 @@ impl FunctionPool {
             let via = match self.shared.driver.connector(&r.project).await {
                 Ok(via) => via,
                 Err(e) => {
-                    remove_container(&self.shared, &r.project, &r.function, &started.id).await;
+                    remove_container(&self.shared, &r.project, &r.function, r.deployment_id, &started.id).await;
                     return Err(StartError::Failed(format!("cannot reach the instance's network: {e}")));
                 }
             };
@@ -65,11 +65,11 @@ impl FunctionPool {
                 if probing.lost.load(Ordering::Acquire) {
                     // Lost with its node before it was ready: no output to show, and another
                     // start may well work.
-                    remove_container(&self.shared, &r.project, &r.function, &started.id).await;
+                    remove_container(&self.shared, &r.project, &r.function, r.deployment_id, &started.id).await;
                     return Err(StartError::Lost(format!("{why} (the engine reported it gone)")));
                 }
                 let logs = self.shared.driver.logs(&started.id, 4096).await.unwrap_or_default();
-                remove_container(&self.shared, &r.project, &r.function, &started.id).await;
+                remove_container(&self.shared, &r.project, &r.function, r.deployment_id, &started.id).await;
                 let tail: String = logs.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
                 let message = if tail.is_empty() { why.to_string() } else { format!("{why}; its output ends with:\n{tail}") };
                 return Err(StartError::Failed(with_sandbox_hint(message)));

@@ -8,7 +8,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::stream::BoxStream;
 
-use super::{BuildRequest, ContainerEvent, ContainerSpec, Driver, DriverError, ManagedContainer, Result, Started};
+use futures_util::StreamExt;
+
+use super::{BuildRequest, ContainerEvent, ContainerSpec, Driver, DriverError, LogRead, ManagedContainer, Result, Started};
+use crate::infra::logs::{LogStream, RawLine};
 
 /// A build context entry: path, link target if a symlink, contents.
 pub type ContextEntry = (String, Option<String>, Vec<u8>);
@@ -49,6 +52,9 @@ pub struct FakeDriver {
     pub no_room: bool,
     /// The engine cannot pause (swarm).
     pub cannot_pause: bool,
+    /// What `log_lines` answers per container (default: one stdout line `ran ID`, written now).
+    /// A followed stream stays open after them, as a running container's does.
+    pub lines: Mutex<std::collections::HashMap<String, Vec<RawLine>>>,
 }
 
 impl FakeDriver {
@@ -166,6 +172,22 @@ impl Driver for FakeDriver {
     }
     async fn logs(&self, id: &str, _: usize) -> Result<String> {
         Ok(format!("ran {id}\n"))
+    }
+    fn log_lines(&self, id: &str, read: LogRead) -> BoxStream<'static, Result<RawLine>> {
+        let lines = self.lines.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned().unwrap_or_else(|| {
+            vec![RawLine { time: chrono::Utc::now(), stream: LogStream::Stdout, text: format!("ran {id}") }]
+        });
+        let mut lines: Vec<RawLine> = lines.into_iter().filter(|l| read.since.map_or(true, |s| l.time >= s)).collect();
+        if let Some(n) = read.tail {
+            let skip = lines.len().saturating_sub(usize::try_from(n).unwrap_or(usize::MAX));
+            lines.drain(..skip);
+        }
+        let lines = futures_util::stream::iter(lines.into_iter().map(Ok));
+        if read.follow {
+            Box::pin(lines.chain(futures_util::stream::pending()))
+        } else {
+            Box::pin(lines)
+        }
     }
     async fn list_managed(&self) -> Result<Vec<ManagedContainer>> {
         Ok(self.managed.lock().unwrap_or_else(|p| p.into_inner()).clone())

@@ -41,11 +41,13 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio::time::Instant;
 
+use crate::infra::logs::RawLine;
+
 pub mod guard;
 
 use super::{
     build_image_on, connect_engine, ensure_bridge_network, image_exists_on, labels, remove_image_on, BuildRequest,
-    ContainerEvent, ContainerSpec, Driver, DriverError, Limits, LogTail, ManagedContainer, NodeCapacity, Result, Started,
+    ContainerEvent, ContainerSpec, Driver, DriverError, Limits, LogRead, LogTail, ManagedContainer, NodeCapacity, Result, Started,
     engine_log_options,
 };
 
@@ -1174,6 +1176,25 @@ impl Driver for SwarmDriver {
                 text.push_str(&format!("[eserveless: the swarm sent no more output within {LOGS_TIMEOUT:?}; its node may be down]\n"));
                 Ok(text)
             }
+        }
+    }
+
+    fn log_lines(&self, id: &str, read: LogRead) -> BoxStream<'static, Result<RawLine>> {
+        let opts = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .timestamps(true)
+            .follow(read.follow)
+            .since(read.since_secs())
+            .tail(&read.tail_param())
+            .build();
+        let docker = self.docker.clone().with_timeout(Duration::from_secs(u64::MAX / 4));
+        let lines = super::timed_lines(docker.service_logs(id, Some(opts)), id);
+        if read.follow {
+            lines
+        } else {
+            // A node that is down sends nothing and never ends the stream.
+            lines.take_until(tokio::time::sleep(LOGS_TIMEOUT)).boxed()
         }
     }
 
