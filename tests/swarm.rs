@@ -265,13 +265,16 @@ async fn b_a_node_killed_under_load_fails_no_request_and_rejoins() {
     let failed = failures(&samples);
     #[allow(clippy::cast_precision_loss)] // a count of requests
     let rate = samples.len() as f64 / 40.0;
-    // Served again: the end of the last request after the kill that failed or took over 1 s.
-    let recovered = samples
+    // Served again: the end of the last request after the kill that failed or took over 1 s
+    // (strict), and the same for the kill's own trouble only (`served_again`: a cold start of
+    // a scale-up 30 s later is no outage).
+    let trouble: Vec<(Duration, Duration)> = samples
         .iter()
         .filter(|s| s.sent + s.took > kill_at && (s.result.is_err() || s.took > Duration::from_secs(1)))
-        .map(|s| (s.sent + s.took).duration_since(kill_at))
-        .max()
-        .unwrap_or(Duration::ZERO);
+        .map(|s| (s.sent.saturating_duration_since(kill_at), (s.sent + s.took).duration_since(kill_at)))
+        .collect();
+    let strict = trouble.iter().map(|t| t.1).max().unwrap_or(Duration::ZERO);
+    let recovered = served_again(&trouble);
     let max_took = samples.iter().map(|s| s.took).max().unwrap_or_default();
     // When the slow ones were sent (seconds from the kill, negative before) and how long they took.
     let mut slow: Vec<(f64, f64)> = samples
@@ -291,12 +294,13 @@ async fn b_a_node_killed_under_load_fails_no_request_and_rejoins() {
     log(
         t0,
         &format!(
-            "{} requests ({rate:.1}/s), {} failed; all served again {:.1}s after the kill (slowest request {:.2}s); \
-             {victim} marked down after {down_after:?}; answers from 20 s after the kill came from {late_nodes:?}; \
-             running containers per node now {survivors:?}",
+            "{} requests ({rate:.1}/s), {} failed; all served again {:.1}s after the kill ({:.1}s by the strict rule; \
+             slowest request {:.2}s); {victim} marked down after {down_after:?}; answers from 20 s after the kill came \
+             from {late_nodes:?}; running containers per node now {survivors:?}",
             samples.len(),
             failed.len(),
             recovered.as_secs_f64(),
+            strict.as_secs_f64(),
             max_took.as_secs_f64()
         ),
     );
@@ -308,7 +312,44 @@ async fn b_a_node_killed_under_load_fails_no_request_and_rejoins() {
     assert!(failed.is_empty(), "{} of {} requests failed after killing {victim}: {:?}\n{}", failed.len(), samples.len(), &failed[..failed.len().min(10)], server.tail(80));
     assert!(!late_nodes.contains(&victim), "answers long after the kill still came from {victim}: {late_nodes:?}");
     assert!(!survivors.contains_key(&victim));
+    // Issue 12's goal: every request served again within 15 s of the kill.
+    assert!(
+        recovered <= Duration::from_secs(15),
+        "requests were served again only {:.1}s after killing {victim} (goal 15 s); over 1 s (sent at s, took s): {slow:?}\n{}",
+        recovered.as_secs_f64(),
+        server.tail(80)
+    );
     server.remove(&project).await;
+}
+
+/// How long after a node kill every request was served again, from the failed or slow
+/// requests ending after the kill (sent and ended, both from the kill): the end of the last
+/// one of the trouble that began with the kill. Trouble that comes after [`QUIET`] without
+/// any (a scale-up's cold start half a minute later) is not the kill's.
+fn served_again(trouble: &[(Duration, Duration)]) -> Duration {
+    const QUIET: Duration = Duration::from_secs(5);
+    let mut sorted = trouble.to_vec();
+    sorted.sort();
+    let mut end = Duration::ZERO;
+    for (sent, ended) in sorted {
+        if sent > end + QUIET {
+            break;
+        }
+        end = end.max(ended);
+    }
+    end
+}
+
+#[test]
+fn served_again_ends_with_the_kills_trouble_not_a_later_cold_start() {
+    let s = Duration::from_secs_f64;
+    assert_eq!(served_again(&[]), Duration::ZERO);
+    // This lab's run: two requests stalled by the kill, a scale-up's cold start at +32 s.
+    assert_eq!(served_again(&[(s(0.3), s(1.9)), (s(0.3), s(1.86)), (s(32.0), s(33.2))]), s(1.9));
+    // Trouble that goes on (a request every few seconds) is the kill's until it stops.
+    assert_eq!(served_again(&[(s(0.1), s(3.0)), (s(6.0), s(7.5)), (s(11.0), s(16.2))]), s(16.2));
+    // A request in flight at the kill (sent before it) that waited long counts too.
+    assert_eq!(served_again(&[(s(0.0), s(14.0)), (s(2.0), s(2.5))]), s(14.0));
 }
 
 // ---------------------------------------------------------------------------------------------
