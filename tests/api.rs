@@ -305,6 +305,9 @@ async fn unknown_things_are_json_404s() {
     }
     let a = invoke(&h.app, "GET", "/invoke/nope/API/deeper/path?x=1").await;
     assert_error(&a, StatusCode::NOT_FOUND, "function_not_found");
+    // A trailing slash (an empty rest, `eserveless invoke P/F /`) reaches the gateway too.
+    let a = invoke(&h.app, "GET", "/invoke/nope/API/?x=1").await;
+    assert_error(&a, StatusCode::NOT_FOUND, "function_not_found");
 
     for path in ["/nope", "/api", "/api/projects/a/b/c/d/e", "/invoke", "/invoke/onlyproject"] {
         let a = get(&h.app, path).await;

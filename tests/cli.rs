@@ -143,6 +143,13 @@ async fn the_developer_loop_through_the_cli() {
     let (_, out, _) = server.cli(&["invoke", &format!("{project}/hello"), "?name=two"]).await;
     assert!(out.contains("Howdy, two!"), "the uncommitted edit is served: {out}");
 
+    step("deploy -o json: the submit answer and the outcome, one document");
+    std::fs::write(dir.join("notes.txt"), "changes the upload").expect("write");
+    let (code, out, err) = server.cli(&["deploy", &dir_s, "-o", "json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let v = json_of(&out);
+    assert_eq!((&v["submit"]["source"], &v["deployment"]["status"]), (&serde_json::json!("upload"), &serde_json::json!("ready")), "{v:#}");
+
     step("deployments and rollback");
     let (code, out, err) = server.cli(&["deployments", &project, "-o", "json"]).await;
     assert_eq!(code, 0, "{err}");
@@ -155,7 +162,7 @@ async fn the_developer_loop_through_the_cli() {
     assert!(out.contains("upload") && out.contains("admin"), "{out}");
     let before = images_of(&docker(), &project).await.len();
     let began = Instant::now();
-    let (code, out, err) = server.cli(&["rollback", &project]).await;
+    let (code, out, err) = server.cli(&["rollback", &project, &first.to_string()]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(&first.to_string()), "rollback names the deployment it made live: {out}");
     step(&format!("rollback took {:?}", began.elapsed()));

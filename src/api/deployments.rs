@@ -27,6 +27,9 @@ pub(super) async fn list_deployments(
             DeploymentListItem {
                 id: d.id,
                 commit: d.commit,
+                source: d.source,
+                dirty: d.dirty,
+                digest: d.digest,
                 git_ref: d.git_ref,
                 repository: d.repository,
                 runtime: d.runtime,

@@ -74,6 +74,8 @@ pub fn app(platform: Arc<Platform>) -> Router {
         .route("/metrics", get(metrics_text))
         .merge(api)
         .route("/invoke/{project}/{function}", any(invoke))
+        // `{*path}` matches no empty rest: a trailing slash is a path of its own.
+        .route("/invoke/{project}/{function}/", any(invoke))
         .route("/invoke/{project}/{function}/{*path}", any(invoke))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -291,6 +291,15 @@ pub struct DeploymentsQuery {
 pub struct DeploymentListItem {
     pub id: i64,
     pub commit: String,
+    /// `git` or `upload`.
+    #[serde(default)]
+    pub source: SourceKind,
+    /// Uploads of a checkout: uncommitted changes were uploaded.
+    #[serde(default)]
+    pub dirty: Option<bool>,
+    /// Uploads: `sha256:<hex>` of the tar.
+    #[serde(default)]
+    pub digest: Option<String>,
     #[serde(rename = "ref")]
     pub git_ref: Option<String>,
     pub repository: String,

@@ -123,9 +123,12 @@ impl Deploy {
                 })?
             }
         };
-        if c.print_json(&v)? {
+        if c.format == super::client::Format::Json {
+            // One document: the submit answer (with the key, shown once) and the outcome.
             let d = follow(&c, &v.project, v.deployment, false).await?;
-            return Ok(if d.deployment.status == DeploymentStatus::Failed { 1 } else { 0 });
+            let failed = d.deployment.status == DeploymentStatus::Failed;
+            c.print_json(&DeployOutcome { submit: v, deployment: d })?;
+            return Ok(if failed { 1 } else { 0 });
         }
         let (project, id) = (&v.project, v.deployment);
         let what = describe_source(v.source, &v.commit, v.dirty, v.digest.as_deref());
@@ -190,6 +193,14 @@ impl Deploy {
         }
         c.post_bytes(&path, "application/gzip", packed.bytes).await
     }
+}
+
+/// `deploy -o json`: the API's two answers, `POST /api/projects` (or `/uploads`) and the
+/// deployment as it ended.
+#[derive(Debug, serde::Serialize)]
+struct DeployOutcome {
+    submit: DeployAnswer,
+    deployment: DeploymentAnswer,
 }
 
 /// Polls the deployment until it is ready or failed, printing each function's build state

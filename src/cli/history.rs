@@ -6,6 +6,7 @@ use super::client::{Client, ClientArgs};
 use super::output::{or_dash, short};
 use super::projects::print_invoke_urls;
 use crate::api::types::{DeploymentList, DeploymentListItem, DeploymentStatus, RollbackAnswer, RollbackRequest};
+use crate::infra::store::describe_source;
 
 /// A project's deployments, newest first: which is live, and which can be rolled back to
 #[derive(Debug, clap::Args)]
@@ -40,14 +41,14 @@ impl Deployments {
         if c.print_json(&v)? {
             return Ok(0);
         }
-        println!("{:<6} {:<4} {:<9} {:<12} {:<14} {:<20} {:<12} NOTE", "ID", "LIVE", "STATUS", "COMMIT", "REF", "CREATED", "BY");
+        println!("{:<6} {:<4} {:<9} {:<32} {:<14} {:<20} {:<12} NOTE", "ID", "LIVE", "STATUS", "SOURCE", "REF", "CREATED", "BY");
         for d in &v.deployments {
             println!(
-                "{:<6} {:<4} {:<9} {:<12} {:<14} {:<20} {:<12} {}",
+                "{:<6} {:<4} {:<9} {:<32} {:<14} {:<20} {:<12} {}",
                 d.id,
                 if d.live { "*" } else { "" },
                 d.status.as_str(),
-                short(&d.commit),
+                describe_source(d.source, &d.commit, d.dirty, d.digest.as_deref()),
                 or_dash(d.git_ref.as_ref()),
                 d.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
                 or_dash(d.submitted_by.as_ref()),

@@ -39,7 +39,8 @@ impl Invoke {
     pub async fn run(self) -> Result<i32> {
         let (project, function) = split_target(&self.target)?;
         let c = Client::new(&self.client)?;
-        let path = self.path.map(|p| if p.starts_with('/') { p } else { format!("/{p}") }).unwrap_or_default();
+        // `/rest`, `rest` and `?query` all follow the function's URL as typed.
+        let path = self.path.map(|p| if p.starts_with('/') || p.starts_with('?') { p } else { format!("/{p}") }).unwrap_or_default();
         let method = reqwest::Method::from_bytes(self.method.to_ascii_uppercase().as_bytes())
             .map_err(|_| anyhow!("invalid method `{}`", self.method))?;
         // The API token is never sent here: functions must not see it.

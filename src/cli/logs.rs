@@ -110,6 +110,9 @@ impl Runs {
         let (project, function) = split_target(&self.target)?;
         let c = Client::new(&self.client)?;
         let v: RunList = c.get(&format!("/api/projects/{project}/functions/{function}/runs?limit={}", self.limit)).await?;
+        if c.print_json(&v)? {
+            return Ok(0);
+        }
         println!("{:<8} {:<10} {:<8} {:<27} {:>9}  OUTPUT", "RUN", "STATUS", "TRIGGER", "STARTED", "DURATION");
         for r in v.runs {
             let out = r.output.lines().last().unwrap_or("");

@@ -24,7 +24,7 @@ func Hello(w http.ResponseWriter, r *http.Request) {
 	_ = json.NewEncoder(w).Encode(map[string]string{"message": greeting + ", " + who + "!"})
 }
 
-// Tick is a cron function: it receives the function's meta.
+// Tick is a cron function: it receives every ESERVELESS_* variable (meta `target` is ESERVELESS_TARGET).
 func Tick(envs map[string]string) {
-	fmt.Printf("tick for %s at %s\n", envs["target"], time.Now().UTC().Format(time.RFC3339))
+	fmt.Printf("tick for %s at %s\n", envs["ESERVELESS_TARGET"], time.Now().UTC().Format(time.RFC3339))
 }

@@ -9,9 +9,9 @@ function hello(req, res) {
   res.end(JSON.stringify({ message: `${process.env.ESERVELESS_GREETING || 'Hello'}, ${who}!` }));
 }
 
-// cron: receives the function's meta as an object.
+// cron: receives every ESERVELESS_* variable (meta `target` is ESERVELESS_TARGET).
 function tick(envs) {
-  console.log(`tick for ${envs.target} at ${new Date().toISOString()}`);
+  console.log(`tick for ${envs.ESERVELESS_TARGET} at ${new Date().toISOString()}`);
 }
 
 module.exports = { hello, tick };

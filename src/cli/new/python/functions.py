@@ -11,5 +11,5 @@ def hello(request):
 
 
 def tick(envs):
-    """cron: receives the function's meta as a dict."""
-    print(f"tick for {envs['target']} at {datetime.datetime.now(datetime.timezone.utc).isoformat()}")
+    """cron: receives every ESERVELESS_* variable (meta `target` is ESERVELESS_TARGET)."""
+    print(f"tick for {envs['ESERVELESS_TARGET']} at {datetime.datetime.now(datetime.timezone.utc).isoformat()}")
