@@ -91,16 +91,7 @@ impl Platform {
         // both create it or both queue one source. Not under the project lock: that is held
         // by a running build, and answering must not wait for it.
         let decided = self.store.enqueue_deployment(&req, |owner| who.owns(owner))?;
-        let submitted = |deployment_id, status, invoke_key| Submitted {
-            project: req.project.to_string(),
-            deployment_id,
-            commit: req.commit.to_string(),
-            source: req.source,
-            dirty: req.dirty,
-            digest: req.digest.map(str::to_string),
-            status,
-            invoke_key,
-        };
+        let submitted = |deployment_id, status, invoke_key| Submitted::of(&req, deployment_id, status, invoke_key);
         let (id, invoke_key) = match decided {
             Enqueued::NameTaken => return Err(EngineError::NameTaken { project: req.project.to_string() }),
             Enqueued::Unchanged(id) => return Ok(submitted(id, SubmitStatus::Unchanged, None)),
@@ -196,16 +187,7 @@ impl Platform {
     /// What the store would answer without queueing (name taken, live already, on its way).
     pub(super) fn shortcut(&self, req: &EnqueueRequest<'_>, who: &Principal) -> Result<Option<Submitted>> {
         let done = self.store.enqueue_shortcut(req, |owner| who.owns(owner))?;
-        let submitted = |deployment_id, status| Submitted {
-            project: req.project.to_string(),
-            deployment_id,
-            commit: req.commit.to_string(),
-            source: req.source,
-            dirty: req.dirty,
-            digest: req.digest.map(str::to_string),
-            status,
-            invoke_key: None,
-        };
+        let submitted = |deployment_id, status| Submitted::of(req, deployment_id, status, None);
         match done {
             None | Some(Enqueued::Queued { .. }) => Ok(None),
             Some(Enqueued::NameTaken) => Err(EngineError::NameTaken { project: req.project.to_string() }),
@@ -238,4 +220,20 @@ where
     }
     file.flush().await.map_err(|e| EngineError::internal("cannot store an upload", e))?;
     Ok(())
+}
+
+impl Submitted {
+    /// The answer to `req`: the deployment it made or met, and the key it issued, if any.
+    fn of(req: &EnqueueRequest<'_>, deployment_id: i64, status: SubmitStatus, invoke_key: Option<String>) -> Submitted {
+        Submitted {
+            project: req.project.to_string(),
+            deployment_id,
+            commit: req.commit.to_string(),
+            source: req.source,
+            dirty: req.dirty,
+            digest: req.digest.map(str::to_string),
+            status,
+            invoke_key,
+        }
+    }
 }

@@ -129,8 +129,10 @@ impl LogRead {
     pub(crate) fn since_secs(&self) -> i32 {
         self.since.map_or(0, |t| i32::try_from(t.timestamp().max(0)).unwrap_or(i32::MAX))
     }
-    pub(crate) fn tail_param(&self) -> String {
-        self.tail.map_or_else(|| "all".to_string(), |n| n.to_string())
+    /// The engine's log options for this read (containers and swarm services alike).
+    pub(crate) fn options(&self) -> bollard::query_parameters::LogsOptions {
+        let tail = self.tail.map_or_else(|| "all".to_string(), |n| n.to_string());
+        LogsOptionsBuilder::default().stdout(true).stderr(true).timestamps(true).follow(self.follow).since(self.since_secs()).tail(&tail).build()
     }
 }
 
@@ -815,14 +817,7 @@ impl Driver for DockerDriver {
     }
 
     fn log_lines(&self, id: &str, read: LogRead) -> BoxStream<'static, Result<RawLine>> {
-        let opts = LogsOptionsBuilder::default()
-            .stdout(true)
-            .stderr(true)
-            .timestamps(true)
-            .follow(read.follow)
-            .since(read.since_secs())
-            .tail(&read.tail_param())
-            .build();
+        let opts = read.options();
         // A followed stream lives as long as the container: no request timeout.
         let docker = if read.follow { self.docker.clone().with_timeout(Duration::from_secs(u64::MAX / 4)) } else { self.docker.clone() };
         timed_lines(docker.logs(id, Some(opts)), id)

@@ -1180,14 +1180,7 @@ impl Driver for SwarmDriver {
     }
 
     fn log_lines(&self, id: &str, read: LogRead) -> BoxStream<'static, Result<RawLine>> {
-        let opts = LogsOptionsBuilder::default()
-            .stdout(true)
-            .stderr(true)
-            .timestamps(true)
-            .follow(read.follow)
-            .since(read.since_secs())
-            .tail(&read.tail_param())
-            .build();
+        let opts = read.options();
         let docker = self.docker.clone().with_timeout(Duration::from_secs(u64::MAX / 4));
         let lines = super::timed_lines(docker.service_logs(id, Some(opts)), id);
         if read.follow {
