@@ -259,7 +259,7 @@ impl Gateway {
         }
         let timeout = pool.revision().timeout;
         let deadline = tokio::time::Instant::now() + timeout;
-        let (mut pool, mut lease) = self.acquire(pool, project, function, deadline, timeout).await?;
+        let (mut pool, mut lease) = self.acquire(pool, project, function, deadline, timeout, &[]).await?;
         pool.metrics().acquired(lease.kind, lease.took);
         let mut up = upstream_request(req, &uri, rest, client_addr, pool.forwarded_prefix())?;
         let call = Call { project, function, timeout, deadline };
@@ -267,11 +267,15 @@ impl Gateway {
         // one never sent goes as it is; one sent goes again only if it is idempotent and has
         // no body (a GET), since the lost instance may have acted on it.
         let replay = replayable(&up);
+        // Nodes whose instance lost this request: it is not sent to them again (a dying node
+        // holds more instances than one, and each would fail it in turn).
+        let mut avoid: Vec<String> = Vec::new();
         for lost in 0.. {
             // A reset connection is retried once, and only to an instance on another machine
             // (where a dying node resets connections): a request that crashes its function
             // must not crash one instance after another.
-            let reset_retry = replay.is_some() && lost == 0 && lease.endpoint.node().is_some();
+            let node = lease.endpoint.node().map(str::to_owned);
+            let reset_retry = replay.is_some() && lost == 0 && node.is_some();
             match call.forward(up, lease, lost < MAX_INSTANCES_LOST, reset_retry).await {
                 Forwarded::Done(r) => return r,
                 Forwarded::Again(unsent) => {
@@ -280,8 +284,9 @@ impl Gateway {
                         (None, Some(parts)) => Request::from_parts(parts.clone(), Body::empty()),
                         (None, None) => unreachable_lost(function)?,
                     };
-                    tracing::info!(project, function, "instance lost before it answered; the request goes to another");
-                    (pool, lease) = self.acquire(pool, project, function, deadline, timeout).await?;
+                    tracing::info!(project, function, node = node.as_deref().unwrap_or("-"), "instance lost before it answered; the request goes to another node");
+                    avoid.extend(node);
+                    (pool, lease) = self.acquire(pool, project, function, deadline, timeout, &avoid).await?;
                 }
             }
         }
@@ -315,8 +320,8 @@ impl Gateway {
         }
     }
 
-    /// An instance for the request, following the route if a redeploy switched it meanwhile;
-    /// with the pool that gave it.
+    /// An instance for the request, not on the `avoid`ed nodes, following the route if a
+    /// redeploy switched it meanwhile; with the pool that gave it.
     async fn acquire(
         &self,
         mut pool: Arc<FunctionPool>,
@@ -324,10 +329,11 @@ impl Gateway {
         function: &str,
         deadline: tokio::time::Instant,
         timeout: std::time::Duration,
+        avoid: &[String],
     ) -> Result<(Arc<FunctionPool>, Lease), ApiError> {
         let mut attempts = 0;
         loop {
-            match pool.acquire(deadline).await {
+            match pool.acquire_avoiding(deadline, avoid).await {
                 Ok(lease) => return Ok((pool, lease)),
                 // A redeploy switched the route between lookup and acquire: follow it.
                 Err(AcquireError::Retired) if attempts < 3 => {

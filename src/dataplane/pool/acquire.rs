@@ -43,17 +43,21 @@ pub(super) struct Load {
 }
 
 /// Which instance serves a request, or how it waits: pure, so it is tested without Docker.
-/// `queued`: this request already holds a place in the queue.
+/// `queued`: this request already holds a place in the queue. `avoid`: nodes whose instances
+/// this request must not be sent to (one already failed it: the node is likely dying).
 pub(super) fn choose(
     instances: &[impl InstanceView],
     load: Load,
     queued: bool,
     scaling: &Scaling,
     queue_depth: u32,
+    avoid: &[String],
 ) -> Choice {
+    let usable = |i: &&_| !i_on(avoid, *i);
     let ready = instances
         .iter()
         .enumerate()
+        .filter(|(_, i)| usable(i))
         .filter(|(_, i)| i.state() == InstanceState::Ready && i.in_flight() < scaling.concurrency)
         // Pack requests onto the busiest instance with room, so others can idle out.
         .max_by_key(|(_, i)| i.in_flight());
@@ -62,10 +66,10 @@ pub(super) fn choose(
     }
     // An instance on its way back has room: joining it costs the rest of its resume
     // (milliseconds), where a cold start costs a new container (hundreds).
-    if let Some(k) = instances.iter().position(|i| i.state() == InstanceState::Resuming && i.in_flight() < scaling.concurrency) {
+    if let Some(k) = instances.iter().position(|i| usable(&i) && i.state() == InstanceState::Resuming && i.in_flight() < scaling.concurrency) {
         return Choice::JoinResume(k);
     }
-    if let Some(k) = instances.iter().position(|i| i.state() == InstanceState::Paused) {
+    if let Some(k) = instances.iter().position(|i| usable(&i) && i.state() == InstanceState::Paused) {
         return Choice::Resume(k);
     }
     // Each starting instance has room for `concurrency` requests, one of them its starter's:
@@ -89,12 +93,24 @@ pub(super) fn choose(
     }
 }
 
+/// Whether `i` runs on one of the `avoid`ed nodes.
+fn i_on(avoid: &[String], i: &impl InstanceView) -> bool {
+    i.node().is_some_and(|n| avoid.iter().any(|a| a == n))
+}
+
 /// Instances one request may see lost while starting before it fails.
 const MAX_LOST_STARTS: u32 = 2;
 
 impl FunctionPool {
     /// Gets an instance for one request, waiting no later than `deadline`.
     pub async fn acquire(self: &Arc<Self>, deadline: Instant) -> Result<Lease, AcquireError> {
+        self.acquire_avoiding(deadline, &[]).await
+    }
+
+    /// [`acquire`](Self::acquire), passing over instances on the `avoid`ed nodes: a request
+    /// sent again after its instance was lost goes to another machine, not to the next
+    /// instance on a dying one.
+    pub async fn acquire_avoiding(self: &Arc<Self>, deadline: Instant, avoid: &[String]) -> Result<Lease, AcquireError> {
         let began = Instant::now();
         let queue_deadline = deadline.min(began + self.shared.config.queue_timeout);
         let scaling = &self.revision.scaling;
@@ -123,7 +139,7 @@ impl FunctionPool {
                     return Err(AcquireError::Retired);
                 }
                 let load = Load { starting: g.starting, joining: g.joining, waiting: g.waiting };
-                match choose(&g.instances, load, *_waiting.queued, scaling, self.shared.config.queue_depth) {
+                match choose(&g.instances, load, *_waiting.queued, scaling, self.shared.config.queue_depth, avoid) {
                     Choice::Warm(k) => {
                         let i = &mut g.instances[k];
                         i.in_flight += 1;
@@ -300,7 +316,11 @@ mod tests {
     use InstanceState::*;
 
     fn at(state: InstanceState, in_flight: u32) -> Sketch {
-        Sketch { state, in_flight, last_used: Instant::now() }
+        Sketch { state, in_flight, last_used: Instant::now(), node: None }
+    }
+
+    fn on(node: &'static str, state: InstanceState, in_flight: u32) -> Sketch {
+        Sketch { node: Some(node), ..at(state, in_flight) }
     }
 
     fn scaling(concurrency: u32, max_instances: u32) -> Scaling {
@@ -334,7 +354,27 @@ mod tests {
             ("queue full: refuse", vec![at(Ready, 4)], Load { waiting: 10, ..none }, false, scaling(4, 1), 10, Choice::Refuse),
         ];
         for (what, instances, load, queued, scaling, depth, want) in cases {
-            assert_eq!(choose(&instances, load, queued, &scaling, depth), want, "{what}");
+            assert_eq!(choose(&instances, load, queued, &scaling, depth, &[]), want, "{what}");
         }
+    }
+
+    #[test]
+    fn a_request_sent_again_passes_over_the_node_that_lost_it() {
+        let none = Load::default();
+        let avoid = ["n1".to_string()];
+        #[rustfmt::skip]
+        let cases: Vec<(&str, Vec<Sketch>, Choice)> = vec![
+            ("the busiest is on the avoided node: the next one elsewhere", vec![on("n1", Ready, 3), on("n2", Ready, 1), on("n3", Ready, 0)], Choice::Warm(1)),
+            ("only the avoided node has room: start one", vec![on("n1", Ready, 0), on("n2", Ready, 4)], Choice::Start),
+            ("a paused instance on the avoided node is not resumed", vec![on("n1", Paused, 0), on("n2", Paused, 0)], Choice::Resume(1)),
+            ("a resume on the avoided node is not joined", vec![on("n1", Resuming, 1)], Choice::Start),
+            ("instances with no node are not avoided", vec![at(Ready, 1)], Choice::Warm(0)),
+        ];
+        for (what, instances, want) in cases {
+            assert_eq!(choose(&instances, none, false, &scaling(4, 5), 10, &avoid), want, "{what}");
+        }
+        // Without avoidance the same pool serves on the busiest instance.
+        let pool = vec![on("n1", Ready, 3), on("n2", Ready, 1)];
+        assert_eq!(choose(&pool, none, false, &scaling(4, 5), 10, &[]), Choice::Warm(0));
     }
 }

@@ -150,7 +150,7 @@ mod tests {
         let base = Instant::now();
         let now = base + Duration::from_secs(1000);
         // Idle for `secs` at `now`.
-        let idle = |state: InstanceState, in_flight: u32, secs: u64| Sketch { state, in_flight, last_used: now - Duration::from_secs(secs) };
+        let idle = |state: InstanceState, in_flight: u32, secs: u64| Sketch { state, in_flight, last_used: now - Duration::from_secs(secs), node: None };
         let scaling = |min_instances: u32| Scaling {
             min_instances,
             pause_after: Duration::from_secs(10),

@@ -77,11 +77,13 @@ pub(super) trait InstanceView {
     fn state(&self) -> InstanceState;
     fn in_flight(&self) -> u32;
     fn last_used(&self) -> Instant;
+    /// The node it runs on (swarm), or `None` (the server's own host, or unknown).
+    fn node(&self) -> Option<&str>;
 }
 
-/// The view of anything with `state`, `in_flight` and `last_used` fields.
+/// The view of anything with `state`, `in_flight` and `last_used` fields; `$node` reads its node.
 macro_rules! instance_view {
-    ($t:ty) => {
+    ($t:ty, $node:expr) => {
         impl InstanceView for $t {
             fn state(&self) -> InstanceState {
                 self.state
@@ -92,11 +94,15 @@ macro_rules! instance_view {
             fn last_used(&self) -> Instant {
                 self.last_used
             }
+            fn node(&self) -> Option<&str> {
+                let node: fn(&$t) -> Option<&str> = $node;
+                node(self)
+            }
         }
     };
 }
 
-instance_view!(Instance);
+instance_view!(Instance, |i| i.endpoint.node());
 
 /// Instances that count against `max_instances`: all but those draining.
 pub(super) fn live(instances: &[impl InstanceView]) -> u32 {
@@ -110,10 +116,11 @@ pub(super) struct Sketch {
     pub state: InstanceState,
     pub in_flight: u32,
     pub last_used: Instant,
+    pub node: Option<&'static str>,
 }
 
 #[cfg(test)]
-instance_view!(Sketch);
+instance_view!(Sketch, |s| s.node);
 
 #[cfg(test)]
 mod tests {
