@@ -133,6 +133,18 @@ async fn log_in(c: &Client, token: &str) {
     click(c, "#login button[type=submit]").await;
 }
 
+/// Every input, select and textarea on the page has a label.
+async fn assert_labelled(c: &Client, page: &str) {
+    let unlabelled = c
+        .execute(
+            "return [...document.querySelectorAll('input, select, textarea')].filter(e => !e.labels || e.labels.length === 0).map(e => e.outerHTML)",
+            vec![],
+        )
+        .await
+        .expect("script");
+    assert_eq!(unlabelled, json!([]), "inputs without a label on {page}");
+}
+
 const FUNCTIONS_JS: &str = "exports.Hello = (req, res) => {\n  console.log('console-test line ' + req.url);\n  res.setHeader('Content-Type', 'text/plain');\n  res.end('hello from the console test');\n};\n";
 
 #[tokio::test]
@@ -165,8 +177,8 @@ async fn the_console_in_a_real_browser() {
     assert!(shown.contains("token_invalid"), "{shown}");
     step("a wrong token shows the API's message");
 
-    // The admin logs in; no projects yet.
-    log_in(&c, &server.token).await;
+    // The admin logs in with the keyboard only (Enter submits); no projects yet.
+    fill(&c, "#login input[name=token]", &format!("{}\u{E007}", server.token)).await;
     wait_text(&c, "#who", "admin", wait).await;
     wait_text(&c, "#projects", "No projects yet", wait).await;
     step("logged in");
@@ -230,6 +242,7 @@ async fn the_console_in_a_real_browser() {
     let timing = wait_text(&c, "#invoke-timing", "dur=", wait).await;
     assert!(timing.contains("cold") || timing.contains("warm") || timing.contains("resume"), "{timing}");
     step(&format!("invoked: 200, Server-Timing {timing}"));
+    assert_labelled(&c, "the function page").await;
     wait_text(&c, "#log-lines", "console-test line /from-the-browser?x=1", wait).await;
     step("the function's log line is shown");
 
@@ -260,6 +273,36 @@ async fn the_console_in_a_real_browser() {
     let listed: Value = http.get(format!("{base}/api/projects/{project}/secrets")).send().await.expect("secrets").json().await.expect("json");
     assert_eq!(listed["secrets"][0]["name"], "CONSOLE_SECRET", "{listed}");
     step("a secret set, its name listed");
+    assert_labelled(&c, "the project page").await;
+
+    // A second commit goes live (through the API); the console rolls back to the first.
+    let first: Value = http.get(format!("{base}/api/projects/{project}")).send().await.expect("project").json().await.expect("json");
+    let first = first["live"]["deployment"].as_i64().unwrap_or_else(|| panic!("a live deployment: {first}"));
+    std::fs::write(repo.path().join("functions.js"), FUNCTIONS_JS.replace("hello from", "v2 hello from")).expect("edit");
+    commit_all(repo.path(), "v2");
+    let d = deploy_and_wait(&http, &base, repo.path(), &project).await;
+    assert_eq!(d["status"], "ready", "{d}");
+    go(&c, &base, "#/projects").await;
+    go(&c, &base, &format!("#/projects/{project}")).await;
+    let button = format!("Roll back to #{first}");
+    wait_text(&c, "#history", &button, wait).await;
+    let clicked = c
+        .execute(
+            "const b = [...document.querySelectorAll('#history button')].find(b => b.textContent === arguments[0]); if (b) b.focus(); return !!b;",
+            vec![json!(button)],
+        )
+        .await
+        .expect("script");
+    assert_eq!(clicked, json!(true));
+    // A button is a button: Enter on the focused one.
+    c.active_element().await.expect("focus").send_keys("\u{E007}").await.expect("enter");
+    wait_text(&c, "#status", &format!("serves #{first}"), wait).await;
+    let live: Value = http.get(format!("{base}/api/projects/{project}/deployments")).send().await.expect("history").json().await.expect("json");
+    let now_live = live["deployments"].as_array().and_then(|l| l.iter().find(|x| x["live"] == true).cloned()).unwrap_or_default();
+    assert_eq!(now_live["rollback_of"], first, "{live}");
+    let answer = client().get(server.invoke_url(&project, "Hello", "")).send().await.expect("invoke").text().await.expect("text");
+    assert_eq!(answer, "hello from the console test", "the first commit serves again");
+    step(&format!("rolled back to #{first} from the history"));
 
     // Log out: the token is forgotten. A plain user sees none of the admin's projects.
     click(&c, "#logout").await;

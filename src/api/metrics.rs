@@ -93,8 +93,11 @@ pub fn parse_snapshots(text: &str, at: DateTime<Utc>) -> HashMap<(String, String
     out
 }
 
+/// One sample line: the series' name, its labels, its value.
+type Sample<'a> = (&'a str, Vec<(String, String)>, f64);
+
 /// `name{k="v",...} value` → its parts; `None` for what is not a sample line.
-fn parse_line(line: &str) -> Option<(&str, Vec<(String, String)>, f64)> {
+fn parse_line(line: &str) -> Option<Sample<'_>> {
     let (name, rest) = match line.find('{') {
         Some(i) => (&line[..i], &line[i + 1..]),
         None => {
@@ -143,7 +146,7 @@ fn parse_line(line: &str) -> Option<(&str, Vec<(String, String)>, f64)> {
     finish(name, labels, &rest[end + 1..])
 }
 
-fn finish<'a>(name: &'a str, labels: Vec<(String, String)>, rest: &str) -> Option<(&'a str, Vec<(String, String)>, f64)> {
+fn finish<'a>(name: &'a str, labels: Vec<(String, String)>, rest: &str) -> Option<Sample<'a>> {
     let value = rest.split_whitespace().next()?.parse().ok()?;
     Some((name, labels, value))
 }
