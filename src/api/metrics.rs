@@ -3,13 +3,14 @@
 //!
 //! The history is kept in memory ([`MetricsHistory`]): every [`SAMPLE_EVERY`] a task reads
 //! the server's own metrics (the same text `/metrics` serves: the gateway's invocation
-//! counters and latency histogram, the pool's instance gauges) and keeps, per function, the
-//! last [`SAMPLES`] cumulative snapshots in a ring. A point is the difference of two
-//! consecutive snapshots: the rate of the counter, the quantiles of the histogram's bucket
-//! deltas. The answer ends with a point up to now (a snapshot read for the request and not
-//! kept), so a chart moves before the next sample. In memory: bounded (361 snapshots of ~20
-//! numbers per function), no write load on SQLite every 10 s, and an hour of charts is not
-//! worth keeping across a restart (the history starts again empty).
+//! counters and latency histogram, the pool's instance gauges). A point is the difference of
+//! two consecutive cumulative snapshots: the rate of the counter, the quantiles of the
+//! histogram's bucket deltas, the instances at its end. Per function the ring keeps the last
+//! [`POINTS`] points and the last snapshot. The answer ends with a point up to now (from a
+//! snapshot read for the request and not kept), so a chart moves before the next sample. In
+//! memory: bounded (360 points of 6 numbers per function, about 25 KB), no write load on
+//! SQLite every 10 s, and an hour of charts is not worth keeping across a restart (the
+//! history starts again empty).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
@@ -26,8 +27,8 @@ use crate::engine::{Platform, Principal};
 
 /// How often the history takes a sample.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
-/// Snapshots kept per function: one hour of intervals at [`SAMPLE_EVERY`] (360), plus the first's start.
-pub const SAMPLES: usize = 361;
+/// Points kept per function: one hour of intervals at [`SAMPLE_EVERY`].
+pub const POINTS: usize = 360;
 
 /// The quantiles answered.
 const P50: f64 = 0.5;
@@ -223,74 +224,68 @@ pub fn point(from: &Snapshot, to: &Snapshot) -> MetricsPoint {
     }
 }
 
-/// The points of consecutive snapshots.
-pub fn points<'a>(snapshots: impl IntoIterator<Item = &'a Snapshot>) -> Vec<MetricsPoint> {
-    let mut out = Vec::new();
-    let mut prev: Option<&Snapshot> = None;
-    for s in snapshots {
-        if let Some(p) = prev {
-            out.push(point(p, s));
-        }
-        prev = Some(s);
-    }
-    out
-}
-
-/// Per function, the last [`SAMPLES`] snapshots.
+/// Per function, the last [`POINTS`] points and the snapshot the next one starts from.
 pub struct MetricsHistory {
     inner: Mutex<Rings>,
 }
 
+struct Ring {
+    last: Snapshot,
+    points: VecDeque<MetricsPoint>,
+}
+
 struct Rings {
     /// When the last sample was taken (at first: when the history began). A function first
-    /// seen in a sample had no series at the previous one: its ring starts with zeros then.
+    /// seen in a sample had no series at the previous one: its first point starts from zeros then.
     last: DateTime<Utc>,
-    rings: HashMap<(String, String), VecDeque<Snapshot>>,
+    rings: HashMap<(String, String), Ring>,
     capacity: usize,
 }
 
 impl MetricsHistory {
+    /// Keeps at most `capacity` points per function.
     pub fn new(capacity: usize, now: DateTime<Utc>) -> MetricsHistory {
-        MetricsHistory { inner: Mutex::new(Rings { last: now, rings: HashMap::new(), capacity: capacity.max(2) }) }
+        MetricsHistory { inner: Mutex::new(Rings { last: now, rings: HashMap::new(), capacity: capacity.max(1) }) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Rings> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Keeps one sample of every function in `snapshots` (all taken at `at`); functions
-    /// whose series are gone from the metrics are forgotten.
+    /// Adds one point to every function in `snapshots` (all taken at `at`); functions whose
+    /// series are gone from the metrics are forgotten.
     pub fn record(&self, at: DateTime<Utc>, snapshots: HashMap<(String, String), Snapshot>) {
         let mut r = self.lock();
         let (last, capacity) = (r.last, r.capacity);
         r.rings.retain(|k, _| snapshots.contains_key(k));
         for (key, mut snap) in snapshots {
             snap.at = at;
-            let ring = r.rings.entry(key).or_insert_with(|| VecDeque::from([Snapshot::zero(last)]));
-            ring.push_back(snap);
-            while ring.len() > capacity {
-                ring.pop_front();
+            let ring = r.rings.entry(key).or_insert_with(|| Ring { last: Snapshot::zero(last), points: VecDeque::new() });
+            ring.points.push_back(point(&ring.last, &snap));
+            while ring.points.len() > capacity {
+                ring.points.pop_front();
             }
+            ring.last = snap;
         }
         r.last = at;
     }
 
-    /// The function's points, the last one ending at `now`'s snapshot (not kept).
+    /// The function's points, oldest first, then the point from the last sample to `now`
+    /// (not kept; left out when the last sample is less than a second old).
     pub fn points(&self, project: &str, function: &str, now: Option<Snapshot>) -> Vec<MetricsPoint> {
         let r = self.lock();
         let key = (project.to_string(), function.to_string());
-        let mut snaps: Vec<Snapshot> = match r.rings.get(&key) {
-            Some(ring) => ring.iter().cloned().collect(),
-            None => vec![Snapshot::zero(r.last)],
+        let (mut out, last) = match r.rings.get(&key) {
+            Some(ring) => (ring.points.iter().cloned().collect::<Vec<_>>(), ring.last.clone()),
+            None => (Vec::new(), Snapshot::zero(r.last)),
         };
         drop(r);
         if let Some(now) = now {
-            // A sample taken less than a second ago already says it.
-            if snaps.last().map_or(true, |l| (now.at - l.at).num_milliseconds() >= 1000) {
-                snaps.push(now);
+            if (now.at - last.at).num_milliseconds() >= 1000 {
+                out.push(point(&last, &now));
             }
         }
-        points(&snaps)
+        out
     }
 
     /// Samples `platform`'s metrics every [`SAMPLE_EVERY`] until either is dropped.
@@ -405,12 +400,11 @@ eserveless_other{project="p\"x",function="f"} 1
         let p = point(&c, &d);
         assert_eq!(p.requests_per_second, 0.5);
         assert!(p.p50_ms.expect("p50") <= 10.0);
-        assert_eq!(points([&a, &b, &c, &d]).len(), 3);
     }
 
     #[test]
-    fn the_ring_keeps_the_last_samples_and_starts_new_functions_at_zero() {
-        let h = MetricsHistory::new(3, t(0));
+    fn the_ring_keeps_the_last_points_and_starts_new_functions_at_zero() {
+        let h = MetricsHistory::new(2, t(0));
         let key = ("p".to_string(), "f".to_string());
         let one = |s: Snapshot| HashMap::from([(key.clone(), s)]);
         // First seen at 10 s: it had no series at 0 s.
@@ -422,7 +416,7 @@ eserveless_other{project="p\"x",function="f"} 1
             h.record(t(10 * i), one(snap(0, 50.0 + 10.0 * i as f64, &[(f64::INFINITY, 50.0 + 10.0 * i as f64)], 1.0)));
         }
         let p = h.points("p", "f", None);
-        assert_eq!(p.iter().map(|p| p.at).collect::<Vec<_>>(), vec![t(50), t(60)], "3 snapshots kept: 2 intervals");
+        assert_eq!(p.iter().map(|p| p.at).collect::<Vec<_>>(), vec![t(50), t(60)], "2 points kept");
         assert!(p.iter().all(|p| p.requests_per_second == 1.0), "{p:?}");
         // The point up to now ends the answer, and is not kept.
         let now = snap(65, 115.0, &[(f64::INFINITY, 115.0)], 1.0);

@@ -51,7 +51,7 @@ pub struct AppState {
 /// The whole router: API, gateway and fallbacks.
 pub fn app(platform: Arc<Platform>) -> Router {
     let gateway = platform.gateway();
-    let history = Arc::new(MetricsHistory::new(metrics::SAMPLES, chrono::Utc::now()));
+    let history = Arc::new(MetricsHistory::new(metrics::POINTS, chrono::Utc::now()));
     MetricsHistory::spawn_sampler(&history, &platform);
     let state = AppState { platform, gateway, history };
     // Every /api route needs a token; the layer runs only for matched routes, so unknown
