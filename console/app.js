@@ -338,7 +338,12 @@ async function deploymentPage(name, id) {
     }
     // Keep the reader's place: replace only what changed.
     const key = JSON.stringify([d.log, (d.functions || []).map((f) => [f.build_state, f.build_log])]);
-    if (logs.dataset.key !== key) { logs.dataset.key = key; logs.replaceChildren(...parts); }
+    if (logs.dataset.key !== key) {
+      logs.dataset.key = key;
+      logs.replaceChildren(...parts);
+      // While it builds, show the newest lines.
+      if (d.status === "queued" || d.status === "building") for (const pre of logs.querySelectorAll("pre")) pre.scrollTop = pre.scrollHeight;
+    }
     if (d.status === "ready" || d.status === "failed") { done = true; say(`Deployment #${id}: ${d.status}.`); }
   };
   await load();

@@ -133,6 +133,14 @@ async fn log_in(c: &Client, token: &str) {
     click(c, "#login button[type=submit]").await;
 }
 
+/// With `ESERVELESS_CONSOLE_SCREENSHOTS=DIR`, the page as a PNG in DIR (to look at the console).
+async fn shot(c: &Client, name: &str) {
+    if let Some(dir) = std::env::var_os("ESERVELESS_CONSOLE_SCREENSHOTS") {
+        let png = c.screenshot().await.expect("screenshot");
+        std::fs::write(std::path::Path::new(&dir).join(format!("{name}.png")), png).expect("write the screenshot");
+    }
+}
+
 /// Every input, select and textarea on the page has a label.
 async fn assert_labelled(c: &Client, page: &str) {
     let unlabelled = c
@@ -175,6 +183,7 @@ async fn the_console_in_a_real_browser() {
     let message = want["error"]["message"].as_str().expect("the API's message").to_string();
     let shown = wait_text(&c, "#login .error", &message, wait).await;
     assert!(shown.contains("token_invalid"), "{shown}");
+    shot(&c, "login-error").await;
     step("a wrong token shows the API's message");
 
     // The admin logs in with the keyboard only (Enter submits); no projects yet.
@@ -223,6 +232,7 @@ async fn the_console_in_a_real_browser() {
     assert_eq!(seen.last().map(String::as_str), Some("ready (live)"), "statuses shown: {seen:?}");
     assert!(seen.iter().any(|s| s.starts_with("queued") || s.starts_with("building")), "the page showed the build going: {seen:?}");
     wait_js(&c, "Hello's build log", "return document.querySelector('#build-logs pre[data-function=Hello]') !== null", wait).await;
+    shot(&c, "deployment").await;
     step(&format!("watched the deployment go live: {seen:?}"));
 
     // The projects list shows it.
@@ -259,6 +269,7 @@ async fn the_console_in_a_real_browser() {
     )
     .await;
     wait_js(&c, "a latency point", "return document.querySelectorAll('#chart-latency circle').length > 0", wait).await;
+    shot(&c, "function").await;
     step("the charts show the requests");
 
     // A secret: set from the project page, its name listed, its value never shown again.
@@ -272,6 +283,7 @@ async fn the_console_in_a_real_browser() {
     assert!(!source.contains("s3cret-value-42"), "the value is not on the page");
     let listed: Value = http.get(format!("{base}/api/projects/{project}/secrets")).send().await.expect("secrets").json().await.expect("json");
     assert_eq!(listed["secrets"][0]["name"], "CONSOLE_SECRET", "{listed}");
+    shot(&c, "project").await;
     step("a secret set, its name listed");
     assert_labelled(&c, "the project page").await;
 
@@ -334,6 +346,10 @@ async fn the_console_in_a_real_browser() {
     let (scroll, inner) = (fit[0].as_f64().unwrap_or(f64::MAX), fit[1].as_f64().unwrap_or(0.0));
     assert!(inner <= 400.0, "the window is phone-sized: {fit}");
     assert!(scroll <= inner + 1.0, "no sideways scrolling at 375 px: {fit}");
+    shot(&c, "tokens-phone").await;
+    go(&c, &base, "#/projects").await;
+    wait_text(&c, "#projects", "No projects yet", wait).await;
+    shot(&c, "projects-phone").await;
     step(&format!("fits a phone-sized screen: {fit}"));
 
     c.close().await.expect("close the browser");
