@@ -153,7 +153,7 @@ async fn assert_labelled(c: &Client, page: &str) {
     assert_eq!(unlabelled, json!([]), "inputs without a label on {page}");
 }
 
-const FUNCTIONS_JS: &str = "exports.Hello = (req, res) => {\n  console.log('console-test line ' + req.url);\n  res.setHeader('Content-Type', 'text/plain');\n  res.end('hello from the console test');\n};\n";
+const FUNCTIONS_JS: &str = "exports.Hello = (req, res) => {\n  console.log('console-test line ' + req.url);\n  res.setHeader('Content-Type', 'text/plain');\n  res.end('hello from the console test');\n};\nexports.Tick = () => { console.log('tick from the console test'); };\n";
 
 #[tokio::test]
 async fn the_console_in_a_real_browser() {
@@ -204,7 +204,7 @@ async fn the_console_in_a_real_browser() {
     step("a bad repository shows the API's message");
 
     let repo = repo_with(&[
-        (".eserveless.yaml", "runtime: node\nfunctions:\n  - {name: Hello, type: http}\n".to_string()),
+        (".eserveless.yaml", "runtime: node\nfunctions:\n  - {name: Hello, type: http}\n  - {name: Tick, type: cron, schedule: \"0 0 1 1 *\"}\n".to_string()),
         ("functions.js", FUNCTIONS_JS.to_string()),
     ]);
     fill(&c, "#deploy-form input[name=repository]", repo.path().to_str().expect("utf8")).await;
@@ -255,6 +255,15 @@ async fn the_console_in_a_real_browser() {
     assert_labelled(&c, "the function page").await;
     wait_text(&c, "#log-lines", "console-test line /from-the-browser?x=1", wait).await;
     step("the function's log line is shown");
+
+    // A cron function: a run by hand from its page, then in its history with its output.
+    go(&c, &base, &format!("#/projects/{project}/functions/Tick")).await;
+    wait_js(&c, "the Run now button", "return [...document.querySelectorAll('#runs button')].some(b => b.textContent === 'Run now')", wait).await;
+    c.execute("[...document.querySelectorAll('#runs button')].find(b => b.textContent === 'Run now').click()", vec![]).await.expect("click");
+    wait_text(&c, "#runs", "succeeded", Duration::from_secs(60)).await;
+    wait_text(&c, "#runs", "manual", wait).await;
+    step("a cron run by hand shows in the run history");
+    go(&c, &base, &format!("#/projects/{project}/functions/Hello")).await;
 
     // Some requests; the charts show a point with a rate.
     for _ in 0..20 {
@@ -321,9 +330,17 @@ async fn the_console_in_a_real_browser() {
     wait_js(&c, "the login form", "return document.querySelector('#login') !== null", wait).await;
     let kept = c.execute("return sessionStorage.getItem('eserveless.token')", vec![]).await.expect("script");
     assert!(kept.is_null(), "logging out forgets the token: {kept}");
-    let user = http.post(format!("{base}/api/users")).json(&json!({"name": "viewer"})).send().await.expect("user");
-    let user: Value = user.json().await.expect("json");
-    let viewer = user["token"]["token"].as_str().unwrap_or_else(|| panic!("a token: {user}")).to_string();
+    log_in(&c, &server.token).await;
+    wait_text(&c, "#who", "admin", wait).await;
+    // The admin makes a plain user on the Users page; its token is shown once.
+    go(&c, &base, "#/users").await;
+    wait_js(&c, "the user form", "return document.querySelector('#user-form') !== null", wait).await;
+    assert_labelled(&c, "the users page").await;
+    fill(&c, "#user-form input[name=user-name]", "viewer").await;
+    click(&c, "#user-form button[type=submit]").await;
+    let viewer = wait_text(&c, "#new-token", "esl_", wait).await;
+    wait_text(&c, "#users", "viewer", wait).await;
+    click(&c, "#logout").await;
     log_in(&c, &viewer).await;
     wait_text(&c, "#who", "viewer", wait).await;
     wait_text(&c, "#projects", "No projects yet", wait).await;
