@@ -369,6 +369,21 @@ async fn the_console_in_a_real_browser() {
     shot(&c, "projects-phone").await;
     step(&format!("fits a phone-sized screen: {fit}"));
 
+    // The server's own sampler (every 10 s) kept the requests: a kept point, not only the one up to now.
+    let began = Instant::now();
+    loop {
+        let m: Value = http.get(format!("{base}/api/projects/{project}/functions/Hello/metrics")).send().await.expect("metrics").json().await.expect("json");
+        let points = m["points"].as_array().cloned().unwrap_or_default();
+        let kept = &points[..points.len().saturating_sub(1)];
+        if kept.iter().any(|p| p["requests_per_second"].as_f64().unwrap_or(0.0) > 0.0 && p["p99_ms"].as_f64().is_some()) {
+            assert!(kept.iter().all(|p| (p["seconds"].as_f64().unwrap_or(0.0) - 10.0).abs() < 1.5 || p == &kept[0]), "10 s apart: {m}");
+            break;
+        }
+        assert!(began.elapsed() < Duration::from_secs(25), "no sampled point with requests: {m}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    step("the history's sampler kept the requests");
+
     c.close().await.expect("close the browser");
     drop(server);
 }
