@@ -193,7 +193,7 @@ pub struct MetricsPoint {
 
 /// `GET /api/projects/{name}/functions/{function}/metrics`: oldest first; the last point ends now.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FunctionMetrics {
+pub struct MetricsAnswer {
     pub project: String,
     pub function: String,
     pub interval_seconds: u64,
@@ -310,13 +310,13 @@ pub(super) async fn function_metrics(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
     Path((name, function)): Path<(String, String)>,
-) -> Result<Json<FunctionMetrics>, ApiError> {
+) -> Result<Json<MetricsAnswer>, ApiError> {
     s.platform.live_function(&who, &name, &function)?;
     let now = Utc::now();
     let key = (name.clone(), function.clone());
     let current = parse_snapshots(&s.platform.metrics_text(), now).remove(&key).unwrap_or_else(|| Snapshot::zero(now));
     let points = s.history.points(&name, &function, Some(current));
-    Ok(Json(FunctionMetrics { project: name, function, interval_seconds: SAMPLE_EVERY.as_secs(), points }))
+    Ok(Json(MetricsAnswer { project: name, function, interval_seconds: SAMPLE_EVERY.as_secs(), points }))
 }
 
 #[cfg(test)]
