@@ -1413,3 +1413,73 @@ async fn following_sends_new_lines_of_new_instances_and_of_saved_runs() {
     assert_eq!(texts(&got), ["quick run"], "no line twice (c-live and c-new are followed too)");
     assert_eq!(got[0]["run"], 6);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The console's metrics history and its static files
+
+#[tokio::test]
+async fn function_metrics_answer_the_last_hour_to_the_owner_only() {
+    let h = harness(true);
+    let admin = h.admin_token.clone();
+    let (_repo, path) = access_repo();
+    let a = post_json(&h.app, "/api/projects", &json!({"repository": path, "name": "charts"})).await;
+    wait_deployment(&h.app, "charts", a.body["deployment"].as_i64().expect("id")).await;
+    let url = "/api/projects/charts/functions/Open/metrics";
+
+    // Before any request: a point of zeros up to now, no latency.
+    let a = get(&h.app, url).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.raw);
+    assert_eq!((a.body["project"].as_str(), a.body["function"].as_str(), a.body["interval_seconds"].as_u64()), (Some("charts"), Some("Open"), Some(10)));
+    let points = a.body["points"].as_array().expect("points");
+    assert!(points.iter().all(|p| p["requests_per_second"] == 0.0 && p["p50_ms"].is_null()), "{}", a.raw);
+
+    // Requests through the gateway (whatever they answer) make the last point's rate and latency.
+    for _ in 0..5 {
+        invoke(&h.app, "GET", "/invoke/charts/Open").await;
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let a = get(&h.app, url).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.raw);
+    let last = a.body["points"].as_array().and_then(|p| p.last().cloned()).unwrap_or_else(|| panic!("no point: {}", a.raw));
+    let rate = last["requests_per_second"].as_f64().expect("rate");
+    let seconds = last["seconds"].as_f64().expect("seconds");
+    assert!(seconds > 1.0 && (rate * seconds - 5.0).abs() < 1e-6, "5 requests in the last point: {last}");
+    let (p50, p99) = (last["p50_ms"].as_f64().expect("p50"), last["p99_ms"].as_f64().expect("p99"));
+    assert!(p50 > 0.0 && p99 >= p50, "{last}");
+    assert!(last["at"].as_str().is_some_and(|t| t.ends_with('Z')), "{last}");
+
+    // The project's rules: a plain user sees nothing of it; unknown functions and no token.
+    let a = send_as(&h.raw, &admin, "POST", "/api/users", Some(&json!({"name": "carol"}))).await;
+    let carol = a.body["token"]["token"].as_str().expect("carol's token").to_string();
+    assert_error(&send_as(&h.raw, &carol, "GET", url, None).await, StatusCode::NOT_FOUND, "project_not_found");
+    assert_error(&get(&h.app, "/api/projects/charts/functions/Nope/metrics").await, StatusCode::NOT_FOUND, "function_not_found");
+    assert_error(&get(&h.raw, url).await, StatusCode::UNAUTHORIZED, "token_required");
+}
+
+#[tokio::test]
+async fn the_console_is_served_with_strict_headers() {
+    let h = harness(false);
+    let a = get(&h.raw, "/ui").await;
+    assert_eq!(a.status, StatusCode::PERMANENT_REDIRECT, "{}", a.raw);
+    assert_eq!(a.headers.get("location").and_then(|v| v.to_str().ok()), Some("/ui/"));
+    for (path, ct) in [("/ui/", "text/html"), ("/ui/app.js", "text/javascript"), ("/ui/chart.js", "text/javascript"), ("/ui/style.css", "text/css")] {
+        let a = get(&h.raw, path).await;
+        assert_eq!(a.status, StatusCode::OK, "{path}: {}", a.raw);
+        let hv = |n: &str| a.headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        assert!(hv("content-type").starts_with(ct), "{path}: {}", hv("content-type"));
+        let csp = hv("content-security-policy");
+        assert!(csp.starts_with("default-src 'self'") && csp.contains("frame-ancestors 'none'") && !csp.contains("unsafe"), "{path}: {csp}");
+        assert_eq!((hv("x-frame-options"), hv("referrer-policy"), hv("x-content-type-options")), ("DENY".into(), "no-referrer".into(), "nosniff".into()));
+        let etag = hv("etag");
+        assert!(etag.starts_with('"') && etag.len() > 10, "{path}: etag {etag}");
+        // The same file again: 304 without a body.
+        let again = send(&h.raw, Request::get(path).header("if-none-match", &etag).body(Body::empty()).expect("req")).await;
+        assert_eq!(again.status, StatusCode::NOT_MODIFIED, "{path}");
+        assert!(again.raw.is_empty());
+    }
+    let a = get(&h.raw, "/ui/nope.js").await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert!(a.headers.contains_key("content-security-policy"));
+    let a = get(&h.raw, "/ui/../Cargo.toml").await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND, "{}", a.raw);
+}

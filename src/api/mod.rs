@@ -1,10 +1,12 @@
 //! The HTTP API: the axum router, request parsing into typed requests, and JSON answers.
 //! Errors all leave through [`ApiError`].
 
+mod console;
 mod deployments;
 pub(crate) mod error;
 mod functions;
 mod health;
+pub mod metrics;
 mod projects;
 mod secrets;
 mod tokens;
@@ -27,6 +29,7 @@ use crate::api::deployments::{list_deployments, rollback, show_deployment};
 use crate::api::error::ApiError;
 use crate::api::functions::{function_logs, function_run, function_runs, start_run};
 use crate::api::health::{healthz, metrics_text, root};
+use crate::api::metrics::{function_metrics, MetricsHistory};
 use crate::api::projects::{create_project, delete_project, list_projects, show_project, upload_project};
 use crate::api::secrets::{delete_secret, list_secrets, rotate_invoke_key, set_secrets};
 use crate::api::tokens::{create_token, list_tokens, revoke_token};
@@ -41,12 +44,16 @@ pub const MAX_API_BODY: usize = 64 * 1024;
 pub struct AppState {
     pub platform: Arc<Platform>,
     pub gateway: Gateway,
+    /// The last hour of each function's series, for the console's charts.
+    pub history: Arc<MetricsHistory>,
 }
 
 /// The whole router: API, gateway and fallbacks.
 pub fn app(platform: Arc<Platform>) -> Router {
     let gateway = platform.gateway();
-    let state = AppState { platform, gateway };
+    let history = Arc::new(MetricsHistory::new(metrics::POINTS, chrono::Utc::now()));
+    MetricsHistory::spawn_sampler(&history, &platform);
+    let state = AppState { platform, gateway, history };
     // Every /api route needs a token; the layer runs only for matched routes, so unknown
     // /api paths still answer 404.
     let api = Router::new()
@@ -64,6 +71,7 @@ pub fn app(platform: Arc<Platform>) -> Router {
         .route("/api/projects/{name}/functions/{function}/logs", get(function_logs))
         .route("/api/projects/{name}/functions/{function}/runs", get(function_runs).post(start_run))
         .route("/api/projects/{name}/functions/{function}/runs/{run}", get(function_run))
+        .route("/api/projects/{name}/functions/{function}/metrics", get(function_metrics))
         .route("/api/projects/{name}/secrets", get(list_secrets).post(set_secrets))
         .route("/api/projects/{name}/secrets/{secret}", delete(delete_secret))
         .route("/api/projects/{name}/invoke-key", post(rotate_invoke_key))
@@ -72,6 +80,9 @@ pub fn app(platform: Arc<Platform>) -> Router {
         .route("/", get(root))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
+        .route("/ui", get(console::ui_root))
+        .route("/ui/", get(console::ui_index))
+        .route("/ui/{*file}", get(console::ui_file))
         .merge(api)
         .route("/invoke/{project}/{function}", any(invoke))
         // `{*path}` matches no empty rest: a trailing slash is a path of its own.

@@ -36,8 +36,11 @@ impl Metrics {
 
     /// The text exposition, with scrape-time gauges read now.
     pub fn render(&self) -> String {
-        for refresh in self.refresh.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            refresh();
+        // Held until the text is made: another render (a scrape, the console's history) must
+        // not clear and refill the gauges while this one encodes them.
+        let refresh = self.refresh.lock().unwrap_or_else(|p| p.into_inner());
+        for r in refresh.iter() {
+            r();
         }
         let mut out = String::new();
         let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
