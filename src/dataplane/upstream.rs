@@ -320,12 +320,48 @@ impl Endpoint {
         self.socket_dir.as_ref().is_some_and(|d| open_socket(d).is_ok())
     }
 
+    /// Sends an upgrade request (WebSocket) on a connection of its own, which is never pooled:
+    /// after a `101 Switching Protocols` it belongs to the upgraded protocol. The connection
+    /// is driven by a task of its own until it is handed over (`hyper::upgrade::on` on the
+    /// answer) or the answer is read.
+    pub async fn send_upgrade(self: &Arc<Self>, req: Request<Body>) -> Result<Response<AnswerBody>, UpstreamError> {
+        if self.gone.is_cancelled() {
+            return Err(UpstreamError::Unsent { source: io::Error::other("the instance is gone"), request: Box::new(req) });
+        }
+        let stream = match self.open().await {
+            Ok(s) => s,
+            Err(source) => return Err(UpstreamError::Unsent { source, request: Box::new(req) }),
+        };
+        let (mut sender, conn) = http1::Builder::new().handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upgrade connection to the instance ended with an error");
+            }
+        });
+        let resp = tokio::select! {
+            r = sender.send_request(req) => r?,
+            () = self.gone.cancelled() => return Err(UpstreamError::Gone),
+        };
+        Ok(resp.map(|inner| AnswerBody { inner, checkout: None }))
+    }
+
+    /// Resolves once the instance is known dead (see [`Endpoint::mark_gone`]).
+    pub async fn gone(&self) {
+        self.gone.cancelled().await
+    }
+
     async fn connect(&self) -> Result<Upstream, UpstreamError> {
+        let stream = self.open().await.map_err(UpstreamError::Connect)?;
+        handshake(stream).await
+    }
+
+    /// A new stream to the instance: its Unix socket when it has one, else TCP.
+    async fn open(&self) -> io::Result<Either<tokio::net::UnixStream, tokio::net::TcpStream>> {
         if let Some(dir) = &self.socket_dir {
             match connect_unix(dir).await {
                 Ok(stream) => {
                     self.connects.unix.inc();
-                    return handshake(Either::Left(stream)).await;
+                    return Ok(Either::Left(stream));
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) if !self.refused_logged.swap(true, Ordering::Relaxed) => {
@@ -342,11 +378,10 @@ impl Endpoint {
         };
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
-            .map_err(|_| UpstreamError::Connect(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")))?
-            .map_err(UpstreamError::Connect)?;
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
         let _ = tcp.set_nodelay(true);
         self.connects.tcp.inc();
-        handshake(Either::Right(tcp)).await
+        Ok(Either::Right(tcp))
     }
 }
 
