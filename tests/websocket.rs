@@ -344,3 +344,26 @@ async fn a_vanished_client_frees_its_slot_and_idle_connections_close() {
     let mut c = open(&url).await;
     assert_eq!(echo(&mut c, "next").await, "next");
 }
+
+/// The python runtime cannot hand a connection over: the handshake gets a clear 501, and
+/// the function still answers plain requests.
+#[tokio::test]
+async fn python_refuses_the_handshake_clearly() {
+    require_docker!();
+    let _serial = SERIAL.lock().await;
+    let project = unique("ws-python");
+    let scene = Scene::new(&[&project]).await;
+    let server = Server::start(&scene.data, &scene.images).await;
+    let repo = repo_with(&[
+        (".eserveless.yaml", "runtime: python\nfunctions:\n  - {name: API, type: http}\n".to_string()),
+        ("functions.py", "def API(request):\n    return 'plain'\n".to_string()),
+    ]);
+    let http = server.http();
+    let d = deploy_and_wait(&http, &server.url, repo.path(), &project).await;
+    assert_eq!(d["status"], "ready", "{d:#}");
+    let (status, body) = connect(&ws_url(&server, &project, "API"), None).await.map(|_| ()).expect_err("python refuses");
+    assert_eq!(status, 501, "{body}");
+    assert!(body.contains("WebSocket is not supported by the python runtime"), "{body}");
+    let a = api_get(&client(), &server.invoke_url(&project, "API", "")).await;
+    assert_eq!((a.status, a.raw.as_str()), (200, "plain"));
+}

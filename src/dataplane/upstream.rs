@@ -637,6 +637,61 @@ mod tests {
         assert_eq!(ep.connects.tcp.get(), 2, "the closed connection was replaced by a new one");
     }
 
+    /// An instance that switches every request to an echo of raw bytes (a stand-in for a
+    /// WebSocket server), on `listener`.
+    fn serve_upgrades(listener: Either<tokio::net::UnixListener, tokio::net::TcpListener>) {
+        tokio::spawn(async move {
+            loop {
+                let stream = match &listener {
+                    Either::Left(l) => l.accept().await.map(|(s, _)| Either::Left(s)),
+                    Either::Right(l) => l.accept().await.map(|(s, _)| Either::Right(s)),
+                };
+                let Ok(stream) = stream else { return };
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|mut req: Request<Incoming>| async move {
+                        let on = hyper::upgrade::on(&mut req);
+                        tokio::spawn(async move {
+                            if let Ok(up) = on.await {
+                                let (mut r, mut w) = tokio::io::split(TokioIo::new(up));
+                                let _ = tokio::io::copy(&mut r, &mut w).await;
+                            }
+                        });
+                        let resp = Response::builder().status(101).header("connection", "upgrade").header("upgrade", "echo");
+                        Ok::<_, std::convert::Infallible>(resp.body(http_body_util::Empty::<bytes::Bytes>::new()).expect("101"))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).with_upgrades().await;
+                });
+            }
+        });
+    }
+
+    #[tokio::test]
+    async fn an_upgrade_goes_over_the_socket_or_tcp_on_a_connection_of_its_own() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).expect("mkdir");
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = tcp.local_addr().expect("addr");
+        serve_upgrades(Either::Right(tcp));
+        serve_upgrades(Either::Left(tokio::net::UnixListener::bind(tmp.join(SOCKET_NAME)).expect("bind")));
+        for (ep, unix) in [(Arc::new(Endpoint::with_dir(addr, &tmp)), true), (Arc::new(Endpoint::tcp(addr)), false)] {
+            for _ in 0..2 {
+                let req = Request::builder().uri("/").header("host", "x").header("connection", "upgrade").header("upgrade", "echo");
+                let mut resp = ep.send_upgrade(req.body(Body::empty()).expect("request")).await.expect("101");
+                assert_eq!(resp.status(), 101);
+                let mut io = TokioIo::new(hyper::upgrade::on(&mut resp).await.expect("upgraded"));
+                io.write_all(b"both ways").await.expect("write");
+                let mut back = [0u8; 9];
+                tokio::time::timeout(Duration::from_secs(5), io.read_exact(&mut back)).await.expect("in time").expect("read");
+                assert_eq!(&back, b"both ways");
+            }
+            assert_eq!(idle_len(&ep), 0, "an upgraded connection is never pooled");
+            let (u, t) = (ep.connects.unix.get(), ep.connects.tcp.get());
+            assert_eq!((u, t), if unix { (2, 0) } else { (0, 2) }, "one connection per upgrade, over the {}", if unix { "socket" } else { "port" });
+        }
+    }
+
     #[tokio::test]
     async fn a_lost_instance_gives_up_at_once_and_hands_back_an_unsent_request() {
         // Accepts and reads, never answers: a node that died with the connection open.
