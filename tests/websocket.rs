@@ -93,7 +93,7 @@ async fn deploy_fixture(server: &Server, fixture: &str, project: &str) -> (tempf
 async fn round_trips(ws: &mut Ws) {
     assert_eq!(echo(ws, "hello").await, "hello");
     for len in [4usize, 300, 200_000] {
-        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (0..len).map(|i| u8::try_from(i % 251).expect("below 251")).collect();
         ws.send(Message::binary(data.clone())).await.expect("send");
         match next_message(ws, Duration::from_secs(10)).await {
             Some(Message::Binary(b)) => assert!(b[..] == data[..], "binary echo of {len} bytes differs"),
@@ -158,8 +158,8 @@ async fn node_echo_round_trip_and_the_private_handshake() {
 
     // The handshakes count as invocations, answered 101.
     let metrics = api_get(&client(), &format!("{}/metrics", server.url)).await.raw;
-    let line = format!("function=\"Echo\",status=\"101\"");
-    assert!(metrics.lines().any(|l| l.contains("invocations_total") && l.contains(&project) && l.contains(&line)), "no 101 in the invocations:\n{metrics}");
+    let line = "function=\"Echo\",status=\"101\"";
+    assert!(metrics.lines().any(|l| l.contains("invocations_total") && l.contains(&project) && l.contains(line)), "no 101 in the invocations:\n{metrics}");
 }
 
 #[tokio::test]
