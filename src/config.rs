@@ -170,7 +170,8 @@ impl ServerConfig {
         for (name, d) in [("upgrade_grace", pools.upgrade_grace), ("upgrade_idle_timeout", pools.upgrade_idle_timeout)] {
             anyhow::ensure!(
                 (Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&d),
-                "{name} must be between 1s and 24h, got {}",
+                "{name} (--{}) must be between 1s and 24h, got {}",
+                name.replace('_', "-"),
                 humantime::format_duration(d)
             );
         }
@@ -340,6 +341,22 @@ mod tests {
         assert_eq!((c.log_bytes, c.caps.max_memory_bytes, c.limits.memory_bytes), (3 << 10, 2 << 30, 128 << 20));
         // Bools: flag over env; env over file; file over default; default.
         assert!(c.allow_local_repos && !c.allow_private_repos && c.allow_submodules && c.egress);
+    }
+
+    #[test]
+    fn websocket_limits_have_defaults_flags_a_file_key_and_bounds() {
+        let c = load(&[], false).expect("defaults");
+        assert_eq!(c.upgrades, UpgradeLimits { grace: Duration::from_secs(30), idle: Duration::from_secs(300) });
+        let c = load(&["--upgrade-grace", "3s", "--upgrade-idle-timeout", "1m"], false).expect("flags");
+        assert_eq!(c.upgrades, UpgradeLimits { grace: Duration::from_secs(3), idle: Duration::from_secs(60) });
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "upgrade_grace = \"10s\"\n").expect("w");
+        assert_eq!(load(&["--config", path.to_str().expect("utf8")], false).expect("file").upgrades.grace, Duration::from_secs(10));
+        let e = load(&["--upgrade-grace", "0s"], false).expect_err("no grace").to_string();
+        assert!(e.contains("--upgrade-grace") && e.contains("0s") && e.contains("between 1s and 24h"), "{e}");
+        let e = load(&["--upgrade-idle-timeout", "2d"], false).expect_err("too long").to_string();
+        assert!(e.contains("--upgrade-idle-timeout") && e.contains("2days"), "{e}");
     }
 
     #[test]
