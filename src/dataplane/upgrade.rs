@@ -8,7 +8,8 @@
 //!
 //! The relay holds the request's lease on its instance for the life of the connection (it
 //! counts against the function's `concurrency`), and ends the connection:
-//! - when either side closes its end, or fails: the other side is closed too;
+//! - when either side closes its end, or fails, or takes no byte of what is sent to it for
+//!   the idle timeout (a client that stopped reading or vanished): the other side is closed too;
 //! - after `--upgrade-idle-timeout` without a byte either way;
 //! - `--upgrade-grace` after its revision was replaced (a redeploy, a rollback, new secrets);
 //! - when the instance is found dead.
@@ -240,7 +241,7 @@ where
                 last_byte = Instant::now();
                 let data = &from_client[..n];
                 let client_closed = to_instance.feed(data);
-                if instance.write_all(data).await.is_err() {
+                if !write_within(&mut instance, data, limits.idle).await {
                     break closed_by(&phase, Ended::InstanceClosed);
                 }
                 if client_closed {
@@ -258,14 +259,14 @@ where
                 match phase {
                     Phase::Open => {
                         to_client.feed(data);
-                        if client.write_all(data).await.is_err() {
+                        if !write_within(&mut client, data, limits.idle).await {
                             break closed_by(&phase, Ended::ClientClosed);
                         }
                     }
                     Phase::GoingAway { why, .. } => {
                         // The rest of the current frame goes; what follows it does not.
                         let (k, _) = to_client.take_frame(data);
-                        if client.write_all(&data[..k]).await.is_err() {
+                        if !write_within(&mut client, &data[..k], CLOSING_TIME).await {
                             break why;
                         }
                         if to_client.at_boundary() {
@@ -283,10 +284,10 @@ where
                 Ended::Redeployed => "function redeployed",
                 _ => "instance gone",
             };
-            if client.write_all(&close_frame(GOING_AWAY, reason, false)).await.is_err() {
+            if !write_within(&mut client, &close_frame(GOING_AWAY, reason, false), CLOSING_TIME).await {
                 break why;
             }
-            let _ = client.flush().await;
+            let _ = tokio::time::timeout(CLOSING_TIME, client.flush()).await;
             // Only the close frame's answer is awaited now: read until it passed.
             let _ = wait_close_answer(&mut client, &mut instance, &mut to_instance, &mut from_client, since + CLOSING_TIME).await;
             break why;
@@ -305,6 +306,19 @@ fn go_away(why: Ended, to_client: &FrameTracker) -> Phase {
     } else {
         Phase::GoingAway { since: Instant::now(), why }
     }
+}
+
+/// Writes all of `data`, unless the other side takes none of it for `within` (a client that
+/// stopped reading, or vanished without closing its connection) or fails: then false.
+async fn write_within<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8], within: Duration) -> bool {
+    let mut sent = 0;
+    while sent < data.len() {
+        match tokio::time::timeout(within, w.write(&data[sent..])).await {
+            Ok(Ok(n)) if n > 0 => sent += n,
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// How a connection ended when one side closed: as the relay was closing it, or by that side.
@@ -328,9 +342,11 @@ where
             _ => return Err(()),
         };
         let closed = to_instance.feed(&buf[..n]);
-        instance.write_all(&buf[..n]).await.map_err(|_| ())?;
+        if !write_within(instance, &buf[..n], CLOSING_TIME).await {
+            return Err(());
+        }
         if closed {
-            let _ = instance.flush().await;
+            let _ = tokio::time::timeout(CLOSING_TIME, instance.flush()).await;
             return Ok(());
         }
     }
@@ -480,6 +496,27 @@ mod tests {
         c.write_all(&frame(8, &[0x03, 0xe9], true)).await.expect("w");
         assert_eq!(read_exact(&mut i, 8).await, frame(8, &[0x03, 0xe9], true));
         assert_eq!(task.await.expect("relay"), Ended::Redeployed);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_dropped_after_the_idle_timeout() {
+        let limits = UpgradeLimits { grace: Duration::from_secs(30), idle: Duration::from_millis(500) };
+        let (client, client_side) = tokio::io::duplex(1024);
+        let (mut i, instance_side) = tokio::io::duplex(1 << 20);
+        let task = tokio::spawn(relay(client_side, instance_side, limits, CancellationToken::new(), std::future::pending()));
+        // The instance keeps sending; the client never reads (its buffer fills up).
+        let writer = tokio::spawn(async move {
+            for _ in 0..100 {
+                if i.write_all(&frame(2, &[1u8; 1000], false)).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let ended = tokio::time::timeout(Duration::from_secs(5), task).await.expect("ended in time").expect("relay");
+        assert_eq!(ended, Ended::ClientClosed);
+        writer.abort();
+        drop(client);
     }
 
     #[tokio::test]
