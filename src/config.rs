@@ -50,6 +50,15 @@ impl Default for ServeArgs {
     }
 }
 
+/// The limits of an upgraded (WebSocket) connection through the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpgradeLimits {
+    /// How long open connections of a replaced revision stay open after a redeploy.
+    pub grace: Duration,
+    /// No bytes either way for this long closes a connection.
+    pub idle: Duration,
+}
+
 /// The resolved server settings.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -75,6 +84,8 @@ pub struct ServerConfig {
     pub max_upload: u64,
     pub queue_depth: u32,
     pub queue_timeout: Duration,
+    /// Upgraded connections (WebSocket): grace after a redeploy, idle timeout.
+    pub upgrades: UpgradeLimits,
     /// Limits of a function that asks for nothing (memory, CPU, pids, OCI runtime, ...).
     pub limits: crate::infra::driver::Limits,
     /// Ceilings on what a manifest may ask for.
@@ -156,6 +167,14 @@ impl ServerConfig {
             (1024..=(64 << 20)).contains(&log_bytes),
             "log_bytes must be between 1Ki and 64Mi (output kept per instance and per cron run), got {log_bytes}"
         );
+        for (name, d) in [("upgrade_grace", pools.upgrade_grace), ("upgrade_idle_timeout", pools.upgrade_idle_timeout)] {
+            anyhow::ensure!(
+                (Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&d),
+                "{name} (--{}) must be between 1s and 24h, got {}",
+                name.replace('_', "-"),
+                humantime::format_duration(d)
+            );
+        }
         if let (EngineKind::Docker, Some(registry)) = (engine.engine, &engine.registry) {
             anyhow::bail!("--registry {registry} is only used with --engine swarm (one host needs no registry); drop it or add --engine swarm");
         }
@@ -179,6 +198,7 @@ impl ServerConfig {
             max_upload: source.max_upload,
             queue_depth: pools.queue_depth,
             queue_timeout: pools.queue_timeout,
+            upgrades: UpgradeLimits { grace: pools.upgrade_grace, idle: pools.upgrade_idle_timeout },
             limits,
             caps,
             firewall: sandbox.firewall,
@@ -321,6 +341,22 @@ mod tests {
         assert_eq!((c.log_bytes, c.caps.max_memory_bytes, c.limits.memory_bytes), (3 << 10, 2 << 30, 128 << 20));
         // Bools: flag over env; env over file; file over default; default.
         assert!(c.allow_local_repos && !c.allow_private_repos && c.allow_submodules && c.egress);
+    }
+
+    #[test]
+    fn websocket_limits_have_defaults_flags_a_file_key_and_bounds() {
+        let c = load(&[], false).expect("defaults");
+        assert_eq!(c.upgrades, UpgradeLimits { grace: Duration::from_secs(30), idle: Duration::from_secs(300) });
+        let c = load(&["--upgrade-grace", "3s", "--upgrade-idle-timeout", "1m"], false).expect("flags");
+        assert_eq!(c.upgrades, UpgradeLimits { grace: Duration::from_secs(3), idle: Duration::from_secs(60) });
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "upgrade_grace = \"10s\"\n").expect("w");
+        assert_eq!(load(&["--config", path.to_str().expect("utf8")], false).expect("file").upgrades.grace, Duration::from_secs(10));
+        let e = load(&["--upgrade-grace", "0s"], false).expect_err("no grace").to_string();
+        assert!(e.contains("--upgrade-grace") && e.contains("0s") && e.contains("between 1s and 24h"), "{e}");
+        let e = load(&["--upgrade-idle-timeout", "2d"], false).expect_err("too long").to_string();
+        assert!(e.contains("--upgrade-idle-timeout") && e.contains("2days"), "{e}");
     }
 
     #[test]

@@ -299,14 +299,18 @@ async fn serve_http(
         };
         let _ = tcp.set_nodelay(true);
         let app = app.clone();
+        // Shared with the requests: an upgraded connection (WebSocket) keeps its places.
+        let held: Arc<dyn std::any::Any + Send + Sync> = Arc::new((permit, slot));
+        let hold = crate::dataplane::upgrade::ConnectionHold::new(held.clone());
         let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(axum::extract::ConnectInfo(addr));
+            req.extensions_mut().insert(hold.clone());
             app.clone().oneshot(req.map(axum::body::Body::new))
         });
         let conn = http.serve_connection(TokioIo::new(tcp), service).with_upgrades();
         let stopping = stopping.clone();
         tracker.spawn(async move {
-            let _held = (permit, slot);
+            let _held = held;
             tokio::pin!(conn);
             let ended = tokio::select! {
                 ended = conn.as_mut() => ended,

@@ -99,6 +99,12 @@ pub struct PoolSettings {
     /// Longest a request waits for a busy function's capacity before 503, e.g. 10s
     #[arg(long, env = "ESERVELESS_QUEUE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "30s", hide_default_value = true)]
     pub queue_timeout: Duration,
+    /// Open WebSocket connections of a replaced revision are closed (code 1001) this long after a redeploy, e.g. 30s
+    #[arg(long, env = "ESERVELESS_UPGRADE_GRACE", value_parser = humantime::parse_duration, default_value = "30s", hide_default_value = true)]
+    pub upgrade_grace: Duration,
+    /// A WebSocket connection with no bytes either way for this long is closed (code 1001), e.g. 5m
+    #[arg(long, env = "ESERVELESS_UPGRADE_IDLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "5m", hide_default_value = true)]
+    pub upgrade_idle_timeout: Duration,
     /// Output kept per instance and per cron run, and most returned per log entry, e.g. 64Ki
     #[arg(long, env = "ESERVELESS_LOG_BYTES", value_parser = parse_memory_arg, default_value = "64Ki", hide_default_value = true)]
     pub log_bytes: u64,

@@ -14,7 +14,9 @@ use axum::response::IntoResponse;
 
 use crate::http_error::ApiError;
 use crate::dataplane::pool::{AcquireError, FunctionPool, Lease};
+use crate::dataplane::upgrade;
 use crate::dataplane::upstream::{callers_fault, AnswerBody, UpstreamError};
+use hyper_util::rt::TokioIo;
 
 /// Where a function's requests go.
 #[derive(Clone)]
@@ -244,7 +246,7 @@ impl Gateway {
     /// One invocation, in steps: route lookup, invoke key check, acquire, forward, answer.
     async fn try_invoke(
         &self,
-        req: Request<Body>,
+        mut req: Request<Body>,
         client_addr: Option<SocketAddr>,
         known: &mut Option<Arc<FunctionPool>>,
     ) -> Result<Response<Body>, ApiError> {
@@ -256,6 +258,10 @@ impl Gateway {
         *known = Some(pool.clone());
         if pool.revision().private {
             self.check_invoke_key(project, function, req.headers())?;
+        }
+        if upgrade::is_websocket(req.method(), req.version(), req.headers()) {
+            let client_io = hyper::upgrade::on(&mut req);
+            return self.upgrade(req, client_io, Target { uri: &uri, project, function, rest, client_addr }, pool).await;
         }
         let timeout = pool.revision().timeout;
         let deadline = tokio::time::Instant::now() + timeout;
@@ -291,6 +297,71 @@ impl Gateway {
             }
         }
         unreachable_lost(function)
+    }
+
+    /// A WebSocket handshake: forwarded on a connection of its own to an instance (its
+    /// lease held for the life of the connection); once the instance switched protocols, the
+    /// 101 goes to the client and [`upgrade::relay`] carries the connection in a task of its own.
+    /// A function that declines (any other status) is answered as usual.
+    async fn upgrade(&self, mut req: Request<Body>, client_io: hyper::upgrade::OnUpgrade, to: Target<'_>, pool: Arc<FunctionPool>) -> Result<Response<Body>, ApiError> {
+        let Target { uri, project, function, rest, client_addr } = to;
+        // The server's hold on the client connection (its places under the connection caps)
+        // goes with the upgraded connection.
+        let hold = req.extensions_mut().remove::<upgrade::ConnectionHold>();
+        let protocol = req.headers().get(header::UPGRADE).cloned();
+        let timeout = pool.revision().timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (pool, lease) = self.acquire(pool, project, function, deadline, timeout, &[]).await?;
+        pool.metrics().acquired(lease.kind, lease.took);
+        let mut up = upstream_request(req, uri, rest, client_addr, pool.forwarded_prefix())?;
+        up.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Some(p) = protocol {
+            up.headers_mut().insert(header::UPGRADE, p);
+        }
+        let call = Call { project, function, timeout, deadline };
+        let mut resp = match tokio::time::timeout_at(deadline, lease.endpoint.send_upgrade(up)).await {
+            Err(_) => return Err(call.timed_out()),
+            Ok(Err(e)) => {
+                if !e.is_callers() {
+                    lease.mark_broken();
+                }
+                return Err(call.failed(e.is_callers(), &e));
+            }
+            Ok(Ok(resp)) => resp,
+        };
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return call.answer(resp, lease).await;
+        }
+        let instance_io = hyper::upgrade::on(&mut resp);
+        let (mut parts, _) = resp.into_parts();
+        let accepted = parts.headers.get(header::UPGRADE).cloned();
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(crate::http_error::ERROR_HEADER);
+        parts.extensions = Default::default();
+        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, accepted.unwrap_or(HeaderValue::from_static("websocket")));
+        if let Ok(v) = HeaderValue::from_str(&format!("{};dur={}", lease.kind.as_str(), lease.took.as_millis())) {
+            parts.headers.append("server-timing", v);
+        }
+        let (limits, retiring) = (pool.upgrade_limits(), pool.retiring());
+        let (project, function) = (project.to_string(), function.to_string());
+        tokio::spawn(async move {
+            let _hold = hold;
+            let (client, instance) = match tokio::join!(client_io, instance_io) {
+                (Ok(c), Ok(i)) => (c, i),
+                (c, i) => {
+                    let (c, i) = (c.err().map(|e| e.to_string()), i.err().map(|e| e.to_string()));
+                    tracing::debug!(project, function, client = ?c, instance = ?i, "upgrade not completed");
+                    return;
+                }
+            };
+            let endpoint = lease.endpoint.clone();
+            let began = std::time::Instant::now();
+            let ended = upgrade::relay(TokioIo::new(client), TokioIo::new(instance), limits, retiring, endpoint.gone()).await;
+            tracing::debug!(project, function, ?ended, secs = began.elapsed().as_secs(), "upgraded connection ended");
+            drop(lease);
+        });
+        Ok(Response::from_parts(parts, Body::empty()))
     }
 
     /// The pool serving `project`/`function` now.
@@ -407,6 +478,15 @@ fn upstream_request(
     }
     h.insert("x-forwarded-prefix", forwarded_prefix.clone());
     Ok(Request::from_parts(parts, body))
+}
+
+/// Where a request goes, as the gateway read it from the request.
+struct Target<'a> {
+    uri: &'a Uri,
+    project: &'a str,
+    function: &'a str,
+    rest: &'a str,
+    client_addr: Option<SocketAddr>,
 }
 
 /// One request on its way through an instance: what its answers and errors need.

@@ -5,6 +5,7 @@ pub mod gateway;
 pub mod gateway_metrics;
 pub mod pool;
 pub mod scheduler;
+pub mod upgrade;
 pub mod upstream;
 
 use std::time::Duration;

@@ -320,12 +320,48 @@ impl Endpoint {
         self.socket_dir.as_ref().is_some_and(|d| open_socket(d).is_ok())
     }
 
+    /// Sends an upgrade request (WebSocket) on a connection of its own, which is never pooled:
+    /// after a `101 Switching Protocols` it belongs to the upgraded protocol. The connection
+    /// is driven by a task of its own until it is handed over (`hyper::upgrade::on` on the
+    /// answer) or the answer is read.
+    pub async fn send_upgrade(self: &Arc<Self>, req: Request<Body>) -> Result<Response<AnswerBody>, UpstreamError> {
+        if self.gone.is_cancelled() {
+            return Err(UpstreamError::Unsent { source: io::Error::other("the instance is gone"), request: Box::new(req) });
+        }
+        let stream = match self.open().await {
+            Ok(s) => s,
+            Err(source) => return Err(UpstreamError::Unsent { source, request: Box::new(req) }),
+        };
+        let (mut sender, conn) = http1::Builder::new().handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upgrade connection to the instance ended with an error");
+            }
+        });
+        let resp = tokio::select! {
+            r = sender.send_request(req) => r?,
+            () = self.gone.cancelled() => return Err(UpstreamError::Gone),
+        };
+        Ok(resp.map(|inner| AnswerBody { inner, checkout: None }))
+    }
+
+    /// Resolves once the instance is known dead (see [`Endpoint::mark_gone`]).
+    pub async fn gone(&self) {
+        self.gone.cancelled().await
+    }
+
     async fn connect(&self) -> Result<Upstream, UpstreamError> {
+        let stream = self.open().await.map_err(UpstreamError::Connect)?;
+        handshake(stream).await
+    }
+
+    /// A new stream to the instance: its Unix socket when it has one, else TCP.
+    async fn open(&self) -> io::Result<Either<tokio::net::UnixStream, tokio::net::TcpStream>> {
         if let Some(dir) = &self.socket_dir {
             match connect_unix(dir).await {
                 Ok(stream) => {
                     self.connects.unix.inc();
-                    return handshake(Either::Left(stream)).await;
+                    return Ok(Either::Left(stream));
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) if !self.refused_logged.swap(true, Ordering::Relaxed) => {
@@ -342,11 +378,10 @@ impl Endpoint {
         };
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
-            .map_err(|_| UpstreamError::Connect(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")))?
-            .map_err(UpstreamError::Connect)?;
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
         let _ = tcp.set_nodelay(true);
         self.connects.tcp.inc();
-        handshake(Either::Right(tcp)).await
+        Ok(Either::Right(tcp))
     }
 }
 
@@ -600,6 +635,61 @@ mod tests {
         let again = tokio::time::timeout(Duration::from_secs(5), get(&ep)).await;
         assert_eq!(again.ok().as_deref(), Some("idle"), "the request on a connection closed while idle hung");
         assert_eq!(ep.connects.tcp.get(), 2, "the closed connection was replaced by a new one");
+    }
+
+    /// An instance that switches every request to an echo of raw bytes (a stand-in for a
+    /// WebSocket server), on `listener`.
+    fn serve_upgrades(listener: Either<tokio::net::UnixListener, tokio::net::TcpListener>) {
+        tokio::spawn(async move {
+            loop {
+                let stream = match &listener {
+                    Either::Left(l) => l.accept().await.map(|(s, _)| Either::Left(s)),
+                    Either::Right(l) => l.accept().await.map(|(s, _)| Either::Right(s)),
+                };
+                let Ok(stream) = stream else { return };
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|mut req: Request<Incoming>| async move {
+                        let on = hyper::upgrade::on(&mut req);
+                        tokio::spawn(async move {
+                            if let Ok(up) = on.await {
+                                let (mut r, mut w) = tokio::io::split(TokioIo::new(up));
+                                let _ = tokio::io::copy(&mut r, &mut w).await;
+                            }
+                        });
+                        let resp = Response::builder().status(101).header("connection", "upgrade").header("upgrade", "echo");
+                        Ok::<_, std::convert::Infallible>(resp.body(http_body_util::Empty::<bytes::Bytes>::new()).expect("101"))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).with_upgrades().await;
+                });
+            }
+        });
+    }
+
+    #[tokio::test]
+    async fn an_upgrade_goes_over_the_socket_or_tcp_on_a_connection_of_its_own() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).expect("mkdir");
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = tcp.local_addr().expect("addr");
+        serve_upgrades(Either::Right(tcp));
+        serve_upgrades(Either::Left(tokio::net::UnixListener::bind(tmp.join(SOCKET_NAME)).expect("bind")));
+        for (ep, unix) in [(Arc::new(Endpoint::with_dir(addr, &tmp)), true), (Arc::new(Endpoint::tcp(addr)), false)] {
+            for _ in 0..2 {
+                let req = Request::builder().uri("/").header("host", "x").header("connection", "upgrade").header("upgrade", "echo");
+                let mut resp = ep.send_upgrade(req.body(Body::empty()).expect("request")).await.expect("101");
+                assert_eq!(resp.status(), 101);
+                let mut io = TokioIo::new(hyper::upgrade::on(&mut resp).await.expect("upgraded"));
+                io.write_all(b"both ways").await.expect("write");
+                let mut back = [0u8; 9];
+                tokio::time::timeout(Duration::from_secs(5), io.read_exact(&mut back)).await.expect("in time").expect("read");
+                assert_eq!(&back, b"both ways");
+            }
+            assert_eq!(idle_len(&ep), 0, "an upgraded connection is never pooled");
+            let (u, t) = (ep.connects.unix.get(), ep.connects.tcp.get());
+            assert_eq!((u, t), if unix { (2, 0) } else { (0, 2) }, "one connection per upgrade, over the {}", if unix { "socket" } else { "port" });
+        }
     }
 
     #[tokio::test]

@@ -120,6 +120,7 @@ impl Platform {
             queue_depth: config.queue_depth,
             queue_timeout: config.queue_timeout,
             log_bytes: config.log_bytes,
+            upgrades: config.upgrades,
             ..PoolConfig::default()
         };
         let secrets = crate::infra::secrets::SecretBox::open_dir(&config.data_dir)?;

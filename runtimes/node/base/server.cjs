@@ -54,6 +54,21 @@ function main(handler) {
     // never closed by us just as the gateway reuses it.
     server.keepAliveTimeout = 120 * 1000;
     server.headersTimeout = 125 * 1000;
+    // Upgrade requests (WebSocket) reach the same handler, with `req.upgrade === true`, the
+    // connection in `req.socket` and its first bytes in `req.upgradeHead`: a library takes
+    // them over (ws: `wss.handleUpgrade(req, req.socket, req.upgradeHead, cb)`). A handler
+    // that answers with `res` instead declines the upgrade; the connection closes after it.
+    server.on('upgrade', (req, socket, head) => {
+      req.upgradeHead = head;
+      const res = new http.ServerResponse(req);
+      res.shouldKeepAlive = false;
+      res.assignSocket(socket);
+      res.on('finish', () => {
+        res.detachSocket(socket);
+        socket.destroySoon();
+      });
+      handle(req, res);
+    });
     server.on('clientError', (err, socket) => {
       if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
       else socket.destroy();

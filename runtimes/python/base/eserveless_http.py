@@ -197,6 +197,9 @@ class Conn(asyncio.Protocol):
                     return
                 if not isinstance(ev, h11.Request):
                     return  # ConnectionClosed
+                if any(k.lower() == b"upgrade" and b"websocket" in v.lower() for k, v in ev.headers):
+                    await self.refuse_websocket()
+                    return
                 self.busy = True
                 exch = self.exchange = Exchange(self, ev)
                 try:
@@ -233,6 +236,19 @@ class Conn(asyncio.Protocol):
             else:
                 return False
         return False
+
+    async def refuse_websocket(self):
+        # WSGI cannot hand a connection over, and this server does not speak ASGI's
+        # websocket protocol: a WebSocket handshake is refused, never half-served.
+        body = (b"WebSocket is not supported by the python runtime (eserveless); "
+                b"use a node or golang function for WebSocket\n")
+        try:
+            await self.send(h11.Response(status_code=501, reason=reason(501), headers=[
+                (b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"%d" % len(body)), (b"connection", b"close")]))
+            await self.send(h11.Data(data=body))
+            await self.send(h11.EndOfMessage())
+        except Exception:
+            pass
 
     async def bad_request(self, exc):
         if self.h.our_state in (h11.IDLE, h11.SEND_RESPONSE):

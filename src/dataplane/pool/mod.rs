@@ -163,6 +163,8 @@ pub struct PoolConfig {
     pub reap_interval: Duration,
     /// Most output saved from one removed container.
     pub log_bytes: usize,
+    /// Upgraded connections (WebSocket): their grace after a redeploy, and their idle timeout.
+    pub upgrades: crate::config::UpgradeLimits,
 }
 
 impl Default for PoolConfig {
@@ -175,6 +177,7 @@ impl Default for PoolConfig {
             queue_timeout: settings.queue_timeout,
             reap_interval: Duration::from_millis(500),
             log_bytes: usize::try_from(settings.log_bytes).unwrap_or(usize::MAX),
+            upgrades: crate::config::UpgradeLimits { grace: settings.upgrade_grace, idle: settings.upgrade_idle_timeout },
         }
     }
 }
@@ -209,6 +212,8 @@ pub struct FunctionPool {
     inner: Mutex<PoolInner>,
     changed: Notify,
     retired: AtomicBool,
+    /// Cancelled when the revision is retired: its upgraded connections start their grace.
+    retiring: tokio_util::sync::CancellationToken,
     shared: Arc<Shared>,
 }
 
@@ -274,6 +279,7 @@ impl PoolManager {
             inner: Mutex::new(PoolInner::default()),
             changed: Notify::new(),
             retired: AtomicBool::new(false),
+            retiring: Default::default(),
             shared: self.shared.clone(),
         });
         let mut pools = self.shared.pools.lock().unwrap_or_else(|p| p.into_inner());
@@ -399,6 +405,16 @@ impl FunctionPool {
         &self.metrics
     }
 
+    /// Cancelled once this revision no longer takes traffic (a redeploy, a removal).
+    pub fn retiring(&self) -> tokio_util::sync::CancellationToken {
+        self.retiring.clone()
+    }
+
+    /// The limits of this pool's upgraded connections.
+    pub fn upgrade_limits(&self) -> crate::config::UpgradeLimits {
+        self.shared.config.upgrades
+    }
+
     pub fn counts(&self) -> PoolCounts {
         let g = lock(&self.inner);
         let mut c = PoolCounts { starting: g.starting, waiting: g.waiting, ..Default::default() };
@@ -495,6 +511,7 @@ impl FunctionPool {
     /// This revision no longer takes traffic: drain and remove its instances.
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Release);
+        self.retiring.cancel();
         let ids: Vec<Arc<str>> = lock(&self.inner).instances.iter().map(|i| i.id.clone()).collect();
         for id in ids {
             self.evict(&id, "revision retired");
@@ -504,6 +521,7 @@ impl FunctionPool {
     /// Removes every instance now, in-flight or not (project deletion).
     pub async fn shutdown(&self) -> usize {
         self.retired.store(true, Ordering::Release);
+        self.retiring.cancel();
         let ids: Vec<String> = {
             let mut g = lock(&self.inner);
             g.instances.drain(..).map(|i| i.id.to_string()).collect()
