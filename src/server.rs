@@ -299,9 +299,10 @@ async fn serve_http(
         };
         let _ = tcp.set_nodelay(true);
         let app = app.clone();
-        // Shared with the requests: an upgraded connection (WebSocket) keeps its places.
-        let held: Arc<dyn std::any::Any + Send + Sync> = Arc::new((permit, slot));
-        let hold = crate::dataplane::upgrade::ConnectionHold::new(held.clone());
+        // Shared with the requests: an upgraded connection (WebSocket) keeps its places, and
+        // a tracker token, so that shutdown waits for it to close as for a request.
+        let held: Arc<dyn std::any::Any + Send + Sync> = Arc::new((permit, slot, tracker.token()));
+        let hold = crate::dataplane::upgrade::ConnectionHold::new(held.clone(), stopping.clone());
         let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(axum::extract::ConnectInfo(addr));
             req.extensions_mut().insert(hold.clone());

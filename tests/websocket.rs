@@ -343,6 +343,20 @@ async fn a_vanished_client_frees_its_slot_and_idle_connections_close() {
     // And its place is free.
     let mut c = open(&url).await;
     assert_eq!(echo(&mut c, "next").await, "next");
+
+    // The server shutting down (SIGTERM) closes an open connection with 1001 at once, and
+    // waits for that before it exits.
+    let mut server = server;
+    server.signal("TERM");
+    match next_message(&mut c, Duration::from_secs(5)).await {
+        Some(Message::Close(Some(f))) => {
+            assert_eq!((f.code, f.reason.as_str()), (CloseCode::Away, "server shutting down"));
+        }
+        other => panic!("expected a close frame 1001 when the server stops, got {other:?}"),
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), c.next()).await;
+    let status = server.wait_exit(Duration::from_secs(15)).await.expect("the server exits after its connections closed");
+    assert!(status.success(), "the server's exit after SIGTERM: {status:?}");
 }
 
 /// The python runtime cannot hand a connection over: the handshake gets a clear 501, and

@@ -344,6 +344,7 @@ impl Gateway {
             parts.headers.append("server-timing", v);
         }
         let (limits, retiring) = (pool.upgrade_limits(), pool.retiring());
+        let stopping = hold.as_ref().map(upgrade::ConnectionHold::stopping).unwrap_or_default();
         let (project, function) = (project.to_string(), function.to_string());
         tokio::spawn(async move {
             let _hold = hold;
@@ -357,7 +358,7 @@ impl Gateway {
             };
             let endpoint = lease.endpoint.clone();
             let began = std::time::Instant::now();
-            let ended = upgrade::relay(TokioIo::new(client), TokioIo::new(instance), limits, retiring, endpoint.gone()).await;
+            let ended = upgrade::relay(TokioIo::new(client), TokioIo::new(instance), limits, retiring, stopping, endpoint.gone()).await;
             tracing::debug!(project, function, ?ended, secs = began.elapsed().as_secs(), "upgraded connection ended");
             drop(lease);
         });

@@ -32,14 +32,22 @@ pub use crate::config::UpgradeLimits;
 /// Whatever the server holds for one client connection (its places under the connection
 /// caps), put in each request's extensions; an upgraded connection keeps it until it ends,
 /// so it keeps counting against the caps after its HTTP part is over.
+/// It also carries the server's `stopping` signal: at shutdown an upgraded connection is
+/// closed with 1001 at once, and the server waits for that as it waits for requests.
 #[derive(Clone)]
 pub struct ConnectionHold {
     _held: std::sync::Arc<dyn std::any::Any + Send + Sync>,
+    stopping: CancellationToken,
 }
 
 impl ConnectionHold {
-    pub fn new(held: std::sync::Arc<dyn std::any::Any + Send + Sync>) -> Self {
-        ConnectionHold { _held: held }
+    pub fn new(held: std::sync::Arc<dyn std::any::Any + Send + Sync>, stopping: CancellationToken) -> Self {
+        ConnectionHold { _held: held, stopping }
+    }
+
+    /// Cancelled when the server begins to shut down.
+    pub fn stopping(&self) -> CancellationToken {
+        self.stopping.clone()
     }
 }
 
@@ -179,6 +187,8 @@ pub enum Ended {
     Idle,
     Redeployed,
     InstanceGone,
+    /// The server is shutting down.
+    ServerStopping,
 }
 
 /// Where the relay is in closing a connection on its own.
@@ -191,13 +201,14 @@ enum Phase {
 }
 
 /// Carries bytes both ways between `client` and `instance` until the connection ends (see
-/// the module comment); `retiring` is the revision's, `gone` resolves when the instance is
-/// known dead. Both connections are closed on return.
+/// the module comment); `retiring` is the revision's, `stopping` the server's, `gone` resolves
+/// when the instance is known dead. Both connections are closed on return.
 pub async fn relay<C, I>(
     mut client: C,
     mut instance: I,
     limits: UpgradeLimits,
     retiring: CancellationToken,
+    stopping: CancellationToken,
     gone: impl std::future::Future<Output = ()>,
 ) -> Ended
 where
@@ -232,6 +243,9 @@ where
             }
             () = &mut gone, if open => {
                 phase = go_away(Ended::InstanceGone, &to_client);
+            }
+            () = stopping.cancelled(), if open => {
+                phase = go_away(Ended::ServerStopping, &to_client);
             }
             () = tokio::time::sleep_until(closing_deadline), if !open => {
                 break match phase { Phase::GoingAway { why, .. } | Phase::Closing { why, .. } => why, Phase::Open => Ended::Idle };
@@ -282,6 +296,7 @@ where
             let reason = match why {
                 Ended::Idle => "idle timeout",
                 Ended::Redeployed => "function redeployed",
+                Ended::ServerStopping => "server shutting down",
                 _ => "instance gone",
             };
             if !write_within(&mut client, &close_frame(GOING_AWAY, reason, false), CLOSING_TIME).await {
@@ -448,9 +463,13 @@ mod tests {
 
     /// Both ends of a relay in memory: (the test's client end, the test's instance end, the relay).
     fn relayed(limits: UpgradeLimits, retiring: CancellationToken) -> (tokio::io::DuplexStream, tokio::io::DuplexStream, tokio::task::JoinHandle<Ended>) {
+        relayed_until(limits, retiring, CancellationToken::new())
+    }
+
+    fn relayed_until(limits: UpgradeLimits, retiring: CancellationToken, stopping: CancellationToken) -> (tokio::io::DuplexStream, tokio::io::DuplexStream, tokio::task::JoinHandle<Ended>) {
         let (client, client_side) = tokio::io::duplex(1 << 20);
         let (instance, instance_side) = tokio::io::duplex(1 << 20);
-        let task = tokio::spawn(relay(client_side, instance_side, limits, retiring, std::future::pending()));
+        let task = tokio::spawn(relay(client_side, instance_side, limits, retiring, stopping, std::future::pending()));
         (client, instance, task)
     }
 
@@ -499,11 +518,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_server_shutting_down_closes_with_1001_at_once() {
+        let limits = UpgradeLimits { grace: Duration::from_secs(600), idle: Duration::from_secs(600) };
+        let stopping = CancellationToken::new();
+        let (mut c, mut i, task) = relayed_until(limits, CancellationToken::new(), stopping.clone());
+        i.write_all(&frame(1, b"before", false)).await.expect("w");
+        assert_eq!(read_exact(&mut c, 8).await, frame(1, b"before", false));
+        stopping.cancel();
+        let close = read_exact(&mut c, 2 + 2 + "server shutting down".len()).await;
+        assert_eq!(close, close_frame(1001, "server shutting down", false), "no grace: the server is going");
+        c.write_all(&frame(8, &[0x03, 0xe9], true)).await.expect("w");
+        assert_eq!(read_exact(&mut i, 8).await, frame(8, &[0x03, 0xe9], true));
+        assert_eq!(task.await.expect("relay"), Ended::ServerStopping);
+    }
+
+    #[tokio::test]
     async fn a_client_that_stops_reading_is_dropped_after_the_idle_timeout() {
         let limits = UpgradeLimits { grace: Duration::from_secs(30), idle: Duration::from_millis(500) };
         let (client, client_side) = tokio::io::duplex(1024);
         let (mut i, instance_side) = tokio::io::duplex(1 << 20);
-        let task = tokio::spawn(relay(client_side, instance_side, limits, CancellationToken::new(), std::future::pending()));
+        let task = tokio::spawn(relay(client_side, instance_side, limits, CancellationToken::new(), CancellationToken::new(), std::future::pending()));
         // The instance keeps sending; the client never reads (its buffer fills up).
         let writer = tokio::spawn(async move {
             for _ in 0..100 {
