@@ -22,14 +22,14 @@ pub const INVOKE_KEY_HEADER: &str = "X-Eserveless-Key";
 // --- server -------------------------------------------------------------------------------
 
 /// `GET /`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ServerInfo {
     pub name: String,
     pub version: String,
 }
 
 /// `GET /healthz`: `ok` or the problem, for the engine and the data directory.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HealthAnswer {
     /// `ok` or `degraded`.
     pub status: String,
@@ -40,13 +40,13 @@ pub struct HealthAnswer {
 // --- users and tokens ---------------------------------------------------------------------
 
 /// `GET /api/whoami`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WhoAmI {
     pub user: String,
     pub admin: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UserAnswer {
     pub name: String,
     pub admin: bool,
@@ -55,13 +55,13 @@ pub struct UserAnswer {
 }
 
 /// `GET /api/users`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UserList {
     pub users: Vec<UserAnswer>,
 }
 
 /// `POST /api/users`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
     pub name: String,
@@ -70,7 +70,7 @@ pub struct NewUser {
 }
 
 /// A token just made: the only answer that carries its text.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenCreated {
     pub id: i64,
     pub name: String,
@@ -78,7 +78,7 @@ pub struct TokenCreated {
 }
 
 /// `POST /api/users` answer: the user and its first token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UserCreated {
     pub name: String,
     pub admin: bool,
@@ -86,13 +86,14 @@ pub struct UserCreated {
 }
 
 /// A removed user or secret: `{"deleted": name}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Deleted {
     pub deleted: String,
 }
 
 /// `GET /api/tokens` query.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TokensQuery {
     pub user: Option<String>,
     #[serde(default)]
@@ -100,13 +101,13 @@ pub struct TokensQuery {
 }
 
 /// `GET /api/tokens`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenList {
     pub tokens: Vec<TokenAnswer>,
 }
 
 /// `POST /api/tokens`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
     pub name: String,
@@ -115,21 +116,21 @@ pub struct NewToken {
 }
 
 /// `DELETE /api/tokens/{id}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Revoked {
     pub revoked: i64,
 }
 
 // --- projects and deployments -------------------------------------------------------------
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Links {
     pub deployment: String,
     pub project: String,
 }
 
 /// `POST /api/projects` and `POST /api/projects/{name}/uploads` answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeployAnswer {
     pub project: String,
     pub deployment: i64,
@@ -152,7 +153,7 @@ pub struct DeployAnswer {
 }
 
 /// A deployment in a project's listing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeploymentSummary {
     pub id: i64,
     pub commit: String,
@@ -170,7 +171,7 @@ pub struct DeploymentSummary {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProjectListItem {
     pub name: String,
     pub owner: Option<String>,
@@ -180,13 +181,13 @@ pub struct ProjectListItem {
 }
 
 /// `GET /api/projects`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProjectList {
     pub projects: Vec<ProjectListItem>,
 }
 
 /// The live deployment of a project.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LiveDeployment {
     pub deployment: i64,
     pub commit: String,
@@ -201,7 +202,7 @@ pub struct LiveDeployment {
 }
 
 /// A live function of a project.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProjectFunction {
     pub name: String,
     #[serde(rename = "type")]
@@ -227,7 +228,7 @@ pub struct ProjectFunction {
 }
 
 /// `GET /api/projects/{name}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProjectAnswer {
     pub name: String,
     pub owner: Option<String>,
@@ -241,7 +242,7 @@ pub struct ProjectAnswer {
 }
 
 /// `DELETE /api/projects/{name}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProjectDeleted {
     pub deleted: String,
     pub containers_removed: usize,
@@ -249,7 +250,7 @@ pub struct ProjectDeleted {
 }
 
 /// `POST /api/projects/{name}/invoke-key`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InvokeKey {
     pub project: String,
     pub invoke_key: String,
@@ -258,7 +259,7 @@ pub struct InvokeKey {
 }
 
 /// A function of a deployment, with its build.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeploymentFunction {
     pub name: String,
     #[serde(rename = "type")]
@@ -271,7 +272,7 @@ pub struct DeploymentFunction {
 }
 
 /// `GET /api/projects/{name}/deployments/{id}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeploymentAnswer {
     #[serde(flatten)]
     pub deployment: DeploymentRow,
@@ -280,14 +281,15 @@ pub struct DeploymentAnswer {
 }
 
 /// `GET /api/projects/{name}/deployments` query.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeploymentsQuery {
     /// At most this many, newest first (default 20, at most 200).
     pub limit: Option<u32>,
 }
 
 /// A deployment in a project's history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeploymentListItem {
     pub id: i64,
     pub commit: String,
@@ -321,14 +323,14 @@ pub struct DeploymentListItem {
 }
 
 /// `GET /api/projects/{name}/deployments`: newest first.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeploymentList {
     pub project: String,
     pub deployments: Vec<DeploymentListItem>,
 }
 
 /// `POST /api/projects/{name}/rollback` (the body may be empty).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackRequest {
     /// The deployment to make live again; default: the newest successful one older than the live one.
@@ -337,7 +339,7 @@ pub struct RollbackRequest {
 }
 
 /// `POST /api/projects/{name}/rollback` answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RollbackAnswer {
     pub project: String,
     /// The new deployment that records the rollback; live now.
@@ -356,7 +358,7 @@ pub struct RollbackAnswer {
 // --- functions ----------------------------------------------------------------------------
 
 /// `POST .../functions/{function}/runs` answer (202): the run started.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunStarted {
     pub project: String,
     pub function: String,
@@ -367,13 +369,14 @@ pub struct RunStarted {
 }
 
 /// `GET .../runs` query.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RunsQuery {
     pub limit: Option<u32>,
 }
 
 /// `GET .../runs`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunList {
     pub runs: Vec<CronRun>,
 }
@@ -385,7 +388,8 @@ pub use crate::engine::logs::{LogLine, LogStream, LogsRequest, LineSource, MAX_T
 /// is NDJSON (`application/x-ndjson`): one [`LogLine`] per line, in time order; with
 /// `follow=true` it goes on until the client closes it, with an empty line after 15 s of
 /// silence (a keep-alive: skip it).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogsQuery {
     /// `true` or `false`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -451,20 +455,20 @@ pub fn parse_tail(v: &str) -> Result<u32, String> {
 
 // --- secrets ------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SecretAnswer {
     pub name: String,
     pub updated_at: DateTime<Utc>,
 }
 
 /// `GET /api/projects/{name}/secrets`: names only, never values.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SecretList {
     pub secrets: Vec<SecretAnswer>,
 }
 
 /// `POST /api/projects/{name}/secrets`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecretsChange {
     #[serde(default)]
@@ -472,7 +476,7 @@ pub struct SecretsChange {
 }
 
 /// `POST /api/projects/{name}/secrets` answer: the names set.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SecretsSet {
     pub set: Vec<String>,
 }

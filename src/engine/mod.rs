@@ -42,7 +42,7 @@ pub use crate::engine::submit::UploadRequest;
 pub use crate::infra::store::SourceKind;
 
 /// A deployment request, as received.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeployRequest {
     pub repository: String,
@@ -71,7 +71,7 @@ pub struct Submitted {
 }
 
 /// Whether a deployment request queued a build.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SubmitStatus {
     /// A build is queued (or already on its way for the same commit).
