@@ -71,7 +71,7 @@ pub(super) async fn list_deployments(
     security(("bearer" = [])),
     extensions(("x-eserveless-access" = json!("owner"))),
     params(("name" = String, Path, description = "The project")),
-    request_body(content = Option<RollbackRequest>, description = "Optional: without a body, the newest successful deployment older than the live one"),
+    request_body(content = Option<RollbackRequest>, description = "Optional (no body, or `null`): without one, the newest successful deployment older than the live one"),
     responses(
         (status = 200, description = "The earlier deployment is live again, recorded as a new deployment", body = RollbackAnswer),
         (status = 400, description = "The body is not JSON (`malformed_json`)", body = ErrorBody),

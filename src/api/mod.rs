@@ -133,7 +133,8 @@ pub async fn json_body<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, 
 /// Like [`json_body`], but an empty body is `T::default()` (for requests whose fields are all optional).
 pub async fn optional_json_body<T: serde::de::DeserializeOwned + Default>(body: Body) -> Result<T, ApiError> {
     let bytes = read_body(body).await?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
+    // No body, or JSON `null`: nothing given.
+    if bytes.iter().all(u8::is_ascii_whitespace) || serde_json::from_slice::<Value>(&bytes).is_ok_and(|v| v.is_null()) {
         return Ok(T::default());
     }
     parse_json_body(&bytes)

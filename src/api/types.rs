@@ -64,6 +64,8 @@ pub struct UserList {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
+    /// 1-32 of `a-z`, `0-9`, `-`, `_`, starting with a letter.
+    #[schema(pattern = r"^[a-z][a-z0-9_-]{0,31}$")]
     pub name: String,
     #[serde(default)]
     pub admin: bool,
@@ -110,6 +112,8 @@ pub struct TokenList {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
+    /// 1-64 printable characters.
+    #[schema(pattern = r"^[^\x00-\x1f\x7f-\x9f]{1,64}$")]
     pub name: String,
     #[serde(default)]
     pub user: Option<String>,
@@ -393,15 +397,19 @@ pub use crate::engine::logs::{LogLine, LogStream, LogsRequest, LineSource, MAX_T
 pub struct LogsQuery {
     /// `true` or `false`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(value_type = Option<bool>)]
     pub follow: Option<String>,
     /// A duration back from now (`90s`, `10m`, `2h`, `1d`) or an RFC 3339 time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(pattern = r"^([1-9][0-9]{0,3}[smhd])+$|^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]Z$")]
     pub since: Option<String>,
-    /// The last N lines, 0 to [`MAX_TAIL`].
+    /// The last N lines, 0 to 10000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(value_type = Option<u32>, minimum = 0, maximum = 10000)]
     pub tail: Option<String>,
     /// A deployment id of the project.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(value_type = Option<i64>, minimum = 1)]
     pub revision: Option<String>,
 }
 
@@ -471,7 +479,10 @@ pub struct SecretList {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecretsChange {
+    /// Names (environment variable names, not `ESERVELESS_*` nor one the platform sets) and
+    /// their values (at most 64 KiB, no NUL).
     #[serde(default)]
+    #[schema(schema_with = crate::api::openapi::secrets_map)]
     pub set: BTreeMap<String, String>,
 }
 

@@ -45,10 +45,16 @@ pub use crate::infra::store::SourceKind;
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeployRequest {
+    /// A git URL (`https://host/owner/repo`) or `owner/repo`.
+    #[schema(min_length = 1)]
     pub repository: String,
+    /// A branch, tag or commit; default: the repository's default branch.
     #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 255)]
     pub git_ref: Option<String>,
+    /// The project's name; default: from the repository's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     pub name: Option<String>,
 }
 
