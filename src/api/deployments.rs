@@ -12,7 +12,7 @@ use crate::api::types::{
     DeploymentAnswer, DeploymentFunction, DeploymentList, DeploymentListItem, DeploymentsQuery, Links, RollbackAnswer, RollbackRequest,
 };
 use crate::api::{optional_json_body, ApiPath, ApiQuery, AppState};
-use crate::engine::Principal;
+use crate::engine::{EngineError, Principal};
 
 #[utoipa::path(
     get,
@@ -79,7 +79,7 @@ pub(super) async fn list_deployments(
         (status = 404, description = "No such project or deployment (`project_not_found`, `deployment_not_found`)", body = ErrorBody),
         (status = 409, description = "Nothing to roll back to, it is live already, or its images are gone (`no_rollback_target`, `already_live`, `images_removed`, ...)", body = ErrorBody),
         (status = 413, description = "The body is larger than 64 KiB (`body_too_large`)", body = ErrorBody),
-        (status = 422, description = "The body does not match (`invalid_body`)", body = ErrorBody),
+        (status = 422, description = "The body does not match, or names a deployment the project does not have (`invalid_body`, `deployment_not_found`)", body = ErrorBody),
         (status = 500, description = "The server failed (`internal`); details in its log", body = ErrorBody),
         (status = 503, description = "The container engine does not answer (`docker_unavailable`)", body = ErrorBody),
         (status = 507, description = "The data directory is full (`insufficient_storage`)", body = ErrorBody),
@@ -92,7 +92,12 @@ pub(super) async fn rollback(
     body: Body,
 ) -> Result<Json<RollbackAnswer>, ApiError> {
     let req: RollbackRequest = optional_json_body(body).await?;
-    let r = s.platform.rollback(&who, &name, req.deployment).await?;
+    let r = s.platform.rollback(&who, &name, req.deployment).await.map_err(|e| match e {
+        // The deployment named in the body: the request is what is wrong, not its URL (the
+        // project exists), so a 422 rather than a 404.
+        EngineError::DeploymentNotFound { .. } if req.deployment.is_some() => ApiError::unprocessable("deployment_not_found", e.to_string()),
+        e => e.into(),
+    })?;
     Ok(Json(RollbackAnswer {
         links: Links { deployment: format!("/api/projects/{name}/deployments/{}", r.deployment), project: format!("/api/projects/{name}") },
         project: name,

@@ -21,6 +21,7 @@ use crate::engine::Principal;
     params(("name" = String, Path, description = "The project"), ("function" = String, Path, description = "The function"), RunsQuery),
     responses(
         (status = 200, description = "The function's cron runs, newest first", body = RunList),
+        (status = 422, description = "The function is not a cron function (`not_cron`)", body = ErrorBody),
         (status = 400, description = "The query does not match (`invalid_query`)", body = ErrorBody),
         (status = 401, description = "No token, or an unknown or revoked one (`token_required`, `token_invalid`)", body = ErrorBody),
         (status = 404, description = "No such project or function (`project_not_found`, `function_not_found`)", body = ErrorBody),
@@ -50,6 +51,7 @@ pub(super) async fn function_runs(
             headers(("Location" = String, description = "The run"))),
         (status = 401, description = "No token, or an unknown or revoked one (`token_required`, `token_invalid`)", body = ErrorBody),
         (status = 404, description = "No such project or function (`project_not_found`, `function_not_found`)", body = ErrorBody),
+        (status = 422, description = "The function is not a cron function (`not_cron`)", body = ErrorBody),
         (status = 409, description = "A run is going already, or the function is not a cron function (`run_in_progress`, `not_cron`, ...)", body = ErrorBody),
         (status = 500, description = "The server failed (`internal`); details in its log", body = ErrorBody),
         (status = 503, description = "The container engine does not answer (`docker_unavailable`)", body = ErrorBody),
@@ -112,7 +114,7 @@ const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
     extensions(("x-eserveless-access" = json!("owner"))),
     params(("name" = String, Path, description = "The project"), ("function" = String, Path, description = "The function"), LogsQuery),
     responses(
-        (status = 200, description = "NDJSON: one `LogLine` object per line, in time order; with `follow=true` the answer goes on until the client closes it, with an empty line after 15 s of silence (a keep-alive: skip it)", content_type = "application/x-ndjson", body = LogLine),
+        (status = 200, description = "NDJSON: one `LogLine` object per line, in time order (described as the array of the lines, since OpenAPI 3.1 has no stream type); with `follow=true` the answer goes on until the client closes it, with an empty line after 15 s of silence (a keep-alive: skip it)", content_type = "application/x-ndjson", body = Vec<LogLine>),
         (status = 400, description = "A filter is not valid (`invalid_log_filter`, `invalid_query`)", body = ErrorBody),
         (status = 401, description = "No token, or an unknown or revoked one (`token_required`, `token_invalid`)", body = ErrorBody),
         (status = 404, description = "No such project, function or revision (`project_not_found`, `function_not_found`, `deployment_not_found`)", body = ErrorBody),

@@ -288,7 +288,8 @@ pub struct DeploymentAnswer {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct DeploymentsQuery {
-    /// At most this many, newest first (default 20, at most 200).
+    /// At most this many, newest first (default 20; 0 is taken as 1, more than 200 as 200).
+    #[param(value_type = Option<u32>, format = Int64, minimum = 0, maximum = 4294967295_u32)]
     pub limit: Option<u32>,
 }
 
@@ -376,6 +377,8 @@ pub struct RunStarted {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct RunsQuery {
+    /// At most this many, newest first (default 50; more than 500 is taken as 500).
+    #[param(value_type = Option<u32>, format = Int64, minimum = 0, maximum = 4294967295_u32)]
     pub limit: Option<u32>,
 }
 

@@ -90,7 +90,7 @@ pub(super) async fn create_user(State(s): State<AppState>, Extension(who): Exten
         (status = 401, description = "No token, or an unknown or revoked one (`token_required`, `token_invalid`)", body = ErrorBody),
         (status = 403, description = "The caller is not an admin (`admin_only`)", body = ErrorBody),
         (status = 404, description = "No such user (`user_not_found`)", body = ErrorBody),
-        (status = 409, description = "The last admin, or a user who still owns projects (`last_admin`, `owns_projects`)", body = ErrorBody),
+        (status = 409, description = "The last admin, or a user who still owns projects (`last_admin`, `user_has_projects`)", body = ErrorBody),
         (status = 500, description = "The server failed (`internal`); details in its log", body = ErrorBody),
         (status = 507, description = "The data directory is full (`insufficient_storage`)", body = ErrorBody),
     ),

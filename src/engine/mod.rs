@@ -284,6 +284,11 @@ impl Platform {
         }
         let lock = self.project_lock(project);
         let _held = lock.lock().await;
+        // Removed while this request waited for the lock (`delete` holds it): a 404, not a
+        // store error on the secret's missing project.
+        if self.store.project(project)?.is_none() {
+            return Err(EngineError::project_not_found(project));
+        }
         let existing: Vec<String> = self.store.secrets(project)?.into_iter().map(|s| s.name).collect();
         let after = existing.iter().chain(set.iter().map(|(n, _)| n)).collect::<std::collections::BTreeSet<_>>().len();
         if after > crate::infra::secrets::MAX_PER_PROJECT {
