@@ -1529,7 +1529,9 @@ async fn openapi_document_lists_exactly_what_the_router_serves() {
             let what = format!("{method} {uri} (documented: {documented})");
             match (documented, path.as_str()) {
                 (true, "/api/openapi.json") => assert_eq!(a.status, StatusCode::OK, "{what}"),
-                (true, _) => assert_error(&a, StatusCode::UNAUTHORIZED, "token_required"),
+                (true, _) => {
+                    assert_error(&a, StatusCode::UNAUTHORIZED, "token_required");
+                }
                 (false, _) => assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED, "{what}: served but not documented: {}", a.raw),
             };
         }
