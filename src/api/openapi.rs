@@ -1,5 +1,5 @@
 //! The OpenAPI 3.1 document, `GET /api/openapi.json`: generated from the handlers'
-//! `#[utoipa::path]` annotations and the typed bodies of [`crate::api::types`]. The router
+//! `#[utoipa::path]` annotations and the typed bodies of `api/types.rs`. The router
 //! and the document are built from the same `routes!()` list ([`crate::api::api_router`]),
 //! so a route cannot be served without being described.
 
@@ -77,24 +77,6 @@ impl PartialSchema for TarGz {
 }
 
 impl ToSchema for TarGz {}
-
-/// `SecretsChange.set`: at least one secret, by environment variable name.
-pub fn secrets_map() -> utoipa::openapi::Object {
-    let name = ObjectBuilder::new().schema_type(utoipa::openapi::schema::Type::String).pattern(Some(SECRET_NAME));
-    let mut o = ObjectBuilder::new()
-        .schema_type(utoipa::openapi::schema::Type::Object)
-        .property_names(Some(name))
-        .additional_properties(Some(ObjectBuilder::new().schema_type(utoipa::openapi::schema::Type::String).max_length(Some(8192)).pattern(Some(r"^[^\x00]*$"))))
-        .min_properties(Some(1))
-        .build();
-    o.description = Some("The secrets to set, by name".to_string());
-    o
-}
-
-/// A secret's name as the server takes it: an environment variable name, neither `ESERVELESS_*`
-/// nor one the platform sets (`PORT`, `HOME`, `PATH`, `NODE_ENV`, `NODE_OPTIONS`, `LD_*`),
-/// in any case.
-pub const SECRET_NAME: &str = r"^(?![Ee][Ss][Ee][Rr][Vv][Ee][Rr][Ll][Ee][Ss][Ss]_)(?!([Pp][Oo][Rr][Tt]|[Hh][Oo][Mm][Ee]|[Pp][Aa][Tt][Hh]|[Nn][Oo][Dd][Ee]_[Ee][Nn][Vv]|[Nn][Oo][Dd][Ee]_[Oo][Pp][Tt][Ii][Oo][Nn][Ss]|[Ll][Dd]_[Pp][Rr][Ee][Ll][Oo][Aa][Dd]|[Ll][Dd]_[Ll][Ii][Bb][Rr][Aa][Rr][Yy]_[Pp][Aa][Tt][Hh])$)[A-Za-z_][A-Za-z0-9_]{0,127}$";
 
 /// The document, rendered once.
 fn document_json() -> &'static str {

@@ -485,9 +485,27 @@ pub struct SecretsChange {
     /// Names (environment variable names, not `ESERVELESS_*` nor one the platform sets) and
     /// their values (at most 64 KiB, no NUL).
     #[serde(default)]
-    #[schema(schema_with = crate::api::openapi::secrets_map)]
+    #[schema(schema_with = secrets_map)]
     pub set: BTreeMap<String, String>,
 }
+
+/// `SecretsChange.set`: at least one secret, by environment variable name.
+pub fn secrets_map() -> utoipa::openapi::Object {
+    let name = utoipa::openapi::ObjectBuilder::new().schema_type(utoipa::openapi::schema::Type::String).pattern(Some(SECRET_NAME));
+    let mut o = utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::Object)
+        .property_names(Some(name))
+        .additional_properties(Some(utoipa::openapi::ObjectBuilder::new().schema_type(utoipa::openapi::schema::Type::String).max_length(Some(8192)).pattern(Some(r"^[^\x00]*$"))))
+        .min_properties(Some(1))
+        .build();
+    o.description = Some("The secrets to set, by name".to_string());
+    o
+}
+
+/// A secret's name as the server takes it: an environment variable name, neither `ESERVELESS_*`
+/// nor one the platform sets (`PORT`, `HOME`, `PATH`, `NODE_ENV`, `NODE_OPTIONS`, `LD_*`),
+/// in any case.
+pub const SECRET_NAME: &str = r"^(?![Ee][Ss][Ee][Rr][Vv][Ee][Rr][Ll][Ee][Ss][Ss]_)(?!([Pp][Oo][Rr][Tt]|[Hh][Oo][Mm][Ee]|[Pp][Aa][Tt][Hh]|[Nn][Oo][Dd][Ee]_[Ee][Nn][Vv]|[Nn][Oo][Dd][Ee]_[Oo][Pp][Tt][Ii][Oo][Nn][Ss]|[Ll][Dd]_[Pp][Rr][Ee][Ll][Oo][Aa][Dd]|[Ll][Dd]_[Ll][Ii][Bb][Rr][Aa][Rr][Yy]_[Pp][Aa][Tt][Hh])$)[A-Za-z_][A-Za-z0-9_]{0,127}$";
 
 /// `POST /api/projects/{name}/secrets` answer: the names set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
