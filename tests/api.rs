@@ -1546,3 +1546,25 @@ async fn openapi_document_lists_exactly_what_the_router_serves() {
         }
     }
 }
+
+/// What the fuzzer found in the answers, fixed: a query that does not parse is the API's JSON
+/// 400 (axum's own rejection was plain text, not in the document), and a rollback body of
+/// `null` is no body.
+#[tokio::test]
+async fn fuzzer_findings_stay_fixed() {
+    let h = harness(true);
+    for q in ["limit=abc", "limit=-1", "limit=99999999999"] {
+        let a = get(&h.app, &format!("/api/projects/nope/deployments?{q}")).await;
+        let m = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_query");
+        assert!(m.contains("limit"), "{q}: {m}");
+    }
+    let a = get(&h.app, "/api/tokens?all=maybe").await;
+    assert_error(&a, StatusCode::BAD_REQUEST, "invalid_query");
+    let a = get(&h.app, "/api/projects/nope/functions/F/runs?limit=x").await;
+    assert_error(&a, StatusCode::BAD_REQUEST, "invalid_query");
+    // `null` reads as no body: the project is what is missing, not a JSON object.
+    let a = post_raw(&h.app, "/api/projects/nope/rollback", "null").await;
+    assert_error(&a, StatusCode::NOT_FOUND, "project_not_found");
+    let a = post_raw(&h.app, "/api/projects/nope/rollback", "[]").await;
+    assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body");
+}
