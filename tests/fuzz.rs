@@ -116,8 +116,7 @@ values = ["GREETING"]
 include-path-regex = "^/api/projects/\\{{name\\}}/(deployments|uploads|rollback|secrets$|invoke-key)"
 parameters = {{ "path.name" = {{ dictionary = "project", probability = 0.5 }} }}
 [[operations]]
-include-path = "/api/projects/{{name}}"
-include-method = "GET"
+include-operation-id = "show_project"
 parameters = {{ "path.name" = {{ dictionary = "project", probability = 0.5 }} }}
 [[operations]]
 include-path-regex = "^/api/projects/\\{{name\\}}/functions/"
