@@ -137,7 +137,8 @@ parameters = {{ "path.name" = {{ dictionary = "project", probability = 0.5 }}, "
         .args(["--max-time", &MAX_SECONDS.to_string(), "--workers", "2", "--request-timeout", "30"])
         .args(["--no-color", "--generation-database", "none", "--suppress-health-check", "all"])
         .args(["-H", &format!("Authorization: Bearer {token}")])
-        .current_dir(&dir)
+        // Its caches (.hypothesis, .schemathesis) go to the scene's temp dir, not the tree.
+        .current_dir(scene.data.parent().expect("the scene's temp dir"))
         .env("PYTHONPATH", &dir)
         .env("SCHEMATHESIS_HOOKS", "hooks")
         .env("FUZZ_TOKEN_ID", token_id.to_string())
