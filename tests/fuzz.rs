@@ -10,8 +10,9 @@
 //!
 //! What the fuzzer meets: a project deployed first (an http and a cron function, a line
 //! logged, a secret), whose names it draws half of the time for the project, function and
-//! secret path parameters (`tests/fuzzer/schemathesis.toml`; the project's own DELETE keeps
-//! random names, so the rest of the run still has a project). It fuzzes as a second admin,
+//! secret path parameters (`tests/fuzzer/schemathesis.toml`); a DELETE of that project is
+//! pointed elsewhere by a hook, so the whole run has it (removal is fuzzed on the projects the
+//! stateful phase deploys itself from the repository it reads in `GET /api/projects`). It fuzzes as a second admin,
 //! `fz-<random>`, so the first admin's token and user may be revoked or removed like any
 //! other. Its own credentials survive by design: 300 tokens are issued before its own, so
 //! its token id is not one a generator guesses, its user name is random, and a hook

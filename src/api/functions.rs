@@ -85,6 +85,7 @@ pub(super) async fn start_run(
     params(("name" = String, Path, description = "The project"), ("function" = String, Path, description = "The function"), ("run" = String, Path, description = "The run's id")),
     responses(
         (status = 200, description = "The run, with its output", body = CronRun),
+        (status = 422, description = "The function is not a cron function (`not_cron`)", body = ErrorBody),
         (status = 401, description = "No token, or an unknown or revoked one (`token_required`, `token_invalid`)", body = ErrorBody),
         (status = 404, description = "No such project, function or run (`project_not_found`, `function_not_found`, `run_not_found`)", body = ErrorBody),
         (status = 500, description = "The server failed (`internal`); details in its log", body = ErrorBody),

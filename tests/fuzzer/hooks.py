@@ -9,6 +9,8 @@
   its own user is pointed at token 0 / a user that does not exist instead, so one lucky
   guess (or a link from `GET /api/tokens`) cannot turn the rest of the run into 401s. The
   fuzzer's token id and user name come from FUZZ_TOKEN_ID and FUZZ_USER.
+- The fixture project (FUZZ_PROJECT) is not removed mid-run: a DELETE of it goes to a
+  project that does not exist (removal is fuzzed on the projects the fuzzer deploys itself).
 - Logs are read without `follow=true` (an answer that never ends; see `before_call`).
 """
 
@@ -55,3 +57,7 @@ def before_call(context, case, kwargs):
         params["id"] = "0"
     if case.operation.path == "/api/users/{name}" and OWN_USER and str(params.get("name")) == OWN_USER:
         params["name"] = "no-such-user"
+    # The fixture project stays for the whole run (removing projects is fuzzed on the ones the
+    # stateful phase deploys itself from the repository it reads in `GET /api/projects`).
+    if case.operation.path == "/api/projects/{name}" and PROJECT and str(params.get("name")) == PROJECT:
+        params["name"] = "no-such-project"
