@@ -53,12 +53,27 @@ impl ApiError {
     }
 }
 
+/// The body of every error answer: `{"error": {"code", "message"}}`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong: a stable `code` for programs, a `message` for people (naming the bad
+/// value and how to fix it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// A stable snake_case code, e.g. `project_not_found`.
+    pub code: String,
+    pub message: String,
+}
+
 /// The header on every answer the platform itself gives (not a function), with its code.
 pub const ERROR_HEADER: &str = "x-eserveless-error";
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
+        let body = ErrorBody { error: ErrorDetail { code: self.code.to_string(), message: self.message } };
         let mut resp = (self.status, axum::Json(body)).into_response();
         // Marks the platform's own answers on /invoke, where a function's answer could look alike.
         if let Ok(code) = HeaderValue::from_str(self.code) {

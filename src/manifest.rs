@@ -61,7 +61,7 @@ impl FunctionKind {
 
 /// A function's `type`, as the manifest, the store (`functions.kind`) and the API's `type`
 /// field spell it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FunctionType {
     Http,
@@ -92,14 +92,16 @@ impl fmt::Display for FunctionType {
 }
 
 /// Scaling settings of an http function.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Scaling {
     pub concurrency: u32,
     pub min_instances: u32,
     pub max_instances: u32,
     #[serde(with = "humantime_serde_secs")]
+    #[schema(value_type = f64)]
     pub pause_after: Duration,
     #[serde(with = "humantime_serde_secs")]
+    #[schema(value_type = f64)]
     pub idle_timeout: Duration,
 }
 
@@ -129,7 +131,7 @@ mod humantime_serde_secs {
 }
 
 /// Who may invoke an http function.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Access {
     /// Anyone who can reach the gateway.

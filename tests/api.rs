@@ -918,11 +918,11 @@ async fn deployments_are_listed_and_rollback_switches_without_a_build() {
 
     // Deployments that cannot be made live: unknown, another project's, failed.
     let a = post_json(&h.app, "/api/projects/hist/rollback", &json!({"deployment": 9999})).await;
-    let m = assert_error(&a, StatusCode::NOT_FOUND, "deployment_not_found");
+    let m = assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "deployment_not_found");
     assert!(m.contains("9999") && m.contains("hist"), "{m}");
     let other = deploy_wait(&h.app, &path, "other").await["id"].as_i64().expect("id");
     let a = post_json(&h.app, "/api/projects/hist/rollback", &json!({"deployment": other})).await;
-    let m = assert_error(&a, StatusCode::NOT_FOUND, "deployment_not_found");
+    let m = assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "deployment_not_found");
     assert!(m.contains(&other.to_string()), "{m}");
     // A deployment that fails after it was accepted (its build breaks).
     std::fs::write(repo.path().join("functions.js"), "exports.API = (q, s) => s.end('broken');\n").expect("change");
@@ -1482,4 +1482,158 @@ async fn the_console_is_served_with_strict_headers() {
     assert!(a.headers.contains_key("content-security-policy"));
     let a = get(&h.raw, "/ui/../Cargo.toml").await;
     assert_eq!(a.status, StatusCode::NOT_FOUND, "{}", a.raw);
+}
+
+// The OpenAPI document
+
+/// `(method, path template)` of every operation in the document.
+fn documented_operations(doc: &Value) -> Vec<(String, String)> {
+    let mut ops = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for method in item.as_object().expect("path item").keys() {
+            if ["get", "put", "post", "delete", "patch", "head", "options", "trace"].contains(&method.as_str()) {
+                ops.push((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    ops
+}
+
+/// A template with every `{param}` filled, e.g. `/api/projects/{name}` → `/api/projects/p1`.
+fn fill(template: &str) -> String {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(i) = rest.find('{') {
+        out.push_str(&rest[..i]);
+        let j = rest[i..].find('}').expect("closing brace") + i;
+        out.push_str(if &rest[i + 1..j] == "function" { "F1" } else { "p1" });
+        rest = &rest[j + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The document is served without a token, parses, is OpenAPI 3.1, and every operation says
+/// who may call it (security and `x-eserveless-access`) and what its errors look like.
+#[tokio::test]
+async fn openapi_document_describes_every_operation() {
+    let h = harness(true);
+    let a = get(&h.raw, "/api/openapi.json").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.raw);
+    assert_eq!(a.headers.get("content-type").and_then(|v| v.to_str().ok()), Some("application/json"));
+    let doc = a.body.clone();
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.1.")), "OpenAPI 3.1: {}", doc["openapi"]);
+    assert_eq!(doc, serde_json::to_value(eserveless::api::openapi()).expect("json"), "the served document is the generated one");
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"], json!({"type": "http", "scheme": "bearer", "description": doc["components"]["securitySchemes"]["bearer"]["description"]}));
+    let error_schema = &doc["components"]["schemas"]["ErrorBody"];
+    assert_eq!(error_schema["required"], json!(["error"]), "{error_schema}");
+    let ops = documented_operations(&doc);
+    assert!(ops.len() >= 23, "{ops:?}");
+    for (method, path) in &ops {
+        assert!(path.starts_with("/api/"), "{path}");
+        let op = &doc["paths"][path][method.to_lowercase()];
+        let what = format!("{method} {path}");
+        let access = op["x-eserveless-access"].as_str().unwrap_or_else(|| panic!("{what}: no x-eserveless-access"));
+        let responses = op["responses"].as_object().unwrap_or_else(|| panic!("{what}: no responses"));
+        assert!(responses.keys().any(|s| s.starts_with('2')), "{what}: no success answer");
+        if path == "/api/openapi.json" {
+            assert_eq!((access, &op["security"]), ("public", &json!([{}])), "{what}: public");
+            continue;
+        }
+        assert!(["user", "owner", "admin"].contains(&access), "{what}: access {access}");
+        assert_eq!(op["security"], json!([{"bearer": []}]), "{what}: the bearer token");
+        for status in ["401", "500"] {
+            assert!(responses.contains_key(status), "{what}: no {status} answer");
+        }
+        if access == "admin" {
+            assert!(responses.contains_key("403"), "{what}: admin only, but no 403");
+        }
+        if access == "owner" {
+            assert!(responses.contains_key("404"), "{what}: a project's, but no 404");
+        }
+        for (status, r) in responses {
+            let content = r["content"].as_object().unwrap_or_else(|| panic!("{what} {status}: no content"));
+            if !status.starts_with('2') {
+                assert_eq!(content.keys().collect::<Vec<_>>(), ["application/json"], "{what} {status}");
+                assert_eq!(content["application/json"]["schema"]["$ref"], "#/components/schemas/ErrorBody", "{what} {status}");
+            }
+        }
+    }
+    // Whose routes are whose, as the engine decides it.
+    let access = |m: &str, p: &str| doc["paths"][p][m]["x-eserveless-access"].as_str().unwrap_or("").to_string();
+    assert_eq!(access("get", "/api/users"), "admin");
+    assert_eq!(access("post", "/api/users"), "admin");
+    assert_eq!(access("delete", "/api/users/{name}"), "admin");
+    assert_eq!(access("get", "/api/projects/{name}"), "owner");
+    // The honest content types: a gzip body in, NDJSON out.
+    let upload = &doc["paths"]["/api/projects/{name}/uploads"]["post"]["requestBody"]["content"];
+    assert!(upload.get("application/gzip").is_some(), "{upload}");
+    let logs = &doc["paths"]["/api/projects/{name}/functions/{function}/logs"]["get"]["responses"]["200"]["content"];
+    assert!(logs.get("application/x-ndjson").is_some(), "{logs}");
+    let params: Vec<&str> = doc["paths"]["/api/projects/{name}/functions/{function}/logs"]["get"]["parameters"]
+        .as_array()
+        .expect("parameters")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(params, ["name", "function", "follow", "since", "tail", "revision"]);
+}
+
+/// The document and the router agree: on every documented path, each method the document
+/// lists is served (it needs the token: 401 without it) and every other method is a 405; and
+/// no `/api` route is added outside the `routes!()` list the document is made from.
+#[tokio::test]
+async fn openapi_document_lists_exactly_what_the_router_serves() {
+    let h = harness(true);
+    let doc = serde_json::to_value(eserveless::api::openapi()).expect("json");
+    let ops = documented_operations(&doc);
+    let mut paths: Vec<&String> = ops.iter().map(|(_, p)| p).collect();
+    paths.dedup();
+    for path in paths {
+        for method in ["GET", "POST", "PUT", "PATCH", "DELETE"] {
+            let documented = ops.iter().any(|(m, p)| m == method && p == path);
+            let uri = fill(path);
+            let req = Request::builder().method(method).uri(&uri).body(Body::empty()).expect("request");
+            let a = send(&h.raw, req).await;
+            let what = format!("{method} {uri} (documented: {documented})");
+            match (documented, path.as_str()) {
+                (true, "/api/openapi.json") => assert_eq!(a.status, StatusCode::OK, "{what}"),
+                (true, _) => {
+                    assert_error(&a, StatusCode::UNAUTHORIZED, "token_required");
+                }
+                (false, _) => assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED, "{what}: served but not documented: {}", a.raw),
+            };
+        }
+    }
+    // Every /api route goes through `routes!()`: a `.route("/api…")` beside it would be served
+    // without being documented.
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/src/api")).expect("src/api") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).expect("read");
+        for needle in [".route(\"/api", ".nest(\"/api", ".route_service(\"/api", ".nest_service(\"/api"] {
+            assert!(!text.contains(needle), "{}: an /api route outside routes!() is not in the OpenAPI document", path.display());
+        }
+    }
+}
+
+/// What the fuzzer found in the answers, fixed: a query that does not parse is the API's JSON
+/// 400 (axum's own rejection was plain text, not in the document), and a rollback body of
+/// `null` is no body.
+#[tokio::test]
+async fn fuzzer_findings_stay_fixed() {
+    let h = harness(true);
+    for q in ["limit=abc", "limit=-1", "limit=99999999999"] {
+        let a = get(&h.app, &format!("/api/projects/nope/deployments?{q}")).await;
+        let m = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_query");
+        assert!(m.contains("limit"), "{q}: {m}");
+    }
+    let a = get(&h.app, "/api/tokens?all=maybe").await;
+    assert_error(&a, StatusCode::BAD_REQUEST, "invalid_query");
+    let a = get(&h.app, "/api/projects/nope/functions/F/runs?limit=x").await;
+    assert_error(&a, StatusCode::BAD_REQUEST, "invalid_query");
+    // `null` reads as no body: the project is what is missing, not a JSON object.
+    let a = post_raw(&h.app, "/api/projects/nope/rollback", "null").await;
+    assert_error(&a, StatusCode::NOT_FOUND, "project_not_found");
+    let a = post_raw(&h.app, "/api/projects/nope/rollback", "[]").await;
+    assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body");
 }

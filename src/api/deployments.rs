@@ -2,22 +2,38 @@
 //! deployment with its build and its functions, and making an earlier one live again.
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::{Extension, Json};
 
 use crate::api::error::ApiError;
+use crate::api::openapi::ErrorBody;
 use crate::api::projects::invoke_path;
 use crate::api::types::{
     DeploymentAnswer, DeploymentFunction, DeploymentList, DeploymentListItem, DeploymentsQuery, Links, RollbackAnswer, RollbackRequest,
 };
-use crate::api::{optional_json_body, AppState};
-use crate::engine::Principal;
+use crate::api::{optional_json_body, ApiPath, ApiQuery, AppState};
+use crate::engine::{EngineError, Principal};
 
+#[utoipa::path(
+    get,
+    path = "/api/projects/{name}/deployments",
+    tag = "deployments",
+    security(("bearer" = [])),
+    extensions(("x-eserveless-access" = json!("owner"))),
+    params(("name" = String, Path, description = "The project"), DeploymentsQuery),
+    responses(
+        (status = 200, description = "The project's deployments, newest first", body = DeploymentList),
+        (status = 400, description = "The query does not match (`invalid_query`)", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown or revoked one (`token_required`, `token_invalid`)", body = ErrorBody),
+        (status = 404, description = "No such project, or not the caller's (`project_not_found`)", body = ErrorBody),
+        (status = 500, description = "The server failed (`internal`); details in its log", body = ErrorBody),
+    ),
+)]
 pub(super) async fn list_deployments(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
-    Path(name): Path<String>,
-    Query(q): Query<DeploymentsQuery>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<DeploymentsQuery>,
 ) -> Result<Json<DeploymentList>, ApiError> {
     let entries = s.platform.history(&who, &name, q.limit.unwrap_or(20).clamp(1, 200)).await?;
     let deployments = entries
@@ -48,14 +64,40 @@ pub(super) async fn list_deployments(
     Ok(Json(DeploymentList { project: name, deployments }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/projects/{name}/rollback",
+    tag = "deployments",
+    security(("bearer" = [])),
+    extensions(("x-eserveless-access" = json!("owner"))),
+    params(("name" = String, Path, description = "The project")),
+    request_body(content = Option<RollbackRequest>, description = "Optional (no body, or `null`): without one, the newest successful deployment older than the live one"),
+    responses(
+        (status = 200, description = "The earlier deployment is live again, recorded as a new deployment", body = RollbackAnswer),
+        (status = 400, description = "The body is not JSON (`malformed_json`)", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown or revoked one (`token_required`, `token_invalid`)", body = ErrorBody),
+        (status = 404, description = "No such project or deployment (`project_not_found`, `deployment_not_found`)", body = ErrorBody),
+        (status = 409, description = "Nothing to roll back to, it is live already, or its images are gone (`no_rollback_target`, `already_live`, `images_removed`, ...)", body = ErrorBody),
+        (status = 413, description = "The body is larger than 64 KiB (`body_too_large`)", body = ErrorBody),
+        (status = 422, description = "The body does not match, or names a deployment the project does not have (`invalid_body`, `deployment_not_found`)", body = ErrorBody),
+        (status = 500, description = "The server failed (`internal`); details in its log", body = ErrorBody),
+        (status = 503, description = "The container engine does not answer (`docker_unavailable`)", body = ErrorBody),
+        (status = 507, description = "The data directory is full (`insufficient_storage`)", body = ErrorBody),
+    ),
+)]
 pub(super) async fn rollback(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     body: Body,
 ) -> Result<Json<RollbackAnswer>, ApiError> {
     let req: RollbackRequest = optional_json_body(body).await?;
-    let r = s.platform.rollback(&who, &name, req.deployment).await?;
+    let r = s.platform.rollback(&who, &name, req.deployment).await.map_err(|e| match e {
+        // The deployment named in the body: the request is what is wrong, not its URL (the
+        // project exists), so a 422 rather than a 404.
+        EngineError::DeploymentNotFound { .. } if req.deployment.is_some() => ApiError::unprocessable("deployment_not_found", e.to_string()),
+        e => e.into(),
+    })?;
     Ok(Json(RollbackAnswer {
         links: Links { deployment: format!("/api/projects/{name}/deployments/{}", r.deployment), project: format!("/api/projects/{name}") },
         project: name,
@@ -67,10 +109,24 @@ pub(super) async fn rollback(
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/projects/{name}/deployments/{id}",
+    tag = "deployments",
+    security(("bearer" = [])),
+    extensions(("x-eserveless-access" = json!("owner"))),
+    params(("name" = String, Path, description = "The project"), ("id" = String, Path, description = "The deployment's id")),
+    responses(
+        (status = 200, description = "The deployment, with its build log and functions", body = DeploymentAnswer),
+        (status = 401, description = "No token, or an unknown or revoked one (`token_required`, `token_invalid`)", body = ErrorBody),
+        (status = 404, description = "No such project or deployment (`project_not_found`, `deployment_not_found`)", body = ErrorBody),
+        (status = 500, description = "The server failed (`internal`); details in its log", body = ErrorBody),
+    ),
+)]
 pub(super) async fn show_deployment(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
-    Path((name, id)): Path<(String, String)>,
+    ApiPath((name, id)): ApiPath<(String, String)>,
 ) -> Result<Json<DeploymentAnswer>, ApiError> {
     let detail = s.platform.deployment(&who, &name, &id)?;
     let functions = detail

@@ -16,13 +16,14 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::api::error::ApiError;
-use crate::api::AppState;
+use crate::api::openapi::ErrorBody;
+use crate::api::{ApiPath, AppState};
 use crate::engine::{Platform, Principal};
 
 /// How often the history takes a sample.
@@ -177,7 +178,7 @@ pub fn quantile(q: f64, delta: &[(f64, f64)]) -> Option<f64> {
 }
 
 /// One interval of a function's history.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MetricsPoint {
     /// The end of the interval.
     pub at: DateTime<Utc>,
@@ -192,7 +193,7 @@ pub struct MetricsPoint {
 }
 
 /// `GET /api/projects/{name}/functions/{function}/metrics`: oldest first; the last point ends now.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MetricsAnswer {
     pub project: String,
     pub function: String,
@@ -306,10 +307,25 @@ impl MetricsHistory {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/projects/{name}/functions/{function}/metrics",
+    tag = "functions",
+    security(("bearer" = [])),
+    extensions(("x-eserveless-access" = json!("owner"))),
+    params(("name" = String, Path, description = "The project"), ("function" = String, Path, description = "The function")),
+    responses(
+        (status = 200, description = "The function's last hour, one point per 10 s interval, oldest first; the last point ends now (kept in memory: empty again after a restart)", body = MetricsAnswer),
+        (status = 400, description = "The path does not match (`invalid_path`)", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown or revoked one (`token_required`, `token_invalid`)", body = ErrorBody),
+        (status = 404, description = "No such project or function (`project_not_found`, `function_not_found`)", body = ErrorBody),
+        (status = 500, description = "The server failed (`internal`); details in its log", body = ErrorBody),
+    ),
+)]
 pub(super) async fn function_metrics(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
-    Path((name, function)): Path<(String, String)>,
+    ApiPath((name, function)): ApiPath<(String, String)>,
 ) -> Result<Json<MetricsAnswer>, ApiError> {
     s.platform.live_function(&who, &name, &function)?;
     let now = Utc::now();

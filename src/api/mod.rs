@@ -7,6 +7,7 @@ pub(crate) mod error;
 mod functions;
 mod health;
 pub mod metrics;
+pub mod openapi;
 mod projects;
 mod secrets;
 mod tokens;
@@ -21,19 +22,16 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, delete, get, post};
+use axum::routing::{any, get};
 use axum::Router;
 use serde_json::Value;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::api::deployments::{list_deployments, rollback, show_deployment};
 use crate::api::error::ApiError;
-use crate::api::functions::{function_logs, function_run, function_runs, start_run};
 use crate::api::health::{healthz, metrics_text, root};
-use crate::api::metrics::{function_metrics, MetricsHistory};
-use crate::api::projects::{create_project, delete_project, list_projects, show_project, upload_project};
-use crate::api::secrets::{delete_secret, list_secrets, rotate_invoke_key, set_secrets};
-use crate::api::tokens::{create_token, list_tokens, revoke_token};
-use crate::api::users::{create_user, delete_user, list_users, whoami};
+use crate::api::metrics::MetricsHistory;
 use crate::dataplane::gateway::Gateway;
 use crate::engine::{EngineError, Platform};
 
@@ -54,28 +52,7 @@ pub fn app(platform: Arc<Platform>) -> Router {
     let history = Arc::new(MetricsHistory::new(metrics::POINTS, chrono::Utc::now()));
     MetricsHistory::spawn_sampler(&history, &platform);
     let state = AppState { platform, gateway, history };
-    // Every /api route needs a token; the layer runs only for matched routes, so unknown
-    // /api paths still answer 404.
-    let api = Router::new()
-        .route("/api/whoami", get(whoami))
-        .route("/api/users", get(list_users).post(create_user))
-        .route("/api/users/{name}", delete(delete_user))
-        .route("/api/tokens", get(list_tokens).post(create_token))
-        .route("/api/tokens/{id}", delete(revoke_token))
-        .route("/api/projects", get(list_projects).post(create_project))
-        .route("/api/projects/{name}", get(show_project).delete(delete_project))
-        .route("/api/projects/{name}/deployments", get(list_deployments))
-        .route("/api/projects/{name}/uploads", post(upload_project))
-        .route("/api/projects/{name}/deployments/{id}", get(show_deployment))
-        .route("/api/projects/{name}/rollback", post(rollback))
-        .route("/api/projects/{name}/functions/{function}/logs", get(function_logs))
-        .route("/api/projects/{name}/functions/{function}/runs", get(function_runs).post(start_run))
-        .route("/api/projects/{name}/functions/{function}/runs/{run}", get(function_run))
-        .route("/api/projects/{name}/functions/{function}/metrics", get(function_metrics))
-        .route("/api/projects/{name}/secrets", get(list_secrets).post(set_secrets))
-        .route("/api/projects/{name}/secrets/{secret}", delete(delete_secret))
-        .route("/api/projects/{name}/invoke-key", post(rotate_invoke_key))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
+    let (api, _) = api_router(Some(state.clone()));
     Router::new()
         .route("/", get(root))
         .route("/healthz", get(healthz))
@@ -91,6 +68,41 @@ pub fn app(platform: Arc<Platform>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+}
+
+/// The `/api` routes and the OpenAPI document describing them, from one list: a route
+/// added here without its `#[utoipa::path]` does not compile, and its document is what
+/// `GET /api/openapi.json` serves. With `auth`, every route but the document needs a token
+/// (a route layer: it runs only for matched routes, so unknown /api paths still answer 404).
+fn api_router(auth: Option<AppState>) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let mut protected = OpenApiRouter::new()
+        .routes(routes!(users::whoami))
+        .routes(routes!(users::list_users, users::create_user))
+        .routes(routes!(users::delete_user))
+        .routes(routes!(tokens::list_tokens, tokens::create_token))
+        .routes(routes!(tokens::revoke_token))
+        .routes(routes!(projects::list_projects, projects::create_project))
+        .routes(routes!(projects::show_project, projects::delete_project))
+        .routes(routes!(deployments::list_deployments))
+        .routes(routes!(projects::upload_project))
+        .routes(routes!(deployments::show_deployment))
+        .routes(routes!(deployments::rollback))
+        .routes(routes!(functions::function_logs))
+        .routes(routes!(functions::function_runs, functions::start_run))
+        .routes(routes!(functions::function_run))
+        .routes(routes!(metrics::function_metrics))
+        .routes(routes!(secrets::list_secrets, secrets::set_secrets))
+        .routes(routes!(secrets::delete_secret))
+        .routes(routes!(secrets::rotate_invoke_key));
+    if let Some(state) = auth {
+        protected = protected.route_layer(axum::middleware::from_fn_with_state(state, require_token));
+    }
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi()).routes(routes!(openapi::openapi_json)).merge(protected).split_for_parts()
+}
+
+/// The OpenAPI 3.1 document of the `/api` routes (served at `GET /api/openapi.json`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_router(None).1
 }
 
 /// Authenticates the request's bearer token and hands the [`Principal`] to the handler.
@@ -132,7 +144,8 @@ pub async fn json_body<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, 
 /// Like [`json_body`], but an empty body is `T::default()` (for requests whose fields are all optional).
 pub async fn optional_json_body<T: serde::de::DeserializeOwned + Default>(body: Body) -> Result<T, ApiError> {
     let bytes = read_body(body).await?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
+    // No body, or JSON `null`: nothing given.
+    if bytes.iter().all(u8::is_ascii_whitespace) || serde_json::from_slice::<Value>(&bytes).is_ok_and(|v| v.is_null()) {
         return Ok(T::default());
     }
     parse_json_body(&bytes)
@@ -142,6 +155,33 @@ async fn read_body(body: Body) -> Result<bytes::Bytes, ApiError> {
     axum::body::to_bytes(body, MAX_API_BODY).await.map_err(|_| {
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the request body is larger than {MAX_API_BODY} bytes"))
     })
+}
+
+/// The query string parsed into `T`; a query that does not fit is a 400 in the API's error
+/// shape (axum's own rejection is plain text), naming what did not parse.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::try_from_uri(&parts.uri)
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e| ApiError::bad_request("invalid_query", format!("the query string does not match: {}", e.body_text())))
+    }
+}
+
+/// The path's parameters parsed into `T`; a path that does not fit (e.g. not UTF-8 once
+/// decoded) is a 400 in the API's error shape.
+pub struct ApiPath<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned + Send, S: Send + Sync> axum::extract::FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, s: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, s)
+            .await
+            .map(|p| ApiPath(p.0))
+            .map_err(|e| ApiError::bad_request("invalid_path", format!("the path does not match: {}", e.body_text())))
+    }
 }
 
 fn parse_json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {

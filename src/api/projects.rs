@@ -1,16 +1,17 @@
 //! `/api/projects`: deploy (create or update), list, show and remove projects.
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
 use crate::api::error::ApiError;
+use crate::api::openapi::{ErrorBody, TarGz};
 use crate::api::types::{FunctionType, 
     DeployAnswer, DeployRequest, DeploymentSummary, Links, LiveDeployment, ProjectAnswer, ProjectDeleted,
     ProjectFunction, ProjectList, ProjectListItem, SubmitStatus, UploadRequest,
 };
-use crate::api::{json_body, AppState};
+use crate::api::{json_body, ApiPath, AppState};
 use crate::engine::views::{DeploymentRow, LiveFunction};
 use crate::engine::Principal;
 
@@ -34,6 +35,29 @@ fn summary(d: &DeploymentRow) -> DeploymentSummary {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/projects",
+    tag = "projects",
+    security(("bearer" = [])),
+    extensions(("x-eserveless-access" = json!("user"))),
+    request_body = DeployRequest,
+    responses(
+        (status = 200, description = "The commit (or upload) is live already: nothing queued (`status: unchanged`)", body = DeployAnswer),
+        (status = 202, description = "A deployment is queued (`status: queued`); its URL in `Location`", body = DeployAnswer,
+            headers(("Location" = String, description = "The deployment: `/api/projects/{name}/deployments/{id}`"))),
+        (status = 400, description = "The body is not JSON (`malformed_json`)", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown or revoked one (`token_required`, `token_invalid`)", body = ErrorBody),
+        (status = 409, description = "The name is another user's project, or the server cannot take it now (`name_taken`, ...)", body = ErrorBody),
+        (status = 413, description = "The body is larger than 64 KiB (`body_too_large`)", body = ErrorBody),
+        (status = 422, description = "The body, the name, the repository URL or ref, or the manifest is not valid; or the repository does not answer (`invalid_body`, `invalid_name`, `invalid_repository`, `ref_not_found`, `repository_unreachable`, `invalid_manifest`, ...)", body = ErrorBody),
+        (status = 429, description = "Too many deployments queued (`queue_full`)", body = ErrorBody),
+        (status = 500, description = "The server failed (`internal`); details in its log", body = ErrorBody),
+        (status = 503, description = "The container engine does not answer (`docker_unavailable`)", body = ErrorBody),
+        (status = 504, description = "The repository did not answer in time (`repository_timeout`)", body = ErrorBody),
+        (status = 507, description = "The data directory is full (`insufficient_storage`)", body = ErrorBody),
+    ),
+)]
 pub(super) async fn create_project(State(s): State<AppState>, Extension(who): Extension<Principal>, req: Request) -> Result<Response, ApiError> {
     let body: DeployRequest = json_body(req.into_body()).await?;
     let submitted = s.platform.submit(body, &who).await?;
@@ -43,10 +67,33 @@ pub(super) async fn create_project(State(s): State<AppState>, Extension(who): Ex
 /// `POST /api/projects/{name}/uploads?commit=SHA&dirty=true`: the body is the directory as a
 /// gzip-compressed tar (`eserveless deploy DIR` makes it), streamed to disk under the
 /// server's `--max-upload` cap.
+#[utoipa::path(
+    post,
+    path = "/api/projects/{name}/uploads",
+    tag = "projects",
+    security(("bearer" = [])),
+    extensions(("x-eserveless-access" = json!("user"))),
+    params(("name" = String, Path, description = "The project"), UploadRequest),
+    request_body(content = TarGz, content_type = "application/gzip", description = "The directory as a gzip-compressed tar (`eserveless deploy DIR` makes it), at most the server's `--max-upload`"),
+    responses(
+        (status = 200, description = "The commit (or upload) is live already: nothing queued (`status: unchanged`)", body = DeployAnswer),
+        (status = 202, description = "A deployment is queued (`status: queued`); its URL in `Location`", body = DeployAnswer,
+            headers(("Location" = String, description = "The deployment: `/api/projects/{name}/deployments/{id}`"))),
+        (status = 400, description = "The query does not match (`invalid_query`)", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown or revoked one (`token_required`, `token_invalid`)", body = ErrorBody),
+        (status = 409, description = "The name is another user's project (`name_taken`)", body = ErrorBody),
+        (status = 413, description = "The upload is larger than `--max-upload`, or unpacks to more than its caps (`upload_too_large`)", body = ErrorBody),
+        (status = 422, description = "The name, the query, the archive (not a gzip tar, unsafe entries) or the manifest is not valid (`invalid_name`, `invalid_query`, `invalid_upload`, `invalid_manifest`, ...)", body = ErrorBody),
+        (status = 429, description = "Too many deployments queued (`queue_full`)", body = ErrorBody),
+        (status = 500, description = "The server failed (`internal`); details in its log", body = ErrorBody),
+        (status = 503, description = "The container engine does not answer (`docker_unavailable`)", body = ErrorBody),
+        (status = 507, description = "The data directory is full (`insufficient_storage`)", body = ErrorBody),
+    ),
+)]
 pub(super) async fn upload_project(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
     let query = axum::extract::Query::<UploadRequest>::try_from_uri(req.uri())
@@ -78,6 +125,18 @@ fn deploy_answer(submitted: crate::engine::Submitted) -> Response {
     resp
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/projects",
+    tag = "projects",
+    security(("bearer" = [])),
+    extensions(("x-eserveless-access" = json!("user"))),
+    responses(
+        (status = 200, description = "The caller's projects (every project, for admins)", body = ProjectList),
+        (status = 401, description = "No token, or an unknown or revoked one (`token_required`, `token_invalid`)", body = ErrorBody),
+        (status = 500, description = "The server failed (`internal`); details in its log", body = ErrorBody),
+    ),
+)]
 pub(super) async fn list_projects(State(s): State<AppState>, Extension(who): Extension<Principal>) -> Result<Json<ProjectList>, ApiError> {
     let projects = s
         .platform
@@ -115,7 +174,21 @@ fn project_function(project: &str, f: LiveFunction) -> ProjectFunction {
     }
 }
 
-pub(super) async fn show_project(State(s): State<AppState>, Extension(who): Extension<Principal>, Path(name): Path<String>) -> Result<Json<ProjectAnswer>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/api/projects/{name}",
+    tag = "projects",
+    security(("bearer" = [])),
+    extensions(("x-eserveless-access" = json!("owner"))),
+    params(("name" = String, Path, description = "The project")),
+    responses(
+        (status = 200, description = "The project, its live deployment and functions", body = ProjectAnswer),
+        (status = 401, description = "No token, or an unknown or revoked one (`token_required`, `token_invalid`)", body = ErrorBody),
+        (status = 404, description = "No such project, or not the caller's (`project_not_found`)", body = ErrorBody),
+        (status = 500, description = "The server failed (`internal`); details in its log", body = ErrorBody),
+    ),
+)]
+pub(super) async fn show_project(State(s): State<AppState>, Extension(who): Extension<Principal>, ApiPath(name): ApiPath<String>) -> Result<Json<ProjectAnswer>, ApiError> {
     let d = s.platform.project(&who, &name)?;
     let functions = d.functions.into_iter().map(|f| project_function(&name, f)).collect();
     Ok(Json(ProjectAnswer {
@@ -138,7 +211,23 @@ pub(super) async fn show_project(State(s): State<AppState>, Extension(who): Exte
     }))
 }
 
-pub(super) async fn delete_project(State(s): State<AppState>, Extension(who): Extension<Principal>, Path(name): Path<String>) -> Result<Json<ProjectDeleted>, ApiError> {
+#[utoipa::path(
+    delete,
+    path = "/api/projects/{name}",
+    tag = "projects",
+    security(("bearer" = [])),
+    extensions(("x-eserveless-access" = json!("owner"))),
+    params(("name" = String, Path, description = "The project")),
+    responses(
+        (status = 200, description = "The project is removed, with its containers and images", body = ProjectDeleted),
+        (status = 401, description = "No token, or an unknown or revoked one (`token_required`, `token_invalid`)", body = ErrorBody),
+        (status = 404, description = "No such project, or not the caller's (`project_not_found`)", body = ErrorBody),
+        (status = 500, description = "The server failed (`internal`); details in its log", body = ErrorBody),
+        (status = 503, description = "The container engine does not answer (`docker_unavailable`)", body = ErrorBody),
+        (status = 507, description = "The data directory is full (`insufficient_storage`)", body = ErrorBody),
+    ),
+)]
+pub(super) async fn delete_project(State(s): State<AppState>, Extension(who): Extension<Principal>, ApiPath(name): ApiPath<String>) -> Result<Json<ProjectDeleted>, ApiError> {
     s.platform.owned_project(&who, &name)?;
     let d = s.platform.delete(&name).await?;
     Ok(Json(ProjectDeleted { deleted: d.project, containers_removed: d.containers_removed, images_removed: d.images_removed }))

@@ -1,19 +1,54 @@
 //! `/api/projects/{name}/secrets` and the project's invoke key.
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::{Extension, Json};
 
 use crate::api::error::ApiError;
+use crate::api::openapi::ErrorBody;
 use crate::api::types::{Deleted, InvokeKey, SecretAnswer, SecretList, SecretsChange, SecretsSet, INVOKE_KEY_HEADER};
-use crate::api::{json_body, AppState};
+use crate::api::{json_body, ApiPath, AppState};
 use crate::engine::Principal;
 
-pub(super) async fn list_secrets(State(s): State<AppState>, Extension(who): Extension<Principal>, Path(name): Path<String>) -> Result<Json<SecretList>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/api/projects/{name}/secrets",
+    tag = "secrets",
+    security(("bearer" = [])),
+    extensions(("x-eserveless-access" = json!("owner"))),
+    params(("name" = String, Path, description = "The project")),
+    responses(
+        (status = 200, description = "The secrets' names (never their values)", body = SecretList),
+        (status = 401, description = "No token, or an unknown or revoked one (`token_required`, `token_invalid`)", body = ErrorBody),
+        (status = 404, description = "No such project, or not the caller's (`project_not_found`)", body = ErrorBody),
+        (status = 500, description = "The server failed (`internal`); details in its log", body = ErrorBody),
+    ),
+)]
+pub(super) async fn list_secrets(State(s): State<AppState>, Extension(who): Extension<Principal>, ApiPath(name): ApiPath<String>) -> Result<Json<SecretList>, ApiError> {
     let secrets = s.platform.secrets(&who, &name)?;
     Ok(Json(SecretList { secrets: secrets.into_iter().map(|r| SecretAnswer { name: r.name, updated_at: r.updated_at }).collect() }))
 }
 
-pub(super) async fn set_secrets(State(s): State<AppState>, Extension(who): Extension<Principal>, Path(name): Path<String>, req: Request) -> Result<Json<SecretsSet>, ApiError> {
+#[utoipa::path(
+    post,
+    path = "/api/projects/{name}/secrets",
+    tag = "secrets",
+    security(("bearer" = [])),
+    extensions(("x-eserveless-access" = json!("owner"))),
+    params(("name" = String, Path, description = "The project")),
+    request_body = SecretsChange,
+    responses(
+        (status = 200, description = "The secrets are set; instances restart with them", body = SecretsSet),
+        (status = 400, description = "The body is not JSON (`malformed_json`)", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown or revoked one (`token_required`, `token_invalid`)", body = ErrorBody),
+        (status = 404, description = "No such project, or not the caller's (`project_not_found`)", body = ErrorBody),
+        (status = 413, description = "The body is larger than 64 KiB (`body_too_large`)", body = ErrorBody),
+        (status = 422, description = "The body does not match, nothing to set, or a name or value is not valid (`invalid_body`, `invalid_secret`, ...)", body = ErrorBody),
+        (status = 500, description = "The server failed (`internal`); details in its log", body = ErrorBody),
+        (status = 503, description = "The container engine does not answer (`docker_unavailable`)", body = ErrorBody),
+        (status = 507, description = "The data directory is full (`insufficient_storage`)", body = ErrorBody),
+    ),
+)]
+pub(super) async fn set_secrets(State(s): State<AppState>, Extension(who): Extension<Principal>, ApiPath(name): ApiPath<String>, req: Request) -> Result<Json<SecretsSet>, ApiError> {
     s.platform.owned_project(&who, &name)?;
     let body: SecretsChange = json_body(req.into_body()).await?;
     if body.set.is_empty() {
@@ -24,13 +59,45 @@ pub(super) async fn set_secrets(State(s): State<AppState>, Extension(who): Exten
     Ok(Json(SecretsSet { set: set.into_iter().map(|(n, _)| n).collect() }))
 }
 
-pub(super) async fn delete_secret(State(s): State<AppState>, Extension(who): Extension<Principal>, Path((name, secret)): Path<(String, String)>) -> Result<Json<Deleted>, ApiError> {
+#[utoipa::path(
+    delete,
+    path = "/api/projects/{name}/secrets/{secret}",
+    tag = "secrets",
+    security(("bearer" = [])),
+    extensions(("x-eserveless-access" = json!("owner"))),
+    params(("name" = String, Path, description = "The project"), ("secret" = String, Path, description = "The secret's name")),
+    responses(
+        (status = 200, description = "The secret is removed", body = Deleted),
+        (status = 401, description = "No token, or an unknown or revoked one (`token_required`, `token_invalid`)", body = ErrorBody),
+        (status = 404, description = "No such project or secret (`project_not_found`, `secret_not_found`)", body = ErrorBody),
+        (status = 422, description = "The name is not a valid secret name (`invalid_secret`)", body = ErrorBody),
+        (status = 500, description = "The server failed (`internal`); details in its log", body = ErrorBody),
+        (status = 503, description = "The container engine does not answer (`docker_unavailable`)", body = ErrorBody),
+        (status = 507, description = "The data directory is full (`insufficient_storage`)", body = ErrorBody),
+    ),
+)]
+pub(super) async fn delete_secret(State(s): State<AppState>, Extension(who): Extension<Principal>, ApiPath((name, secret)): ApiPath<(String, String)>) -> Result<Json<Deleted>, ApiError> {
     s.platform.owned_project(&who, &name)?;
     s.platform.change_secrets(&name, &[], std::slice::from_ref(&secret)).await?;
     Ok(Json(Deleted { deleted: secret }))
 }
 
-pub(super) async fn rotate_invoke_key(State(s): State<AppState>, Extension(who): Extension<Principal>, Path(name): Path<String>) -> Result<Json<InvokeKey>, ApiError> {
+#[utoipa::path(
+    post,
+    path = "/api/projects/{name}/invoke-key",
+    tag = "secrets",
+    security(("bearer" = [])),
+    extensions(("x-eserveless-access" = json!("owner"))),
+    params(("name" = String, Path, description = "The project")),
+    responses(
+        (status = 200, description = "A new invoke key (the old one stops working)", body = InvokeKey),
+        (status = 401, description = "No token, or an unknown or revoked one (`token_required`, `token_invalid`)", body = ErrorBody),
+        (status = 404, description = "No such project, or not the caller's (`project_not_found`)", body = ErrorBody),
+        (status = 500, description = "The server failed (`internal`); details in its log", body = ErrorBody),
+        (status = 507, description = "The data directory is full (`insufficient_storage`)", body = ErrorBody),
+    ),
+)]
+pub(super) async fn rotate_invoke_key(State(s): State<AppState>, Extension(who): Extension<Principal>, ApiPath(name): ApiPath<String>) -> Result<Json<InvokeKey>, ApiError> {
     s.platform.owned_project(&who, &name)?;
     let key = s.platform.rotate_invoke_key(&name)?;
     tracing::info!(project = %name, by = %who.name, "invoke key rotated");

@@ -22,14 +22,14 @@ pub const INVOKE_KEY_HEADER: &str = "X-Eserveless-Key";
 // --- server -------------------------------------------------------------------------------
 
 /// `GET /`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ServerInfo {
     pub name: String,
     pub version: String,
 }
 
 /// `GET /healthz`: `ok` or the problem, for the engine and the data directory.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HealthAnswer {
     /// `ok` or `degraded`.
     pub status: String,
@@ -40,13 +40,13 @@ pub struct HealthAnswer {
 // --- users and tokens ---------------------------------------------------------------------
 
 /// `GET /api/whoami`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WhoAmI {
     pub user: String,
     pub admin: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UserAnswer {
     pub name: String,
     pub admin: bool,
@@ -55,22 +55,24 @@ pub struct UserAnswer {
 }
 
 /// `GET /api/users`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UserList {
     pub users: Vec<UserAnswer>,
 }
 
 /// `POST /api/users`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
+    /// 1-32 of `a-z`, `0-9`, `-`, `_`, starting with a letter.
+    #[schema(pattern = r"^[a-z][a-z0-9_-]{0,31}$")]
     pub name: String,
     #[serde(default)]
     pub admin: bool,
 }
 
 /// A token just made: the only answer that carries its text.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenCreated {
     pub id: i64,
     pub name: String,
@@ -78,7 +80,7 @@ pub struct TokenCreated {
 }
 
 /// `POST /api/users` answer: the user and its first token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UserCreated {
     pub name: String,
     pub admin: bool,
@@ -86,13 +88,14 @@ pub struct UserCreated {
 }
 
 /// A removed user or secret: `{"deleted": name}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Deleted {
     pub deleted: String,
 }
 
 /// `GET /api/tokens` query.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TokensQuery {
     pub user: Option<String>,
     #[serde(default)]
@@ -100,36 +103,38 @@ pub struct TokensQuery {
 }
 
 /// `GET /api/tokens`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenList {
     pub tokens: Vec<TokenAnswer>,
 }
 
 /// `POST /api/tokens`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
+    /// 1-64 printable characters.
+    #[schema(pattern = r"^[^\x00-\x1f\x7f-\x9f]{1,64}$")]
     pub name: String,
     #[serde(default)]
     pub user: Option<String>,
 }
 
 /// `DELETE /api/tokens/{id}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Revoked {
     pub revoked: i64,
 }
 
 // --- projects and deployments -------------------------------------------------------------
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Links {
     pub deployment: String,
     pub project: String,
 }
 
 /// `POST /api/projects` and `POST /api/projects/{name}/uploads` answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeployAnswer {
     pub project: String,
     pub deployment: i64,
@@ -152,7 +157,7 @@ pub struct DeployAnswer {
 }
 
 /// A deployment in a project's listing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeploymentSummary {
     pub id: i64,
     pub commit: String,
@@ -170,7 +175,7 @@ pub struct DeploymentSummary {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProjectListItem {
     pub name: String,
     pub owner: Option<String>,
@@ -180,13 +185,13 @@ pub struct ProjectListItem {
 }
 
 /// `GET /api/projects`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProjectList {
     pub projects: Vec<ProjectListItem>,
 }
 
 /// The live deployment of a project.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LiveDeployment {
     pub deployment: i64,
     pub commit: String,
@@ -201,7 +206,7 @@ pub struct LiveDeployment {
 }
 
 /// A live function of a project.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProjectFunction {
     pub name: String,
     #[serde(rename = "type")]
@@ -227,7 +232,7 @@ pub struct ProjectFunction {
 }
 
 /// `GET /api/projects/{name}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProjectAnswer {
     pub name: String,
     pub owner: Option<String>,
@@ -241,7 +246,7 @@ pub struct ProjectAnswer {
 }
 
 /// `DELETE /api/projects/{name}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProjectDeleted {
     pub deleted: String,
     pub containers_removed: usize,
@@ -249,7 +254,7 @@ pub struct ProjectDeleted {
 }
 
 /// `POST /api/projects/{name}/invoke-key`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InvokeKey {
     pub project: String,
     pub invoke_key: String,
@@ -258,7 +263,7 @@ pub struct InvokeKey {
 }
 
 /// A function of a deployment, with its build.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeploymentFunction {
     pub name: String,
     #[serde(rename = "type")]
@@ -271,7 +276,7 @@ pub struct DeploymentFunction {
 }
 
 /// `GET /api/projects/{name}/deployments/{id}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeploymentAnswer {
     #[serde(flatten)]
     pub deployment: DeploymentRow,
@@ -280,14 +285,16 @@ pub struct DeploymentAnswer {
 }
 
 /// `GET /api/projects/{name}/deployments` query.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeploymentsQuery {
-    /// At most this many, newest first (default 20, at most 200).
+    /// At most this many, newest first (default 20; 0 is taken as 1, more than 200 as 200).
+    #[param(value_type = Option<u32>, format = Int64, minimum = 0, maximum = 4294967295_u32)]
     pub limit: Option<u32>,
 }
 
 /// A deployment in a project's history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeploymentListItem {
     pub id: i64,
     pub commit: String,
@@ -321,14 +328,14 @@ pub struct DeploymentListItem {
 }
 
 /// `GET /api/projects/{name}/deployments`: newest first.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeploymentList {
     pub project: String,
     pub deployments: Vec<DeploymentListItem>,
 }
 
 /// `POST /api/projects/{name}/rollback` (the body may be empty).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackRequest {
     /// The deployment to make live again; default: the newest successful one older than the live one.
@@ -337,7 +344,7 @@ pub struct RollbackRequest {
 }
 
 /// `POST /api/projects/{name}/rollback` answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RollbackAnswer {
     pub project: String,
     /// The new deployment that records the rollback; live now.
@@ -356,7 +363,7 @@ pub struct RollbackAnswer {
 // --- functions ----------------------------------------------------------------------------
 
 /// `POST .../functions/{function}/runs` answer (202): the run started.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunStarted {
     pub project: String,
     pub function: String,
@@ -367,13 +374,16 @@ pub struct RunStarted {
 }
 
 /// `GET .../runs` query.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RunsQuery {
+    /// At most this many, newest first (default 50; more than 500 is taken as 500).
+    #[param(value_type = Option<u32>, format = Int64, minimum = 0, maximum = 4294967295_u32)]
     pub limit: Option<u32>,
 }
 
 /// `GET .../runs`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunList {
     pub runs: Vec<CronRun>,
 }
@@ -385,19 +395,24 @@ pub use crate::engine::logs::{LogLine, LogStream, LogsRequest, LineSource, MAX_T
 /// is NDJSON (`application/x-ndjson`): one [`LogLine`] per line, in time order; with
 /// `follow=true` it goes on until the client closes it, with an empty line after 15 s of
 /// silence (a keep-alive: skip it).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogsQuery {
     /// `true` or `false`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(value_type = Option<bool>)]
     pub follow: Option<String>,
     /// A duration back from now (`90s`, `10m`, `2h`, `1d`) or an RFC 3339 time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(pattern = r"^([1-9][0-9]{0,3}[smhd])+$|^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]Z$")]
     pub since: Option<String>,
-    /// The last N lines, 0 to [`MAX_TAIL`].
+    /// The last N lines, 0 to 10000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(value_type = Option<u32>, minimum = 0, maximum = 10000)]
     pub tail: Option<String>,
     /// A deployment id of the project.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(value_type = Option<i64>, minimum = 1)]
     pub revision: Option<String>,
 }
 
@@ -451,28 +466,49 @@ pub fn parse_tail(v: &str) -> Result<u32, String> {
 
 // --- secrets ------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SecretAnswer {
     pub name: String,
     pub updated_at: DateTime<Utc>,
 }
 
 /// `GET /api/projects/{name}/secrets`: names only, never values.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SecretList {
     pub secrets: Vec<SecretAnswer>,
 }
 
 /// `POST /api/projects/{name}/secrets`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecretsChange {
+    /// Names (environment variable names, not `ESERVELESS_*` nor one the platform sets) and
+    /// their values (at most 64 KiB, no NUL).
     #[serde(default)]
+    #[schema(schema_with = secrets_map)]
     pub set: BTreeMap<String, String>,
 }
 
+/// `SecretsChange.set`: at least one secret, by environment variable name.
+pub fn secrets_map() -> utoipa::openapi::Object {
+    let name = utoipa::openapi::ObjectBuilder::new().schema_type(utoipa::openapi::schema::Type::String).pattern(Some(SECRET_NAME));
+    let mut o = utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::Object)
+        .property_names(Some(name))
+        .additional_properties(Some(utoipa::openapi::ObjectBuilder::new().schema_type(utoipa::openapi::schema::Type::String).max_length(Some(8192)).pattern(Some(r"^[^\x00]*$"))))
+        .min_properties(Some(1))
+        .build();
+    o.description = Some("The secrets to set, by name".to_string());
+    o
+}
+
+/// A secret's name as the server takes it: an environment variable name, neither `ESERVELESS_*`
+/// nor one the platform sets (`PORT`, `HOME`, `PATH`, `NODE_ENV`, `NODE_OPTIONS`, `LD_*`),
+/// in any case.
+pub const SECRET_NAME: &str = r"^(?![Ee][Ss][Ee][Rr][Vv][Ee][Rr][Ll][Ee][Ss][Ss]_)(?!([Pp][Oo][Rr][Tt]|[Hh][Oo][Mm][Ee]|[Pp][Aa][Tt][Hh]|[Nn][Oo][Dd][Ee]_[Ee][Nn][Vv]|[Nn][Oo][Dd][Ee]_[Oo][Pp][Tt][Ii][Oo][Nn][Ss]|[Ll][Dd]_[Pp][Rr][Ee][Ll][Oo][Aa][Dd]|[Ll][Dd]_[Ll][Ii][Bb][Rr][Aa][Rr][Yy]_[Pp][Aa][Tt][Hh])$)[A-Za-z_][A-Za-z0-9_]{0,127}$";
+
 /// `POST /api/projects/{name}/secrets` answer: the names set.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SecretsSet {
     pub set: Vec<String>,
 }

@@ -17,7 +17,7 @@ pub struct UserInfo {
 }
 
 /// A token as listed (and answered): never its secret.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct TokenInfo {
     pub id: i64,
     pub user: String,

@@ -29,6 +29,10 @@ impl Platform {
         }
         let lock = self.project_lock(project);
         let _held = lock.lock().await;
+        // Another delete got there first.
+        if self.store.project(project)?.is_none() {
+            return Err(EngineError::project_not_found(project));
+        }
         self.scheduler.remove_project(project);
         let mut containers = 0;
         if let Some(old) = self.routes.remove_project(project) {

@@ -42,13 +42,19 @@ pub use crate::engine::submit::UploadRequest;
 pub use crate::infra::store::SourceKind;
 
 /// A deployment request, as received.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeployRequest {
+    /// A git URL (`https://host/owner/repo`) or `owner/repo`.
+    #[schema(min_length = 1)]
     pub repository: String,
+    /// A branch, tag or commit; default: the repository's default branch.
     #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 255)]
     pub git_ref: Option<String>,
+    /// The project's name; default: from the repository's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     pub name: Option<String>,
 }
 
@@ -71,7 +77,7 @@ pub struct Submitted {
 }
 
 /// Whether a deployment request queued a build.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SubmitStatus {
     /// A build is queued (or already on its way for the same commit).
@@ -279,6 +285,11 @@ impl Platform {
         }
         let lock = self.project_lock(project);
         let _held = lock.lock().await;
+        // Removed while this request waited for the lock (`delete` holds it): a 404, not a
+        // store error on the secret's missing project.
+        if self.store.project(project)?.is_none() {
+            return Err(EngineError::project_not_found(project));
+        }
         let existing: Vec<String> = self.store.secrets(project)?.into_iter().map(|s| s.name).collect();
         let after = existing.iter().chain(set.iter().map(|(n, _)| n)).collect::<std::collections::BTreeSet<_>>().len();
         if after > crate::infra::secrets::MAX_PER_PROJECT {

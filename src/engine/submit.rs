@@ -21,8 +21,9 @@ use crate::manifest::{Access, FunctionType, Manifest};
 use crate::names::ProjectName;
 
 /// A directory upload, as received (its tar.gz body comes separately).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct UploadRequest {
     /// The directory's HEAD commit, when it is a git checkout.
     #[serde(default, skip_serializing_if = "Option::is_none")]

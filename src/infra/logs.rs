@@ -17,7 +17,7 @@ pub const CUT_MARK: &str = " [eserveless: line cut]";
 
 /// Which output a line was written to; `system` lines are the platform's own notes
 /// (dropped output, a run's exit status).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogStream {
     Stdout,
@@ -39,7 +39,7 @@ impl LogStream {
 }
 
 /// What wrote a line: an http instance, or a cron run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LineSource {
     Instance,
@@ -59,7 +59,7 @@ impl LineSource {
 }
 
 /// One line of a function's output (`GET .../logs` sends one per line of NDJSON).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogLine {
     /// When the engine received the line (nanoseconds as Docker keeps them).
     pub time: DateTime<Utc>,

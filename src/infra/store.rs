@@ -195,7 +195,7 @@ mod access;
 pub use access::{SecretRow, TokenRow, UserRow};
 
 /// A deployment's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DeploymentStatus {
     Queued,
@@ -228,7 +228,7 @@ impl DeploymentStatus {
 }
 
 /// Where a deployment's source came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SourceKind {
     /// A commit fetched from a repository.
@@ -255,7 +255,7 @@ impl SourceKind {
 }
 
 /// A function's build state within a deployment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum BuildState {
     Queued,
@@ -289,7 +289,7 @@ impl BuildState {
 
 /// How a cron run went; `running` until it ends, `skipped` when a firing found the previous
 /// run still going.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     Running,
@@ -331,7 +331,7 @@ impl std::fmt::Display for RunStatus {
 }
 
 /// What started a cron run: its schedule, or someone (`eserveless cron run`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunTrigger {
     #[default]
@@ -377,7 +377,7 @@ pub struct ProjectRow {
 }
 
 /// A deployment as recorded (and, flattened, as the API answers it).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeploymentRow {
     pub id: i64,
     pub project: String,
@@ -453,7 +453,7 @@ pub struct FunctionRow {
 }
 
 /// A cron run as recorded (and as the API answers it).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CronRunRow {
     pub id: i64,
     pub project: String,

@@ -130,7 +130,7 @@ struct PoolInner {
 }
 
 /// Counts of instances by state, for status and metrics (and the API's `instances`).
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct PoolCounts {
     pub starting: u32,
     pub ready: u32,
@@ -141,7 +141,7 @@ pub struct PoolCounts {
 }
 
 /// One instance, for the operator: its id, state and (swarm) node.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct InstanceInfo {
     pub id: String,
     pub state: String,
