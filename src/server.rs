@@ -36,7 +36,8 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let platform = Platform::new(store, driver, templates, config)?;
     platform.restore().await.context("cannot restore the live deployments")?;
     let app = crate::api::app(platform);
-    tracing::info!(addr = %listener.local_addr()?, "eserveless listening");
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, console = %format!("{}/ui/", server_url(addr)), "eserveless listening");
 
     let served = serve_http(listener, app, limits, shutdown_signal()).await;
     drop(data_dir);
@@ -342,21 +343,27 @@ async fn serve_http(
 fn announce_admin_token(token: &str, data_dir: &std::path::Path, listen: std::net::SocketAddr) {
     println!(
         "eserveless: first start: created user `admin` with the API token\n\n    {token}\n\n\
-         It is also in {} (mode 0600). Log the CLI in with it (or set ESERVELESS_TOKEN):\n\n    {}\n",
+         It is also in {} (mode 0600). Log the CLI in with it (or set ESERVELESS_TOKEN):\n\n    {}\n\n         or open the web console at {}/ui/ and paste it there.\n",
         data_dir.join(crate::engine::auth::ADMIN_TOKEN_FILE).display(),
-        login_command(token, listen)
+        login_command(token, listen),
+        server_url(listen),
     );
 }
 
-/// The exact `eserveless login` for this server, as reached from this machine.
-fn login_command(token: &str, listen: std::net::SocketAddr) -> String {
+/// This server's URL as reached from this machine (an unspecified address becomes loopback).
+fn server_url(listen: std::net::SocketAddr) -> String {
     let host = match listen.ip() {
         ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_string(),
         ip if ip.is_unspecified() => "[::1]".to_string(),
         std::net::IpAddr::V6(ip) => format!("[{ip}]"),
         ip => ip.to_string(),
     };
-    format!("eserveless login --server http://{host}:{} --with-token {token}", listen.port())
+    format!("http://{host}:{}", listen.port())
+}
+
+/// The exact `eserveless login` for this server, as reached from this machine.
+fn login_command(token: &str, listen: std::net::SocketAddr) -> String {
+    format!("eserveless login --server {} --with-token {token}", server_url(listen))
 }
 
 #[cfg(test)]
