@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::{Extension, Json};
 
 use crate::api::error::ApiError;
-use crate::api::openapi::ErrorBody;
+use crate::api::openapi::{EngineAndDisk, ErrorBody, TokenOrServer};
 use crate::api::projects::invoke_path;
 use crate::api::types::{
     DeploymentAnswer, DeploymentFunction, DeploymentList, DeploymentListItem, DeploymentsQuery, Links, RollbackAnswer, RollbackRequest,
@@ -24,9 +24,8 @@ use crate::engine::{EngineError, Principal};
     responses(
         (status = 200, description = "The project's deployments, newest first", body = DeploymentList),
         (status = 400, description = "The query does not match (`invalid_query`)", body = ErrorBody),
-        (status = 401, description = "No token, or an unknown or revoked one (`token_required`, `token_invalid`)", body = ErrorBody),
         (status = 404, description = "No such project, or not the caller's (`project_not_found`)", body = ErrorBody),
-        (status = 500, description = "The server failed (`internal`); details in its log", body = ErrorBody),
+        TokenOrServer,
     ),
 )]
 pub(super) async fn list_deployments(
@@ -75,14 +74,11 @@ pub(super) async fn list_deployments(
     responses(
         (status = 200, description = "The earlier deployment is live again, recorded as a new deployment", body = RollbackAnswer),
         (status = 400, description = "The body is not JSON (`malformed_json`)", body = ErrorBody),
-        (status = 401, description = "No token, or an unknown or revoked one (`token_required`, `token_invalid`)", body = ErrorBody),
         (status = 404, description = "No such project or deployment (`project_not_found`, `deployment_not_found`)", body = ErrorBody),
         (status = 409, description = "Nothing to roll back to, it is live already, or its images are gone (`no_rollback_target`, `already_live`, `images_removed`, ...)", body = ErrorBody),
         (status = 413, description = "The body is larger than 64 KiB (`body_too_large`)", body = ErrorBody),
         (status = 422, description = "The body does not match, or names a deployment the project does not have (`invalid_body`, `deployment_not_found`)", body = ErrorBody),
-        (status = 500, description = "The server failed (`internal`); details in its log", body = ErrorBody),
-        (status = 503, description = "The container engine does not answer (`docker_unavailable`)", body = ErrorBody),
-        (status = 507, description = "The data directory is full (`insufficient_storage`)", body = ErrorBody),
+        TokenOrServer, EngineAndDisk,
     ),
 )]
 pub(super) async fn rollback(
@@ -118,9 +114,8 @@ pub(super) async fn rollback(
     params(("name" = String, Path, description = "The project"), ("id" = String, Path, description = "The deployment's id")),
     responses(
         (status = 200, description = "The deployment, with its build log and functions", body = DeploymentAnswer),
-        (status = 401, description = "No token, or an unknown or revoked one (`token_required`, `token_invalid`)", body = ErrorBody),
         (status = 404, description = "No such project or deployment (`project_not_found`, `deployment_not_found`)", body = ErrorBody),
-        (status = 500, description = "The server failed (`internal`); details in its log", body = ErrorBody),
+        TokenOrServer,
     ),
 )]
 pub(super) async fn show_deployment(

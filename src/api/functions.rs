@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
 use crate::api::error::ApiError;
-use crate::api::openapi::ErrorBody;
+use crate::api::openapi::{EngineAndDisk, ErrorBody, TokenOrServer};
 use crate::api::types::{CronRun, LogLine, LogsQuery, RunList, RunStarted, RunTrigger, RunsQuery};
 use crate::api::{ApiPath, ApiQuery, AppState};
 use crate::engine::Principal;
@@ -23,9 +23,8 @@ use crate::engine::Principal;
         (status = 200, description = "The function's cron runs, newest first", body = RunList),
         (status = 422, description = "The function is not a cron function (`not_cron`)", body = ErrorBody),
         (status = 400, description = "The query does not match (`invalid_query`)", body = ErrorBody),
-        (status = 401, description = "No token, or an unknown or revoked one (`token_required`, `token_invalid`)", body = ErrorBody),
         (status = 404, description = "No such project or function (`project_not_found`, `function_not_found`)", body = ErrorBody),
-        (status = 500, description = "The server failed (`internal`); details in its log", body = ErrorBody),
+        TokenOrServer,
     ),
 )]
 pub(super) async fn function_runs(
@@ -49,13 +48,10 @@ pub(super) async fn function_runs(
     responses(
         (status = 202, description = "A run started; its URL in `Location`", body = RunStarted,
             headers(("Location" = String, description = "The run"))),
-        (status = 401, description = "No token, or an unknown or revoked one (`token_required`, `token_invalid`)", body = ErrorBody),
         (status = 404, description = "No such project or function (`project_not_found`, `function_not_found`)", body = ErrorBody),
         (status = 422, description = "The function is not a cron function (`not_cron`)", body = ErrorBody),
         (status = 409, description = "A run is going already, or the function is not a cron function (`run_in_progress`, `not_cron`, ...)", body = ErrorBody),
-        (status = 500, description = "The server failed (`internal`); details in its log", body = ErrorBody),
-        (status = 503, description = "The container engine does not answer (`docker_unavailable`)", body = ErrorBody),
-        (status = 507, description = "The data directory is full (`insufficient_storage`)", body = ErrorBody),
+        TokenOrServer, EngineAndDisk,
     ),
 )]
 pub(super) async fn start_run(
@@ -86,9 +82,8 @@ pub(super) async fn start_run(
     responses(
         (status = 200, description = "The run, with its output", body = CronRun),
         (status = 422, description = "The function is not a cron function (`not_cron`)", body = ErrorBody),
-        (status = 401, description = "No token, or an unknown or revoked one (`token_required`, `token_invalid`)", body = ErrorBody),
         (status = 404, description = "No such project, function or run (`project_not_found`, `function_not_found`, `run_not_found`)", body = ErrorBody),
-        (status = 500, description = "The server failed (`internal`); details in its log", body = ErrorBody),
+        TokenOrServer,
     ),
 )]
 pub(super) async fn function_run(
@@ -117,10 +112,9 @@ const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
     responses(
         (status = 200, description = "NDJSON: one `LogLine` object per line, in time order (described as the array of the lines, since OpenAPI 3.1 has no stream type); with `follow=true` the answer goes on until the client closes it, with an empty line after 15 s of silence (a keep-alive: skip it)", content_type = "application/x-ndjson", body = Vec<LogLine>),
         (status = 400, description = "A filter is not valid (`invalid_log_filter`, `invalid_query`)", body = ErrorBody),
-        (status = 401, description = "No token, or an unknown or revoked one (`token_required`, `token_invalid`)", body = ErrorBody),
         (status = 404, description = "No such project, function or revision (`project_not_found`, `function_not_found`, `deployment_not_found`)", body = ErrorBody),
-        (status = 500, description = "The server failed (`internal`); details in its log", body = ErrorBody),
         (status = 503, description = "The container engine does not answer (`docker_unavailable`)", body = ErrorBody),
+        TokenOrServer,
     ),
 )]
 pub(super) async fn function_logs(

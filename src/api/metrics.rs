@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::api::error::ApiError;
-use crate::api::openapi::ErrorBody;
+use crate::api::openapi::{ErrorBody, TokenOrServer};
 use crate::api::{ApiPath, AppState};
 use crate::engine::{Platform, Principal};
 
@@ -317,9 +317,8 @@ impl MetricsHistory {
     responses(
         (status = 200, description = "The function's last hour, one point per 10 s interval, oldest first; the last point ends now (kept in memory: empty again after a restart)", body = MetricsAnswer),
         (status = 400, description = "The path does not match (`invalid_path`)", body = ErrorBody),
-        (status = 401, description = "No token, or an unknown or revoked one (`token_required`, `token_invalid`)", body = ErrorBody),
         (status = 404, description = "No such project or function (`project_not_found`, `function_not_found`)", body = ErrorBody),
-        (status = 500, description = "The server failed (`internal`); details in its log", body = ErrorBody),
+        TokenOrServer,
     ),
 )]
 pub(super) async fn function_metrics(

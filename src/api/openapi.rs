@@ -13,6 +13,32 @@ use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
 pub use crate::http_error::{ErrorBody, ErrorDetail};
 
+/// The answers every operation that needs a token can give besides its own, listed once:
+/// `responses(..., TokenOrServer)` in each `#[utoipa::path]`.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // only its description is used: the document's responses
+pub enum TokenOrServer {
+    /// No token, or an unknown or revoked one (`token_required`, `token_invalid`)
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// The server failed (`internal`); details in its log
+    #[response(status = 500)]
+    Internal(ErrorBody),
+}
+
+/// The answers of an operation that needs the container engine and writes to the data
+/// directory, listed once.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // only its description is used: the document's responses
+pub enum EngineAndDisk {
+    /// The container engine does not answer (`docker_unavailable`)
+    #[response(status = 503)]
+    EngineUnavailable(ErrorBody),
+    /// The data directory is full (`insufficient_storage`)
+    #[response(status = 507)]
+    DiskFull(ErrorBody),
+}
+
 /// The name of the bearer token security scheme.
 pub const BEARER: &str = "bearer";
 

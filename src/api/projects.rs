@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
 use crate::api::error::ApiError;
-use crate::api::openapi::{ErrorBody, TarGz};
+use crate::api::openapi::{EngineAndDisk, ErrorBody, TarGz, TokenOrServer};
 use crate::api::types::{FunctionType, 
     DeployAnswer, DeployRequest, DeploymentSummary, Links, LiveDeployment, ProjectAnswer, ProjectDeleted,
     ProjectFunction, ProjectList, ProjectListItem, SubmitStatus, UploadRequest,
@@ -47,15 +47,12 @@ fn summary(d: &DeploymentRow) -> DeploymentSummary {
         (status = 202, description = "A deployment is queued (`status: queued`); its URL in `Location`", body = DeployAnswer,
             headers(("Location" = String, description = "The deployment: `/api/projects/{name}/deployments/{id}`"))),
         (status = 400, description = "The body is not JSON (`malformed_json`)", body = ErrorBody),
-        (status = 401, description = "No token, or an unknown or revoked one (`token_required`, `token_invalid`)", body = ErrorBody),
         (status = 409, description = "The name is another user's project, or the server cannot take it now (`name_taken`, ...)", body = ErrorBody),
         (status = 413, description = "The body is larger than 64 KiB (`body_too_large`)", body = ErrorBody),
         (status = 422, description = "The body, the name, the repository URL or ref, or the manifest is not valid; or the repository does not answer (`invalid_body`, `invalid_name`, `invalid_repository`, `ref_not_found`, `repository_unreachable`, `invalid_manifest`, ...)", body = ErrorBody),
         (status = 429, description = "Too many deployments queued (`queue_full`)", body = ErrorBody),
-        (status = 500, description = "The server failed (`internal`); details in its log", body = ErrorBody),
-        (status = 503, description = "The container engine does not answer (`docker_unavailable`)", body = ErrorBody),
         (status = 504, description = "The repository did not answer in time (`repository_timeout`)", body = ErrorBody),
-        (status = 507, description = "The data directory is full (`insufficient_storage`)", body = ErrorBody),
+        TokenOrServer, EngineAndDisk,
     ),
 )]
 pub(super) async fn create_project(State(s): State<AppState>, Extension(who): Extension<Principal>, req: Request) -> Result<Response, ApiError> {
@@ -80,14 +77,11 @@ pub(super) async fn create_project(State(s): State<AppState>, Extension(who): Ex
         (status = 202, description = "A deployment is queued (`status: queued`); its URL in `Location`", body = DeployAnswer,
             headers(("Location" = String, description = "The deployment: `/api/projects/{name}/deployments/{id}`"))),
         (status = 400, description = "The query does not match (`invalid_query`)", body = ErrorBody),
-        (status = 401, description = "No token, or an unknown or revoked one (`token_required`, `token_invalid`)", body = ErrorBody),
         (status = 409, description = "The name is another user's project (`name_taken`)", body = ErrorBody),
         (status = 413, description = "The upload is larger than `--max-upload`, or unpacks to more than its caps (`upload_too_large`)", body = ErrorBody),
         (status = 422, description = "The name, the query, the archive (not a gzip tar, unsafe entries) or the manifest is not valid (`invalid_name`, `invalid_query`, `invalid_upload`, `invalid_manifest`, ...)", body = ErrorBody),
         (status = 429, description = "Too many deployments queued (`queue_full`)", body = ErrorBody),
-        (status = 500, description = "The server failed (`internal`); details in its log", body = ErrorBody),
-        (status = 503, description = "The container engine does not answer (`docker_unavailable`)", body = ErrorBody),
-        (status = 507, description = "The data directory is full (`insufficient_storage`)", body = ErrorBody),
+        TokenOrServer, EngineAndDisk,
     ),
 )]
 pub(super) async fn upload_project(
@@ -133,8 +127,7 @@ fn deploy_answer(submitted: crate::engine::Submitted) -> Response {
     extensions(("x-eserveless-access" = json!("user"))),
     responses(
         (status = 200, description = "The caller's projects (every project, for admins)", body = ProjectList),
-        (status = 401, description = "No token, or an unknown or revoked one (`token_required`, `token_invalid`)", body = ErrorBody),
-        (status = 500, description = "The server failed (`internal`); details in its log", body = ErrorBody),
+        TokenOrServer,
     ),
 )]
 pub(super) async fn list_projects(State(s): State<AppState>, Extension(who): Extension<Principal>) -> Result<Json<ProjectList>, ApiError> {
@@ -183,9 +176,8 @@ fn project_function(project: &str, f: LiveFunction) -> ProjectFunction {
     params(("name" = String, Path, description = "The project")),
     responses(
         (status = 200, description = "The project, its live deployment and functions", body = ProjectAnswer),
-        (status = 401, description = "No token, or an unknown or revoked one (`token_required`, `token_invalid`)", body = ErrorBody),
         (status = 404, description = "No such project, or not the caller's (`project_not_found`)", body = ErrorBody),
-        (status = 500, description = "The server failed (`internal`); details in its log", body = ErrorBody),
+        TokenOrServer,
     ),
 )]
 pub(super) async fn show_project(State(s): State<AppState>, Extension(who): Extension<Principal>, ApiPath(name): ApiPath<String>) -> Result<Json<ProjectAnswer>, ApiError> {
@@ -220,11 +212,8 @@ pub(super) async fn show_project(State(s): State<AppState>, Extension(who): Exte
     params(("name" = String, Path, description = "The project")),
     responses(
         (status = 200, description = "The project is removed, with its containers and images", body = ProjectDeleted),
-        (status = 401, description = "No token, or an unknown or revoked one (`token_required`, `token_invalid`)", body = ErrorBody),
         (status = 404, description = "No such project, or not the caller's (`project_not_found`)", body = ErrorBody),
-        (status = 500, description = "The server failed (`internal`); details in its log", body = ErrorBody),
-        (status = 503, description = "The container engine does not answer (`docker_unavailable`)", body = ErrorBody),
-        (status = 507, description = "The data directory is full (`insufficient_storage`)", body = ErrorBody),
+        TokenOrServer, EngineAndDisk,
     ),
 )]
 pub(super) async fn delete_project(State(s): State<AppState>, Extension(who): Extension<Principal>, ApiPath(name): ApiPath<String>) -> Result<Json<ProjectDeleted>, ApiError> {

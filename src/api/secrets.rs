@@ -4,7 +4,7 @@ use axum::extract::{Request, State};
 use axum::{Extension, Json};
 
 use crate::api::error::ApiError;
-use crate::api::openapi::ErrorBody;
+use crate::api::openapi::{EngineAndDisk, ErrorBody, TokenOrServer};
 use crate::api::types::{Deleted, InvokeKey, SecretAnswer, SecretList, SecretsChange, SecretsSet, INVOKE_KEY_HEADER};
 use crate::api::{json_body, ApiPath, AppState};
 use crate::engine::Principal;
@@ -18,9 +18,8 @@ use crate::engine::Principal;
     params(("name" = String, Path, description = "The project")),
     responses(
         (status = 200, description = "The secrets' names (never their values)", body = SecretList),
-        (status = 401, description = "No token, or an unknown or revoked one (`token_required`, `token_invalid`)", body = ErrorBody),
         (status = 404, description = "No such project, or not the caller's (`project_not_found`)", body = ErrorBody),
-        (status = 500, description = "The server failed (`internal`); details in its log", body = ErrorBody),
+        TokenOrServer,
     ),
 )]
 pub(super) async fn list_secrets(State(s): State<AppState>, Extension(who): Extension<Principal>, ApiPath(name): ApiPath<String>) -> Result<Json<SecretList>, ApiError> {
@@ -39,13 +38,10 @@ pub(super) async fn list_secrets(State(s): State<AppState>, Extension(who): Exte
     responses(
         (status = 200, description = "The secrets are set; instances restart with them", body = SecretsSet),
         (status = 400, description = "The body is not JSON (`malformed_json`)", body = ErrorBody),
-        (status = 401, description = "No token, or an unknown or revoked one (`token_required`, `token_invalid`)", body = ErrorBody),
         (status = 404, description = "No such project, or not the caller's (`project_not_found`)", body = ErrorBody),
         (status = 413, description = "The body is larger than 64 KiB (`body_too_large`)", body = ErrorBody),
         (status = 422, description = "The body does not match, nothing to set, or a name or value is not valid (`invalid_body`, `invalid_secret`, ...)", body = ErrorBody),
-        (status = 500, description = "The server failed (`internal`); details in its log", body = ErrorBody),
-        (status = 503, description = "The container engine does not answer (`docker_unavailable`)", body = ErrorBody),
-        (status = 507, description = "The data directory is full (`insufficient_storage`)", body = ErrorBody),
+        TokenOrServer, EngineAndDisk,
     ),
 )]
 pub(super) async fn set_secrets(State(s): State<AppState>, Extension(who): Extension<Principal>, ApiPath(name): ApiPath<String>, req: Request) -> Result<Json<SecretsSet>, ApiError> {
@@ -68,12 +64,9 @@ pub(super) async fn set_secrets(State(s): State<AppState>, Extension(who): Exten
     params(("name" = String, Path, description = "The project"), ("secret" = String, Path, description = "The secret's name")),
     responses(
         (status = 200, description = "The secret is removed", body = Deleted),
-        (status = 401, description = "No token, or an unknown or revoked one (`token_required`, `token_invalid`)", body = ErrorBody),
         (status = 404, description = "No such project or secret (`project_not_found`, `secret_not_found`)", body = ErrorBody),
         (status = 422, description = "The name is not a valid secret name (`invalid_secret`)", body = ErrorBody),
-        (status = 500, description = "The server failed (`internal`); details in its log", body = ErrorBody),
-        (status = 503, description = "The container engine does not answer (`docker_unavailable`)", body = ErrorBody),
-        (status = 507, description = "The data directory is full (`insufficient_storage`)", body = ErrorBody),
+        TokenOrServer, EngineAndDisk,
     ),
 )]
 pub(super) async fn delete_secret(State(s): State<AppState>, Extension(who): Extension<Principal>, ApiPath((name, secret)): ApiPath<(String, String)>) -> Result<Json<Deleted>, ApiError> {
@@ -91,10 +84,9 @@ pub(super) async fn delete_secret(State(s): State<AppState>, Extension(who): Ext
     params(("name" = String, Path, description = "The project")),
     responses(
         (status = 200, description = "A new invoke key (the old one stops working)", body = InvokeKey),
-        (status = 401, description = "No token, or an unknown or revoked one (`token_required`, `token_invalid`)", body = ErrorBody),
         (status = 404, description = "No such project, or not the caller's (`project_not_found`)", body = ErrorBody),
-        (status = 500, description = "The server failed (`internal`); details in its log", body = ErrorBody),
         (status = 507, description = "The data directory is full (`insufficient_storage`)", body = ErrorBody),
+        TokenOrServer,
     ),
 )]
 pub(super) async fn rotate_invoke_key(State(s): State<AppState>, Extension(who): Extension<Principal>, ApiPath(name): ApiPath<String>) -> Result<Json<InvokeKey>, ApiError> {

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
 use crate::api::error::ApiError;
-use crate::api::openapi::ErrorBody;
+use crate::api::openapi::{ErrorBody, TokenOrServer};
 use crate::api::types::{NewToken, Revoked, TokenCreated, TokenList, TokensQuery};
 use crate::api::{json_body, ApiPath, ApiQuery, AppState};
 use crate::engine::Principal;
@@ -21,10 +21,9 @@ use crate::engine::Principal;
     responses(
         (status = 200, description = "The caller's tokens (another user's, or everyone's, for admins); never their secrets", body = TokenList),
         (status = 400, description = "The query does not match (`invalid_query`)", body = ErrorBody),
-        (status = 401, description = "No token, or an unknown or revoked one (`token_required`, `token_invalid`)", body = ErrorBody),
         (status = 403, description = "`user` or `all` asked by a non-admin (`admin_only`)", body = ErrorBody),
         (status = 404, description = "No such user (`user_not_found`)", body = ErrorBody),
-        (status = 500, description = "The server failed (`internal`); details in its log", body = ErrorBody),
+        TokenOrServer,
     ),
 )]
 pub(super) async fn list_tokens(State(s): State<AppState>, Extension(who): Extension<Principal>, ApiQuery(q): ApiQuery<TokensQuery>) -> Result<Json<TokenList>, ApiError> {
@@ -42,13 +41,12 @@ pub(super) async fn list_tokens(State(s): State<AppState>, Extension(who): Exten
     responses(
         (status = 201, description = "The token (its text shown this once)", body = TokenCreated),
         (status = 400, description = "The body is not JSON (`malformed_json`)", body = ErrorBody),
-        (status = 401, description = "No token, or an unknown or revoked one (`token_required`, `token_invalid`)", body = ErrorBody),
         (status = 403, description = "A token for another user asked by a non-admin (`admin_only`)", body = ErrorBody),
         (status = 404, description = "No such user (`user_not_found`)", body = ErrorBody),
         (status = 413, description = "The body is larger than 64 KiB (`body_too_large`)", body = ErrorBody),
         (status = 422, description = "The body does not match, or the name is not valid (`invalid_body`, `invalid_name`)", body = ErrorBody),
-        (status = 500, description = "The server failed (`internal`); details in its log", body = ErrorBody),
         (status = 507, description = "The data directory is full (`insufficient_storage`)", body = ErrorBody),
+        TokenOrServer,
     ),
 )]
 pub(super) async fn create_token(State(s): State<AppState>, Extension(who): Extension<Principal>, req: Request) -> Result<Response, ApiError> {
@@ -66,11 +64,10 @@ pub(super) async fn create_token(State(s): State<AppState>, Extension(who): Exte
     params(("id" = String, Path, description = "The token's id (from `GET /api/tokens`)")),
     responses(
         (status = 200, description = "The token is revoked", body = Revoked),
-        (status = 401, description = "No token, or an unknown or revoked one (`token_required`, `token_invalid`)", body = ErrorBody),
         (status = 404, description = "No such token of the caller's (any user's, for admins) (`token_not_found`)", body = ErrorBody),
         (status = 409, description = "Revoked already (`already_revoked`)", body = ErrorBody),
-        (status = 500, description = "The server failed (`internal`); details in its log", body = ErrorBody),
         (status = 507, description = "The data directory is full (`insufficient_storage`)", body = ErrorBody),
+        TokenOrServer,
     ),
 )]
 pub(super) async fn revoke_token(State(s): State<AppState>, Extension(who): Extension<Principal>, ApiPath(id): ApiPath<String>) -> Result<Json<Revoked>, ApiError> {

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
 use crate::api::error::ApiError;
-use crate::api::openapi::ErrorBody;
+use crate::api::openapi::{ErrorBody, TokenOrServer};
 use crate::api::types::{Deleted, NewUser, TokenCreated, UserAnswer, UserCreated, UserList, WhoAmI};
 use crate::api::{json_body, ApiPath, AppState};
 use crate::engine::Principal;
@@ -19,8 +19,7 @@ use crate::engine::Principal;
     extensions(("x-eserveless-access" = json!("user"))),
     responses(
         (status = 200, description = "The caller", body = WhoAmI),
-        (status = 401, description = "No token, or an unknown or revoked one (`token_required`, `token_invalid`)", body = ErrorBody),
-        (status = 500, description = "The server failed (`internal`); details in its log", body = ErrorBody),
+        TokenOrServer,
     ),
 )]
 pub(super) async fn whoami(Extension(who): Extension<Principal>) -> Json<WhoAmI> {
@@ -35,9 +34,8 @@ pub(super) async fn whoami(Extension(who): Extension<Principal>) -> Json<WhoAmI>
     extensions(("x-eserveless-access" = json!("admin"))),
     responses(
         (status = 200, description = "Every user", body = UserList),
-        (status = 401, description = "No token, or an unknown or revoked one (`token_required`, `token_invalid`)", body = ErrorBody),
         (status = 403, description = "The caller is not an admin (`admin_only`)", body = ErrorBody),
-        (status = 500, description = "The server failed (`internal`); details in its log", body = ErrorBody),
+        TokenOrServer,
     ),
 )]
 pub(super) async fn list_users(State(s): State<AppState>, Extension(who): Extension<Principal>) -> Result<Json<UserList>, ApiError> {
@@ -60,13 +58,12 @@ pub(super) async fn list_users(State(s): State<AppState>, Extension(who): Extens
     responses(
         (status = 201, description = "The user and its first token (shown this once)", body = UserCreated),
         (status = 400, description = "The body is not JSON (`malformed_json`)", body = ErrorBody),
-        (status = 401, description = "No token, or an unknown or revoked one (`token_required`, `token_invalid`)", body = ErrorBody),
         (status = 403, description = "The caller is not an admin (`admin_only`)", body = ErrorBody),
         (status = 409, description = "A user of that name exists (`user_exists`)", body = ErrorBody),
         (status = 413, description = "The body is larger than 64 KiB (`body_too_large`)", body = ErrorBody),
         (status = 422, description = "The body does not match, or the name is not valid (`invalid_body`, `invalid_name`)", body = ErrorBody),
-        (status = 500, description = "The server failed (`internal`); details in its log", body = ErrorBody),
         (status = 507, description = "The data directory is full (`insufficient_storage`)", body = ErrorBody),
+        TokenOrServer,
     ),
 )]
 pub(super) async fn create_user(State(s): State<AppState>, Extension(who): Extension<Principal>, req: Request) -> Result<Response, ApiError> {
@@ -87,12 +84,11 @@ pub(super) async fn create_user(State(s): State<AppState>, Extension(who): Exten
     params(("name" = String, Path, description = "The user")),
     responses(
         (status = 200, description = "The user was removed, with its tokens", body = Deleted),
-        (status = 401, description = "No token, or an unknown or revoked one (`token_required`, `token_invalid`)", body = ErrorBody),
         (status = 403, description = "The caller is not an admin (`admin_only`)", body = ErrorBody),
         (status = 404, description = "No such user (`user_not_found`)", body = ErrorBody),
         (status = 409, description = "The last admin, or a user who still owns projects (`last_admin`, `user_has_projects`)", body = ErrorBody),
-        (status = 500, description = "The server failed (`internal`); details in its log", body = ErrorBody),
         (status = 507, description = "The data directory is full (`insufficient_storage`)", body = ErrorBody),
+        TokenOrServer,
     ),
 )]
 pub(super) async fn delete_user(State(s): State<AppState>, Extension(who): Extension<Principal>, ApiPath(name): ApiPath<String>) -> Result<Json<Deleted>, ApiError> {
