@@ -222,6 +222,8 @@ where
     let mut last_byte = Instant::now();
     let mut grace_ends: Option<Instant> = None;
     let mut phase = Phase::Open;
+    // The instance sent its close frame.
+    let mut instance_closed = false;
     tokio::pin!(gone);
     let far = || Instant::now() + Duration::from_secs(86_400 * 365);
     let ended = loop {
@@ -267,12 +269,23 @@ where
                 continue;
             }
             r = instance.read(&mut from_instance) => {
-                let n = match r { Ok(0) | Err(_) => break closed_by(&phase, Ended::InstanceClosed), Ok(n) => n };
+                let n = match r {
+                    Ok(0) | Err(_) => {
+                        // An instance that ended without its close frame (it crashed, or its
+                        // project was removed): the client still gets one, 1001, if no frame
+                        // is cut short.
+                        if matches!(phase, Phase::Open) && !instance_closed && to_client.at_boundary() {
+                            let _ = write_within(&mut client, &close_frame(GOING_AWAY, "instance gone", false), CLOSING_TIME).await;
+                        }
+                        break closed_by(&phase, Ended::InstanceClosed);
+                    }
+                    Ok(n) => n,
+                };
                 last_byte = Instant::now();
                 let data = &from_instance[..n];
                 match phase {
                     Phase::Open => {
-                        to_client.feed(data);
+                        instance_closed |= to_client.feed(data);
                         if !write_within(&mut client, data, limits.idle).await {
                             break closed_by(&phase, Ended::ClientClosed);
                         }
@@ -515,6 +528,27 @@ mod tests {
         c.write_all(&frame(8, &[0x03, 0xe9], true)).await.expect("w");
         assert_eq!(read_exact(&mut i, 8).await, frame(8, &[0x03, 0xe9], true));
         assert_eq!(task.await.expect("relay"), Ended::Redeployed);
+    }
+
+    #[tokio::test]
+    async fn an_instance_that_ends_without_a_close_frame_leaves_the_client_a_1001() {
+        let limits = UpgradeLimits { grace: Duration::from_secs(600), idle: Duration::from_secs(600) };
+        let (mut c, mut i, task) = relayed(limits, CancellationToken::new());
+        i.write_all(&frame(1, b"last", false)).await.expect("w");
+        assert_eq!(read_exact(&mut c, 6).await, frame(1, b"last", false));
+        drop(i);
+        let close = read_exact(&mut c, 2 + 2 + "instance gone".len()).await;
+        assert_eq!(close, close_frame(1001, "instance gone", false));
+        assert_eq!(task.await.expect("relay"), Ended::InstanceClosed);
+
+        // One that closed properly gets no second close frame.
+        let (mut c, mut i, task) = relayed(limits, CancellationToken::new());
+        i.write_all(&frame(8, &[0x03, 0xe8], false)).await.expect("w");
+        drop(i);
+        assert_eq!(task.await.expect("relay"), Ended::InstanceClosed);
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest).await.expect("eof");
+        assert_eq!(rest, frame(8, &[0x03, 0xe8], false), "only the instance's own close frame");
     }
 
     #[tokio::test]
