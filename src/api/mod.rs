@@ -52,7 +52,9 @@ pub fn app(platform: Arc<Platform>) -> Router {
     let history = Arc::new(MetricsHistory::new(metrics::POINTS, chrono::Utc::now()));
     MetricsHistory::spawn_sampler(&history, &platform);
     let state = AppState { platform, gateway, history };
-    let (api, _) = api_router(Some(state.clone()));
+    let (api, doc) = api_router(Some(state.clone()));
+    openapi::keep(&doc);
+    drop(doc);
     Router::new()
         .route("/", get(root))
         .route("/healthz", get(healthz))

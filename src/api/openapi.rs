@@ -104,9 +104,17 @@ impl PartialSchema for TarGz {
 
 impl ToSchema for TarGz {}
 
+/// The rendered document.
+static DOC: OnceLock<String> = OnceLock::new();
+
+/// Keeps the document the router was built with, rendered: the handler serves it without
+/// building a second router and document (which costs several MB of the allocator's heap).
+pub(super) fn keep(doc: &utoipa::openapi::OpenApi) {
+    DOC.get_or_init(|| doc.to_pretty_json().expect("the OpenAPI document serializes"));
+}
+
 /// The document, rendered once.
 fn document_json() -> &'static str {
-    static DOC: OnceLock<String> = OnceLock::new();
     DOC.get_or_init(|| crate::api::openapi().to_pretty_json().expect("the OpenAPI document serializes"))
 }
 
