@@ -500,8 +500,14 @@ mod tests {
         CloseAfter(Duration),
     }
 
-    /// An HTTP server on `listener` (unix or tcp) answering every request with `tag`.
-    fn serve(listener: Either<tokio::net::UnixListener, tokio::net::TcpListener>, tag: &'static str, conns: Conns) {
+    type Stream = Either<tokio::net::UnixStream, tokio::net::TcpStream>;
+
+    /// Accepts connections on `listener` (unix or tcp), each handled by `each` in a task of its own.
+    fn accept_each<F, Fut>(listener: Either<tokio::net::UnixListener, tokio::net::TcpListener>, each: F)
+    where
+        F: Fn(Stream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         tokio::spawn(async move {
             loop {
                 let stream = match &listener {
@@ -509,18 +515,23 @@ mod tests {
                     Either::Right(l) => l.accept().await.map(|(s, _)| Either::Right(s)),
                 };
                 let Ok(stream) = stream else { return };
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |_req: Request<Incoming>| async move {
-                        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(bytes::Bytes::from(tag))))
-                    });
-                    let mut builder = hyper::server::conn::http1::Builder::new();
-                    builder.keep_alive(!matches!(conns, Conns::CloseAfterAnswer));
-                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                    match conns {
-                        Conns::CloseAfter(d) => drop(tokio::time::timeout(d, conn).await),
-                        _ => drop(conn.await),
-                    }
-                });
+                tokio::spawn(each(stream));
+            }
+        });
+    }
+
+    /// An HTTP server on `listener` (unix or tcp) answering every request with `tag`.
+    fn serve(listener: Either<tokio::net::UnixListener, tokio::net::TcpListener>, tag: &'static str, conns: Conns) {
+        accept_each(listener, move |stream| async move {
+            let svc = hyper::service::service_fn(move |_req: Request<Incoming>| async move {
+                Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(bytes::Bytes::from(tag))))
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.keep_alive(!matches!(conns, Conns::CloseAfterAnswer));
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            match conns {
+                Conns::CloseAfter(d) => drop(tokio::time::timeout(d, conn).await),
+                _ => drop(conn.await),
             }
         });
     }
@@ -640,28 +651,19 @@ mod tests {
     /// An instance that switches every request to an echo of raw bytes (a stand-in for a
     /// WebSocket server), on `listener`.
     fn serve_upgrades(listener: Either<tokio::net::UnixListener, tokio::net::TcpListener>) {
-        tokio::spawn(async move {
-            loop {
-                let stream = match &listener {
-                    Either::Left(l) => l.accept().await.map(|(s, _)| Either::Left(s)),
-                    Either::Right(l) => l.accept().await.map(|(s, _)| Either::Right(s)),
-                };
-                let Ok(stream) = stream else { return };
+        accept_each(listener, |stream| async move {
+            let svc = hyper::service::service_fn(|mut req: Request<Incoming>| async move {
+                let on = hyper::upgrade::on(&mut req);
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(|mut req: Request<Incoming>| async move {
-                        let on = hyper::upgrade::on(&mut req);
-                        tokio::spawn(async move {
-                            if let Ok(up) = on.await {
-                                let (mut r, mut w) = tokio::io::split(TokioIo::new(up));
-                                let _ = tokio::io::copy(&mut r, &mut w).await;
-                            }
-                        });
-                        let resp = Response::builder().status(101).header("connection", "upgrade").header("upgrade", "echo");
-                        Ok::<_, std::convert::Infallible>(resp.body(http_body_util::Empty::<bytes::Bytes>::new()).expect("101"))
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).with_upgrades().await;
+                    if let Ok(up) = on.await {
+                        let (mut r, mut w) = tokio::io::split(TokioIo::new(up));
+                        let _ = tokio::io::copy(&mut r, &mut w).await;
+                    }
                 });
-            }
+                let resp = Response::builder().status(101).header("connection", "upgrade").header("upgrade", "echo");
+                Ok::<_, std::convert::Infallible>(resp.body(http_body_util::Empty::<bytes::Bytes>::new()).expect("101"))
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).with_upgrades().await;
         });
     }
 
